@@ -1,0 +1,1 @@
+"""vlp_jax: vision-language pretraining that does not punish false negatives."""
