@@ -1,0 +1,108 @@
+"""The general contrastive loss against plain numpy references (softmax and sigmoid)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
+
+B, E = 12, 8
+
+
+def _normalised(rng, n, e):
+    x = rng.normal(size=(n, e))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _np_log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _np_softmax_direction(z, log_w, y):
+    return -np.mean(np.sum(y * _np_log_softmax(z + log_w), axis=1))
+
+
+def _np_sigmoid_direction(z, bias, log_w, y):
+    labels = np.where(y > 0, 1.0, -1.0)
+    weights = np.where(y > 0, 1.0, np.exp(log_w))
+    log_sig = -np.log1p(np.exp(-labels * (z + bias)))
+    return -np.sum(weights * log_sig) / z.shape[0]
+
+
+def _random_regulation(rng):
+    log_w = rng.normal(size=(B, B)) * 0.5
+    np.fill_diagonal(log_w, 0.0)
+    y = np.eye(B) + (rng.random((B, B)) < 0.15) * rng.random((B, B))
+    y = y / y.sum(axis=1, keepdims=True)
+    return log_w, y
+
+
+@pytest.mark.parametrize('regulated', [False, True])
+def test_softmax_matches_numpy(regulated):
+    rng = np.random.default_rng(0)
+    v, t = _normalised(rng, B, E), _normalised(rng, B, E)
+    scale = 1 / 0.07
+    z = scale * v @ t.T
+    if regulated:
+        lw1, y1 = _random_regulation(rng)
+        lw2, y2 = _random_regulation(rng)
+    else:
+        lw1 = lw2 = np.zeros((B, B))
+        y1 = y2 = np.eye(B)
+    expected = 0.5 * (_np_softmax_direction(z, lw1, y1) + _np_softmax_direction(z.T, lw2, y2))
+    i2t = Regulation(jnp.asarray(lw1), jnp.asarray(y1)) if regulated else Regulation()
+    t2i = Regulation(jnp.asarray(lw2), jnp.asarray(y2)) if regulated else Regulation()
+    loss, _ = contrastive_loss(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), jnp.float32(scale),
+                               i2t=i2t, t2i=t2i)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('regulated', [False, True])
+def test_sigmoid_matches_numpy(regulated):
+    rng = np.random.default_rng(1)
+    v, t = _normalised(rng, B, E), _normalised(rng, B, E)
+    scale, bias = 10.0, -3.0
+    z = scale * v @ t.T
+    if regulated:
+        lw1, y1 = _random_regulation(rng)
+        lw2, y2 = _random_regulation(rng)
+    else:
+        lw1 = lw2 = np.zeros((B, B))
+        y1 = y2 = np.eye(B)
+    expected = 0.5 * (_np_sigmoid_direction(z, bias, lw1, y1) + _np_sigmoid_direction(z.T, bias, lw2, y2))
+    loss, _ = contrastive_loss(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), jnp.float32(scale),
+                               form='sigmoid', sigmoid_bias=jnp.float32(bias),
+                               i2t=Regulation(jnp.asarray(lw1), jnp.asarray(y1)),
+                               t2i=Regulation(jnp.asarray(lw2), jnp.asarray(y2)))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_infonce_is_cross_entropy_on_diagonal():
+    rng = np.random.default_rng(2)
+    v, t = _normalised(rng, B, E), _normalised(rng, B, E)
+    z = 5.0 * v @ t.T
+    expected = 0.5 * (-np.mean(np.diag(_np_log_softmax(z))) - np.mean(np.diag(_np_log_softmax(z.T))))
+    loss, metrics = contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert 0.0 <= float(metrics['i2t_accuracy']) <= 1.0
+
+
+def test_no_gradient_flows_into_weights_or_targets():
+    rng = np.random.default_rng(3)
+    v, t = jnp.asarray(_normalised(rng, B, E)), jnp.asarray(_normalised(rng, B, E))
+    lw, y = _random_regulation(rng)
+
+    def loss_of(log_w, targets):
+        return contrastive_loss(v, t, jnp.float32(5.0), i2t=Regulation(log_w, targets), t2i=Regulation(log_w, targets))[0]
+
+    g_w, g_y = jax.grad(loss_of, argnums=(0, 1))(jnp.asarray(lw), jnp.asarray(y))
+    assert float(jnp.abs(g_w).max()) == 0.0 and float(jnp.abs(g_y).max()) == 0.0
+
+
+def test_perfect_alignment_gives_low_loss():
+    rng = np.random.default_rng(4)
+    v = jnp.asarray(_normalised(rng, B, 64))
+    aligned, _ = contrastive_loss(v, v, jnp.float32(50.0))
+    shuffled, _ = contrastive_loss(v, v[::-1], jnp.float32(50.0))
+    assert float(aligned) < 1e-3 < float(shuffled)

@@ -1,0 +1,77 @@
+"""The input pipeline is a pure function of (seed, step): restarts and process slices agree."""
+import numpy as np
+import pytest
+
+from vlp_jax.data.pipeline import TrainPipeline
+from vlp_jax.data.sources import build_source
+
+
+@pytest.fixture()
+def config(tiny_config):
+    config = tiny_config.copy_and_resolve_references()
+    config.batch_size = 16
+    config.data.train_size = 100
+    return config
+
+
+def _pipeline(config, process_index=0, process_count=1):
+    return TrainPipeline(config, build_source(config, 'train'), process_index, process_count)
+
+
+def test_epoch_order_is_a_seeded_permutation(config):
+    pipe = _pipeline(config)
+    order = pipe.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(100))
+    assert not np.array_equal(order, pipe.epoch_order(1))
+    assert np.array_equal(order, _pipeline(config).epoch_order(0))
+    steps = pipe.steps_per_epoch
+    seen = np.concatenate([pipe.global_indices(s) for s in range(steps)])
+    assert len(set(seen.tolist())) == steps * 16  # no index twice within an epoch
+
+
+def test_process_slices_make_up_the_global_batch(config):
+    whole = _pipeline(config).raw_batch(7)
+    parts = [_pipeline(config, p, 4).raw_batch(7) for p in range(4)]
+    for key in ('image', 'text_ids', 'text_mask', 'index', 'sem', 'crop_box', 'flip'):
+        np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), whole[key])
+
+
+def test_restart_reproduces_batches(config):
+    straight = list(_pipeline(config).iterate(0, 9))
+    resumed = list(_pipeline(config).iterate(6, 9))
+    assert len(straight) == 9 and len(resumed) == 3
+    for a, b in zip(straight[6:], resumed):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(straight[0]['image'], straight[1]['image'])
+
+
+def test_augmented_batch_shapes_and_range(config):
+    batch = next(_pipeline(config).iterate(0, 1))
+    assert batch['image'].shape == (16, 64, 64, 3) and batch['image'].dtype == np.float32
+    assert -1.0 - 1e-5 <= batch['image'].min() and batch['image'].max() <= 1.0 + 1e-5
+    assert batch['text_ids'].shape == (16, config.data.max_text_len) and batch['text_ids'].dtype == np.int32
+    assert (batch['text_ids'][:, 0] == 101).all()  # [CLS]
+
+
+def test_flip_respects_left_right_words(config):
+    pipe = _pipeline(config)
+    lateral_flips = flips = 0
+    for step in range(6):
+        raw = pipe.raw_batch(step)
+        examples = pipe.source.batch(pipe.local_indices(step))
+        for row, flip in enumerate(raw['flip']):
+            captions = examples['captions'][row]
+            chosen = [c for c in captions if pipe.tokenizer([c])['text_ids'].tolist() == [raw['text_ids'][row].tolist()]]
+            lateral_flips += bool(flip and any(('left' in c or 'right' in c) for c in chosen))
+            flips += bool(flip)
+    assert flips > 0 and lateral_flips == 0
+
+
+def test_crop_changes_the_image_but_not_too_much(config):
+    pipe = _pipeline(config)
+    raw = pipe.raw_batch(0)
+    batch = next(pipe.iterate(0, 1))
+    plain = raw['image'].astype(np.float32) / 127.5 - 1.0
+    assert not np.allclose(batch['image'], plain)
+    assert np.abs(batch['image'].mean() - plain.mean()) < 0.1

@@ -1,0 +1,186 @@
+"""Config files, `--config.key=value` overrides and validation.
+
+A run is described by one ml_collections ConfigDict built by `get_config(arg)` in a
+config file. Everything a user can get wrong here is reported as a `ConfigError`
+with one sentence naming the key, before anything is compiled or written.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+OVERRIDE_PREFIX = '--config.'
+MESH_AXES = ('data', 'fsdp', 'model')
+
+
+class ConfigError(ValueError):
+    """A problem with the config the user handed in; its message is one sentence."""
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates `--config.a.b=v` arguments from the rest of argv (absl parses the rest)."""
+    rest, overrides = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith(OVERRIDE_PREFIX):
+            body = arg[len(OVERRIDE_PREFIX):]
+            if '=' in body:
+                key, value = body.split('=', 1)
+            elif i + 1 < len(args):
+                key, value = body, args[i + 1]
+                i += 1
+            else:
+                raise ConfigError(f'override --config.{body} has no value; write --config.{body}=VALUE.')
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path):
+        raise ConfigError(f'config file {path!r} does not exist; pass --config configs/NAME.py[:ARG].')
+    module_spec = importlib.util.spec_from_file_location('vlp_jax_user_config', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+        raise ConfigError(f'config file {path!r} has no get_config(arg) function.')
+    config = module.get_config(arg) if arg else module.get_config(None)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f'get_config in {path!r} must return an ml_collections.ConfigDict.')
+    return config
+
+
+def _parse_literal(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ('true', 'false'):
+        return lowered == 'true'
+    if lowered in ('none', 'null'):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(key: str, old: Any, new: Any) -> Any:
+    """Converts an override to the type the config declares, or says why it cannot."""
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+        raise ConfigError(f'config key {key!r} must be true or false, got {new!r}.')
+    if isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+        raise ConfigError(f'config key {key!r} must be an integer, got {new!r}.')
+    if isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+        raise ConfigError(f'config key {key!r} must be a number, got {new!r}.')
+    if isinstance(old, str):
+        return new if isinstance(new, str) else str(new)
+    if isinstance(old, (tuple, list)):
+        if isinstance(new, (tuple, list)):
+            return type(old)(new)
+        if isinstance(new, str):
+            return type(old)(item.strip() for item in new.split(',') if item.strip())
+        raise ConfigError(f'config key {key!r} must be a list, got {new!r}.')
+    if isinstance(old, ml_collections.ConfigDict):
+        raise ConfigError(f'config key {key!r} is a group; set one of its keys, e.g. --config.{key}.NAME=VALUE.')
+    return new
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]) -> None:
+    """Sets each dotted key; unknown keys and wrong types raise ConfigError."""
+    for dotted, text in overrides:
+        parts = dotted.split('.')
+        node = config
+        for depth, part in enumerate(parts):
+            here = '.'.join(parts[:depth + 1])
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ConfigError(f'unknown config key {here!r}; check the spelling against the config file.')
+            if depth < len(parts) - 1:
+                node = node[part]
+        old = node[parts[-1]]
+        value = _coerce(dotted, old, _parse_literal(text))
+        with node.unlocked():
+            node[parts[-1]] = value
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _positive_int(config: ml_collections.ConfigDict, key: str) -> None:
+    value = config
+    for part in key.split('.'):
+        value = value[part]
+    _require(isinstance(value, int) and value > 0, f'config key {key!r} must be a positive integer, got {value!r}.')
+
+
+def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> dict[str, int]:
+    """Resolves the mesh sizes (one axis may be -1: all remaining devices)."""
+    sizes = {axis: int(config.mesh[axis]) for axis in MESH_AXES}
+    free = [axis for axis, size in sizes.items() if size == -1]
+    _require(len(free) <= 1, f'only one of mesh.{"/".join(MESH_AXES)} may be -1, got {sizes}.')
+    for axis, size in sizes.items():
+        _require(size == -1 or size >= 1, f'config key mesh.{axis} must be -1 or a positive integer, got {size}.')
+    fixed = 1
+    for axis, size in sizes.items():
+        if size != -1:
+            fixed *= size
+    if free:
+        _require(device_count % fixed == 0,
+                 f'mesh sizes {sizes} do not divide the {device_count} devices; change mesh.*.')
+        sizes[free[0]] = device_count // fixed
+    _require(fixed * (sizes[free[0]] if free else 1) == device_count,
+             f'mesh {sizes} needs {fixed} devices but {device_count} are present; change mesh.*.')
+    return sizes
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Checks values that would otherwise fail late (after compilation) or silently."""
+    for key in ('total_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every',
+                'keep_checkpoints', 'data.image_size', 'data.max_text_len', 'data.captions_per_image',
+                'eval.batch_size', 'model.embed_dim'):
+        _positive_int(config, key)
+    _require(config.seed >= 0, f'config key seed must be >= 0, got {config.seed}.')
+    _require(config.warmup_steps >= 0, f'config key warmup_steps must be >= 0, got {config.warmup_steps}.')
+    _require(config.lr > 0, f'config key lr must be > 0, got {config.lr}.')
+    _require(config.weight_decay >= 0, f'config key weight_decay must be >= 0, got {config.weight_decay}.')
+    _require(config.grad_clip >= 0, f'config key grad_clip must be >= 0 (0 disables clipping), got {config.grad_clip}.')
+    _require(0.0 <= config.data.caption_noise <= 1.0,
+             f'config key data.caption_noise must be in [0, 1], got {config.data.caption_noise}.')
+    _require(config.loss.form in ('softmax', 'sigmoid'),
+             f"config key loss.form must be 'softmax' or 'sigmoid', got {config.loss.form!r}.")
+    _require(config.model.dtype in ('float32', 'bfloat16'),
+             f"config key model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}.")
+    _require(config.data.flip in ('auto', 'always', 'never'),
+             f"config key data.flip must be 'auto', 'always' or 'never', got {config.data.flip!r}.")
+    low, high = config.data.crop_scale
+    _require(0.0 < low <= high <= 1.0, f'config key data.crop_scale must satisfy 0 < low <= high <= 1, got {(low, high)}.')
+    _require(config.model.image_size == config.data.image_size,
+             f'model.image_size ({config.model.image_size}) must equal data.image_size ({config.data.image_size}).')
+    _require(config.model.max_text_len == config.data.max_text_len,
+             f'model.max_text_len ({config.model.max_text_len}) must equal data.max_text_len ({config.data.max_text_len}).')
+    sizes = mesh_shape(config, device_count)
+    batch_shards = sizes['data'] * sizes['fsdp']
+    _require(config.batch_size % batch_shards == 0,
+             f'config key batch_size ({config.batch_size}) must be divisible by the {batch_shards} batch shards '
+             f'(mesh data x fsdp over {device_count} devices).')
+    steps_per_epoch = config.data.train_size // config.batch_size
+    _require(steps_per_epoch >= 1,
+             f'config key data.train_size ({config.data.train_size}) is smaller than batch_size ({config.batch_size}).')

@@ -1,0 +1,130 @@
+"""Index-addressed, deterministic input pipeline: sampler -> load -> augment -> tokenize -> batch.
+
+The order of examples is a pure function of (seed, epoch); the batch at step k is a
+pure function of (seed, k), so a restart at step k reproduces batch k exactly and the
+pipeline's whole position is the step number. Each process loads only its slice of
+every global batch. Loading runs as parallel host calls in a tf.data graph (why
+tf.data: see README, "Input pipeline"); augmentation runs as TF image ops.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import ml_collections
+import numpy as np
+
+from vlp_jax.data.tokenizer import shared_tokenizer
+
+EPOCH_ORDER_STREAM = 1      # RNG stream ids keep the epoch order and the augmentations independent
+AUGMENT_STREAM = 2
+MIN_ASPECT, MAX_ASPECT = 3 / 4, 4 / 3
+FLIP_PROBABILITY = 0.5
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5   # images in [0, 1] are mapped to [-1, 1]
+
+
+class Source(Protocol):
+    """What the pipeline needs from a data set: random access by index, in batches."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: np.ndarray) -> dict[str, Any]: ...
+
+
+def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
+    return ((images_uint8.astype(np.float32) / 255.0) - PIXEL_MEAN) / PIXEL_STD
+
+
+class TrainPipeline:
+    """The training stream: global batch k, this process's rows only."""
+
+    def __init__(self, config: ml_collections.ConfigDict, source: Source,
+                 process_index: int = 0, process_count: int = 1):
+        self.seed = int(config.seed)
+        self.global_batch_size = int(config.batch_size)
+        assert self.global_batch_size % process_count == 0, 'validate() checks batch_size against the mesh'
+        self.local_batch_size = self.global_batch_size // process_count
+        self.process_index = process_index
+        self.source = source
+        self.steps_per_epoch = len(source) // self.global_batch_size
+        assert self.steps_per_epoch >= 1
+        self.image_size = int(config.data.image_size)
+        self.crop_scale = tuple(float(s) for s in config.data.crop_scale)
+        self.flip_mode = config.data.flip
+        self.workers = int(config.data.workers)
+        self.prefetch = int(config.data.prefetch)
+        self.tokenizer = shared_tokenizer(int(config.data.max_text_len))
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    # -- sampler -------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """A seeded permutation of the data set; the tail that does not fill a batch is dropped."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            rng = np.random.default_rng([self.seed, EPOCH_ORDER_STREAM, epoch])
+            self._order_cache = (epoch, rng.permutation(len(self.source)))
+        return self._order_cache[1]
+
+    def global_indices(self, step: int) -> np.ndarray:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        start = position * self.global_batch_size
+        return self.epoch_order(epoch)[start:start + self.global_batch_size]
+
+    def local_indices(self, step: int) -> np.ndarray:
+        start = self.process_index * self.local_batch_size
+        return self.global_indices(step)[start:start + self.local_batch_size]
+
+    # -- per-example randomness ----------------------------------------------------------
+    def _example_choices(self, epoch: int, index: int, num_captions: int, lateral: np.ndarray) -> tuple[int, np.ndarray, bool]:
+        """Caption slot, crop box (normalised y0, x0, y1, x1) and flip for one example of one epoch."""
+        rng = np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, int(index)])
+        caption = int(rng.integers(num_captions))
+        area = rng.uniform(*self.crop_scale)
+        aspect = np.exp(rng.uniform(np.log(MIN_ASPECT), np.log(MAX_ASPECT)))
+        height = min(1.0, np.sqrt(area / aspect))
+        width = min(1.0, np.sqrt(area * aspect))
+        top = rng.uniform(0.0, 1.0 - height)
+        left = rng.uniform(0.0, 1.0 - width)
+        box = np.array([top, left, top + height, left + width], dtype=np.float32)
+        wants_flip = rng.random() < FLIP_PROBABILITY
+        if self.flip_mode == 'never':
+            flip = False
+        elif self.flip_mode == 'always':
+            flip = wants_flip
+        else:  # 'auto': a flip would make 'left'/'right' in the caption false
+            flip = wants_flip and not bool(lateral[caption])
+        return caption, box, flip
+
+    def raw_batch(self, step: int) -> dict[str, np.ndarray]:
+        """Un-augmented images plus everything needed to augment them (pure function of step)."""
+        epoch = step // self.steps_per_epoch
+        indices = self.local_indices(step)
+        examples = self.source.batch(indices)
+        num_captions = len(examples['captions'][0])
+        captions, boxes, flips, sems = [], [], [], []
+        for row, index in enumerate(indices):
+            caption, box, flip = self._example_choices(epoch, index, num_captions, examples['lateral'][row])
+            captions.append(examples['captions'][row][caption])
+            sems.append(examples['sem'][row][caption])
+            boxes.append(box)
+            flips.append(flip)
+        tokens = self.tokenizer(captions)
+        return {
+            'image': examples['image'],
+            'text_ids': tokens['text_ids'],
+            'text_mask': tokens['text_mask'],
+            'index': indices.astype(np.int64),
+            'sem': np.asarray(sems, dtype=np.int32),
+            'crop_box': np.stack(boxes),
+            'flip': np.asarray(flips, dtype=bool),
+        }
+
+    # -- tf.data graph ---------------------------------------------------------------------
+    def dataset(self, start_step: int, end_step: int):
+        """tf.data.Dataset of augmented batches for steps [start_step, end_step)."""
+        from vlp_jax.data.tf_augment import build_dataset  # TensorFlow stays out of the core
+
+        return build_dataset(self, start_step, end_step)
+
+    def iterate(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """numpy batches for steps [start_step, end_step), loaded ahead by parallel workers."""
+        return self.dataset(start_step, end_step).as_numpy_iterator()

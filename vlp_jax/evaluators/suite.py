@@ -1,0 +1,45 @@
+"""Runs every zero-shot evaluator for one set of params; used by train.py and evaluate.py."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from vlp_jax import parallel
+from vlp_jax.evaluators.classification import class_embeddings, zero_shot_accuracy
+from vlp_jax.evaluators.retrieval import retrieval_metrics
+
+
+def embed_in_batches(encode: Callable[..., jax.Array], arrays: tuple[np.ndarray, ...], batch_size: int,
+                     mesh: Mesh) -> np.ndarray:
+    """Encodes host arrays in fixed-size batches (last one padded) sharded over the mesh's batch axes."""
+    count = arrays[0].shape[0]
+    outputs = []
+    for start in range(0, count, batch_size):
+        chunk = [a[start:start + batch_size] for a in arrays]
+        real = chunk[0].shape[0]
+        if real < batch_size:  # pad so every call has one static shape (one compilation)
+            chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - real, axis=0)]) for c in chunk]
+        sharded = [jax.device_put(c, parallel.batch_sharding(mesh, c.ndim)) for c in chunk]
+        outputs.append(np.asarray(jax.device_get(encode(*sharded)))[:real])
+    return np.concatenate(outputs)
+
+
+def run_zero_shot(encode_images: Callable, encode_texts: Callable, retrieval, classification, batch_size: int,
+                  mesh: Mesh) -> dict[str, float]:
+    """All eval metrics as a flat dict with keys like 'eval/retrieval/i2t_r1'."""
+    metrics = {}
+    image_embed = embed_in_batches(encode_images, (retrieval.images,), batch_size, mesh)
+    text_embed = embed_in_batches(encode_texts, (retrieval.text_ids, retrieval.text_mask), batch_size, mesh)
+    for key, value in retrieval_metrics(image_embed, text_embed, retrieval.text_image, retrieval.truth).items():
+        metrics[f'eval/retrieval/{key}'] = value
+    for task in classification:
+        classes, templates, length = task.prompt_ids.shape
+        prompts = embed_in_batches(encode_texts, (task.prompt_ids.reshape(-1, length),
+                                                  task.prompt_mask.reshape(-1, length)), batch_size, mesh)
+        class_embed = class_embeddings(prompts.reshape(classes, templates, -1))
+        images = embed_in_batches(encode_images, (task.images,), batch_size, mesh)
+        metrics[f'eval/zeroshot/{task.name}/top1'] = zero_shot_accuracy(images, class_embed, task.labels)
+    return metrics

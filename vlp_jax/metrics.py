@@ -1,0 +1,122 @@
+"""Where a run reports: WORKDIR/metrics.jsonl, TensorBoard event files, one console line per log step."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+
+
+def _plain(value: Any) -> Any:
+    try:
+        return float(value) if not isinstance(value, (int, str)) else value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class MetricsWriter:
+    """Appends one JSON object per log/eval step; mirrors scalars to TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._tensorboard = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # writes TF event files without TensorFlow
+
+            self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+    def write(self, step: int, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {'step': int(step), **{key: _plain(value) for key, value in values.items()}}
+        with open(self.path, 'a') as handle:
+            handle.write(json.dumps(record) + '\n')
+        for key, value in record.items():
+            if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tensorboard.add_scalar(key, value, step)
+        self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def truncate_after(workdir: str, step: int) -> None:
+    """Drops records newer than `step` (left by a run killed after its last checkpoint), so a
+    resumed run's metrics.jsonl reads as if it had never been interrupted."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        lines = handle.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)['step'] <= step:
+                kept.append(line)
+        except (ValueError, KeyError):
+            continue  # a line cut short by SIGKILL
+    if len(kept) != len(lines):
+        with open(path, 'w') as handle:
+            handle.writelines(kept)
+
+
+class Throughput:
+    """Examples/s, the share of time spent waiting for data, and the ETA, between log steps."""
+
+    def __init__(self, batch_size: int, total_steps: int, start_step: int):
+        self.batch_size = batch_size
+        self.total_steps = total_steps
+        self._window_start = time.perf_counter()
+        self._window_steps = 0
+        self._data_wait = 0.0
+        self._run_start = self._window_start
+        self._start_step = start_step
+
+    def add_data_wait(self, seconds: float) -> None:
+        self._data_wait += seconds
+
+    def step_done(self) -> None:
+        self._window_steps += 1
+
+    def pause(self) -> float:
+        """Marks the start of time that is not training (eval, checkpoint); returns a token."""
+        return time.perf_counter()
+
+    def resume(self, token: float) -> None:
+        skipped = time.perf_counter() - token
+        self._window_start += skipped
+        self._run_start += skipped
+
+    def window(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        elapsed = max(now - self._window_start, 1e-9)
+        stats = {
+            'train/examples_per_sec': self._window_steps * self.batch_size / elapsed,
+            'train/steps_per_sec': self._window_steps / elapsed,
+            'train/data_wait_fraction': min(1.0, self._data_wait / elapsed),
+        }
+        done = max(step - self._start_step, 1)
+        stats['eta_seconds'] = (now - self._run_start) / done * (self.total_steps - step)
+        self._window_start, self._window_steps, self._data_wait = now, 0, 0.0
+        return stats
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f'{hours}:{minutes:02d}:{secs:02d}' if hours else f'{minutes}:{secs:02d}'
+
+
+def console_line(step: int, total: int, values: Mapping[str, float]) -> str:
+    width = len(str(total))
+    return (f'step {step:>{width}}/{total}  loss {values["train/loss"]:.4f}  '
+            f'temp {values["train/temperature"]:.4f}  {values["train/examples_per_sec"]:.0f} ex/s  '
+            f'data wait {100 * values["train/data_wait_fraction"]:.1f}%  ETA {format_duration(values["eta_seconds"])}')

@@ -1,0 +1,89 @@
+"""The one contrastive loss every method in vlp_jax uses.
+
+For anchors a_i and candidates c_j (L2-normalised) and logit scale t:
+
+    z_ij   = t * <a_i, c_j>
+    loss_i = - sum_j y_ij * log_softmax_j(z_ij + log_w_ij)
+
+`log_w` (additive log-weights on negatives, 0 on positives) and `y` (row-stochastic
+targets) are what regulators change (SRCL, COSMO/MAFA, distillation); the loss never
+knows which regulator produced them. Defaults (log_w = 0, y = identity) give InfoNCE.
+The sigmoid (SigLIP) form takes the same inputs: label +1 where y > 0, and each
+negative term weighted by exp(log_w).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Regulation(NamedTuple):
+    """What regulators hand the loss for one direction; None means 'no change'."""
+    log_w: jax.Array | None = None   # [B, B] additive log-weights (0 on positives)
+    y: jax.Array | None = None       # [B, B] row-stochastic targets
+
+
+def _identity_targets(n: int, dtype) -> jax.Array:
+    return jnp.eye(n, dtype=dtype)
+
+
+def softmax_direction_loss(logits: jax.Array, regulation: Regulation = Regulation()) -> jax.Array:
+    """Mean over rows of -sum_j y_ij log_softmax(logits + log_w)_ij."""
+    logits = logits.astype(jnp.float32)
+    if regulation.log_w is not None:
+        logits = logits + jax.lax.stop_gradient(regulation.log_w.astype(jnp.float32))
+    y = regulation.y if regulation.y is not None else _identity_targets(logits.shape[0], logits.dtype)
+    y = jax.lax.stop_gradient(y.astype(jnp.float32))
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.sum(y * log_probs, axis=-1))
+
+
+def sigmoid_direction_loss(logits: jax.Array, bias: jax.Array, regulation: Regulation = Regulation()) -> jax.Array:
+    """SigLIP: -(1/B) sum_ij weight_ij * log sigmoid(label_ij * (z_ij + b)), label = +1 iff y_ij > 0."""
+    logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+    y = regulation.y if regulation.y is not None else _identity_targets(logits.shape[0], logits.dtype)
+    positive = jax.lax.stop_gradient(y) > 0
+    labels = jnp.where(positive, 1.0, -1.0)
+    weights = jnp.ones_like(logits)
+    if regulation.log_w is not None:
+        negative_weights = jnp.exp(jax.lax.stop_gradient(regulation.log_w.astype(jnp.float32)))
+        weights = jnp.where(positive, 1.0, negative_weights)
+    return -jnp.sum(weights * jax.nn.log_sigmoid(labels * logits)) / logits.shape[0]
+
+
+def contrastive_loss(
+    image_embed: jax.Array,
+    text_embed: jax.Array,
+    logit_scale: jax.Array,
+    *,
+    form: str = 'softmax',
+    sigmoid_bias: jax.Array | None = None,
+    i2t: Regulation = Regulation(),
+    t2i: Regulation = Regulation(),
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Symmetric loss over the global batch: mean of the image->text and text->image directions.
+
+    Embeddings are the global [B, E] arrays (sharded over the batch); jit inserts the
+    collectives. `i2t` regulates rows = images, `t2i` rows = texts.
+    """
+    logits_i2t = logit_scale * jnp.einsum('ie,je->ij', image_embed.astype(jnp.float32), text_embed.astype(jnp.float32))
+    logits_t2i = logits_i2t.T
+    if form == 'softmax':
+        loss_i2t = softmax_direction_loss(logits_i2t, i2t)
+        loss_t2i = softmax_direction_loss(logits_t2i, t2i)
+    elif form == 'sigmoid':
+        assert sigmoid_bias is not None, 'the sigmoid form needs the learnable bias'
+        loss_i2t = sigmoid_direction_loss(logits_i2t, sigmoid_bias, i2t)
+        loss_t2i = sigmoid_direction_loss(logits_t2i, sigmoid_bias, t2i)
+    else:
+        raise ValueError(f"loss form must be 'softmax' or 'sigmoid', got {form!r}")
+    diagonal = jnp.arange(logits_i2t.shape[0])
+    metrics = {
+        'loss_i2t': loss_i2t,
+        'loss_t2i': loss_t2i,
+        'i2t_accuracy': jnp.mean(jnp.argmax(logits_i2t, axis=1) == diagonal),
+        't2i_accuracy': jnp.mean(jnp.argmax(logits_t2i, axis=1) == diagonal),
+    }
+    return 0.5 * (loss_i2t + loss_t2i), metrics

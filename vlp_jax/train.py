@@ -1,0 +1,157 @@
+"""Train a vision-language model: `python -m vlp_jax.train --config configs/NAME.py[:ARG] --workdir DIR`.
+
+Re-running the same command resumes from the newest complete checkpoint in DIR.
+Config errors exit with status 2 and one line before anything is compiled or written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import flags
+
+from vlp_jax import config as config_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config', None, 'Config file, `path/to/config.py[:arg]`; override keys with --config.KEY=VALUE.')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard files.')
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+    """One line on stderr, non-zero exit: for mistakes the user can fix."""
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def parse_command_line(argv: list[str], need_workdir: bool = True):
+    """absl flags + config overrides -> (validated config, flags); exits on user errors."""
+    try:
+        rest, overrides = config_lib.split_overrides(argv)
+        FLAGS(rest)
+    except (config_lib.ConfigError, flags.Error) as error:
+        fail(str(error).splitlines()[0])
+    if not FLAGS.config:
+        fail('--config is required, e.g. --config configs/shapes_tiny.py.')
+    if need_workdir and not FLAGS.workdir:
+        fail('--workdir is required: the directory for checkpoints and metrics.')
+    try:
+        config = config_lib.load_config_file(FLAGS.config)
+        config_lib.apply_overrides(config, overrides)
+        import jax  # after flag parsing: a typo must not wait for backend start-up
+
+        from vlp_jax import parallel
+        parallel.maybe_initialize_distributed()
+        config_lib.validate(config, jax.device_count())
+    except config_lib.ConfigError as error:
+        fail(str(error))
+    return config
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Trains to config.total_steps (resuming if possible); returns the final metrics."""
+    import jax
+
+    from vlp_jax import metrics as metrics_lib
+    from vlp_jax import optim, parallel, state as state_lib, steps
+    from vlp_jax.checkpointing import Checkpointer
+    from vlp_jax.data.eval_sets import classification_sets, retrieval_set
+    from vlp_jax.data.pipeline import TrainPipeline
+    from vlp_jax.data.sources import build_source
+    from vlp_jax.evaluators.suite import run_zero_shot
+
+    mesh = parallel.make_mesh(config_lib.mesh_shape(config, jax.device_count()))
+    rules = parallel.logical_rules(config.mesh.rules)
+    model = state_lib.create_model(config)
+    optimizer = optim.make_optimizer(config)
+    abstract_state, shardings = state_lib.state_shardings(config, model, optimizer, mesh, rules)
+    pipeline = TrainPipeline(config, build_source(config, 'train'), jax.process_index(), jax.process_count())
+    retrieval, classification = retrieval_set(config, 'test'), classification_sets(config)
+    is_main = jax.process_index() == 0
+    say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
+
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, 'config.json'), 'w') as handle:
+            handle.write(config.to_json(indent=1))
+    checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+    restored = checkpointer.restore(abstract_state)
+    if restored is None:
+        state, start_step = state_lib.init_state(config, model, optimizer, mesh, rules, shardings), 0
+        say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
+    else:
+        start_step, state, extra = restored
+        assert extra['pipeline']['next_step'] == start_step, extra
+        say(f'resumed from checkpoint at step {start_step} in {workdir}/checkpoints')
+    if is_main:
+        metrics_lib.truncate_after(workdir, start_step)
+
+    train_step = steps.make_train_step(config, model, optimizer, mesh, rules, shardings)
+    encode_images, encode_texts = steps.make_encoders(model, mesh, rules, shardings['params'])
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+
+    def evaluate(params) -> dict[str, float]:
+        return run_zero_shot(lambda x: encode_images(params, x), lambda i, m: encode_texts(params, i, m),
+                             retrieval, classification, config.eval.batch_size, mesh)
+
+    total = config.total_steps
+    final: dict[str, Any] = {}
+    throughput = metrics_lib.Throughput(config.batch_size, total, start_step)
+    batches = pipeline.iterate(start_step, total)
+    in_flight = None
+    for step in range(start_step, total):
+        wait_start = time.perf_counter()
+        local = next(batches)
+        throughput.add_data_wait(time.perf_counter() - wait_start)
+        batch = parallel.global_batch({key: local[key] for key in steps.BATCH_KEYS}, mesh)
+        state, step_metrics = train_step(state, batch)
+        # At most one step queued behind the running one: the host cannot run ahead, drain
+        # the prefetch buffer and then count its own idle time as 'waiting for data'.
+        jax.block_until_ready(in_flight)
+        in_flight = step_metrics
+        throughput.step_done()
+        done = step + 1
+        record: dict[str, Any] = {}
+        if done % config.log_every == 0 or done == total:
+            record.update(steps.scalar_metrics(step_metrics))
+            record.update(throughput.window(done))
+            say(metrics_lib.console_line(done, total, record))
+        if done % config.eval_every == 0 or done == total:
+            paused = throughput.pause()
+            eval_metrics = evaluate(state['params'])
+            record.update(eval_metrics)
+            say(f'eval at step {done}: ' + '  '.join(
+                f'{key.split("/", 1)[1]} {value:.3f}' for key, value in eval_metrics.items()
+                if key.endswith(('_r1', 'top1'))))
+            throughput.resume(paused)
+        if record:
+            record.pop('eta_seconds', None)
+            writer.write(done, record)
+            final.update(record)
+        if done % config.checkpoint_every == 0 or done == total:
+            paused = throughput.pause()
+            checkpointer.save(done, state, extra={'pipeline': {'next_step': done, 'seed': int(config.seed)}})
+            throughput.resume(paused)
+    if start_step >= total:
+        say(f'already trained to step {total}; evaluating the final checkpoint')
+        final = {'step': total, **evaluate(state['params'])}
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    final['step'] = total
+    return final
+
+
+def main() -> None:
+    config = parse_command_line(sys.argv)
+    final = run(config, FLAGS.workdir)
+    if final:
+        print(json.dumps({key: value for key, value in final.items() if key.startswith(('eval/', 'step'))}), flush=True)
+
+
+if __name__ == '__main__':
+    main()
