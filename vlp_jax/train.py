@@ -5,6 +5,7 @@ Config errors exit with status 2 and one line before anything is compiled or wri
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -18,6 +19,8 @@ from vlp_jax import config as config_lib
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', None, 'Config file, `path/to/config.py[:arg]`; override keys with --config.KEY=VALUE.')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard files.')
+flags.DEFINE_integer('stop_at_step', None, 'Checkpoint and exit at this step (e.g. before a pre-emption); '
+                     're-running without it continues exactly where it stopped.')
 
 EXIT_USER_ERROR = 2
 
@@ -52,7 +55,7 @@ def parse_command_line(argv: list[str], need_workdir: bool = True):
     return config
 
 
-def run(config, workdir: str) -> dict[str, Any]:
+def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
     """Trains to config.total_steps (resuming if possible); returns the final metrics."""
     import jax
 
@@ -99,11 +102,16 @@ def run(config, workdir: str) -> dict[str, Any]:
                              retrieval, classification, config.eval.batch_size, mesh)
 
     total = config.total_steps
+    # Everything built so far (TF, JAX, the model) lives for the whole run: freezing it keeps
+    # Python's full garbage collections, which stop every thread, from rescanning it mid-loop.
+    gc.collect()
+    gc.freeze()
+    end = total if stop_at_step is None else min(max(stop_at_step, start_step), total)
     final: dict[str, Any] = {}
     throughput = metrics_lib.Throughput(config.batch_size, total, start_step)
-    batches = pipeline.iterate(start_step, total)
+    batches = pipeline.iterate(start_step, end)
     in_flight = None
-    for step in range(start_step, total):
+    for step in range(start_step, end):
         wait_start = time.perf_counter()
         local = next(batches)
         throughput.add_data_wait(time.perf_counter() - wait_start)
@@ -132,7 +140,7 @@ def run(config, workdir: str) -> dict[str, Any]:
             record.pop('eta_seconds', None)
             writer.write(done, record)
             final.update(record)
-        if done % config.checkpoint_every == 0 or done == total:
+        if done % config.checkpoint_every == 0 or done in (total, end):
             paused = throughput.pause()
             checkpointer.save(done, state, extra={'pipeline': {'next_step': done, 'seed': int(config.seed)}})
             throughput.resume(paused)
@@ -142,13 +150,16 @@ def run(config, workdir: str) -> dict[str, Any]:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
+    if end < total:
+        say(f'stopped at step {end} as asked; re-run the same command to continue to {total}')
+        return {}
     final['step'] = total
     return final
 
 
 def main() -> None:
     config = parse_command_line(sys.argv)
-    final = run(config, FLAGS.workdir)
+    final = run(config, FLAGS.workdir, FLAGS.stop_at_step)
     if final:
         print(json.dumps({key: value for key, value in final.items() if key.startswith(('eval/', 'step'))}), flush=True)
 

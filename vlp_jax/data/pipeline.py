@@ -8,6 +8,8 @@ tf.data: see README, "Input pipeline"); augmentation runs as TF image ops.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -126,5 +128,32 @@ class TrainPipeline:
         return build_dataset(self, start_step, end_step)
 
     def iterate(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
-        """numpy batches for steps [start_step, end_step), loaded ahead by parallel workers."""
-        return self.dataset(start_step, end_step).as_numpy_iterator()
+        """numpy batches for steps [start_step, end_step), loaded ahead by parallel workers.
+
+        A host thread drains the tf.data iterator into a small queue, so the tensor->numpy
+        hand-over happens while the train loop is blocked on the device, not on its critical path.
+        """
+        return _threaded(self.dataset(start_step, end_step).as_numpy_iterator(), self.prefetch)
+
+
+def _threaded(iterator: Iterator, buffer: int) -> Iterator:
+    """Runs `iterator` in a daemon thread, `buffer` items ahead; re-raises its errors here."""
+    items: queue.Queue = queue.Queue(maxsize=max(1, buffer))
+    done = object()
+
+    def produce():
+        try:
+            for item in iterator:
+                items.put(item)
+            items.put(done)
+        except BaseException as error:  # surfaced to the consumer below
+            items.put(error)
+
+    threading.Thread(target=produce, daemon=True, name='vlp_jax-input').start()
+    while True:
+        item = items.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

@@ -1,0 +1,120 @@
+"""End-to-end runs of the CLI: learning, 1 vs 8 devices, stop/SIGKILL + resume, evaluate."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli
+
+TIMING_KEYS = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait_fraction')
+STEPS = 30
+
+
+def _train_args(workdir, steps=STEPS, extra=()):
+    return ['--config', f'{TINY_CONFIG}:{steps}', '--workdir', str(workdir), *FAST_OVERRIDES, *extra]
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def _assert_same_records(actual, expected, rtol):
+    assert [r['step'] for r in actual] == [r['step'] for r in expected]
+    for a, e in zip(_comparable(actual), _comparable(expected)):
+        assert a.keys() == e.keys(), (a.keys(), e.keys())
+        for key in e:
+            np.testing.assert_allclose(a[key], e[key], rtol=rtol, atol=1e-7, err_msg=f'step {e["step"]} {key}')
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('straight')
+    result = run_cli('vlp_jax.train', _train_args(workdir))
+    return workdir, result
+
+
+def test_straight_run_logs_and_checkpoints(straight_run):
+    workdir, result = straight_run
+    records = read_metrics(workdir)
+    assert [r['step'] for r in records] == [5, 10, 15, 20, 25, 30]
+    for key in ('train/loss', 'train/temperature', 'train/lr', 'train/examples_per_sec', 'train/data_wait_fraction'):
+        assert key in records[0]
+    assert 'eval/retrieval/i2t_r1' in records[-1] and 'eval/zeroshot/shape/top1' in records[-1]
+    assert records[-1]['train/loss'] < records[0]['train/loss']
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20', '30']
+    assert any(name.startswith('events') for name in os.listdir(workdir / 'tensorboard'))
+    assert 'step 30/30' in result.stdout
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last['eval/retrieval/t2i_r1'] == records[-1]['eval/retrieval/t2i_r1']
+
+
+def test_stop_and_resume_reproduces_straight_run(straight_run, tmp_path):
+    workdir = tmp_path / 'resumed'
+    first = run_cli('vlp_jax.train', _train_args(workdir, extra=('--stop_at_step=15',)))
+    assert 'stopped at step 15' in first.stdout
+    second = run_cli('vlp_jax.train', _train_args(workdir))
+    assert 'resumed from checkpoint at step 15' in second.stdout
+    _assert_same_records(read_metrics(workdir), read_metrics(straight_run[0]), rtol=1e-6)
+
+
+def test_sigkill_between_checkpoints_then_resume(straight_run, tmp_path):
+    workdir = tmp_path / 'killed'
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', PYTHONPATH=REPO)
+    process = subprocess.Popen([sys.executable, '-m', 'vlp_jax.train', *_train_args(workdir)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (workdir / 'checkpoints' / '10').exists():  # committed step dirs appear atomically
+        assert process.poll() is None and time.monotonic() < deadline, 'run ended before its first checkpoint'
+        time.sleep(0.05)
+    time.sleep(0.3)  # a little way into the steps after it
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = run_cli('vlp_jax.train', _train_args(workdir))
+    assert 'resumed from checkpoint at step' in resumed.stdout
+    _assert_same_records(read_metrics(workdir), read_metrics(straight_run[0]), rtol=1e-6)
+
+
+def test_evaluate_reproduces_final_eval(straight_run):
+    workdir, _ = straight_run
+    result = run_cli('vlp_jax.evaluate', ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir),
+                                          *FAST_OVERRIDES])
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    final = read_metrics(workdir)[-1]
+    assert printed['step'] == STEPS
+    for key, value in final.items():
+        if key.startswith('eval/'):
+            assert printed[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_evaluate_missing_checkpoint_is_one_line(tmp_path):
+    result = run_cli('vlp_jax.evaluate', ['--config', TINY_CONFIG, '--checkpoint', str(tmp_path / 'nothing')],
+                     check=False, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_and_eight_devices_agree(straight_run, tmp_path):
+    workdir = tmp_path / 'eight'
+    run_cli('vlp_jax.train', _train_args(workdir, steps=20), devices=8)
+    single = tmp_path / 'one'
+    run_cli('vlp_jax.train', _train_args(single, steps=20), devices=1)
+    eight_losses = [r['train/loss'] for r in read_metrics(workdir)]
+    one_losses = [r['train/loss'] for r in read_metrics(single)]
+    assert len(one_losses) == 4
+    np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-3)
+
+
+def test_tiny_training_beats_chance(tmp_path):
+    workdir = tmp_path / 'learn'
+    run_cli('vlp_jax.train', _train_args(workdir, steps=150, extra=(
+        '--config.batch_size=64', '--config.log_every=50', '--config.checkpoint_every=150', '--config.lr=2e-3',
+        '--config.data.test_size=100', '--config.data.train_size=10000')))
+    final = read_metrics(workdir)[-1]
+    chance = 1 / 100
+    assert final['eval/retrieval/t2i_r1'] >= 5 * chance, final
+    assert final['eval/retrieval/i2t_r1'] >= 5 * chance, final
+    assert final['eval/zeroshot/colour/top1'] > 2 / 7, final  # 7 colours
