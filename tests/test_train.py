@@ -118,3 +118,12 @@ def test_tiny_training_beats_chance(tmp_path):
     assert final['eval/retrieval/t2i_r1'] >= 5 * chance, final
     assert final['eval/retrieval/i2t_r1'] >= 5 * chance, final
     assert final['eval/zeroshot/colour/top1'] > 2 / 7, final  # 7 colours
+
+
+def test_resume_with_a_different_architecture_is_one_line(straight_run):
+    workdir, _ = straight_run
+    before = sorted(os.listdir(workdir / 'checkpoints'))
+    result = run_cli('vlp_jax.train', _train_args(workdir, extra=('--config.model.embed_dim=16',)), check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and 'shape' in lines[0], result.stderr
+    assert sorted(os.listdir(workdir / 'checkpoints')) == before  # nothing moved aside or deleted

@@ -16,6 +16,8 @@ import ml_collections
 
 OVERRIDE_PREFIX = '--config.'
 MESH_AXES = ('data', 'fsdp', 'model')
+DATA_SOURCES = ('shapes',)
+CAPTION_DETAILS = ('coarse', 'mixed', 'fine')
 
 
 class ConfigError(ValueError):
@@ -170,6 +172,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
              f"config key model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}.")
     _require(config.data.flip in ('auto', 'always', 'never'),
              f"config key data.flip must be 'auto', 'always' or 'never', got {config.data.flip!r}.")
+    _require(config.data.name in DATA_SOURCES,
+             f'config key data.name must be one of {DATA_SOURCES}, got {config.data.name!r}.')
+    _require(config.data.detail in CAPTION_DETAILS,
+             f'config key data.detail must be one of {CAPTION_DETAILS}, got {config.data.detail!r}.')
     low, high = config.data.crop_scale
     _require(0.0 < low <= high <= 1.0, f'config key data.crop_scale must satisfy 0 < low <= high <= 1, got {(low, high)}.')
     _require(config.model.image_size == config.data.image_size,

@@ -61,7 +61,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
 
     from vlp_jax import metrics as metrics_lib
     from vlp_jax import optim, parallel, state as state_lib, steps
-    from vlp_jax.checkpointing import Checkpointer
+    from vlp_jax.checkpointing import CheckpointError, Checkpointer
     from vlp_jax.data.eval_sets import classification_sets, retrieval_set
     from vlp_jax.data.pipeline import TrainPipeline
     from vlp_jax.data.sources import build_source
@@ -77,12 +77,15 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     is_main = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
 
+    checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+    try:  # before anything is written: a mismatching config must leave the workdir as it was
+        restored = checkpointer.restore(abstract_state)
+    except CheckpointError as error:
+        fail(str(error))
     os.makedirs(workdir, exist_ok=True)
     if is_main:
         with open(os.path.join(workdir, 'config.json'), 'w') as handle:
             handle.write(config.to_json(indent=1))
-    checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
-    restored = checkpointer.restore(abstract_state)
     if restored is None:
         state, start_step = state_lib.init_state(config, model, optimizer, mesh, rules, shardings), 0
         say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')

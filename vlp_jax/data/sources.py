@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlp_jax.config import DATA_SOURCES
 from vlp_jax.data.synthetic import ShapesWorld, ShapesWorldConfig
-
-SOURCES = ('shapes',)
 
 
 class DataError(ValueError):
@@ -27,5 +26,5 @@ def shapes_world_config(data: ml_collections.ConfigDict) -> ShapesWorldConfig:
 def build_source(config: ml_collections.ConfigDict, split: str) -> ShapesWorld:
     """The data set `config.data.name` at `split` ('train', 'val' or 'test')."""
     if config.data.name != 'shapes':
-        raise DataError(f'unknown data set data.name={config.data.name!r}; choose one of {SOURCES}.')
+        raise DataError(f'unknown data set data.name={config.data.name!r}; choose one of {DATA_SOURCES}.')
     return ShapesWorld(shapes_world_config(config.data), seed=int(config.seed), split=split)

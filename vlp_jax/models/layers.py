@@ -34,236 +34,236 @@ ACT_BLM = ("batch", "length", "mlp")
 
 
 def partitioned(init_fn: Callable, names: tuple) -> Callable:
-  """Shorthand: attach logical axis names to an initialiser."""
-  return nn.with_logical_partitioning(init_fn, names)
+    """Shorthand: attach logical axis names to an initialiser."""
+    return nn.with_logical_partitioning(init_fn, names)
 
 
 def layer_norm(name: str, eps: float = DEFAULT_LN_EPS) -> nn.LayerNorm:
-  """A float32 LayerNorm over 'embed' with logically named scale/bias."""
-  return nn.LayerNorm(
-      epsilon=eps,
-      dtype=jnp.float32,
-      param_dtype=PARAM_DTYPE,
-      scale_init=partitioned(nn.initializers.ones_init(), ("embed",)),
-      bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
-      name=name,
-  )
+    """A float32 LayerNorm over 'embed' with logically named scale/bias."""
+    return nn.LayerNorm(
+            epsilon=eps,
+            dtype=jnp.float32,
+            param_dtype=PARAM_DTYPE,
+            scale_init=partitioned(nn.initializers.ones_init(), ("embed",)),
+            bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
+            name=name,
+    )
 
 
 def key_mask_to_bias_mask(mask: Array | None) -> Array | None:
-  """[B, Lk] valid-key mask (bool/int) -> boolean [B, 1, 1, Lk] for [B,H,Lq,Lk]."""
-  if mask is None:
-    return None
-  return jnp.asarray(mask).astype(bool)[:, None, None, :]
+    """[B, Lk] valid-key mask (bool/int) -> boolean [B, 1, 1, Lk] for [B,H,Lq,Lk]."""
+    if mask is None:
+        return None
+    return jnp.asarray(mask).astype(bool)[:, None, None, :]
 
 
 class HeadDense(nn.Module):
-  """Dense map contracting the trailing input dims into ``features`` dims.
+    """Dense map contracting the trailing input dims into ``features`` dims.
 
-  Used instead of nn.DenseGeneral, whose init reshapes a 2-D kernel through the
-  logical-axis box and so breaks under a mesh + rules for >2-D kernels.
-  ``kernel_axes`` names the contracted input dims followed by the output dims.
-  """
+    Used instead of nn.DenseGeneral, whose init reshapes a 2-D kernel through the
+    logical-axis box and so breaks under a mesh + rules for >2-D kernels.
+    ``kernel_axes`` names the contracted input dims followed by the output dims.
+    """
 
-  features: tuple[int, ...]
-  kernel_axes: tuple[str, ...]
-  dtype: Dtype = jnp.float32
+    features: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """Contracts the last ``len(kernel_axes) - len(features)`` dims of ``x``."""
-    n_out = len(self.features)
-    n_in = len(self.kernel_axes) - n_out
-    shape = tuple(x.shape[-n_in:]) + tuple(self.features)
-    init = nn.initializers.xavier_uniform(
-        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
-    kernel = self.param("kernel", partitioned(init, self.kernel_axes), shape,
-                        PARAM_DTYPE)
-    bias = self.param(
-        "bias", partitioned(nn.initializers.zeros_init(), self.kernel_axes[n_in:]),
-        tuple(self.features), PARAM_DTYPE)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
-    return y + bias.astype(self.dtype)
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Contracts the last ``len(kernel_axes) - len(features)`` dims of ``x``."""
+        n_out = len(self.features)
+        n_in = len(self.kernel_axes) - n_out
+        shape = tuple(x.shape[-n_in:]) + tuple(self.features)
+        init = nn.initializers.xavier_uniform(
+                in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+        kernel = self.param("kernel", partitioned(init, self.kernel_axes), shape,
+                                                PARAM_DTYPE)
+        bias = self.param(
+                "bias", partitioned(nn.initializers.zeros_init(), self.kernel_axes[n_in:]),
+                tuple(self.features), PARAM_DTYPE)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+        return y + bias.astype(self.dtype)
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head dot-product attention; cross-attention when ``context`` is given.
+    """Multi-head dot-product attention; cross-attention when ``context`` is given.
 
-  Attributes:
-    num_heads: number of heads; the head dim is ``width // num_heads``.
-    dtype: compute dtype of projections (logits/softmax are float32).
-    dropout_rate: dropout on the attention probabilities.
-  """
+    Attributes:
+        num_heads: number of heads; the head dim is ``width // num_heads``.
+        dtype: compute dtype of projections (logits/softmax are float32).
+        dropout_rate: dropout on the attention probabilities.
+    """
 
-  num_heads: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float = 0.0
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
 
-  @nn.compact
-  def __call__(
-      self,
-      x: Array,
-      context: Array | None = None,
-      mask: Array | None = None,
-      deterministic: bool = True,
-  ) -> Array:
-    """x: [B, Lq, D]; context: [B, Lk, Dc] (default x); mask: [B, Lk] valid keys."""
-    width = x.shape[-1]
-    if width % self.num_heads:
-      raise ValueError(f"width {width} not divisible by num_heads {self.num_heads}")
-    head_dim = width // self.num_heads
-    context = x if context is None else context
+    @nn.compact
+    def __call__(
+            self,
+            x: Array,
+            context: Array | None = None,
+            mask: Array | None = None,
+            deterministic: bool = True,
+    ) -> Array:
+        """x: [B, Lq, D]; context: [B, Lk, Dc] (default x); mask: [B, Lk] valid keys."""
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+        context = x if context is None else context
 
-    def proj(name: str) -> HeadDense:
-      return HeadDense((self.num_heads, head_dim), ("embed", "heads", "kv"),
-                       self.dtype, name=name)
+        def proj(name: str) -> HeadDense:
+            return HeadDense((self.num_heads, head_dim), ("embed", "heads", "kv"),
+                                              self.dtype, name=name)
 
-    q = nn.with_logical_constraint(proj("query")(x), ACT_BLHK)
-    k = nn.with_logical_constraint(proj("key")(context), ACT_BLHK)
-    v = nn.with_logical_constraint(proj("value")(context), ACT_BLHK)
+        q = nn.with_logical_constraint(proj("query")(x), ACT_BLHK)
+        k = nn.with_logical_constraint(proj("key")(context), ACT_BLHK)
+        v = nn.with_logical_constraint(proj("value")(context), ACT_BLHK)
 
-    q = q / jnp.sqrt(head_dim).astype(q.dtype)
-    logits = jnp.einsum(
-        "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    bool_mask = key_mask_to_bias_mask(mask)
-    if bool_mask is not None:
-      logits = jnp.where(bool_mask, logits, jnp.float32(MASK_VALUE))
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    if self.dropout_rate > 0.0:
-      probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v.astype(self.dtype))
-    out = nn.with_logical_constraint(out, ACT_BLHK)
-    out = HeadDense((width,), ("heads", "kv", "embed"), self.dtype, name="out")(out)
-    return nn.with_logical_constraint(out, ACT_BLE)
+        q = q / jnp.sqrt(head_dim).astype(q.dtype)
+        logits = jnp.einsum(
+                "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        bool_mask = key_mask_to_bias_mask(mask)
+        if bool_mask is not None:
+            logits = jnp.where(bool_mask, logits, jnp.float32(MASK_VALUE))
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if self.dropout_rate > 0.0:
+            probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v.astype(self.dtype))
+        out = nn.with_logical_constraint(out, ACT_BLHK)
+        out = HeadDense((width,), ("heads", "kv", "embed"), self.dtype, name="out")(out)
+        return nn.with_logical_constraint(out, ACT_BLE)
 
 
 class MlpBlock(nn.Module):
-  """Dense -> GELU -> Dense feed-forward block."""
+    """Dense -> GELU -> Dense feed-forward block."""
 
-  mlp_dim: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float = 0.0
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
 
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    """x: [B, L, D] -> [B, L, D]."""
-    width = x.shape[-1]
-    h = nn.Dense(
-        self.mlp_dim,
-        dtype=self.dtype,
-        param_dtype=PARAM_DTYPE,
-        kernel_init=partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
-        bias_init=partitioned(nn.initializers.zeros_init(), ("mlp",)),
-        name="fc1",
-    )(x)
-    h = nn.gelu(h, approximate=False)
-    h = nn.with_logical_constraint(h, ACT_BLM)
-    if self.dropout_rate > 0.0:
-      h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
-    out = nn.Dense(
-        width,
-        dtype=self.dtype,
-        param_dtype=PARAM_DTYPE,
-        kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
-        bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
-        name="fc2",
-    )(h)
-    return nn.with_logical_constraint(out, ACT_BLE)
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        """x: [B, L, D] -> [B, L, D]."""
+        width = x.shape[-1]
+        h = nn.Dense(
+                self.mlp_dim,
+                dtype=self.dtype,
+                param_dtype=PARAM_DTYPE,
+                kernel_init=partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+                bias_init=partitioned(nn.initializers.zeros_init(), ("mlp",)),
+                name="fc1",
+        )(x)
+        h = nn.gelu(h, approximate=False)
+        h = nn.with_logical_constraint(h, ACT_BLM)
+        if self.dropout_rate > 0.0:
+            h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
+        out = nn.Dense(
+                width,
+                dtype=self.dtype,
+                param_dtype=PARAM_DTYPE,
+                kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+                bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
+                name="fc2",
+        )(h)
+        return nn.with_logical_constraint(out, ACT_BLE)
 
 
 class TransformerBlock(nn.Module):
-  """Self-attention [+ cross-attention] + MLP, each as a residual sub-block.
+    """Self-attention [+ cross-attention] + MLP, each as a residual sub-block.
 
-  ``pre_norm=True`` (default, ViT/CLIP): x + f(LN(x)).
-  ``pre_norm=False`` (BERT/MiniLM layout, for imported weights): LN(x + f(x)).
-  """
+    ``pre_norm=True`` (default, ViT/CLIP): x + f(LN(x)).
+    ``pre_norm=False`` (BERT/MiniLM layout, for imported weights): LN(x + f(x)).
+    """
 
-  num_heads: int
-  mlp_dim: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float = 0.0
-  cross_attention: bool = False
-  pre_norm: bool = True
-  ln_eps: float = DEFAULT_LN_EPS
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    cross_attention: bool = False
+    pre_norm: bool = True
+    ln_eps: float = DEFAULT_LN_EPS
 
-  def _residual(self, x: Array, fn: Callable[[Array], Array], ln_name: str,
-                deterministic: bool) -> Array:
-    """Applies one residual sub-block in the configured norm placement."""
-    ln = layer_norm(ln_name, self.ln_eps)
-    h = fn(ln(x) if self.pre_norm else x)
-    if self.dropout_rate > 0.0:
-      h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
-    y = x + h.astype(x.dtype)
-    if not self.pre_norm:
-      y = ln(y).astype(x.dtype)
-    return nn.with_logical_constraint(y, ACT_BLE)
+    def _residual(self, x: Array, fn: Callable[[Array], Array], ln_name: str,
+                                deterministic: bool) -> Array:
+        """Applies one residual sub-block in the configured norm placement."""
+        ln = layer_norm(ln_name, self.ln_eps)
+        h = fn(ln(x) if self.pre_norm else x)
+        if self.dropout_rate > 0.0:
+            h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
+        y = x + h.astype(x.dtype)
+        if not self.pre_norm:
+            y = ln(y).astype(x.dtype)
+        return nn.with_logical_constraint(y, ACT_BLE)
 
-  @nn.compact
-  def __call__(
-      self,
-      x: Array,
-      mask: Array | None = None,
-      context: Array | None = None,
-      context_mask: Array | None = None,
-      deterministic: bool = True,
-  ) -> Array:
-    """x: [B, L, D]; mask: [B, L] valid tokens; context: [B, Lc, Dc] for cross-attn."""
-    attn = MultiHeadAttention(
-        self.num_heads, self.dtype, self.dropout_rate, name="attn")
-    x = self._residual(
-        x, lambda h: attn(h, mask=mask, deterministic=deterministic),
-        "ln_attn", deterministic)
-    if self.cross_attention:
-      if context is None:
-        raise ValueError("cross_attention block needs `context`")
-      xattn = MultiHeadAttention(
-          self.num_heads, self.dtype, self.dropout_rate, name="xattn")
-      x = self._residual(
-          x, lambda h: xattn(h, context=context, mask=context_mask,
-                             deterministic=deterministic),
-          "ln_xattn", deterministic)
-    mlp = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, name="mlp")
-    return self._residual(
-        x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp", deterministic)
+    @nn.compact
+    def __call__(
+            self,
+            x: Array,
+            mask: Array | None = None,
+            context: Array | None = None,
+            context_mask: Array | None = None,
+            deterministic: bool = True,
+    ) -> Array:
+        """x: [B, L, D]; mask: [B, L] valid tokens; context: [B, Lc, Dc] for cross-attn."""
+        attn = MultiHeadAttention(
+                self.num_heads, self.dtype, self.dropout_rate, name="attn")
+        x = self._residual(
+                x, lambda h: attn(h, mask=mask, deterministic=deterministic),
+                "ln_attn", deterministic)
+        if self.cross_attention:
+            if context is None:
+                raise ValueError("cross_attention block needs `context`")
+            xattn = MultiHeadAttention(
+                    self.num_heads, self.dtype, self.dropout_rate, name="xattn")
+            x = self._residual(
+                    x, lambda h: xattn(h, context=context, mask=context_mask,
+                                                          deterministic=deterministic),
+                    "ln_xattn", deterministic)
+        mlp = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, name="mlp")
+        return self._residual(
+                x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp", deterministic)
 
 
 class Encoder(nn.Module):
-  """A stack of ``depth`` TransformerBlocks (final LayerNorm when pre-norm)."""
+    """A stack of ``depth`` TransformerBlocks (final LayerNorm when pre-norm)."""
 
-  depth: int
-  num_heads: int
-  mlp_dim: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float = 0.0
-  cross_attention: bool = False
-  pre_norm: bool = True
-  ln_eps: float = DEFAULT_LN_EPS
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    cross_attention: bool = False
+    pre_norm: bool = True
+    ln_eps: float = DEFAULT_LN_EPS
 
-  @nn.compact
-  def __call__(
-      self,
-      x: Array,
-      mask: Array | None = None,
-      context: Array | None = None,
-      context_mask: Array | None = None,
-      deterministic: bool = True,
-  ) -> Array:
-    """x: [B, L, D] -> [B, L, D] (float32 after the final LayerNorm)."""
-    x = nn.with_logical_constraint(x, ACT_BLE)
-    for i in range(self.depth):
-      x = TransformerBlock(
-          num_heads=self.num_heads,
-          mlp_dim=self.mlp_dim,
-          dtype=self.dtype,
-          dropout_rate=self.dropout_rate,
-          cross_attention=self.cross_attention,
-          pre_norm=self.pre_norm,
-          ln_eps=self.ln_eps,
-          name=f"block_{i}",
-      )(x, mask=mask, context=context, context_mask=context_mask,
-        deterministic=deterministic)
-    if self.pre_norm:
-      x = layer_norm("ln_final", self.ln_eps)(x)
-    else:
-      x = x.astype(jnp.float32)
-    return nn.with_logical_constraint(x, ACT_BLE)
+    @nn.compact
+    def __call__(
+            self,
+            x: Array,
+            mask: Array | None = None,
+            context: Array | None = None,
+            context_mask: Array | None = None,
+            deterministic: bool = True,
+    ) -> Array:
+        """x: [B, L, D] -> [B, L, D] (float32 after the final LayerNorm)."""
+        x = nn.with_logical_constraint(x, ACT_BLE)
+        for i in range(self.depth):
+            x = TransformerBlock(
+                    num_heads=self.num_heads,
+                    mlp_dim=self.mlp_dim,
+                    dtype=self.dtype,
+                    dropout_rate=self.dropout_rate,
+                    cross_attention=self.cross_attention,
+                    pre_norm=self.pre_norm,
+                    ln_eps=self.ln_eps,
+                    name=f"block_{i}",
+            )(x, mask=mask, context=context, context_mask=context_mask,
+                deterministic=deterministic)
+        if self.pre_norm:
+            x = layer_norm("ln_final", self.ln_eps)(x)
+        else:
+            x = x.astype(jnp.float32)
+        return nn.with_logical_constraint(x, ACT_BLE)
