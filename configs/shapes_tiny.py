@@ -54,6 +54,30 @@ def get_config(arg=None):
     config.loss = ml_collections.ConfigDict()
     config.loss.form = 'softmax'          # 'softmax' (InfoNCE) | 'sigmoid' (SigLIP)
     config.model.sigmoid_bias_init = -10.0  # SigLIP's init; used by loss.form='sigmoid'
+    # Regulators applied in this order (any subset): 'srcl' (weights on negatives),
+    # 'cosmo' (converts the hardest negative to a positive, smooths targets), 'smoothing'
+    # (uniform label smoothing alone; not with 'cosmo', which smooths by loss.cosmo.eps).
+    # () = plain InfoNCE / SigLIP. See ../shared/METHODS.md (SRCL, COSMO/MAFA).
+    config.loss.regulators = ()
+    config.loss.srcl = ml_collections.ConfigDict(dict(
+        alpha_start=1.0,              # weight of the reference model's similarity at the start
+        alpha_end=0.0,                # ... and after alpha_decay_end
+        alpha_decay_start=0,          # step where alpha starts moving
+        alpha_decay_end=-1,           # step where it reaches alpha_end; -1 = total_steps
+        alpha_shape='linear',         # 'linear' | 'cosine'
+        tau_w=1.0,                    # temperature of the weights' exp(sim / tau_w)
+        w_min=0.0,                    # negatives with weight < w_min are dropped; 0 = off
+        reference_checkpoint='',      # frozen reference model (a workdir, checkpoints/ or step dir)
+    ))
+    config.loss.cosmo = ml_collections.ConfigDict(dict(
+        discriminator='cosine',       # 'cosine': the reference dual encoder's cosine; 'itm' reserved
+        high=0.8,                     # discriminator score above this: the hardest negative is converted
+        low=0.5,                      # below this it stays a negative (between: dropped, for ITM)
+        eps=0.5,                      # label smoothing of the targets from smoothing_start_step on
+        smoothing_start_step=0,
+        reference_checkpoint='',      # the discriminator's frozen model (may equal loss.srcl's)
+    ))
+    config.loss.smoothing = ml_collections.ConfigDict(dict(eps=0.1, start_step=0))
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     # logical axis -> mesh axis (or None = replicated). Data parallel by default;
@@ -63,6 +87,6 @@ def get_config(arg=None):
                          ('patch', None), ('proj', None))
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 250
+    config.eval.batch_size = 256         # a multiple of the device count (8 fake CPU devices included)
     config.eval.classification_size = 500
     return config

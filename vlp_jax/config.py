@@ -18,6 +18,10 @@ OVERRIDE_PREFIX = '--config.'
 MESH_AXES = ('data', 'fsdp', 'model')
 DATA_SOURCES = ('shapes',)
 CAPTION_DETAILS = ('coarse', 'mixed', 'fine')
+REGULATORS = ('srcl', 'cosmo', 'smoothing')   # also the order they must be applied in
+ALPHA_SHAPES = ('linear', 'cosine')
+DISCRIMINATORS = ('cosine', 'itm')
+COSMO_MIN_BATCH = 3   # an anchor needs a hardest and a second-hardest negative
 
 
 class ConfigError(ValueError):
@@ -63,6 +67,12 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     return config
 
 
+def sibling_config(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(arg) of the config file `name` beside `config_file`: configs build on each other."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    return load_config_file(f'{path}:{arg}' if arg else path)
+
+
 def _parse_literal(text: str) -> Any:
     lowered = text.strip().lower()
     if lowered in ('true', 'false'):
@@ -96,8 +106,9 @@ def _coerce(key: str, old: Any, new: Any) -> Any:
     if isinstance(old, (tuple, list)):
         if isinstance(new, (tuple, list)):
             return type(old)(new)
-        if isinstance(new, str):
-            return type(old)(item.strip() for item in new.split(',') if item.strip())
+        if isinstance(new, str):  # `a,b` or `(a,b)` or `['a','b']` with bare or quoted names
+            items = (item.strip().strip('\'"') for item in new.strip().strip('()[]').split(','))
+            return type(old)(item for item in items if item)
         raise ConfigError(f'config key {key!r} must be a list, got {new!r}.')
     if isinstance(old, ml_collections.ConfigDict):
         raise ConfigError(f'config key {key!r} is a group; set one of its keys, e.g. --config.{key}.NAME=VALUE.')
@@ -182,11 +193,82 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
              f'model.image_size ({config.model.image_size}) must equal data.image_size ({config.data.image_size}).')
     _require(config.model.max_text_len == config.data.max_text_len,
              f'model.max_text_len ({config.model.max_text_len}) must equal data.max_text_len ({config.data.max_text_len}).')
+    validate_loss(config)
     sizes = mesh_shape(config, device_count)
     batch_shards = sizes['data'] * sizes['fsdp']
     _require(config.batch_size % batch_shards == 0,
              f'config key batch_size ({config.batch_size}) must be divisible by the {batch_shards} batch shards '
              f'(mesh data x fsdp over {device_count} devices).')
+    _require(config.eval.batch_size % batch_shards == 0,
+             f'config key eval.batch_size ({config.eval.batch_size}) must be divisible by the {batch_shards} batch shards.')
     steps_per_epoch = config.data.train_size // config.batch_size
     _require(steps_per_epoch >= 1,
              f'config key data.train_size ({config.data.train_size}) is smaller than batch_size ({config.batch_size}).')
+
+
+def srcl_needs_reference(config: ml_collections.ConfigDict) -> bool:
+    """SRCL reads the reference model's similarities whenever its alpha schedule is above 0."""
+    return max(config.loss.srcl.alpha_start, config.loss.srcl.alpha_end) > 0
+
+
+def alpha_decay_end(config: ml_collections.ConfigDict) -> int:
+    """loss.srcl.alpha_decay_end with -1 resolved to total_steps."""
+    end = int(config.loss.srcl.alpha_decay_end)
+    return int(config.total_steps) if end == -1 else end
+
+
+def validate_loss(config: ml_collections.ConfigDict) -> None:
+    """The regulators: names, order, and each one's block (only the blocks of those selected)."""
+    loss = config.loss
+    regulators = tuple(loss.get('regulators', ()))
+    for name in regulators:
+        _require(name in REGULATORS, f'config key loss.regulators has unknown regulator {name!r}; choose from {REGULATORS}.')
+    _require(len(set(regulators)) == len(regulators), f'config key loss.regulators lists a regulator twice: {regulators}.')
+    ordered = tuple(name for name in REGULATORS if name in regulators)
+    _require(regulators == ordered, f'config key loss.regulators must be in the order {ordered} '
+             f'(weights, then converted targets, then smoothing), got {regulators}.')
+    _require(not {'cosmo', 'smoothing'} <= set(regulators),
+             "config key loss.regulators has both 'cosmo' and 'smoothing'; COSMO smooths its own targets, "
+             'so drop \'smoothing\' and set loss.cosmo.eps.')
+    sigmoid = loss.form == 'sigmoid'
+    if 'srcl' in regulators:
+        srcl = loss.srcl
+        for key in ('alpha_start', 'alpha_end'):
+            _require(0.0 <= srcl[key] <= 1.0, f'config key loss.srcl.{key} must be in [0, 1], got {srcl[key]}.')
+        _require(srcl.alpha_shape in ALPHA_SHAPES,
+                 f'config key loss.srcl.alpha_shape must be one of {ALPHA_SHAPES}, got {srcl.alpha_shape!r}.')
+        _require(srcl.alpha_decay_start >= 0,
+                 f'config key loss.srcl.alpha_decay_start must be >= 0, got {srcl.alpha_decay_start}.')
+        _require(srcl.alpha_decay_end >= -1,
+                 f'config key loss.srcl.alpha_decay_end must be >= 0 (or -1 = total_steps), got {srcl.alpha_decay_end}.')
+        _require(srcl.tau_w > 0, f'config key loss.srcl.tau_w must be > 0, got {srcl.tau_w}.')
+        _require(0.0 <= srcl.w_min < 1.0, f'config key loss.srcl.w_min must be in [0, 1) (0 = off), got {srcl.w_min}.')
+        _require(not srcl_needs_reference(config) or srcl.reference_checkpoint,
+                 'config key loss.srcl.reference_checkpoint is empty but the alpha schedule uses the reference '
+                 'model (alpha_start or alpha_end > 0); pass a reference run, e.g. '
+                 '--config.loss.srcl.reference_checkpoint=workdirs/reference, or set both alphas to 0.')
+    if 'cosmo' in regulators:
+        cosmo = loss.cosmo
+        _require(cosmo.discriminator in DISCRIMINATORS,
+                 f'config key loss.cosmo.discriminator must be one of {DISCRIMINATORS}, got {cosmo.discriminator!r}.')
+        _require(cosmo.discriminator != 'itm', "config key loss.cosmo.discriminator='itm' needs an ITM head, which "
+                 "arrives with the fusion encoder; use 'cosine' (a frozen reference dual encoder) for now.")
+        _require(-1.0 <= cosmo.low <= cosmo.high <= 1.0, 'config keys loss.cosmo.low and loss.cosmo.high are cosine '
+                 f'thresholds and must satisfy -1 <= low <= high <= 1, got low={cosmo.low}, high={cosmo.high}.')
+        _require(0.0 <= cosmo.eps <= 1.0, f'config key loss.cosmo.eps must be in [0, 1], got {cosmo.eps}.')
+        _require(cosmo.smoothing_start_step >= 0,
+                 f'config key loss.cosmo.smoothing_start_step must be >= 0, got {cosmo.smoothing_start_step}.')
+        _require(bool(cosmo.reference_checkpoint), 'config key loss.cosmo.reference_checkpoint is empty but the '
+                 'cosine discriminator scores pairs with a frozen reference model; pass a reference run, e.g. '
+                 '--config.loss.cosmo.reference_checkpoint=workdirs/reference.')
+        _require(not (sigmoid and cosmo.eps > 0), "config key loss.cosmo.eps must be 0 with loss.form='sigmoid': "
+                 'the sigmoid loss treats every target > 0 as a positive, so smoothing would make all pairs positive.')
+        _require(config.batch_size >= COSMO_MIN_BATCH,
+                 f'config key batch_size must be >= {COSMO_MIN_BATCH} for COSMO (hardest and second-hardest negatives).')
+    if 'smoothing' in regulators:
+        smoothing = loss.smoothing
+        _require(0.0 <= smoothing.eps <= 1.0, f'config key loss.smoothing.eps must be in [0, 1], got {smoothing.eps}.')
+        _require(smoothing.start_step >= 0,
+                 f'config key loss.smoothing.start_step must be >= 0, got {smoothing.start_step}.')
+        _require(not sigmoid, "config key loss.regulators has 'smoothing', which the sigmoid loss cannot take "
+                 "(it treats every target > 0 as a positive); use loss.form='softmax'.")

@@ -10,38 +10,74 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
 from vlp_jax import parallel
+from vlp_jax.diagnostics import ground_truth_metrics
 from vlp_jax.models.vlp import VLPModel, clamp_temperature
-from vlp_jax.objectives.contrastive import contrastive_loss
+from vlp_jax.objectives.apply import apply_regulators, reference_checkpoints
+from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.optim import learning_rate_schedule
 
-BATCH_KEYS = ('image', 'text_ids', 'text_mask', 'index', 'sem')
+# caption_spec [B, 2, 4] and scene [B, 3, 4]: ground truth of the synthetic data, read by
+# the diagnostics only (never by the loss). A batch without them trains the same, without
+# the ground-truth metrics.
+GROUND_TRUTH_KEYS = ('caption_spec', 'scene')
+BATCH_KEYS = ('image', 'text_ids', 'text_mask', 'index', 'sem', *GROUND_TRUTH_KEYS)
+_BATCH_NDIMS = {'image': 4, 'text_ids': 2, 'text_mask': 2, 'index': 1, 'sem': 1, 'caption_spec': 3, 'scene': 3}
 
 
-def batch_shardings(mesh: Mesh) -> dict[str, Any]:
-    ndims = {'image': 4, 'text_ids': 2, 'text_mask': 2, 'index': 1, 'sem': 1}
-    return {key: parallel.batch_sharding(mesh, ndims[key]) for key in BATCH_KEYS}
+def batch_shardings(mesh: Mesh, keys: tuple[str, ...] = BATCH_KEYS) -> dict[str, Any]:
+    return {key: parallel.batch_sharding(mesh, _BATCH_NDIMS[key]) for key in keys}
+
+
+def _cosines(image_embed: jax.Array, text_embed: jax.Array) -> jax.Array:
+    """[B, B] image-text cosines (rows images) of unit-norm embeddings, no logit scale, no gradient."""
+    sims = jnp.einsum('ie,je->ij', image_embed.astype(jnp.float32), text_embed.astype(jnp.float32))
+    return jax.lax.stop_gradient(sims)
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules, state_shardings: Any) -> Callable:
+    """run(state, batch, references) -> (state, metrics).
+
+    `references` is a tuple of frozen param trees, one per path in
+    `apply.reference_checkpoints(config)` (empty without regulators that need one),
+    sharded like params. They are run on the same batch inside the step and never updated.
+    """
     schedule = learning_rate_schedule(config)
     loss_form = config.loss.form
+    regulated = bool(tuple(config.loss.get('regulators', ())))
+    num_references = len(reference_checkpoints(config))
 
-    def train_step(state: dict[str, Any], batch: dict[str, jax.Array]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    def reference_sims(references, batch):
+        sims = []
+        for params in references:
+            image = model.apply({'params': params}, batch['image'], method=VLPModel.encode_images)
+            text = model.apply({'params': params}, batch['text_ids'], batch['text_mask'], method=VLPModel.encode_texts)
+            sims.append(_cosines(image, text))
+        return tuple(sims)
+
+    def train_step(state: dict[str, Any], batch: dict[str, jax.Array],
+                   references: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         with nn.logical_axis_rules(rules):
+            ref_sims = reference_sims(jax.lax.stop_gradient(references), batch)
+
             def loss_fn(params):
                 out = model.apply({'params': params}, batch['image'], batch['text_ids'], batch['text_mask'])
+                (i2t, t2i), aux = (Regulation(), Regulation()), {}
+                if regulated:
+                    sim_cur = _cosines(out['image_embed'], out['text_embed'])
+                    (i2t, t2i), aux = apply_regulators(config, state['step'], sim_cur, ref_sims)
                 loss, parts = contrastive_loss(out['image_embed'], out['text_embed'], out['logit_scale'],
-                                               form=loss_form, sigmoid_bias=out['sigmoid_bias'])
-                return loss, (parts, out['logit_scale'])
+                                               form=loss_form, sigmoid_bias=out['sigmoid_bias'], i2t=i2t, t2i=t2i)
+                return loss, (parts, out['logit_scale'], aux)
 
-            (loss, (parts, logit_scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+            (loss, (parts, logit_scale, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
         updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
         params = clamp_temperature(optax.apply_updates(state['params'], updates), model.config)
         metrics = {
@@ -51,15 +87,23 @@ def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimize
             'train/grad_norm': optax.global_norm(grads),
             **{f'train/{key}': value for key, value in parts.items()},
         }
+        if all(key in batch for key in GROUND_TRUTH_KEYS):
+            metrics.update(ground_truth_metrics(batch['caption_spec'], batch['scene'], aux))
         new_state = {**state, 'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}
         return new_state, metrics
 
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(mesh)),
-                     out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+    reference_shardings = (state_shardings['params'],) * num_references
+    compiled: dict[tuple[str, ...], Callable] = {}  # one jit per set of batch keys (with/without ground truth)
 
-    def run(state, batch):
+    def run(state, batch, references: tuple[Any, ...] = ()):
+        assert len(references) == num_references, f'the step needs {num_references} reference models'
+        keys = tuple(sorted(batch))
+        if keys not in compiled:
+            compiled[keys] = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(mesh, keys),
+                                                               reference_shardings),
+                                     out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
         with jax.set_mesh(mesh):
-            return jitted(state, batch)
+            return compiled[keys](state, batch, tuple(references))
 
     return run
 

@@ -55,6 +55,28 @@ def parse_command_line(argv: list[str], need_workdir: bool = True):
     return config
 
 
+def load_references(config, abstract_params) -> tuple[Any, ...]:
+    """The frozen reference models the regulators read, one per distinct checkpoint path.
+
+    Restored into the shardings of `abstract_params` (the model being trained: a reference
+    must have the same architecture). They are not part of this run's checkpoints: a
+    resumed run loads them again from the same paths. Exits with one line on a bad path
+    or an architecture mismatch.
+    """
+    from vlp_jax.checkpointing import CheckpointError, restore_params_from
+    from vlp_jax.objectives.apply import reference_checkpoints, reference_roles
+
+    references = []
+    for path in reference_checkpoints(config):
+        keys = ' and '.join(key for key, value in reference_roles(config).items()
+                            if os.path.normpath(value) == os.path.normpath(path))
+        try:
+            references.append(restore_params_from(path, abstract_params))
+        except CheckpointError as error:
+            fail(f'{keys} = {path!r}: {error}')
+    return tuple(references)
+
+
 def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
     """Trains to config.total_steps (resuming if possible); returns the final metrics."""
     import jax
@@ -77,6 +99,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     is_main = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
 
+    references = load_references(config, abstract_state['params'])  # before anything is written, like restore
     checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
     try:  # before anything is written: a mismatching config must leave the workdir as it was
         restored = checkpointer.restore(abstract_state)
@@ -118,8 +141,8 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         wait_start = time.perf_counter()
         local = next(batches)
         throughput.add_data_wait(time.perf_counter() - wait_start)
-        batch = parallel.global_batch({key: local[key] for key in steps.BATCH_KEYS}, mesh)
-        state, step_metrics = train_step(state, batch)
+        batch = parallel.global_batch({key: local[key] for key in steps.BATCH_KEYS if key in local}, mesh)
+        state, step_metrics = train_step(state, batch, references)
         # At most one step queued behind the running one: the host cannot run ahead, drain
         # the prefetch buffer and then count its own idle time as 'waiting for data'.
         jax.block_until_ready(in_flight)

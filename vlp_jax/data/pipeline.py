@@ -102,11 +102,12 @@ class TrainPipeline:
         indices = self.local_indices(step)
         examples = self.source.batch(indices)
         num_captions = len(examples['captions'][0])
-        captions, boxes, flips, sems = [], [], [], []
+        captions, boxes, flips, sems, specs = [], [], [], [], []
         for row, index in enumerate(indices):
             caption, box, flip = self._example_choices(epoch, index, num_captions, examples['lateral'][row])
             captions.append(examples['captions'][row][caption])
             sems.append(examples['sem'][row][caption])
+            specs.append(examples['caption_spec'][row][caption])
             boxes.append(box)
             flips.append(flip)
         tokens = self.tokenizer(captions)
@@ -116,6 +117,8 @@ class TrainPipeline:
             'text_mask': tokens['text_mask'],
             'index': indices.astype(np.int64),
             'sem': np.asarray(sems, dtype=np.int32),
+            'caption_spec': np.asarray(specs, dtype=np.int32),     # what the chosen caption claims
+            'scene': np.asarray(examples['scene'], dtype=np.int32),  # what the image holds
             'crop_box': np.stack(boxes),
             'flip': np.asarray(flips, dtype=bool),
         }

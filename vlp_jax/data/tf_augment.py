@@ -14,9 +14,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402
 
 from vlp_jax.data.pipeline import PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from vlp_jax.data.synthetic_captions import MAX_MENTIONS, MAX_OBJECTS, NUM_ATTRIBUTES  # noqa: E402
 
-_RAW_KEYS = ('image', 'text_ids', 'text_mask', 'index', 'sem', 'crop_box', 'flip')
-_RAW_DTYPES = (tf.uint8, tf.int32, tf.int32, tf.int64, tf.int32, tf.float32, tf.bool)
+_RAW_KEYS = ('image', 'text_ids', 'text_mask', 'index', 'sem', 'caption_spec', 'scene', 'crop_box', 'flip')
+_RAW_DTYPES = (tf.uint8, tf.int32, tf.int32, tf.int64, tf.int32, tf.int32, tf.int32, tf.float32, tf.bool)
 _TF_CONFIGURED = False
 
 
@@ -36,7 +37,8 @@ def build_dataset(pipeline, start_step: int, end_step: int) -> tf.data.Dataset:
     _configure_tensorflow()
     batch, size, length = pipeline.local_batch_size, pipeline.image_size, pipeline.tokenizer.max_len
     shapes = {'image': None, 'text_ids': [batch, length], 'text_mask': [batch, length], 'index': [batch],
-              'sem': [batch], 'crop_box': [batch, 4], 'flip': [batch]}
+              'sem': [batch], 'caption_spec': [batch, MAX_MENTIONS, NUM_ATTRIBUTES],
+              'scene': [batch, MAX_OBJECTS, NUM_ATTRIBUTES], 'crop_box': [batch, 4], 'flip': [batch]}
 
     def load(step):
         raw = pipeline.raw_batch(int(step))

@@ -1,0 +1,82 @@
+"""End-to-end runs with regulators: a tiny reference model, SRCL + COSMO on 1 and 8 devices, one-line errors."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from conftest import FAST_OVERRIDES, REPO, read_metrics, run_cli
+
+CONFIGS = os.path.join(REPO, 'configs')
+STEPS = 10
+# Convert every hardest negative (a barely trained reference's cosines are small) and drop
+# weights under 0.3, so the discrete paths run on both device counts.
+CONVERT_ALL = ('--config.loss.cosmo.high=-1.0', '--config.loss.cosmo.low=-1.0', '--config.loss.srcl.w_min=0.3')
+DIAGNOSTICS = ('train/false_negative_fraction', 'train/srcl/alpha', 'train/srcl/weight_false_negative',
+               'train/srcl/weight_true_negative', 'train/cosmo/precision', 'train/cosmo/recall',
+               'train/cosmo/converted_fraction')
+
+
+def _args(config, arg, workdir, extra=()):
+    return ['--config', f'{os.path.join(CONFIGS, config)}:{arg}', '--workdir', str(workdir), *FAST_OVERRIDES,
+            f'--config.total_steps={STEPS}', *extra]
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    """A 10-step InfoNCE run on the clean regime, with the fast test architecture."""
+    workdir = tmp_path_factory.mktemp('reference')
+    run_cli('vlp_jax.train', _args('shapes_reference.py', STEPS, workdir))
+    return workdir
+
+
+def _one_line_error(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
+    return lines[0]
+
+
+def test_srcl_cosmo_one_and_eight_devices_agree_and_resume(reference, tmp_path):
+    eight, one = tmp_path / 'eight', tmp_path / 'one'
+    run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', reference, eight, CONVERT_ALL), devices=8)
+    first = run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', reference, one, (*CONVERT_ALL, '--stop_at_step=5')))
+    assert 'stopped at step 5' in first.stdout
+    second = run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', reference, one, CONVERT_ALL))
+    assert 'resumed from checkpoint at step 5' in second.stdout  # the reference is re-loaded from its path
+    records_eight, records_one = read_metrics(eight), read_metrics(one)
+    assert [r['step'] for r in records_one] == [5, 10] == [r['step'] for r in records_eight]
+    np.testing.assert_allclose([r['train/loss'] for r in records_eight], [r['train/loss'] for r in records_one],
+                               rtol=1e-3)
+    for record in records_one:
+        assert math.isfinite(record['train/loss'])
+        for key in DIAGNOSTICS:
+            assert key in record and math.isfinite(record[key]), key
+        assert record['train/cosmo/converted_fraction'] == 1.0
+        assert 0 < record['train/false_negative_fraction'] < 1  # coarse captions: false negatives in every batch
+    for a, b in zip(records_one, records_eight):
+        for key in DIAGNOSTICS:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-3, err_msg=key)
+    assert records_one[0]['train/srcl/alpha'] == pytest.approx(1.0 - 4 / STEPS)  # step 4's alpha, logged at 5
+
+
+def test_missing_reference_is_one_line(tmp_path):
+    missing = tmp_path / 'no_such_reference'
+    result = run_cli('vlp_jax.train', _args('shapes_srcl.py', missing, tmp_path / 'run'), check=False, timeout=120)
+    line = _one_line_error(result)
+    assert str(missing) in line and 'loss.srcl.reference_checkpoint' in line, line
+    assert not (tmp_path / 'run').exists()
+
+
+def test_reference_of_another_architecture_is_one_line(reference, tmp_path):
+    result = run_cli('vlp_jax.train', _args('shapes_cosmo.py', reference, tmp_path / 'run',
+                                            ('--config.model.embed_dim=16',)), check=False, timeout=120)
+    line = _one_line_error(result)
+    assert str(reference) in line and 'shape' in line and 'loss.cosmo.reference_checkpoint' in line, line
+    assert not (tmp_path / 'run').exists()
+
+
+def test_srcl_without_reference_is_a_config_error(tmp_path):
+    result = run_cli('vlp_jax.train', _args('shapes_srcl.py', '', tmp_path / 'run',
+                                            ('--config.loss.srcl.reference_checkpoint=',)), check=False, timeout=60)
+    assert 'loss.srcl.reference_checkpoint' in _one_line_error(result)
+    assert not (tmp_path / 'run').exists()
