@@ -8,11 +8,8 @@ The step is timed on one fixed device batch (no input pipeline), the pipeline al
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import build, fixed_batch, load_config, seconds_per_call
 
 
 def main() -> None:
@@ -23,44 +20,28 @@ def main() -> None:
     args, rest = parser.parse_known_args()
 
     import jax
-    import numpy as np
 
-    from vlp_jax import config as config_lib
-    from vlp_jax import optim, parallel, state as state_lib, steps
+    from vlp_jax import steps
 
-    _, overrides = config_lib.split_overrides(rest)
-    config = config_lib.load_config_file(args.config)
-    config_lib.apply_overrides(config, overrides)
-    config_lib.validate(config, jax.device_count())
-    mesh = parallel.make_mesh(config_lib.mesh_shape(config, jax.device_count()))
-    rules = parallel.logical_rules(config.mesh.rules)
-    model, optimizer = state_lib.create_model(config), optim.make_optimizer(config)
-    _, shardings = state_lib.state_shardings(config, model, optimizer, mesh, rules)
-    state = state_lib.init_state(config, model, optimizer, mesh, rules, shardings)
+    config = load_config(args.config, rest)
+    mesh, rules, model, optimizer, shardings, state = build(config)
     train_step = steps.make_train_step(config, model, optimizer, mesh, rules, shardings)
+    batch = fixed_batch(config, mesh)
+    holder = {'state': state}
 
-    rng = np.random.default_rng(0)
-    b, size, length = config.batch_size, config.data.image_size, config.data.max_text_len
-    host_batch = {
-        'image': rng.uniform(-1, 1, (b, size, size, 3)).astype(np.float32),
-        'text_ids': rng.integers(1000, 2000, (b, length)).astype(np.int32),
-        'text_mask': np.ones((b, length), np.int32),
-        'index': np.arange(b, dtype=np.int64),
-        'sem': np.zeros(b, np.int32),
-    }
-    batch = parallel.global_batch(host_batch, mesh)
-    state, metrics = train_step(state, batch)  # compile
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = train_step(state, batch)
-    jax.block_until_ready(metrics)
-    step_seconds = (time.perf_counter() - start) / args.steps
+    def one_step():
+        holder['state'], metrics = train_step(holder['state'], batch)
+        return metrics
+
+    step_seconds = seconds_per_call(one_step, args.steps)
+    b = config.batch_size
     step_rate = b / step_seconds
     print(f'devices: {jax.device_count()} x {jax.devices()[0].platform}  batch {b}')
     print(f'train step: {1000 * step_seconds:.1f} ms/step  {step_rate:.0f} examples/s')
     if args.skip_pipeline:
         return
+
+    import time
 
     from vlp_jax.data.pipeline import TrainPipeline
     from vlp_jax.data.sources import build_source
@@ -72,7 +53,6 @@ def main() -> None:
     for _ in range(args.steps):
         next(batches)
     pipeline_rate = b * args.steps / (time.perf_counter() - start)
-    del batches
     print(f'input pipeline alone: {pipeline_rate:.0f} examples/s ({config.data.workers} workers)')
     print(f'pipeline / step: {pipeline_rate / step_rate:.1f}x (target >= 3x)')
 

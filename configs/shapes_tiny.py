@@ -53,6 +53,8 @@ def get_config(arg=None):
 
     config.loss = ml_collections.ConfigDict()
     config.loss.form = 'softmax'          # 'softmax' (InfoNCE) | 'sigmoid' (SigLIP)
+    config.loss.stop_grad_keys = False    # GRIT-VLP: i2t logits against sg(texts), t2i against sg(images)
+    config.loss.consistency_weight = 0.0  # GRIT-VLP's ITC consistency term (0.2 in the paper)
     config.model.sigmoid_bias_init = -10.0  # SigLIP's init; used by loss.form='sigmoid'
     # Regulators applied in this order (any subset): 'srcl' (weights on negatives),
     # 'cosmo' (converts the hardest negative to a positive, smooths targets), 'smoothing'
@@ -78,6 +80,12 @@ def get_config(arg=None):
         reference_checkpoint='',      # the discriminator's frozen model (may equal loss.srcl's)
     ))
     config.loss.smoothing = ml_collections.ConfigDict(dict(eps=0.1, start_step=0))
+
+    config.sampling = ml_collections.ConfigDict()
+    config.sampling.name = 'random'       # 'random' | 'grit' (grouped hard-negative batches from the last epoch)
+    config.sampling.queue_size = 6400     # GRIT: entries grouped per queue fill; a multiple of search_space
+    config.sampling.search_space = 1280   # GRIT: entries per greedy chain; a multiple of batch_size
+    config.sampling.scope = 'global'      # 'global': one order for the global batch | 'local': per batch shard
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     # logical axis -> mesh axis (or None = replicated). Data parallel by default;

@@ -106,3 +106,27 @@ def test_perfect_alignment_gives_low_loss():
     aligned, _ = contrastive_loss(v, v, jnp.float32(50.0))
     shuffled, _ = contrastive_loss(v, v[::-1], jnp.float32(50.0))
     assert float(aligned) < 1e-3 < float(shuffled)
+
+
+def test_stop_grad_keys_keeps_value_and_cuts_key_gradients():
+    rng = np.random.default_rng(5)
+    v, t = jnp.asarray(_normalised(rng, B, E)), jnp.asarray(_normalised(rng, B, E))
+    plain = lambda a, b: contrastive_loss(a, b, jnp.float32(5.0))[0]
+    keys_sg = lambda a, b: contrastive_loss(a, b, jnp.float32(5.0), stop_grad_keys=True)[0]
+    np.testing.assert_allclose(float(plain(v, t)), float(keys_sg(v, t)), rtol=1e-6)
+    # With stop-gradient keys, d/dv comes from the i2t rows only: half of the plain i2t row term.
+    g_i2t_only = jax.grad(lambda a: 0.5 * contrastive_loss(a, t, jnp.float32(5.0))[1]['loss_i2t'])(v)
+    np.testing.assert_allclose(jax.grad(keys_sg)(v, t), g_i2t_only, rtol=1e-5, atol=1e-7)
+
+
+def test_consistency_term_matches_numpy():
+    rng = np.random.default_rng(6)
+    v, t = _normalised(rng, B, E), _normalised(rng, B, E)
+    z = 5.0 * v @ t.T
+    log_p_i2t, log_p_t2i = _np_log_softmax(z), _np_log_softmax(z.T)
+    kl = lambda target, log_p: np.mean(np.sum(np.exp(target) * (target - log_p), axis=1))
+    consistency = 0.5 * (kl(log_p_t2i, log_p_i2t) + kl(log_p_i2t, log_p_t2i))
+    base = 0.5 * (-np.mean(np.diag(log_p_i2t)) - np.mean(np.diag(log_p_t2i)))
+    loss, metrics = contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0), consistency_weight=0.2)
+    np.testing.assert_allclose(float(metrics['consistency']), consistency, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), base + 0.2 * consistency, rtol=1e-5)

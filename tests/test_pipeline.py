@@ -75,3 +75,15 @@ def test_crop_changes_the_image_but_not_too_much(config):
     plain = raw['image'].astype(np.float32) / 127.5 - 1.0
     assert not np.allclose(batch['image'], plain)
     assert np.abs(batch['image'].mean() - plain.mean()) < 0.1
+
+
+def test_a_given_epoch_order_is_used_from_its_epoch_on(config):
+    pipe = _pipeline(config)
+    spe = pipe.steps_per_epoch
+    given = np.arange(100)[::-1].copy()
+    pipe.set_epoch_order(1, given)
+    assert np.array_equal(pipe.global_indices(spe), given[:16])
+    assert np.array_equal(pipe.global_indices(spe + 1), given[16:32])
+    assert not np.array_equal(pipe.global_indices(0), given[:16])  # epoch 0 keeps its permutation
+    batches = list(pipe.iterate_by_epoch(spe - 1, spe + 1))
+    assert np.array_equal(batches[1]['index'], given[:16])

@@ -80,3 +80,19 @@ def test_srcl_without_reference_is_a_config_error(tmp_path):
                                             ('--config.loss.srcl.reference_checkpoint=',)), check=False, timeout=60)
     assert 'loss.srcl.reference_checkpoint' in _one_line_error(result)
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('regulators, extra', [
+    ('smoothing', ()),
+    ('srcl', ('--config.loss.srcl.tau_w=0.1',)),
+    ('cosmo', ('--config.loss.cosmo.high=-1.0', '--config.loss.cosmo.low=-1.0')),
+])
+def test_each_regulator_one_and_eight_devices_agree(reference, tmp_path, regulators, extra):
+    paths = (f'--config.loss.srcl.reference_checkpoint={reference}', f'--config.loss.cosmo.reference_checkpoint={reference}')
+    args = lambda workdir: _args('shapes_noisy.py', STEPS, workdir, (f'--config.loss.regulators={regulators}', *paths, *extra))
+    run_cli('vlp_jax.train', args(tmp_path / 'eight'), devices=8)
+    run_cli('vlp_jax.train', args(tmp_path / 'one'), devices=1)
+    eight, one = read_metrics(tmp_path / 'eight'), read_metrics(tmp_path / 'one')
+    np.testing.assert_allclose([r['train/loss'] for r in eight], [r['train/loss'] for r in one], rtol=1e-3)
+    plain = read_metrics(reference)  # a regulated loss is not the clean reference's loss
+    assert len(one) == 2 and one[-1]['train/loss'] != plain[-1]['train/loss']

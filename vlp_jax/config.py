@@ -18,6 +18,8 @@ OVERRIDE_PREFIX = '--config.'
 MESH_AXES = ('data', 'fsdp', 'model')
 DATA_SOURCES = ('shapes',)
 CAPTION_DETAILS = ('coarse', 'mixed', 'fine')
+SAMPLERS = ('random', 'grit')
+SAMPLING_SCOPES = ('global', 'local')
 REGULATORS = ('srcl', 'cosmo', 'smoothing')   # also the order they must be applied in
 ALPHA_SHAPES = ('linear', 'cosine')
 DISCRIMINATORS = ('cosine', 'itm')
@@ -194,6 +196,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     _require(config.model.max_text_len == config.data.max_text_len,
              f'model.max_text_len ({config.model.max_text_len}) must equal data.max_text_len ({config.data.max_text_len}).')
     validate_loss(config)
+    _require(config.loss.consistency_weight >= 0,
+             f'config key loss.consistency_weight must be >= 0, got {config.loss.consistency_weight}.')
+    validate_sampling(config)
     sizes = mesh_shape(config, device_count)
     batch_shards = sizes['data'] * sizes['fsdp']
     _require(config.batch_size % batch_shards == 0,
@@ -272,3 +277,16 @@ def validate_loss(config: ml_collections.ConfigDict) -> None:
                  f'config key loss.smoothing.start_step must be >= 0, got {smoothing.start_step}.')
         _require(not sigmoid, "config key loss.regulators has 'smoothing', which the sigmoid loss cannot take "
                  "(it treats every target > 0 as a positive); use loss.form='softmax'.")
+
+
+def validate_sampling(config: ml_collections.ConfigDict) -> None:
+    """sampling.*: 'random' or 'grit' with queue/search-space sizes that tile the global batch."""
+    sampling = config.sampling
+    _require(sampling.name in SAMPLERS, f'config key sampling.name must be one of {SAMPLERS}, got {sampling.name!r}.')
+    _require(sampling.scope in SAMPLING_SCOPES,
+             f'config key sampling.scope must be one of {SAMPLING_SCOPES}, got {sampling.scope!r}.')
+    if sampling.name == 'grit':
+        from vlp_jax.sampling.grit import validate_grit  # jax-only module; imported here to keep this file light
+
+        error = validate_grit(sampling.queue_size, sampling.search_space, config.batch_size)
+        _require(error is None, str(error))

@@ -27,6 +27,9 @@ from vlp_jax.optim import learning_rate_schedule
 # the diagnostics only (never by the loss). A batch without them trains the same, without
 # the ground-truth metrics.
 GROUND_TRUTH_KEYS = ('caption_spec', 'scene')
+# metrics[FEEDBACK_KEY]: the batch's embeddings and dataset indices, replicated, when a
+# sampler needs them (sampling.name = 'grit'); the loop pops it before logging.
+FEEDBACK_KEY = 'feedback'
 BATCH_KEYS = ('image', 'text_ids', 'text_mask', 'index', 'sem', *GROUND_TRUTH_KEYS)
 _BATCH_NDIMS = {'image': 4, 'text_ids': 2, 'text_mask': 2, 'index': 1, 'sem': 1, 'caption_spec': 3, 'scene': 3}
 
@@ -41,6 +44,12 @@ def _cosines(image_embed: jax.Array, text_embed: jax.Array) -> jax.Array:
     return jax.lax.stop_gradient(sims)
 
 
+def hardest_negative_similarity(sims: jax.Array) -> jax.Array:
+    """Mean over images of the cosine to their most similar non-matching caption: how hard the batch is."""
+    off_diagonal = jnp.where(jnp.eye(sims.shape[0], dtype=bool), -jnp.inf, sims)
+    return jnp.mean(jnp.max(off_diagonal, axis=1))
+
+
 def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules, state_shardings: Any) -> Callable:
     """run(state, batch, references) -> (state, metrics).
@@ -52,6 +61,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimize
     schedule = learning_rate_schedule(config)
     loss_form = config.loss.form
     regulated = bool(tuple(config.loss.get('regulators', ())))
+    feedback_embeddings = config.sampling.name == 'grit'
+    stop_grad_keys = bool(config.loss.stop_grad_keys)
+    consistency_weight = float(config.loss.consistency_weight)
     num_references = len(reference_checkpoints(config))
 
     def reference_sims(references, batch):
@@ -74,10 +86,13 @@ def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimize
                     sim_cur = _cosines(out['image_embed'], out['text_embed'])
                     (i2t, t2i), aux = apply_regulators(config, state['step'], sim_cur, ref_sims)
                 loss, parts = contrastive_loss(out['image_embed'], out['text_embed'], out['logit_scale'],
-                                               form=loss_form, sigmoid_bias=out['sigmoid_bias'], i2t=i2t, t2i=t2i)
-                return loss, (parts, out['logit_scale'], aux)
+                                               form=loss_form, sigmoid_bias=out['sigmoid_bias'], i2t=i2t, t2i=t2i,
+                                               stop_grad_keys=stop_grad_keys, consistency_weight=consistency_weight)
+                embeds = (out['image_embed'], out['text_embed'])
+                return loss, (parts, out['logit_scale'], aux, embeds)
 
-            (loss, (parts, logit_scale, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+            (loss, (parts, logit_scale, aux, embeds)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state['params'])
         updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
         params = clamp_temperature(optax.apply_updates(state['params'], updates), model.config)
         metrics = {
@@ -89,6 +104,10 @@ def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimize
         }
         if all(key in batch for key in GROUND_TRUTH_KEYS):
             metrics.update(ground_truth_metrics(batch['caption_spec'], batch['scene'], aux))
+        metrics['train/hardest_negative_similarity'] = hardest_negative_similarity(_cosines(*embeds))
+        if feedback_embeddings:  # for the sampler (GRIT): what the forward already computed, no extra pass
+            metrics[FEEDBACK_KEY] = {'image_embed': jax.lax.stop_gradient(embeds[0]),
+                                     'text_embed': jax.lax.stop_gradient(embeds[1]), 'index': batch['index']}
         new_state = {**state, 'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}
         return new_state, metrics
 
@@ -135,5 +154,5 @@ def make_encoders(model: VLPModel, mesh: Mesh, rules, params_shardings: Any) -> 
 
 def scalar_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
     """The one host sync per log step."""
-    return {key: float(value) for key, value in jax.device_get(metrics).items()}
+    return {key: float(value) for key, value in jax.device_get(metrics).items() if key != FEEDBACK_KEY}
 

@@ -100,6 +100,12 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
 
     references = load_references(config, abstract_state['params'])  # before anything is written, like restore
+    sampler = None
+    if config.sampling.name == 'grit':
+        from vlp_jax.sampling.grit_sampler import GritSampler
+
+        sampler = GritSampler(config, pipeline, config.model.embed_dim, parallel.batch_shards(mesh))
+        abstract_state = {**abstract_state, 'sampler': sampler.abstract_state()}
     checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
     try:  # before anything is written: a mismatching config must leave the workdir as it was
         restored = checkpointer.restore(abstract_state)
@@ -115,6 +121,8 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     else:
         start_step, state, extra = restored
         assert extra['pipeline']['next_step'] == start_step, extra
+        if sampler is not None:
+            sampler.load(state.pop('sampler'))
         say(f'resumed from checkpoint at step {start_step} in {workdir}/checkpoints')
     if is_main:
         metrics_lib.truncate_after(workdir, start_step)
@@ -135,20 +143,34 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     end = total if stop_at_step is None else min(max(stop_at_step, start_step), total)
     final: dict[str, Any] = {}
     throughput = metrics_lib.Throughput(config.batch_size, total, start_step)
-    batches = pipeline.iterate(start_step, end)
+    batches = pipeline.iterate(start_step, end) if sampler is None else pipeline.iterate_by_epoch(start_step, end)
     in_flight = None
+    unseen: list[tuple[int, Any]] = []  # (step, device feedback) not yet given to the sampler
+
+    def feed_sampler(upto: int) -> None:
+        """Hands the sampler the embeddings of every step <= upto (a device->host copy of [B, E] each)."""
+        while unseen and unseen[0][0] <= upto:
+            step_done, feedback = unseen.pop(0)
+            sampler.observe(step_done, jax.device_get(feedback))
+
     for step in range(start_step, end):
         wait_start = time.perf_counter()
         local = next(batches)
         throughput.add_data_wait(time.perf_counter() - wait_start)
         batch = parallel.global_batch({key: local[key] for key in steps.BATCH_KEYS if key in local}, mesh)
         state, step_metrics = train_step(state, batch, references)
+        feedback = step_metrics.pop(steps.FEEDBACK_KEY, None)
         # At most one step queued behind the running one: the host cannot run ahead, drain
         # the prefetch buffer and then count its own idle time as 'waiting for data'.
         jax.block_until_ready(in_flight)
         in_flight = step_metrics
         throughput.step_done()
         done = step + 1
+        if sampler is not None:  # the one place the sampler hears from the step
+            unseen.append((done, feedback))
+            at_boundary = done % pipeline.steps_per_epoch == 0 or done % config.checkpoint_every == 0 \
+                or done in (total, end)
+            feed_sampler(done if at_boundary else done - 1)  # the previous step's copy overlaps this step
         record: dict[str, Any] = {}
         if done % config.log_every == 0 or done == total:
             record.update(steps.scalar_metrics(step_metrics))
@@ -168,7 +190,8 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
             final.update(record)
         if done % config.checkpoint_every == 0 or done in (total, end):
             paused = throughput.pause()
-            checkpointer.save(done, state, extra={'pipeline': {'next_step': done, 'seed': int(config.seed)}})
+            saved = state if sampler is None else {**state, 'sampler': sampler.state()}
+            checkpointer.save(done, saved, extra={'pipeline': {'next_step': done, 'seed': int(config.seed)}})
             throughput.resume(paused)
     if start_step >= total:
         say(f'already trained to step {total}; evaluating the final checkpoint')

@@ -57,10 +57,20 @@ class TrainPipeline:
         self.prefetch = int(config.data.prefetch)
         self.tokenizer = shared_tokenizer(int(config.data.max_text_len))
         self._order_cache: tuple[int, np.ndarray] | None = None
+        self._given_orders: dict[int, np.ndarray] = {}
 
     # -- sampler -------------------------------------------------------------------------
+    def set_epoch_order(self, epoch: int, order: np.ndarray) -> None:
+        """Replaces epoch `epoch`'s order (a sampler such as GRIT builds it from the previous epoch)."""
+        order = np.asarray(order, np.int64)
+        assert len(order) >= self.steps_per_epoch * self.global_batch_size, (len(order), self.steps_per_epoch)
+        self._given_orders = {e: o for e, o in self._given_orders.items() if e >= epoch - 1}  # keep memory flat
+        self._given_orders[epoch] = order
+
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """A seeded permutation of the data set; the tail that does not fill a batch is dropped."""
+        """The sampler's order if one was given, else a seeded permutation (a tail short of a batch is dropped)."""
+        if epoch in self._given_orders:
+            return self._given_orders[epoch]
         if self._order_cache is None or self._order_cache[0] != epoch:
             rng = np.random.default_rng([self.seed, EPOCH_ORDER_STREAM, epoch])
             self._order_cache = (epoch, rng.permutation(len(self.source)))
@@ -137,6 +147,15 @@ class TrainPipeline:
         hand-over happens while the train loop is blocked on the device, not on its critical path.
         """
         return _threaded(self.dataset(start_step, end_step).as_numpy_iterator(), self.prefetch)
+
+    def iterate_by_epoch(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """Like iterate, but loading of each epoch starts only when its first batch is asked for,
+        so an order set for that epoch after the previous epoch's last step (GRIT) is the one used."""
+        step = start_step
+        while step < end_step:
+            epoch_end = min(end_step, (step // self.steps_per_epoch + 1) * self.steps_per_epoch)
+            yield from self.iterate(step, epoch_end)
+            step = epoch_end
 
 
 def _threaded(iterator: Iterator, buffer: int) -> Iterator:

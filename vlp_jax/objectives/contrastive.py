@@ -62,14 +62,24 @@ def contrastive_loss(
     sigmoid_bias: jax.Array | None = None,
     i2t: Regulation = Regulation(),
     t2i: Regulation = Regulation(),
+    stop_grad_keys: bool = False,
+    consistency_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Symmetric loss over the global batch: mean of the image->text and text->image directions.
 
     Embeddings are the global [B, E] arrays (sharded over the batch); jit inserts the
-    collectives. `i2t` regulates rows = images, `t2i` rows = texts.
+    collectives. `i2t` regulates rows = images, `t2i` rows = texts. GRIT-VLP's options:
+    `stop_grad_keys` (i2t logits see sg(texts), t2i logits sg(images)) and
+    `consistency_weight` (softmax(i2t)_i pulled towards sg softmax(t2i)_i and back, as KL).
     """
-    logits_i2t = logit_scale * jnp.einsum('ie,je->ij', image_embed.astype(jnp.float32), text_embed.astype(jnp.float32))
-    logits_t2i = logits_i2t.T
+    image = image_embed.astype(jnp.float32)
+    text = text_embed.astype(jnp.float32)
+    if stop_grad_keys:
+        logits_i2t = logit_scale * jnp.einsum('ie,je->ij', image, jax.lax.stop_gradient(text))
+        logits_t2i = logit_scale * jnp.einsum('ie,je->ij', text, jax.lax.stop_gradient(image))
+    else:
+        logits_i2t = logit_scale * jnp.einsum('ie,je->ij', image, text)
+        logits_t2i = logits_i2t.T
     if form == 'softmax':
         loss_i2t = softmax_direction_loss(logits_i2t, i2t)
         loss_t2i = softmax_direction_loss(logits_t2i, t2i)
@@ -86,4 +96,21 @@ def contrastive_loss(
         'i2t_accuracy': jnp.mean(jnp.argmax(logits_i2t, axis=1) == diagonal),
         't2i_accuracy': jnp.mean(jnp.argmax(logits_t2i, axis=1) == diagonal),
     }
-    return 0.5 * (loss_i2t + loss_t2i), metrics
+    loss = 0.5 * (loss_i2t + loss_t2i)
+    if consistency_weight:
+        consistency = consistency_loss(logits_i2t, logits_t2i)
+        metrics['consistency'] = consistency
+        loss = loss + consistency_weight * consistency
+    return loss, metrics
+
+
+def consistency_loss(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:
+    """GRIT-VLP's ITC consistency: mean_i KL(sg p_t2i_i || p_i2t_i) + KL(sg p_i2t_i || p_t2i_i), halved."""
+    log_p_i2t = jax.nn.log_softmax(logits_i2t.astype(jnp.float32), axis=-1)
+    log_p_t2i = jax.nn.log_softmax(logits_t2i.astype(jnp.float32), axis=-1)
+
+    def kl(target_log_p, log_p):
+        target_log_p = jax.lax.stop_gradient(target_log_p)
+        return jnp.mean(jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_p), axis=-1))
+
+    return 0.5 * (kl(log_p_t2i, log_p_i2t) + kl(log_p_i2t, log_p_t2i))

@@ -1,0 +1,76 @@
+"""Prints what each regulator costs per train step, against plain InfoNCE (asserts nothing).
+
+    python benchmarks/regulator_cost.py [--repeats 20] [--config.key=value ...]
+
+The full step is timed for each method, on the same model and fixed batch. Its overhead
+is then split into the frozen reference's forward pass (both encoders on the batch) and
+the regulator's own work on the [B, B] similarities (weights, targets, top-2), timing
+each alone. Random weights stand in for the reference checkpoint, since cost does not
+depend on the values.
+"""
+from __future__ import annotations
+
+import argparse
+
+from common import build, fixed_batch, load_config, seconds_per_call
+
+METHODS = {'InfoNCE': 'configs/shapes_noisy.py', 'SRCL': 'configs/shapes_srcl.py',
+           'COSMO': 'configs/shapes_cosmo.py', 'SRCL+COSMO': 'configs/shapes_srcl_cosmo.py'}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--repeats', type=int, default=20)
+    args, rest = parser.parse_known_args()
+
+    import jax
+    import jax.numpy as jnp
+
+    from vlp_jax import steps
+    from vlp_jax.models.vlp import VLPModel
+    from vlp_jax.objectives.apply import apply_regulators, reference_checkpoints
+
+    base = load_config(METHODS['InfoNCE'], rest)
+    mesh, rules, model, optimizer, shardings, state = build(base)
+    batch = fixed_batch(base, mesh)
+    frozen = jax.tree.map(jnp.copy, state['params'])
+    holder = {'state': state}
+    rows = []
+    for method, path in METHODS.items():
+        config = load_config(path, rest)
+        references = (frozen,) * len(reference_checkpoints(config))
+        train_step = steps.make_train_step(config, model, optimizer, mesh, rules, shardings)
+
+        def one_step():
+            holder['state'], metrics = train_step(holder['state'], batch, references)
+            return metrics
+
+        step = seconds_per_call(one_step, args.repeats)
+
+        @jax.jit
+        def reference_forward(params, images, ids, mask):
+            image = model.apply({'params': params}, images, method=VLPModel.encode_images)
+            text = model.apply({'params': params}, ids, mask, method=VLPModel.encode_texts)
+            return image @ text.T
+
+        forward = 0.0
+        if references:
+            forward = len(references) * seconds_per_call(
+                lambda: reference_forward(frozen, batch['image'], batch['text_ids'], batch['text_mask']), args.repeats)
+        sims = reference_forward(frozen, batch['image'], batch['text_ids'], batch['text_mask'])
+        regulate = jax.jit(lambda s, refs: apply_regulators(config, jnp.int32(100), s, refs))
+        own = seconds_per_call(lambda: regulate(sims, (sims,) * len(references)), args.repeats) \
+            if config.loss.regulators else 0.0
+        rows.append((method, step, forward, own))
+
+    plain = rows[0][1]
+    print(f'batch {base.batch_size}, {jax.device_count()} x {jax.devices()[0].platform}, '
+          f'model of configs/shapes_tiny.py')
+    print(f'{"method":<12}{"step ms":>9}{"vs InfoNCE":>12}{"ref fwd ms":>12}{"regulator ms":>14}{"reg % step":>12}')
+    for method, step, forward, own in rows:
+        print(f'{method:<12}{1000 * step:>9.1f}{100 * (step / plain - 1):>11.1f}%{1000 * forward:>12.1f}'
+              f'{1000 * own:>14.2f}{100 * own / step:>11.2f}%')
+
+
+if __name__ == '__main__':
+    main()
