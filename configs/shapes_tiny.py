@@ -55,6 +55,7 @@ def get_config(arg=None):
     config.loss.form = 'softmax'          # 'softmax' (InfoNCE) | 'sigmoid' (SigLIP)
     config.loss.stop_grad_keys = False    # GRIT-VLP: i2t logits against sg(texts), t2i against sg(images)
     config.loss.consistency_weight = 0.0  # GRIT-VLP's ITC consistency term (0.2 in the paper)
+    config.loss.negatives = 'global'      # 'global': the whole batch | 'local': each batch shard's own (GRIT-VLP)
     config.model.sigmoid_bias_init = -10.0  # SigLIP's init; used by loss.form='sigmoid'
     # Regulators applied in this order (any subset): 'srcl' (weights on negatives),
     # 'cosmo' (converts the hardest negative to a positive, smooths targets), 'smoothing'

@@ -67,3 +67,12 @@ def test_missing_config_file_is_one_line(tmp_path):
     result = run_cli('vlp_jax.train', ['--config', 'configs/nope.py', '--workdir', str(tmp_path / 'w')],
                      check=False, timeout=60)
     assert result.returncode == 2 and 'nope.py' in result.stderr and not os.path.exists(tmp_path / 'w')
+
+
+def test_local_negatives_with_regulators_is_refused():
+    config = load_config_file(TINY_CONFIG)
+    apply_overrides(config, [('loss.negatives', 'local'), ('loss.regulators', 'smoothing')])
+    with pytest.raises(ConfigError, match='loss.negatives'):
+        validate(config, 1)
+    apply_overrides(config, [('loss.regulators', '()')])
+    validate(config, 1)

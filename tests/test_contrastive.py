@@ -130,3 +130,20 @@ def test_consistency_term_matches_numpy():
     loss, metrics = contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0), consistency_weight=0.2)
     np.testing.assert_allclose(float(metrics['consistency']), consistency, rtol=1e-5)
     np.testing.assert_allclose(float(loss), base + 0.2 * consistency, rtol=1e-5)
+
+
+def test_local_negatives_average_the_per_shard_losses():
+    from vlp_jax.objectives.contrastive import local_contrastive_loss
+    rng = np.random.default_rng(7)
+    v, t = _normalised(rng, B, E), _normalised(rng, B, E)
+    shards = 3
+    expected = []
+    for s in range(shards):
+        rows = slice(s * B // shards, (s + 1) * B // shards)
+        z = 5.0 * v[rows] @ t[rows].T
+        expected.append(0.5 * (-np.mean(np.diag(_np_log_softmax(z))) - np.mean(np.diag(_np_log_softmax(z.T)))))
+    loss, _ = local_contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0), shards)
+    np.testing.assert_allclose(float(loss), np.mean(expected), rtol=1e-5)
+    one, _ = local_contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0), 1)
+    np.testing.assert_allclose(float(one), float(contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0))[0]),
+                               rtol=1e-6)

@@ -198,6 +198,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     validate_loss(config)
     _require(config.loss.consistency_weight >= 0,
              f'config key loss.consistency_weight must be >= 0, got {config.loss.consistency_weight}.')
+    _require(config.loss.negatives in ('global', 'local'),
+             f"config key loss.negatives must be 'global' or 'local', got {config.loss.negatives!r}.")
+    _require(config.loss.negatives == 'global' or not tuple(config.loss.regulators),
+             'loss.negatives=local cannot be combined with loss.regulators yet; use global negatives.')
     validate_sampling(config)
     sizes = mesh_shape(config, device_count)
     batch_shards = sizes['data'] * sizes['fsdp']

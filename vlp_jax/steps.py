@@ -20,7 +20,7 @@ from vlp_jax import parallel
 from vlp_jax.diagnostics import ground_truth_metrics
 from vlp_jax.models.vlp import VLPModel, clamp_temperature
 from vlp_jax.objectives.apply import apply_regulators, reference_checkpoints
-from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
+from vlp_jax.objectives.contrastive import Regulation, contrastive_loss, local_contrastive_loss
 from vlp_jax.optim import learning_rate_schedule
 
 # caption_spec [B, 2, 4] and scene [B, 3, 4]: ground truth of the synthetic data, read by
@@ -64,6 +64,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimize
     feedback_embeddings = config.sampling.name == 'grit'
     stop_grad_keys = bool(config.loss.stop_grad_keys)
     consistency_weight = float(config.loss.consistency_weight)
+    local_negatives = config.loss.negatives == 'local'
     num_references = len(reference_checkpoints(config))
 
     def reference_sims(references, batch):
@@ -85,9 +86,14 @@ def make_train_step(config: ml_collections.ConfigDict, model: VLPModel, optimize
                 if regulated:
                     sim_cur = _cosines(out['image_embed'], out['text_embed'])
                     (i2t, t2i), aux = apply_regulators(config, state['step'], sim_cur, ref_sims)
-                loss, parts = contrastive_loss(out['image_embed'], out['text_embed'], out['logit_scale'],
-                                               form=loss_form, sigmoid_bias=out['sigmoid_bias'], i2t=i2t, t2i=t2i,
-                                               stop_grad_keys=stop_grad_keys, consistency_weight=consistency_weight)
+                options = dict(form=loss_form, sigmoid_bias=out['sigmoid_bias'], stop_grad_keys=stop_grad_keys,
+                               consistency_weight=consistency_weight)
+                if local_negatives:  # GRIT-VLP's per-device negatives (validate() rules out regulators)
+                    loss, parts = local_contrastive_loss(out['image_embed'], out['text_embed'], out['logit_scale'],
+                                                         parallel.batch_shards(mesh), **options)
+                else:
+                    loss, parts = contrastive_loss(out['image_embed'], out['text_embed'], out['logit_scale'],
+                                                   i2t=i2t, t2i=t2i, **options)
                 embeds = (out['image_embed'], out['text_embed'])
                 return loss, (parts, out['logit_scale'], aux, embeds)
 

@@ -114,3 +114,16 @@ def consistency_loss(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:
         return jnp.mean(jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_p), axis=-1))
 
     return 0.5 * (kl(log_p_t2i, log_p_i2t) + kl(log_p_i2t, log_p_t2i))
+
+
+def local_contrastive_loss(image_embed: jax.Array, text_embed: jax.Array, logit_scale: jax.Array,
+                           num_shards: int, **options) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """GRIT-VLP's per-device negatives: the loss within each of `num_shards` contiguous batch
+    shards (the mesh's batch shards), averaged. Regulations are not supported here."""
+    assert 'i2t' not in options and 't2i' not in options, 'regulators need global negatives'
+    batch = image_embed.shape[0]
+    assert batch % num_shards == 0, (batch, num_shards)
+    shard = lambda x: x.reshape(num_shards, batch // num_shards, *x.shape[1:])
+    losses, metrics = jax.vmap(lambda v, t: contrastive_loss(v, t, logit_scale, **options))(
+        shard(image_embed), shard(text_embed))
+    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
