@@ -77,10 +77,11 @@ def get_config(arg=None):
         high=0.8,                     # discriminator score above this: the hardest negative is converted
         low=0.5,                      # below this it stays a negative (between: dropped, for ITM)
         eps=0.5,                      # label smoothing of the targets from smoothing_start_step on
-        smoothing_start_step=0,
+        smoothing_start_step=-1,      # -1: the first step of epoch 1 (MAFA: once GRIT's grouped batches start)
         reference_checkpoint='',      # the discriminator's frozen model (may equal loss.srcl's)
     ))
-    config.loss.smoothing = ml_collections.ConfigDict(dict(eps=0.1, start_step=0))
+    # Uniform smoothing alone, with COSMO's eps and start: the ablation that separates conversion from smoothing.
+    config.loss.smoothing = ml_collections.ConfigDict(dict(eps=0.5, start_step=-1))
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.name = 'random'       # 'random' | 'grit' (grouped hard-negative batches from the last epoch)

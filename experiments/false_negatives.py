@@ -1,11 +1,17 @@
-"""InfoNCE vs SRCL vs COSMO vs SRCL+COSMO on the noisy shapes regime, several seeds.
+"""InfoNCE vs smoothing vs SRCL vs COSMO vs SRCL+COSMO vs COSMO in MAFA's setting, noisy shapes, several seeds.
 
     .venv/bin/python experiments/false_negatives.py [--steps 300] [--seeds 0 1 2] [--out docs/results]
 
 Stage 1 trains the clean reference model once (configs/shapes_reference.py); stage 2
-trains each method on the same noisy data, steps and seeds. It writes a markdown table
-(mean ± std over seeds) and a PNG plot to --out, plus the raw per-run numbers as JSON.
-Runs already finished in --workdir are reused, so an interrupted sweep resumes.
+trains each method on the same noisy data, steps and seeds. The train split is cut to
+--train-size pairs (default 12,800: 100 steps per epoch at batch 128), so a 300-step run
+has three epochs and MAFA's smoothing and GRIT's grouped batches start at step 100.
+'smoothing' is COSMO without conversion (same eps, same start): it separates COSMO's
+gain from plain label smoothing. 'COSMO (MAFA)' is COSMO in MAFA's setting: GRIT
+batches, key-side stop-gradient ITC, no consistency term, smoothing from the first
+grouped epoch. It writes a markdown table (mean ± std over seeds) and a PNG plot to
+--out, plus the raw per-run numbers as JSON. Runs already finished in --workdir are
+reused, so an interrupted sweep resumes.
 """
 from __future__ import annotations
 
@@ -16,11 +22,14 @@ import time
 
 from common import final_eval, mean_of, save_json, step_milliseconds, train, write_plot, write_table
 
-METHODS = {  # name -> config file (all share shapes_noisy's data and model)
-    'InfoNCE': 'configs/shapes_noisy.py',
-    'SRCL': 'configs/shapes_srcl.py',
-    'COSMO': 'configs/shapes_cosmo.py',
-    'SRCL+COSMO': 'configs/shapes_srcl_cosmo.py',
+MAFA_SETTING = ('--config.sampling.name=grit', '--config.loss.stop_grad_keys=true', '--config.loss.consistency_weight=0.0')
+METHODS = {  # name -> (config file, overrides); all share shapes_noisy's data and model
+    'InfoNCE': ('configs/shapes_noisy.py', ()),
+    'smoothing': ('configs/shapes_noisy.py', ('--config.loss.regulators=smoothing',)),
+    'SRCL': ('configs/shapes_srcl.py', ()),
+    'COSMO': ('configs/shapes_cosmo.py', ()),
+    'SRCL+COSMO': ('configs/shapes_srcl_cosmo.py', ()),
+    'COSMO (MAFA)': ('configs/shapes_cosmo.py', MAFA_SETTING),
 }
 DIAGNOSTIC_KEYS = {  # averaged over the run's log steps
     'FN fraction': 'train/false_negative_fraction',
@@ -45,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--steps', type=int, default=300)
     parser.add_argument('--reference-steps', type=int, default=600)
+    parser.add_argument('--train-size', type=int, default=12_800, help='train pairs of stage 2 (data.train_size)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--workdir', default='workdirs/experiments/false_negatives')
     parser.add_argument('--out', default='docs/results')
@@ -61,17 +71,21 @@ def main() -> None:
     results: dict[str, list[dict]] = {method: [] for method in args.methods}
     for seed in args.seeds:
         for method in args.methods:
-            config = METHODS[method]
+            config, overrides = METHODS[method]
             print(f'stage 2: {method}, seed {seed}', flush=True)
-            extra = [] if method == 'InfoNCE' else [f'--config.loss.srcl.reference_checkpoint={reference}',
-                                                     f'--config.loss.cosmo.reference_checkpoint={reference}']
+            extra = [f'--config.data.train_size={args.train_size}', *overrides]
+            if config != 'configs/shapes_noisy.py':
+                extra += [f'--config.loss.srcl.reference_checkpoint={reference}',
+                          f'--config.loss.cosmo.reference_checkpoint={reference}']
             suffix = '' if args.name == 'false_negatives' else f'_{args.name}'
-            workdir = os.path.join(args.workdir, f'{method.replace("+", "_")}_seed{seed}{suffix}')
+            slug = method.replace('+', '_').replace(' (', '_').replace(')', '')
+            workdir = os.path.join(args.workdir, f'{slug}_seed{seed}{suffix}')
             results[method].append(summarise(train(config, workdir, args.steps, seed, [*extra, *args.extra])))
     minutes = (time.monotonic() - started) / 60
     header = (f'# False-negative-aware objectives on the noisy shapes regime\n\n'
               f'`experiments/false_negatives.py {" ".join(sys.argv[1:])}`: '
-              f'{len(args.seeds)} seeds, {args.steps} steps each at batch 128, reference trained '
+              f'{len(args.seeds)} seeds, {args.steps} steps each at batch 128 on {args.train_size:,} noisy pairs '
+              f'({args.train_size // 128} steps per epoch), reference trained '
               f'{args.reference_steps} steps on the clean regime; {minutes:.0f} min in all on this machine. '
               f'R@1 on the 1,000-image test split (chance 0.001); diagnostics are means over the run\'s log '
               f'steps, conversion precision/recall pooled over them (ground truth from the generator).')

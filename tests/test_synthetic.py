@@ -118,6 +118,18 @@ def test_clean_captions_are_true_of_their_own_image():
     assert truth[np.arange(len(owner)), owner].all()
 
 
+@pytest.mark.parametrize('split', ['val', 'test'])
+def test_evaluation_splits_ignore_caption_noise(split):
+    """Evaluation labels must be right: each val/test caption is true of its own image, noise or not."""
+    noisy = ShapesWorld(dataclasses.replace(SMALL, caption_noise=0.5, detail='fine'), 0, split)
+    batch = noisy.batch(np.arange(64))
+    per_image = noisy.captions_per_image
+    truth = captions_true_of_scenes(batch['caption_spec'].reshape(-1, MAX_MENTIONS, 4), batch['scene'])
+    assert truth[np.arange(64 * per_image), np.repeat(np.arange(64), per_image)].all()
+    clean = ShapesWorld(dataclasses.replace(SMALL, caption_noise=0.0, detail='fine'), 0, split).batch(np.arange(64))
+    assert batch['captions'] == clean['captions']
+
+
 def test_caption_noise_replaces_about_that_fraction():
     noisy_cfg = ShapesWorldConfig(caption_noise=0.5, captions_per_image=4, train_size=5000)
     clean = ShapesWorld(dataclasses.replace(noisy_cfg, caption_noise=0.0), 0, 'train').batch(np.arange(200))

@@ -226,6 +226,20 @@ def alpha_decay_end(config: ml_collections.ConfigDict) -> int:
     return int(config.total_steps) if end == -1 else end
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """Global batches per epoch (a tail short of a batch is dropped)."""
+    return int(config.data.train_size) // int(config.batch_size)
+
+
+def smoothing_start(config: ml_collections.ConfigDict, value: int) -> int:
+    """A smoothing start step with -1 resolved to the first step of epoch 1.
+
+    MAFA smooths "from the second epoch on, once grouped batches start": with GRIT that is
+    its first grouped epoch; without GRIT it is the same step, the start of the second pass.
+    """
+    return steps_per_epoch(config) if int(value) == -1 else int(value)
+
+
 def validate_loss(config: ml_collections.ConfigDict) -> None:
     """The regulators: names, order, and each one's block (only the blocks of those selected)."""
     loss = config.loss
@@ -265,8 +279,8 @@ def validate_loss(config: ml_collections.ConfigDict) -> None:
         _require(-1.0 <= cosmo.low <= cosmo.high <= 1.0, 'config keys loss.cosmo.low and loss.cosmo.high are cosine '
                  f'thresholds and must satisfy -1 <= low <= high <= 1, got low={cosmo.low}, high={cosmo.high}.')
         _require(0.0 <= cosmo.eps <= 1.0, f'config key loss.cosmo.eps must be in [0, 1], got {cosmo.eps}.')
-        _require(cosmo.smoothing_start_step >= 0,
-                 f'config key loss.cosmo.smoothing_start_step must be >= 0, got {cosmo.smoothing_start_step}.')
+        _require(cosmo.smoothing_start_step >= -1, 'config key loss.cosmo.smoothing_start_step must be >= 0 '
+                 f'(or -1 = the first step of epoch 1), got {cosmo.smoothing_start_step}.')
         _require(bool(cosmo.reference_checkpoint), 'config key loss.cosmo.reference_checkpoint is empty but the '
                  'cosine discriminator scores pairs with a frozen reference model; pass a reference run, e.g. '
                  '--config.loss.cosmo.reference_checkpoint=workdirs/reference.')
@@ -277,8 +291,8 @@ def validate_loss(config: ml_collections.ConfigDict) -> None:
     if 'smoothing' in regulators:
         smoothing = loss.smoothing
         _require(0.0 <= smoothing.eps <= 1.0, f'config key loss.smoothing.eps must be in [0, 1], got {smoothing.eps}.')
-        _require(smoothing.start_step >= 0,
-                 f'config key loss.smoothing.start_step must be >= 0, got {smoothing.start_step}.')
+        _require(smoothing.start_step >= -1, 'config key loss.smoothing.start_step must be >= 0 '
+                 f'(or -1 = the first step of epoch 1), got {smoothing.start_step}.')
         _require(not sigmoid, "config key loss.regulators has 'smoothing', which the sigmoid loss cannot take "
                  "(it treats every target > 0 as a positive); use loss.form='softmax'.")
 

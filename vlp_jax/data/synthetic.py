@@ -68,7 +68,7 @@ class ShapesWorldConfig:
     """Options of the shapes world; the test split always has 5 captions per image."""
     image_size: int = 64
     captions_per_image: int = 2        # train/val; test split is always 5
-    caption_noise: float = 0.0         # fraction of captions swapped for another example's
+    caption_noise: float = 0.0         # fraction of train captions swapped for another example's
     max_objects: int = 3               # 1..MAX_OBJECTS
     textured_background: float = 0.5   # probability of a textured background
     detail: str = 'mixed'              # 'coarse' | 'mixed' | 'fine'
@@ -205,7 +205,11 @@ def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 class ShapesWorld:
-    """Random-access source of one split; example i depends only on (seed, split, i)."""
+    """Random-access source of one split; example i depends only on (seed, split, i).
+
+    Caption noise applies to the train split only: val and test captions are the
+    labels evaluation scores against, so they are always written for their own image.
+    """
 
     def __init__(self, config: ShapesWorldConfig, seed: int, split: str):
         if split not in SPLIT_IDS:
@@ -217,6 +221,7 @@ class ShapesWorld:
         self._size = {'train': config.train_size, 'val': config.val_size,
                       'test': config.test_size}[split]
         self._captions = TEST_CAPTIONS_PER_IMAGE if split == 'test' else config.captions_per_image
+        self._noise = config.caption_noise if split == 'train' else 0.0
         self._draws = _SCENE_DRAWS + _BG_DRAWS + self._captions * (CAPTION_DRAWS + _NOISE_DRAWS)
 
     def __len__(self) -> int:
@@ -259,7 +264,7 @@ class ShapesWorld:
             objects, jitter, captions = self._clean(index, u)
             for c in range(c_n):
                 replace, other, slot = u[noise_start + c * _NOISE_DRAWS:noise_start + (c + 1) * _NOISE_DRAWS]
-                if replace < self.config.caption_noise and self._size > 1:
+                if replace < self._noise and self._size > 1:
                     j = (index + 1 + min(int(other * (self._size - 1)), self._size - 2)) % self._size
                     captions[c] = self._clean(j, self._uniforms(j).tolist())[2][min(int(slot * c_n), c_n - 1)]
             out['captions'].append([text for text, _, _ in captions])

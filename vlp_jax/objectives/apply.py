@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlp_jax.config import alpha_decay_end, srcl_needs_reference
+from vlp_jax.config import alpha_decay_end, smoothing_start, srcl_needs_reference
 from vlp_jax.objectives.contrastive import Regulation
 from vlp_jax.objectives.regulators import (Pair, cosmo_regulation, smoothing_regulation, srcl_alpha,
                                            srcl_regulation)
@@ -79,8 +79,9 @@ def apply_regulators(config: ml_collections.ConfigDict, step: jax.Array, sim_cur
         block = config.loss.cosmo
         scores = reference_sims[_reference_index(config, 'loss.cosmo.reference_checkpoint')]
         pair, aux['cosmo'] = cosmo_regulation(sim_cur, scores, block.high, block.low, block.eps,
-                                              step >= block.smoothing_start_step, base=pair)
+                                              step >= smoothing_start(config, block.smoothing_start_step), base=pair)
     if 'smoothing' in regulators:
         block = config.loss.smoothing
-        pair = smoothing_regulation(sim_cur.shape[0], block.eps, step >= block.start_step, base=pair)
+        pair = smoothing_regulation(sim_cur.shape[0], block.eps, step >= smoothing_start(config, block.start_step),
+                                    base=pair)
     return (pair if pair is not None else (Regulation(), Regulation())), aux
