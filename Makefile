@@ -1,4 +1,5 @@
 # The two commands: `make demo` (set up + train the tiny model on built-in data) and `make test`.
+# `make lint` checks the one style of the tree (ruff, configured in pyproject.toml); `make format` applies it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ WORKDIR ?= workdirs/shapes_tiny
 CONFIG ?= configs/shapes_tiny.py
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv test-venv bench clean
+.PHONY: demo test lint format venv test-venv bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/throughput.py

@@ -1,4 +1,5 @@
 """Shared set-up for the benchmarks: a config with overrides, a compiled step, a fixed batch."""
+
 from __future__ import annotations
 
 import os
@@ -22,35 +23,19 @@ def load_config(path: str, override_args: Sequence[str]):
 
 
 def build(config):
-    """(mesh, rules, model, optimizer, shardings, state) for `config`, state freshly initialised."""
-    import jax
+    """The run's Setup (vlp_jax.setup) and a freshly initialised state."""
+    from vlp_jax import setup as setup_lib
 
-    from vlp_jax import config as config_lib
-    from vlp_jax import optim, parallel, state as state_lib
-
-    mesh = parallel.make_mesh(config_lib.mesh_shape(config, jax.device_count()))
-    rules = parallel.logical_rules(config.mesh.rules)
-    model, optimizer = state_lib.create_model(config), optim.make_optimizer(config)
-    _, shardings = state_lib.state_shardings(config, model, optimizer, mesh, rules)
-    state = state_lib.init_state(config, model, optimizer, mesh, rules, shardings)
-    return mesh, rules, model, optimizer, shardings, state
+    run_setup = setup_lib.build(config)
+    return run_setup, run_setup.init_state()
 
 
 def fixed_batch(config, mesh, seed: int = 0):
-    """A random device batch of the config's shapes (no input pipeline, no TensorFlow)."""
-    import numpy as np
-
+    """A random device batch of the spec's required keys (no input pipeline, no TensorFlow)."""
     from vlp_jax import parallel
+    from vlp_jax.data.batch import example_batch
 
-    rng = np.random.default_rng(seed)
-    b, size, length = config.batch_size, config.data.image_size, config.data.max_text_len
-    host = {
-        'image': rng.uniform(-1, 1, (b, size, size, 3)).astype(np.float32),
-        'text_ids': rng.integers(1000, 2000, (b, length)).astype(np.int32),
-        'text_mask': np.ones((b, length), np.int32),
-        'index': np.arange(b, dtype=np.int64),
-        'sem': np.zeros(b, np.int32),
-    }
+    host = example_batch(config.batch_size, config.data.image_size, config.data.max_text_len, seed)
     return parallel.global_batch(host, mesh)
 
 

@@ -7,6 +7,7 @@ Paper sizes by default, random unit-norm embeddings. A queue fill spans
 queue_size / batch_size train steps, so the grouping's share of the epoch is
 grouping_time / (steps_per_fill * step_time); the issue's target is <= 2%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def main() -> None:
         queue_images, queue_texts = jax.device_put(images), jax.device_put(texts)
         jax.block_until_ready((queue_images, queue_texts))
         start = time.perf_counter()
-        positions = np.asarray(grit._group_positions(queue_images, queue_texts, args.search_space,
-                                                     jax.random.key(number)))
+        positions = np.asarray(
+            grit._group_positions(queue_images, queue_texts, args.search_space, jax.random.key(number))
+        )
         grouped = indices[positions]
         elapsed = time.perf_counter() - start
         assert len(np.unique(grouped)) == args.queue_size
@@ -63,15 +65,21 @@ def main() -> None:
     spaces = args.queue_size // args.search_space
     steps_per_fill = args.queue_size / args.batch_size
     fill_time = steps_per_fill * args.step_ms / 1e3
-    sim_bytes = spaces * args.search_space ** 2 * BYTES_PER_FLOAT
+    sim_bytes = spaces * args.search_space**2 * BYTES_PER_FLOAT
     print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})')
-    print(f'queue {args.queue_size}, search space {args.search_space} ({spaces} spaces), dim {args.dim}; '
-          f'similarity matrices {sim_bytes / 2**20:.0f} MiB')
+    print(
+        f'queue {args.queue_size}, search space {args.search_space} ({spaces} spaces), dim {args.dim}; '
+        f'similarity matrices {sim_bytes / 2**20:.0f} MiB'
+    )
     print(f'first fill (compile + run): {first * 1e3:.0f} ms')
-    print(f'grouping per fill: median {per_fill * 1e3:.0f} ms over {len(times)} fills '
-          f'({", ".join(f"{t * 1e3:.0f}" for t in times)} ms)')
-    print(f'a fill spans {steps_per_fill:g} steps x {args.step_ms:g} ms = {fill_time:.1f} s of training; '
-          f'grouping = {100 * per_fill / fill_time:.2f}% of epoch time (target <= 2%)')
+    print(
+        f'grouping per fill: median {per_fill * 1e3:.0f} ms over {len(times)} fills '
+        f'({", ".join(f"{t * 1e3:.0f}" for t in times)} ms)'
+    )
+    print(
+        f'a fill spans {steps_per_fill:g} steps x {args.step_ms:g} ms = {fill_time:.1f} s of training; '
+        f'grouping = {100 * per_fill / fill_time:.2f}% of epoch time (target <= 2%)'
+    )
 
 
 if __name__ == '__main__':

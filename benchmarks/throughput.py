@@ -5,6 +5,7 @@
 The step is timed on one fixed device batch (no input pipeline), the pipeline alone
 (no training); their ratio says how far the loader is ahead of the step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,14 @@ def main() -> None:
 
     import jax
 
-    from vlp_jax import steps
-
     config = load_config(args.config, rest)
-    mesh, rules, model, optimizer, shardings, state = build(config)
-    train_step = steps.make_train_step(config, model, optimizer, mesh, rules, shardings)
-    batch = fixed_batch(config, mesh)
+    run_setup, state = build(config)
+    train_step = run_setup.train_step()
+    batch = fixed_batch(config, run_setup.mesh)
     holder = {'state': state}
 
     def one_step():
-        holder['state'], metrics = train_step(holder['state'], batch)
+        holder['state'], metrics, _ = train_step(holder['state'], batch)
         return metrics
 
     step_seconds = seconds_per_call(one_step, args.steps)

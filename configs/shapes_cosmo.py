@@ -10,6 +10,7 @@ Needs the reference model of configs/shapes_reference.py (the cosine discriminat
 Arg (optional): the reference run; default workdirs/shapes_reference. It is loaded from
 that path at every (re)start, not copied into this run's checkpoints.
 """
+
 from vlp_jax.config import sibling_config
 
 DEFAULT_REFERENCE = 'workdirs/shapes_reference'

@@ -9,6 +9,7 @@ at batch 128) so a short CPU run sees several grouped epochs.
 
 Arg (optional): a number of training steps, as for shapes_tiny.
 """
+
 from vlp_jax.config import sibling_config
 
 TRAIN_SIZE = 12_800

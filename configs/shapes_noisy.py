@@ -10,6 +10,7 @@ config plus regulators, so they compare against it on the same data, steps and s
 
 Arg (optional): a number of training steps, as for shapes_tiny.
 """
+
 from vlp_jax.config import sibling_config
 
 NOISE = 0.2

@@ -10,6 +10,7 @@ Same architecture as configs/shapes_tiny.py, which a reference must match.
 
 Arg (optional): a number of training steps, as for shapes_tiny.
 """
+
 from vlp_jax.config import sibling_config
 
 

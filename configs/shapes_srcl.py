@@ -11,6 +11,7 @@ workdirs/shapes_reference. The reference is loaded from that path at every (re)s
 it is not copied into this run's checkpoints, so keep it in place until the run ends.
 Steps: --config.total_steps=N (alpha decays over the whole run by default).
 """
+
 from vlp_jax.config import sibling_config
 
 DEFAULT_REFERENCE = 'workdirs/shapes_reference'

@@ -9,6 +9,7 @@ once per step:
 Arg (optional): the reference run for both; default workdirs/shapes_reference. Set
 loss.srcl.reference_checkpoint / loss.cosmo.reference_checkpoint to use two models.
 """
+
 from vlp_jax.config import sibling_config
 
 DEFAULT_REFERENCE = 'workdirs/shapes_reference'

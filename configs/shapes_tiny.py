@@ -3,7 +3,10 @@
 Sized to train in a few minutes on 2 CPU cores and reach zero-shot retrieval far
 above chance. Arg (optional): a number of training steps, e.g. `:200`.
 """
+
 import ml_collections
+
+from vlp_jax.data.tokenizer import BERT_VOCAB_SIZE
 
 IMAGE_SIZE = 64
 MAX_TEXT_LEN = 24
@@ -13,16 +16,16 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.total_steps = int(arg) if arg else 600
-    config.batch_size = 128            # global, over all devices
+    config.batch_size = 128  # global, over all devices
     config.log_every = 50
     config.eval_every = 200
     config.checkpoint_every = 200
     config.keep_checkpoints = 3
     config.lr = 1e-3
     config.warmup_steps = 100
-    config.min_lr_ratio = 0.05        # cosine decays to lr * min_lr_ratio
+    config.min_lr_ratio = 0.05  # cosine decays to lr * min_lr_ratio
     config.weight_decay = 0.05
-    config.grad_clip = 1.0            # global-norm clipping; 0 disables it
+    config.grad_clip = 1.0  # global-norm clipping; 0 disables it
     config.adam_b2 = 0.98
 
     config.model = ml_collections.ConfigDict()
@@ -31,10 +34,14 @@ def get_config(arg=None):
     config.model.embed_dim = 64
     config.model.temperature_init = 0.07
     config.model.dtype = 'float32'
-    config.model.vision = ml_collections.ConfigDict(dict(
-        variant='custom', patch_size=8, width=96, depth=3, num_heads=3, mlp_dim=256))
-    config.model.text = ml_collections.ConfigDict(dict(
-        variant='custom', width=96, depth=2, num_heads=3, mlp_dim=256, vocab_size=30522))
+    # variant 'custom' reads width/depth/num_heads/mlp_dim; named sizes (ViT 'Ti'/'S'/'B'/'L',
+    # text 'tiny'/'mini'/'base') ignore them. dropout: on attention, MLP and embeddings, training only.
+    config.model.vision = ml_collections.ConfigDict(
+        dict(variant='custom', patch_size=8, width=96, depth=3, num_heads=3, mlp_dim=256, dropout=0.0)
+    )
+    config.model.text = ml_collections.ConfigDict(
+        dict(variant='custom', width=96, depth=2, num_heads=3, mlp_dim=256, vocab_size=BERT_VOCAB_SIZE, dropout=0.0)
+    )
 
     config.data = ml_collections.ConfigDict()
     config.data.name = 'shapes'
@@ -46,57 +53,72 @@ def get_config(arg=None):
     config.data.train_size = 50_000
     config.data.val_size = 500
     config.data.test_size = 1000
-    config.data.crop_scale = (0.8, 1.0)   # random resized crop: fraction of the image area kept
-    config.data.flip = 'auto'             # 'auto': flip only when the caption has no left/right words
-    config.data.workers = 2               # parallel host loading calls
-    config.data.prefetch = 4              # batches buffered ahead of the step
+    config.data.crop_scale = (0.8, 1.0)  # random resized crop: fraction of the image area kept
+    config.data.flip = 'auto'  # 'auto': flip only when the caption has no left/right words
+    config.data.workers = 2  # parallel host loading calls
+    config.data.prefetch = 4  # batches buffered ahead of the step
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.form = 'softmax'          # 'softmax' (InfoNCE) | 'sigmoid' (SigLIP)
-    config.loss.stop_grad_keys = False    # GRIT-VLP: i2t logits against sg(texts), t2i against sg(images)
+    config.loss.form = 'softmax'  # 'softmax' (InfoNCE) | 'sigmoid' (SigLIP)
+    config.loss.stop_grad_keys = False  # GRIT-VLP: i2t logits against sg(texts), t2i against sg(images)
     config.loss.consistency_weight = 0.0  # GRIT-VLP's ITC consistency term (0.2 in the paper)
-    config.loss.negatives = 'global'      # 'global': the whole batch | 'local': each batch shard's own (GRIT-VLP)
+    config.loss.negatives = 'global'  # 'global': the whole batch | 'local': each batch shard's own (GRIT-VLP)
     config.model.sigmoid_bias_init = -10.0  # SigLIP's init; used by loss.form='sigmoid'
     # Regulators applied in this order (any subset): 'srcl' (weights on negatives),
     # 'cosmo' (converts the hardest negative to a positive, smooths targets), 'smoothing'
     # (uniform label smoothing alone; not with 'cosmo', which smooths by loss.cosmo.eps).
     # () = plain InfoNCE / SigLIP. See ../shared/METHODS.md (SRCL, COSMO/MAFA).
     config.loss.regulators = ()
-    config.loss.srcl = ml_collections.ConfigDict(dict(
-        alpha_start=1.0,              # weight of the reference model's similarity at the start
-        alpha_end=0.0,                # ... and after alpha_decay_end
-        alpha_decay_start=0,          # step where alpha starts moving
-        alpha_decay_end=-1,           # step where it reaches alpha_end; -1 = total_steps
-        alpha_shape='linear',         # 'linear' | 'cosine'
-        tau_w=1.0,                    # temperature of the weights' exp(sim / tau_w)
-        w_min=0.0,                    # negatives with weight < w_min are dropped; 0 = off
-        reference_checkpoint='',      # frozen reference model (a workdir, checkpoints/ or step dir)
-    ))
-    config.loss.cosmo = ml_collections.ConfigDict(dict(
-        discriminator='cosine',       # 'cosine': the reference dual encoder's cosine; 'itm' reserved
-        high=0.8,                     # discriminator score above this: the hardest negative is converted
-        low=0.5,                      # below this it stays a negative (between: dropped, for ITM)
-        eps=0.5,                      # label smoothing of the targets from smoothing_start_step on
-        smoothing_start_step=-1,      # -1: the first step of epoch 1 (MAFA: once GRIT's grouped batches start)
-        reference_checkpoint='',      # the discriminator's frozen model (may equal loss.srcl's)
-    ))
+    config.loss.srcl = ml_collections.ConfigDict(
+        dict(
+            alpha_start=1.0,  # weight of the reference model's similarity at the start
+            alpha_end=0.0,  # ... and after alpha_decay_end
+            alpha_decay_start=0,  # step where alpha starts moving
+            alpha_decay_end=-1,  # step where it reaches alpha_end; -1 = total_steps
+            alpha_shape='linear',  # 'linear' | 'cosine'
+            tau_w=1.0,  # temperature of the weights' exp(sim / tau_w)
+            w_min=0.0,  # negatives with weight < w_min are dropped; 0 = off
+            reference_checkpoint='',  # frozen reference model (a workdir, checkpoints/ or step dir)
+        )
+    )
+    config.loss.cosmo = ml_collections.ConfigDict(
+        dict(
+            discriminator='cosine',  # 'cosine': the reference dual encoder's cosine; 'itm' reserved
+            high=0.8,  # discriminator score above this: the hardest negative is converted
+            low=0.5,  # below this it stays a negative (between: dropped, for ITM)
+            eps=0.5,  # label smoothing of the targets from smoothing_start_step on
+            smoothing_start_step=-1,  # -1: the first step of epoch 1 (MAFA: once GRIT's grouped batches start)
+            reference_checkpoint='',  # the discriminator's frozen model (may equal loss.srcl's)
+        )
+    )
     # Uniform smoothing alone, with COSMO's eps and start: the ablation that separates conversion from smoothing.
     config.loss.smoothing = ml_collections.ConfigDict(dict(eps=0.5, start_step=-1))
 
     config.sampling = ml_collections.ConfigDict()
-    config.sampling.name = 'random'       # 'random' | 'grit' (grouped hard-negative batches from the last epoch)
-    config.sampling.queue_size = 6400     # GRIT: entries grouped per queue fill; a multiple of search_space
-    config.sampling.search_space = 1280   # GRIT: entries per greedy chain; a multiple of batch_size
-    config.sampling.scope = 'global'      # 'global': one order for the global batch | 'local': per batch shard
+    config.sampling.name = 'random'  # 'random' | 'grit' (grouped hard-negative batches from the last epoch)
+    config.sampling.queue_size = 6400  # GRIT: entries grouped per queue fill; a multiple of search_space
+    config.sampling.search_space = 1280  # GRIT: entries per greedy chain; a multiple of batch_size
+    config.sampling.scope = 'global'  # 'global': one order for the global batch | 'local': per batch shard
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    # Shards that sampling.scope=local and loss.negatives=local group within (GRIT-VLP's per-GPU
+    # batches): -1 = the mesh's batch shards; N emulates N devices' shards on any device count.
+    config.mesh.local_shards = -1
     # logical axis -> mesh axis (or None = replicated). Data parallel by default;
     # FSDP: embed -> 'fsdp'; tensor parallel: mlp/heads/vocab -> 'model'.
-    config.mesh.rules = (('batch', ('data', 'fsdp')), ('embed', None), ('mlp', 'model'),
-                         ('heads', 'model'), ('kv', None), ('vocab', 'model'), ('length', None),
-                         ('patch', None), ('proj', None))
+    config.mesh.rules = (
+        ('batch', ('data', 'fsdp')),
+        ('embed', None),
+        ('mlp', 'model'),
+        ('heads', 'model'),
+        ('kv', None),
+        ('vocab', 'model'),
+        ('length', None),
+        ('patch', None),
+        ('proj', None),
+    )
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 256         # a multiple of the device count (8 fake CPU devices included)
+    config.eval.batch_size = 256  # a multiple of the device count (8 fake CPU devices included)
     config.eval.classification_size = 500
     return config

@@ -1,4 +1,5 @@
 """What the experiment scripts share: run the training CLI, summarise metrics.jsonl, write a table and a plot."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,31 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_KEYS = {
-    'i2t R@1': 'eval/retrieval/i2t_r1', 't2i R@1': 'eval/retrieval/t2i_r1',
-    'i2t sem R@1': 'eval/retrieval/i2t_semantic_r1', 't2i sem R@1': 'eval/retrieval/t2i_semantic_r1',
+    'i2t R@1': 'eval/retrieval/i2t_r1',
+    't2i R@1': 'eval/retrieval/t2i_r1',
+    'i2t sem R@1': 'eval/retrieval/i2t_semantic_r1',
+    't2i sem R@1': 'eval/retrieval/t2i_semantic_r1',
 }
 LOG_EVERY = 25
 
 
 def train(config: str, workdir: str, steps: int, seed: int, extra: Sequence[str] = ()) -> list[dict]:
     """Runs (or resumes, or re-evaluates a finished) training and returns its metrics.jsonl records."""
-    command = [sys.executable, '-m', 'vlp_jax.train', '--config', config, '--workdir', workdir,
-               f'--config.total_steps={steps}', f'--config.seed={seed}', f'--config.log_every={LOG_EVERY}',
-               f'--config.eval_every={steps}', f'--config.checkpoint_every={steps}', *extra]
+    command = [
+        sys.executable,
+        '-m',
+        'vlp_jax.train',
+        '--config',
+        config,
+        '--workdir',
+        workdir,
+        f'--config.total_steps={steps}',
+        f'--config.seed={seed}',
+        f'--config.log_every={LOG_EVERY}',
+        f'--config.eval_every={steps}',
+        f'--config.checkpoint_every={steps}',
+        *extra,
+    ]
     started = time.monotonic()
     print(f'  {" ".join(command[3:])}', flush=True)
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
@@ -71,6 +86,7 @@ def write_table(results: dict[str, list[dict]], path: str, header: str) -> str:
 def write_plot(results: dict[str, list[dict]], path: str, title: str, labels: Sequence[str] = tuple(EVAL_KEYS)) -> None:
     """Grouped bars (mean ± std over seeds) of `labels` per method."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 

@@ -13,6 +13,7 @@ grouped epoch. It writes a markdown table (mean ± std over seeds) and a PNG plo
 --out, plus the raw per-run numbers as JSON. Runs already finished in --workdir are
 reused, so an interrupted sweep resumes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,11 @@ import time
 
 from common import final_eval, mean_of, save_json, step_milliseconds, train, write_plot, write_table
 
-MAFA_SETTING = ('--config.sampling.name=grit', '--config.loss.stop_grad_keys=true', '--config.loss.consistency_weight=0.0')
+MAFA_SETTING = (
+    '--config.sampling.name=grit',
+    '--config.loss.stop_grad_keys=true',
+    '--config.loss.consistency_weight=0.0',
+)
 METHODS = {  # name -> (config file, overrides); all share shapes_noisy's data and model
     'InfoNCE': ('configs/shapes_noisy.py', ()),
     'smoothing': ('configs/shapes_noisy.py', ('--config.loss.regulators=smoothing',)),
@@ -33,19 +38,25 @@ METHODS = {  # name -> (config file, overrides); all share shapes_noisy's data a
 }
 DIAGNOSTIC_KEYS = {  # averaged over the run's log steps
     'FN fraction': 'train/false_negative_fraction',
-    'w(FN)': 'train/srcl/weight_false_negative', 'w(TN)': 'train/srcl/weight_true_negative',
+    'w(FN)': 'train/srcl/weight_false_negative',
+    'w(TN)': 'train/srcl/weight_true_negative',
 }
 
 
 def summarise(records: list[dict]) -> dict[str, float]:
     out = final_eval(records)
     out.update({label: mean_of(records, key) for label, key in DIAGNOSTIC_KEYS.items()})
-    pooled = {key: sum(r.get(f'train/cosmo/{key}', 0.0) for r in records)
-              for key in ('num_true_positive', 'num_converted', 'num_hardest_false_negative')}
+    pooled = {
+        key: sum(r.get(f'train/cosmo/{key}', 0.0) for r in records)
+        for key in ('num_true_positive', 'num_converted', 'num_hardest_false_negative')
+    }
     has_cosmo = any('train/cosmo/num_converted' in r for r in records)  # pooled over steps: no empty-set NaNs
-    out['conv. precision'] = pooled['num_true_positive'] / max(pooled['num_converted'], 1.0) if has_cosmo else float('nan')
-    out['conv. recall'] = (pooled['num_true_positive'] / max(pooled['num_hardest_false_negative'], 1.0)
-                           if has_cosmo else float('nan'))
+    out['conv. precision'] = (
+        pooled['num_true_positive'] / max(pooled['num_converted'], 1.0) if has_cosmo else float('nan')
+    )
+    out['conv. recall'] = (
+        pooled['num_true_positive'] / max(pooled['num_hardest_false_negative'], 1.0) if has_cosmo else float('nan')
+    )
     out['step ms'] = step_milliseconds(records)
     return out
 
@@ -75,23 +86,30 @@ def main() -> None:
             print(f'stage 2: {method}, seed {seed}', flush=True)
             extra = [f'--config.data.train_size={args.train_size}', *overrides]
             if config != 'configs/shapes_noisy.py':
-                extra += [f'--config.loss.srcl.reference_checkpoint={reference}',
-                          f'--config.loss.cosmo.reference_checkpoint={reference}']
+                extra += [
+                    f'--config.loss.srcl.reference_checkpoint={reference}',
+                    f'--config.loss.cosmo.reference_checkpoint={reference}',
+                ]
             suffix = '' if args.name == 'false_negatives' else f'_{args.name}'
             slug = method.replace('+', '_').replace(' (', '_').replace(')', '')
             workdir = os.path.join(args.workdir, f'{slug}_seed{seed}{suffix}')
             results[method].append(summarise(train(config, workdir, args.steps, seed, [*extra, *args.extra])))
     minutes = (time.monotonic() - started) / 60
-    header = (f'# False-negative-aware objectives on the noisy shapes regime\n\n'
-              f'`experiments/false_negatives.py {" ".join(sys.argv[1:])}`: '
-              f'{len(args.seeds)} seeds, {args.steps} steps each at batch 128 on {args.train_size:,} noisy pairs '
-              f'({args.train_size // 128} steps per epoch), reference trained '
-              f'{args.reference_steps} steps on the clean regime; {minutes:.0f} min in all on this machine. '
-              f'R@1 on the 1,000-image test split (chance 0.001); diagnostics are means over the run\'s log '
-              f'steps, conversion precision/recall pooled over them (ground truth from the generator).')
+    header = (
+        f'# False-negative-aware objectives on the noisy shapes regime\n\n'
+        f'`experiments/false_negatives.py {" ".join(sys.argv[1:])}`: '
+        f'{len(args.seeds)} seeds, {args.steps} steps each at batch 128 on {args.train_size:,} noisy pairs '
+        f'({args.train_size // 128} steps per epoch), reference trained '
+        f'{args.reference_steps} steps on the clean regime; {minutes:.0f} min in all on this machine. '
+        f"R@1 on the 1,000-image test split (chance 0.001); diagnostics are means over the run's log "
+        f'steps, conversion precision/recall pooled over them (ground truth from the generator).'
+    )
     print(write_table(results, os.path.join(args.out, f'{args.name}.md'), header))
-    write_plot(results, os.path.join(args.out, f'{args.name}.png'),
-               'False-negative-aware objectives, noisy captioned shapes (mean ± std over seeds)')
+    write_plot(
+        results,
+        os.path.join(args.out, f'{args.name}.png'),
+        'False-negative-aware objectives, noisy captioned shapes (mean ± std over seeds)',
+    )
     save_json(results, os.path.join(args.out, f'{args.name}.json'))
 
 

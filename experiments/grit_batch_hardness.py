@@ -9,6 +9,7 @@ between each image and its most similar non-matching caption, averaged over the 
 --batches mini-batches. The in-training `train/hardest_negative_similarity` compares two
 different models, so the two can disagree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,37 +32,36 @@ def main() -> None:
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from vlp_jax import state as state_lib
+    from vlp_jax import parallel
+    from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import resolve_step_dir, restore_params_from
     from vlp_jax.config import load_config_file
-    from vlp_jax.data.pipeline import normalise_images
+    from vlp_jax.data.batch import normalise_images
     from vlp_jax.data.sources import build_source
     from vlp_jax.data.tokenizer import shared_tokenizer
-    from vlp_jax.models.vlp import VLPModel
-    from vlp_jax.steps import hardest_negative_similarity
+    from vlp_jax.objectives.dual_encoder import hardest_negative_similarity
 
     config = load_config_file(args.config)
-    model = state_lib.create_model(config)
-    params = restore_params_from(args.judge)
+    judge_setup = setup_lib.build(config, jax.devices()[:1])
+    params = restore_params_from(args.judge, judge_setup.abstract_state['params'])
     step_dir = resolve_step_dir(pathlib.Path(args.run).absolute())
     sampler = ocp.StandardCheckpointer().restore(step_dir / 'state')['sampler']
     grit_order = np.asarray(sampler['order'])
     source = build_source(config, 'train')
     tokenizer = shared_tokenizer(config.data.max_text_len)
-    encode_images = jax.jit(lambda p, x: model.apply({'params': p}, x, method=VLPModel.encode_images))
-    encode_texts = jax.jit(lambda p, i, m: model.apply({'params': p}, i, m, method=VLPModel.encode_texts))
+    encode_images, encode_texts = judge_setup.encoders()
 
     def hardness(indices) -> float:
         examples = source.batch(indices)
         tokens = tokenizer([captions[0] for captions in examples['captions']])
-        images = encode_images(params, normalise_images(examples['image']))
-        texts = encode_texts(params, tokens['text_ids'], tokens['text_mask'])
+        images = parallel.to_host(encode_images(params, normalise_images(examples['image'])))
+        texts = parallel.to_host(encode_texts(params, tokens['text_ids'], tokens['text_mask']))
         return float(hardest_negative_similarity(images @ texts.T))
 
     b = config.batch_size
     random_order = np.random.default_rng(config.seed).permutation(len(source))
-    grit = np.mean([hardness(grit_order[k * b:(k + 1) * b]) for k in range(args.batches)])
-    random = np.mean([hardness(random_order[k * b:(k + 1) * b]) for k in range(args.batches)])
+    grit = np.mean([hardness(grit_order[k * b : (k + 1) * b]) for k in range(args.batches)])
+    random = np.mean([hardness(random_order[k * b : (k + 1) * b]) for k in range(args.batches)])
     print(f'epoch {int(sampler["epoch"])} of {args.run}, judged by {args.judge}:')
     print(f'hardest-negative cosine  GRIT batches {grit:.3f}  random batches {random:.3f}')
 

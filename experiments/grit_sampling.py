@@ -10,6 +10,7 @@ MAFA's recipe: GRIT batches, COSMO conversion and smoothing, and no consistency 
 Epoch 0 is random in every run, so the diagnostics average over epochs 1 and later only.
 Writes a markdown table, a PNG plot and JSON to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,11 @@ STEPS_PER_EPOCH = 100
 
 
 def methods(reference: str) -> dict[str, list[str]]:
-    cosmo = ['--config.loss.regulators=cosmo', f'--config.loss.cosmo.reference_checkpoint={reference}',
-             '--config.loss.consistency_weight=0.0']
+    cosmo = [
+        '--config.loss.regulators=cosmo',
+        f'--config.loss.cosmo.reference_checkpoint={reference}',
+        '--config.loss.consistency_weight=0.0',
+    ]
     return {'random': ['--config.sampling.name=random'], 'GRIT': [], 'GRIT+COSMO': cosmo}
 
 
@@ -54,15 +58,20 @@ def main() -> None:
             workdir = os.path.join(args.workdir, f'{name.replace("+", "_")}_seed{seed}')
             results[name].append(summarise(train(CONFIG, workdir, args.steps, seed, extra)))
     minutes = (time.monotonic() - started) / 60
-    header = (f'# GRIT grouped mini-batches on the noisy shapes regime\n\n'
-              f'`experiments/grit_sampling.py --steps {args.steps} --seeds {" ".join(map(str, args.seeds))}`: '
-              f'{len(args.seeds)} seeds, {args.steps} steps ({args.steps // STEPS_PER_EPOCH} epochs of '
-              f'{STEPS_PER_EPOCH}) at batch 128; {minutes:.0f} min in all on this machine. R@1 on the 1,000-image '
-              f'test split (chance 0.001). Hardest-negative similarity and false-negative fraction are means over '
-              f'the log steps of epochs >= 1 (ground truth from the generator).')
+    header = (
+        f'# GRIT grouped mini-batches on the noisy shapes regime\n\n'
+        f'`experiments/grit_sampling.py --steps {args.steps} --seeds {" ".join(map(str, args.seeds))}`: '
+        f'{len(args.seeds)} seeds, {args.steps} steps ({args.steps // STEPS_PER_EPOCH} epochs of '
+        f'{STEPS_PER_EPOCH}) at batch 128; {minutes:.0f} min in all on this machine. R@1 on the 1,000-image '
+        f'test split (chance 0.001). Hardest-negative similarity and false-negative fraction are means over '
+        f'the log steps of epochs >= 1 (ground truth from the generator).'
+    )
     print(write_table(results, os.path.join(args.out, 'grit_sampling.md'), header))
-    write_plot(results, os.path.join(args.out, 'grit_sampling.png'),
-               'Random vs GRIT mini-batches, noisy captioned shapes (mean ± std over seeds)')
+    write_plot(
+        results,
+        os.path.join(args.out, 'grit_sampling.png'),
+        'Random vs GRIT mini-batches, noisy captioned shapes (mean ± std over seeds)',
+    )
     save_json(results, os.path.join(args.out, 'grit_sampling.json'))
 
 

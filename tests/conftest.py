@@ -3,6 +3,7 @@
 Subprocesses keep JAX's device count per test (XLA_FLAGS must be set before jax is
 imported) and exercise the exact commands users run.
 """
+
 import json
 import os
 import subprocess
@@ -14,12 +15,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, 'configs', 'shapes_tiny.py')
 # A model and data small enough for CI: a few seconds per run on 2 cores.
 FAST_OVERRIDES = (
-    '--config.batch_size=32', '--config.log_every=5', '--config.eval_every=1000', '--config.checkpoint_every=10',
-    '--config.warmup_steps=5', '--config.model.vision.width=32', '--config.model.vision.depth=1',
-    '--config.model.vision.num_heads=2', '--config.model.vision.mlp_dim=64', '--config.model.text.width=32',
-    '--config.model.text.depth=1', '--config.model.text.num_heads=2', '--config.model.text.mlp_dim=64',
-    '--config.model.embed_dim=32', '--config.data.test_size=64', '--config.eval.batch_size=64',
-    '--config.eval.classification_size=64', '--config.data.train_size=2000',
+    '--config.batch_size=32',
+    '--config.log_every=5',
+    '--config.eval_every=1000',
+    '--config.checkpoint_every=10',
+    '--config.warmup_steps=5',
+    '--config.model.vision.width=32',
+    '--config.model.vision.depth=1',
+    '--config.model.vision.num_heads=2',
+    '--config.model.vision.mlp_dim=64',
+    '--config.model.text.width=32',
+    '--config.model.text.depth=1',
+    '--config.model.text.num_heads=2',
+    '--config.model.text.mlp_dim=64',
+    '--config.model.embed_dim=32',
+    '--config.data.test_size=64',
+    '--config.eval.batch_size=64',
+    '--config.eval.classification_size=64',
+    '--config.data.train_size=2000',
 )
 
 
@@ -28,8 +41,9 @@ def run_cli(module, args, devices=1, timeout=600, check=True):
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
     env['PYTHONPATH'] = REPO
     env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, '-m', module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f'{module} {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}')
     return result
@@ -43,4 +57,5 @@ def read_metrics(workdir):
 @pytest.fixture(scope='session')
 def tiny_config():
     from vlp_jax.config import load_config_file
+
     return load_config_file(TINY_CONFIG)

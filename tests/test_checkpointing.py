@@ -22,15 +22,16 @@ pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptio
 
 def make_state(seed: int) -> dict:
     k = jax.random.split(jax.random.key(seed), 3)
-    params = {'enc': {'w': jax.random.normal(k[0], (4, 3)), 'b': jnp.full((3,), float(seed))},
-                        'head': jax.random.normal(k[1], (3, 2))}
+    params = {
+        'enc': {'w': jax.random.normal(k[0], (4, 3)), 'b': jnp.full((3,), float(seed))},
+        'head': jax.random.normal(k[1], (3, 2)),
+    }
     tx = optax.adamw(1e-3)
     opt_state = tx.init(params)
     # One real update so mu/nu/count are not all zeros.
     grads = jax.tree.map(jnp.ones_like, params)
     _, opt_state = tx.update(grads, opt_state, params)
-    return {'params': params, 'opt_state': opt_state, 'step': jnp.int32(seed),
-                    'rng': jax.random.key_data(k[2])}
+    return {'params': params, 'opt_state': opt_state, 'step': jnp.int32(seed), 'rng': jax.random.key_data(k[2])}
 
 
 def abstract(state):
@@ -180,7 +181,7 @@ def test_shape_mismatch_is_config_error_not_corruption(tmp_path):
     save_steps(d, [1])
     other = make_state(0)
     other['params']['head'] = jnp.zeros((3, 5))
-    with pytest.raises(CheckpointError, match="params/head.*\\(3, 2\\).*\\(3, 5\\)"):
+    with pytest.raises(CheckpointError, match='params/head.*\\(3, 2\\).*\\(3, 5\\)'):
         Checkpointer(d, keep=10).restore(abstract(other))
     assert step_dirs(d) == [1] and not (d / 'corrupt').exists()
 
@@ -194,7 +195,7 @@ def test_restore_params_from(tmp_path):
     assert_tree_equal(restore_params_from(work / 'checkpoints' / '1', abstract(want)), make_state(1)['params'])
     bad = abstract(want)
     bad['enc']['w'] = jax.ShapeDtypeStruct((4, 7), jnp.float32, sharding=want['enc']['w'].sharding)
-    with pytest.raises(CheckpointError, match=r"enc/w.*\(4, 3\).*\(4, 7\)"):
+    with pytest.raises(CheckpointError, match=r'enc/w.*\(4, 3\).*\(4, 7\)'):
         restore_params_from(work, bad)
     with pytest.raises(CheckpointError, match='does not exist'):
         restore_params_from(tmp_path / 'nope')
@@ -203,7 +204,7 @@ def test_restore_params_from(tmp_path):
         restore_params_from(tmp_path / 'empty')
 
 
-SHARDED_SCRIPT = textwrap.dedent('''
+SHARDED_SCRIPT = textwrap.dedent("""
         import sys
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -225,21 +226,30 @@ SHARDED_SCRIPT = textwrap.dedent('''
         np.testing.assert_array_equal(np.asarray(got['params']['w']), np.arange(64.0).reshape(16, 4))
         ckpt.close()
         print('SHARDED_OK')
-''')
+""")
 
 
 def test_sharded_save_restore_across_device_counts(tmp_path):
     d = tmp_path / 'checkpoints'
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
-                          PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([sys.executable, '-c', SHARDED_SCRIPT, str(d)], env=env, cwd=REPO,
-                                                capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        XLA_FLAGS='--xla_force_host_platform_device_count=8',
+        JAX_PLATFORMS='cpu',
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+    )
+    proc = subprocess.run(
+        [sys.executable, '-c', SHARDED_SCRIPT, str(d)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and 'SHARDED_OK' in proc.stdout, proc.stderr[-3000:]
     # This process: restore the 8-way sharded checkpoint onto one device.
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {'params': {'w': jax.ShapeDtypeStruct((16, 4), jnp.float32, sharding=one),
-                                              'b': jax.ShapeDtypeStruct((4,), jnp.float32, sharding=one)},
-                        'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=one)}
+    target = {
+        'params': {
+            'w': jax.ShapeDtypeStruct((16, 4), jnp.float32, sharding=one),
+            'b': jax.ShapeDtypeStruct((4,), jnp.float32, sharding=one),
+        },
+        'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=one),
+    }
     step, got, _ = Checkpointer(d, keep=2).restore(target)
     assert step == 11 and int(got['step']) == 11
     assert got['params']['w'].sharding == one

@@ -1,4 +1,5 @@
 """The general contrastive loss against plain numpy references (softmax and sigmoid)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,8 +54,9 @@ def test_softmax_matches_numpy(regulated):
     expected = 0.5 * (_np_softmax_direction(z, lw1, y1) + _np_softmax_direction(z.T, lw2, y2))
     i2t = Regulation(jnp.asarray(lw1), jnp.asarray(y1)) if regulated else Regulation()
     t2i = Regulation(jnp.asarray(lw2), jnp.asarray(y2)) if regulated else Regulation()
-    loss, _ = contrastive_loss(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), jnp.float32(scale),
-                               i2t=i2t, t2i=t2i)
+    loss, _ = contrastive_loss(
+        jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), jnp.float32(scale), i2t=i2t, t2i=t2i
+    )
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -71,11 +73,51 @@ def test_sigmoid_matches_numpy(regulated):
         lw1 = lw2 = np.zeros((B, B))
         y1 = y2 = np.eye(B)
     expected = 0.5 * (_np_sigmoid_direction(z, bias, lw1, y1) + _np_sigmoid_direction(z.T, bias, lw2, y2))
-    loss, _ = contrastive_loss(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), jnp.float32(scale),
-                               form='sigmoid', sigmoid_bias=jnp.float32(bias),
-                               i2t=Regulation(jnp.asarray(lw1), jnp.asarray(y1)),
-                               t2i=Regulation(jnp.asarray(lw2), jnp.asarray(y2)))
+    # Unregulated: the default path (no Regulation passed), which is what the step uses without regulators.
+    regulations = (
+        dict(i2t=Regulation(jnp.asarray(lw1), jnp.asarray(y1)), t2i=Regulation(jnp.asarray(lw2), jnp.asarray(y2)))
+        if regulated
+        else {}
+    )
+    loss, _ = contrastive_loss(
+        jnp.asarray(v, jnp.float32),
+        jnp.asarray(t, jnp.float32),
+        jnp.float32(scale),
+        form='sigmoid',
+        sigmoid_bias=jnp.float32(bias),
+        **regulations,
+    )
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('form', ['softmax', 'sigmoid'])
+def test_stop_grad_keys_with_regulators(form):
+    """Key-side stop-gradient leaves the regulated value unchanged; each embedding gets only its anchor's gradient."""
+    rng = np.random.default_rng(3)
+    v, t = _normalised(rng, B, E), _normalised(rng, B, E)
+    scale, bias = 10.0, -3.0
+    (lw1, y1), (lw2, y2) = _random_regulation(rng), _random_regulation(rng)
+    if form == 'sigmoid':  # positives by y > 0; keep them to the diagonal plus a few
+        y1, y2 = np.eye(B) + (y1 > 0.2) * y1, np.eye(B)
+    z = scale * v @ t.T
+    direction = (
+        _np_softmax_direction if form == 'softmax' else (lambda zz, lw, y: _np_sigmoid_direction(zz, bias, lw, y))
+    )
+    expected = 0.5 * (direction(z, lw1, y1) + direction(z.T, lw2, y2))
+    i2t, t2i = Regulation(jnp.asarray(lw1), jnp.asarray(y1)), Regulation(jnp.asarray(lw2), jnp.asarray(y2))
+    options = dict(form=form, sigmoid_bias=jnp.float32(bias) if form == 'sigmoid' else None, i2t=i2t)
+    loss = lambda a, b, sg: contrastive_loss(a, b, jnp.float32(scale), t2i=t2i, stop_grad_keys=sg, **options)[0]
+    vj, tj = jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32)
+    np.testing.assert_allclose(float(loss(vj, tj, True)), expected, rtol=1e-5, atol=1e-5)
+    grad_v, grad_t = jax.grad(loss, argnums=(0, 1))(vj, tj, True)
+    # Images are anchors only in i2t, texts only in t2i: with the other side frozen, the full
+    # gradient reduces to that one direction's (computed here without stop_grad_keys).
+    i2t_only = lambda a: contrastive_loss(a, tj, jnp.float32(scale), t2i=t2i, **options)[1]['loss_i2t']
+    t2i_only = lambda b: contrastive_loss(vj, b, jnp.float32(scale), t2i=t2i, **options)[1]['loss_t2i']
+    np.testing.assert_allclose(grad_v, 0.5 * jax.grad(i2t_only)(vj), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad_t, 0.5 * jax.grad(t2i_only)(tj), rtol=1e-4, atol=1e-6)
+    full_v = jax.grad(loss)(vj, tj, False)
+    assert not np.allclose(full_v, grad_v, atol=1e-6)  # without stop-gradient the keys do get a gradient
 
 
 def test_infonce_is_cross_entropy_on_diagonal():
@@ -85,7 +127,10 @@ def test_infonce_is_cross_entropy_on_diagonal():
     expected = 0.5 * (-np.mean(np.diag(_np_log_softmax(z))) - np.mean(np.diag(_np_log_softmax(z.T))))
     loss, metrics = contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0))
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    assert 0.0 <= float(metrics['i2t_accuracy']) <= 1.0
+    # Accuracy: the share of anchors whose own pair scores highest, per direction.
+    assert float(metrics['i2t_accuracy']) == pytest.approx(np.mean(np.argmax(z, axis=1) == np.arange(B)))
+    assert float(metrics['t2i_accuracy']) == pytest.approx(np.mean(np.argmax(z.T, axis=1) == np.arange(B)))
+    assert 0.0 < float(metrics['i2t_accuracy']) < 1.0  # random embeddings: some right, some wrong
 
 
 def test_no_gradient_flows_into_weights_or_targets():
@@ -94,7 +139,9 @@ def test_no_gradient_flows_into_weights_or_targets():
     lw, y = _random_regulation(rng)
 
     def loss_of(log_w, targets):
-        return contrastive_loss(v, t, jnp.float32(5.0), i2t=Regulation(log_w, targets), t2i=Regulation(log_w, targets))[0]
+        return contrastive_loss(v, t, jnp.float32(5.0), i2t=Regulation(log_w, targets), t2i=Regulation(log_w, targets))[
+            0
+        ]
 
     g_w, g_y = jax.grad(loss_of, argnums=(0, 1))(jnp.asarray(lw), jnp.asarray(y))
     assert float(jnp.abs(g_w).max()) == 0.0 and float(jnp.abs(g_y).max()) == 0.0
@@ -134,6 +181,7 @@ def test_consistency_term_matches_numpy():
 
 def test_local_negatives_average_the_per_shard_losses():
     from vlp_jax.objectives.contrastive import local_contrastive_loss
+
     rng = np.random.default_rng(7)
     v, t = _normalised(rng, B, E), _normalised(rng, B, E)
     shards = 3
@@ -145,5 +193,6 @@ def test_local_negatives_average_the_per_shard_losses():
     loss, _ = local_contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0), shards)
     np.testing.assert_allclose(float(loss), np.mean(expected), rtol=1e-5)
     one, _ = local_contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0), 1)
-    np.testing.assert_allclose(float(one), float(contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0))[0]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(one), float(contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0))[0]), rtol=1e-6
+    )

@@ -1,10 +1,12 @@
-"""Ground-truth diagnostics: false-negative mask orientation and pooled metrics on hand-built batches."""
+"""Ground-truth probe: false-negative mask orientation and pooled metrics on hand-built batches."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vlp_jax.data.synthetic import COLOURS, SHAPES, captions_true_of_scenes
-from vlp_jax.diagnostics import false_negative_mask_i2t, ground_truth_metrics
+from vlp_jax.data.synthetic_source import false_negative_mask_i2t
+from vlp_jax.probes import ground_truth_metrics
 
 NO = -1  # attribute not said / no object
 CIRCLE, SQUARE, TRIANGLE = (SHAPES.index(s) for s in ('circle', 'square', 'triangle'))
@@ -19,30 +21,36 @@ def _hand_batch():
     caption 2 'a green triangle' (image 2). The only false negative: (image 2, caption 0).
     """
     empty = [NO, NO, NO, NO]
-    scene = np.array([
-        [[CIRCLE, RED, SMALL, 0], empty, empty],
-        [[SQUARE, BLUE, LARGE, 4], empty, empty],
-        [[CIRCLE, RED, LARGE, 2], [TRIANGLE, GREEN, SMALL, 6], empty],
-    ], np.int32)
-    spec = np.array([
-        [[CIRCLE, RED, NO, NO], empty],
-        [[SQUARE, BLUE, NO, NO], empty],
-        [[TRIANGLE, GREEN, NO, NO], empty],
-    ], np.int32)
+    scene = np.array(
+        [
+            [[CIRCLE, RED, SMALL, 0], empty, empty],
+            [[SQUARE, BLUE, LARGE, 4], empty, empty],
+            [[CIRCLE, RED, LARGE, 2], [TRIANGLE, GREEN, SMALL, 6], empty],
+        ],
+        np.int32,
+    )
+    spec = np.array(
+        [
+            [[CIRCLE, RED, NO, NO], empty],
+            [[SQUARE, BLUE, NO, NO], empty],
+            [[TRIANGLE, GREEN, NO, NO], empty],
+        ],
+        np.int32,
+    )
     return spec, scene
 
 
 def test_hand_batch_truth_table():
     spec, scene = _hand_batch()
-    true_of = captions_true_of_scenes(spec, scene)           # [caption, image]
+    true_of = captions_true_of_scenes(spec, scene)  # [caption, image]
     np.testing.assert_array_equal(true_of, [[1, 0, 1], [0, 1, 0], [0, 0, 1]])
 
 
 def test_false_negative_mask_is_i2t_oriented():
     spec, scene = _hand_batch()
-    mask = np.asarray(false_negative_mask_i2t(jnp.asarray(spec), jnp.asarray(scene)))
+    mask = np.asarray(false_negative_mask_i2t({'caption_spec': jnp.asarray(spec), 'scene': jnp.asarray(scene)}))
     expected = np.zeros((3, 3), bool)
-    expected[2, 0] = True   # row = image 2, column = caption 0 (true of it, but not its pair)
+    expected[2, 0] = True  # row = image 2, column = caption 0 (true of it, but not its pair)
     np.testing.assert_array_equal(mask, expected)
     # t2i (rows captions) is the transpose: for caption 0, image 2 is the false negative.
     assert mask.T[0, 2] and not mask.T[2, 0]
@@ -59,7 +67,8 @@ def test_ground_truth_metrics_pool_both_directions():
             't2i': {'hardest': jnp.array([1, 0, 0]), 'converted': jnp.array([False, True, False])},
         },
     }
-    metrics = {k: float(v) for k, v in ground_truth_metrics(jnp.asarray(spec), jnp.asarray(scene), aux).items()}
+    mask = false_negative_mask_i2t({'caption_spec': jnp.asarray(spec), 'scene': jnp.asarray(scene)})
+    metrics = {k: float(v) for k, v in ground_truth_metrics(mask, aux).items()}
     assert metrics['train/false_negative_fraction'] == pytest.approx(1 / 6)
     # The FN pair (2, 0) has weight 0.25 in i2t and, in t2i (log_w.T at [0, 2]), also 0.25.
     np.testing.assert_allclose(metrics['train/srcl/weight_false_negative'], 0.25, rtol=1e-6)
@@ -76,7 +85,9 @@ def test_ground_truth_metrics_pool_both_directions():
 def test_no_false_negatives_gives_nan_means_not_errors():
     spec, scene = (array[:2] for array in _hand_batch())
     aux = {'srcl': {'alpha': jnp.float32(1.0), 'log_w': (jnp.zeros((2, 2)), jnp.zeros((2, 2)))}}
-    metrics = ground_truth_metrics(jnp.asarray(spec), jnp.asarray(scene), aux)
+    metrics = ground_truth_metrics(
+        false_negative_mask_i2t({'caption_spec': jnp.asarray(spec), 'scene': jnp.asarray(scene)}), aux
+    )
     assert float(metrics['train/false_negative_fraction']) == 0.0
     assert np.isnan(float(metrics['train/srcl/weight_false_negative']))
     assert float(metrics['train/srcl/weight_true_negative']) == 1.0

@@ -1,4 +1,5 @@
 """Retrieval recall and zero-shot accuracy against plain-loop references."""
+
 import numpy as np
 
 from vlp_jax.evaluators.classification import class_embeddings, zero_shot_accuracy

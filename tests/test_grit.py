@@ -1,4 +1,5 @@
 """GRIT grouped sampling: the chain against METHODS.md's pseudo-code, grouping, epoch order, resume."""
+
 import io
 
 import jax
@@ -63,13 +64,13 @@ def test_group_queue_is_reference_chain_after_the_shuffle():
     perm, starts = (np.asarray(a) for a in grit.search_plan(key, queue, space))
     expected = []
     for s in range(queue // space):
-        rows = perm[s * space:(s + 1) * space]
+        rows = perm[s * space : (s + 1) * space]
         expected += indices[rows[reference_chain(v[rows], t[rows], int(starts[s]))]].tolist()
     assert got.tolist() == expected
 
 
 def test_remainder_is_one_smaller_search_space():
-    n, space = 40, 16   # two full spaces and one of 8
+    n, space = 40, 16  # two full spaces and one of 8
     v, t = exact_embeddings(np.random.default_rng(3), n, 8)
     key = jax.random.key(1)
     got = grit.group_positions(v, t, space, key)
@@ -83,7 +84,7 @@ def test_remainder_is_one_smaller_search_space():
 
 
 def test_next_epoch_order_shuffles_whole_batches():
-    grouped = np.arange(100, 203)   # 103 entries, batch 10: the last 3 are dropped
+    grouped = np.arange(100, 203)  # 103 entries, batch 10: the last 3 are dropped
     order = grit.next_epoch_order(grouped, 10, seed=0, epoch=1)
     assert sorted(order.tolist()) == list(range(100, 200))
     batches = order.reshape(10, 10)
@@ -133,7 +134,7 @@ def feed(queue: grit.GritQueue, v, t, steps: range, batch: int, epoch: int) -> N
 
 @pytest.mark.parametrize('scope', ['global', 'local'])
 def test_state_dict_round_trip_mid_epoch(scope):
-    batch, steps = 4, 11   # queue 16 = 4 steps: fills after steps 4 and 8, a remainder of 12
+    batch, steps = 4, 11  # queue 16 = 4 steps: fills after steps 4 and 8, a remainder of 12
     v, t = exact_embeddings(np.random.default_rng(5), batch * steps, 8)
     make = lambda: grit.GritQueue(queue_size=16, search_space=8, batch_size=batch, seed=9, scope=scope, num_shards=2)
     whole = make()
@@ -145,7 +146,7 @@ def test_state_dict_round_trip_mid_epoch(scope):
     assert not np.array_equal(orders[0], orders[1])
 
     first = make()
-    feed(first, v, t, range(6), batch, 0)   # after the first fill, half a queue buffered
+    feed(first, v, t, range(6), batch, 0)  # after the first fill, half a queue buffered
     assert first.fills == 1 and first.buffered == 8
     buffer = io.BytesIO()
     np.savez(buffer, **first.state_dict())
@@ -178,9 +179,13 @@ def test_state_dict_rejects_another_config():
 
 def test_validate_grit_messages():
     assert grit.validate_grit(48_000, 1_920, 128) is None
-    assert grit.validate_grit(48_000, 1_900, 100) == \
-        'sampling.queue_size (48000) must be a multiple of sampling.search_space (1900)'
-    assert grit.validate_grit(48_000, 1_920, 100) == \
-        'sampling.search_space (1920) must be a multiple of the global batch_size (100)'
+    assert (
+        grit.validate_grit(48_000, 1_900, 100)
+        == 'sampling.queue_size (48000) must be a multiple of sampling.search_space (1900)'
+    )
+    assert (
+        grit.validate_grit(48_000, 1_920, 100)
+        == 'sampling.search_space (1920) must be a multiple of the global batch_size (100)'
+    )
     with pytest.raises(ValueError, match='multiple of sampling.search_space'):
         grit.GritQueue(queue_size=20, search_space=8, batch_size=4, seed=0)

@@ -1,4 +1,5 @@
 """The input pipeline is a pure function of (seed, step): restarts and process slices agree."""
+
 import numpy as np
 import pytest
 
@@ -32,7 +33,8 @@ def test_epoch_order_is_a_seeded_permutation(config):
 def test_process_slices_make_up_the_global_batch(config):
     whole = _pipeline(config).raw_batch(7)
     parts = [_pipeline(config, p, 4).raw_batch(7) for p in range(4)]
-    for key in ('image', 'text_ids', 'text_mask', 'index', 'sem', 'crop_box', 'flip'):
+    assert set(whole) == set(parts[0])
+    for key in whole:
         np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), whole[key])
 
 
@@ -62,7 +64,9 @@ def test_flip_respects_left_right_words(config):
         examples = pipe.source.batch(pipe.local_indices(step))
         for row, flip in enumerate(raw['flip']):
             captions = examples['captions'][row]
-            chosen = [c for c in captions if pipe.tokenizer([c])['text_ids'].tolist() == [raw['text_ids'][row].tolist()]]
+            chosen = [
+                c for c in captions if pipe.tokenizer([c])['text_ids'].tolist() == [raw['text_ids'][row].tolist()]
+            ]
             lateral_flips += bool(flip and any(('left' in c or 'right' in c) for c in chosen))
             flips += bool(flip)
     assert flips > 0 and lateral_flips == 0

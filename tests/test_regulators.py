@@ -1,4 +1,5 @@
 """Regulators (SRCL, COSMO/MAFA, smoothing) against numpy references written with loops."""
+
 import math
 
 import jax
@@ -7,9 +8,18 @@ import numpy as np
 import pytest
 
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
-from vlp_jax.objectives.regulators import (MASKED_LOG_WEIGHT, STATE_CONVERTED, STATE_DROPPED, STATE_KEPT,
-                                           conversion_stats, cosmo_regulation, smoothing_regulation, srcl_alpha,
-                                           srcl_regulation, srcl_weight_stats)
+from vlp_jax.objectives.regulators import (
+    MASKED_LOG_WEIGHT,
+    STATE_CONVERTED,
+    STATE_DROPPED,
+    STATE_KEPT,
+    conversion_stats,
+    cosmo_regulation,
+    smoothing_regulation,
+    srcl_alpha,
+    srcl_regulation,
+    srcl_weight_stats,
+)
 
 B, E = 8, 6
 
@@ -47,6 +57,7 @@ def sims():
 
 
 # ----------------------------------------------------------------------------- SRCL
+
 
 @pytest.mark.parametrize('alpha', [0.0, 0.3, 1.0])
 @pytest.mark.parametrize('tau_w', [1.0, 0.1])
@@ -94,8 +105,10 @@ def test_srcl_loss_matches_weighted_numpy_loss(sims):
     loss, _ = contrastive_loss(v, t, jnp.float32(5.0), i2t=i2t, t2i=t2i)
     z = 5.0 * (v @ t.T)
     eye = np.eye(B)
-    expected = 0.5 * (_np_softmax_loss(z, _np_srcl_log_w(cur, ref, 0.3, 1.0), eye)
-                      + _np_softmax_loss(z.T, _np_srcl_log_w(cur.T, ref.T, 0.3, 1.0), eye))
+    expected = 0.5 * (
+        _np_softmax_loss(z, _np_srcl_log_w(cur, ref, 0.3, 1.0), eye)
+        + _np_softmax_loss(z.T, _np_srcl_log_w(cur.T, ref.T, 0.3, 1.0), eye)
+    )
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
@@ -143,6 +156,7 @@ def test_srcl_alpha_schedule_under_jit(shape):
 
 # ---------------------------------------------------------------------- COSMO / MAFA
 
+
 def _np_hardest_two(sim):
     hardest, second = [], []
     for i in range(sim.shape[0]):
@@ -188,7 +202,7 @@ def test_cosmo_t2i_uses_transposed_similarities(sims):
     np.testing.assert_allclose(t2i.y, expected, atol=1e-7)
     # The i2t disc scores are indexed (image, text): t2i reads them transposed.
     disc = np.zeros((B, B), np.float32)
-    disc[hardest_t2i[0], 0] = 0.9   # (image j1, text 0) scored high
+    disc[hardest_t2i[0], 0] = 0.9  # (image j1, text 0) scored high
     _, info = cosmo_regulation(cur, disc, 0.8, 0.5, 0.0, False)
     np.testing.assert_array_equal(info['t2i']['converted'], np.arange(B) == 0)
 
@@ -236,7 +250,42 @@ def test_srcl_then_cosmo_composes(sims):
     assert np.isfinite(loss)
 
 
+def test_srcl_w_min_then_cosmo_converts_a_removed_hardest_negative(sims):
+    """SRCL's w_min drops the most similar negative; COSMO then converts that same j1: it becomes a
+    positive (log_w 0, target mass), and smoothing spreads over the candidates still in the loss."""
+    v, t, cur, _ = sims
+    w_min, high, eps = 0.5, 0.8, 0.3
+    hardest, _ = _np_hardest_two(cur)
+    srcl_w = np.exp(_np_srcl_log_w(cur, cur, 0.0, 0.1))  # alpha 0: the model's own similarity only
+    assert all(srcl_w[i, hardest[i]] < w_min for i in range(B)), 'fixture: every j1 is removed by w_min'
+    disc = np.zeros((B, B), np.float32)
+    disc[0, hardest[0]] = 0.9  # only anchor 0's j1 is a false negative
+    (i2t, t2i), info = jax.jit(
+        lambda c, d: cosmo_regulation(
+            c, d, high, 0.5, eps, True, base=srcl_regulation(c, None, 0.0, tau_w=0.1, w_min=w_min)
+        )
+    )(cur, disc)
+    # numpy reference, i2t
+    log_w = np.where(srcl_w < w_min, MASKED_LOG_WEIGHT, np.log(srcl_w))
+    np.fill_diagonal(log_w, 0.0)
+    log_w[0, hardest[0]] = 0.0
+    y = np.eye(B)
+    y[0, hardest[0]] = 1.0
+    y /= y.sum(axis=1, keepdims=True)
+    kept = log_w > MASKED_LOG_WEIGHT / 2
+    y = (1 - eps) * y + eps * kept / kept.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(np.asarray(info['i2t']['converted']), np.arange(B) == 0)
+    np.testing.assert_allclose(np.asarray(i2t.log_w), log_w, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(i2t.y), y, atol=1e-6)
+    assert np.asarray(i2t.y)[0, hardest[0]] > 0.3 and np.all(np.asarray(i2t.y)[~kept] == 0.0)
+    scale = 20.0
+    loss, parts = contrastive_loss(v, t, jnp.float32(scale), i2t=i2t, t2i=t2i)
+    np.testing.assert_allclose(float(parts['loss_i2t']), _np_softmax_loss(scale * cur, log_w, y), rtol=1e-5)
+    assert np.isfinite(loss)
+
+
 # ------------------------------------------------------------------------ gradients
+
 
 def test_regulators_pass_no_gradient(sims):
     v, t, _, ref = sims
@@ -281,11 +330,12 @@ def test_regulators_pass_no_gradient(sims):
 
 # --------------------------------------------------------------------- diagnostics
 
+
 def test_conversion_stats_hand_case():
     hardest = jnp.array([1, 0, 3, 0], jnp.int32)
     fn = np.zeros((4, 4), bool)
-    fn[0, 1] = fn[2, 3] = True                         # asymmetric: rows 0 and 2 have a truly-FN hardest
-    converted = jnp.array([True, True, False, True])   # row 0 right, rows 1 and 3 wrong, row 2 missed
+    fn[0, 1] = fn[2, 3] = True  # asymmetric: rows 0 and 2 have a truly-FN hardest
+    converted = jnp.array([True, True, False, True])  # row 0 right, rows 1 and 3 wrong, row 2 missed
     stats = jax.jit(conversion_stats)(hardest, converted, fn)
     np.testing.assert_allclose(stats['precision'], 1 / 3)
     np.testing.assert_allclose(stats['recall'], 1 / 2)

@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 
 from vlp_jax.data import synthetic as sw
-from vlp_jax.data.synthetic import (COLOURS, MAX_MENTIONS, MAX_OBJECTS, SHAPES, ShapesWorld,
-                                    ShapesWorldConfig, captions_true_of_scenes, classification_set,
-                                    semantic_ids)
+from vlp_jax.data.synthetic import (
+    COLOURS,
+    MAX_MENTIONS,
+    MAX_OBJECTS,
+    SHAPES,
+    ShapesWorld,
+    ShapesWorldConfig,
+    captions_true_of_scenes,
+    classification_set,
+    semantic_ids,
+)
 
 SMALL = ShapesWorldConfig(train_size=500, val_size=100, test_size=100)
 MIN_OBJECT_CONTRAST = 40  # max channel difference between an object pixel and the background
@@ -78,8 +86,10 @@ def _reference_truth(spec: np.ndarray, scene: np.ndarray) -> bool:
     def agrees(m, o):
         return all(v < 0 or v == w for v, w in zip(m, o))
 
-    return any(all(agrees(m, objects[j]) for m, j in zip(mentions, chosen))
-               for chosen in itertools.permutations(range(len(objects)), len(mentions)))
+    return any(
+        all(agrees(m, objects[j]) for m, j in zip(mentions, chosen))
+        for chosen in itertools.permutations(range(len(objects)), len(mentions))
+    )
 
 
 def _random_specs_and_scenes(rng, n_specs, n_scenes):
@@ -183,7 +193,7 @@ def test_objects_are_visible():
     for index in range(20):
         u = world._uniforms(index)
         objects, jitter = sw._scene(u.tolist(), config.max_objects)
-        plans.add(0, objects, jitter, config.image_size, u[sw._SCENE_DRAWS:sw._SCENE_DRAWS + sw._BG_DRAWS])
+        plans.add(0, objects, jitter, config.image_size, u[sw._SCENE_DRAWS : sw._SCENE_DRAWS + sw._BG_DRAWS])
         with_objects = plans.render(config.image_size)[0]
         np.testing.assert_array_equal(with_objects, world.example(index)['image'])
         plans.shape[:] = -1
@@ -215,6 +225,7 @@ def test_classification_set():
 
 def test_batch_speed_sanity():
     import time
+
     world = ShapesWorld(ShapesWorldConfig(), 0, 'train')
     world.batch(np.arange(32))
     start = time.perf_counter()

@@ -1,4 +1,5 @@
 """The shipped WordPiece vocabulary is the real BERT-uncased one and pads/masks correctly."""
+
 import numpy as np
 import pytest
 

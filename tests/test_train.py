@@ -1,4 +1,5 @@
 """End-to-end runs of the CLI: learning, 1 vs 8 devices, stop/SIGKILL + resume, evaluate."""
+
 import json
 import os
 import signal
@@ -8,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli
 
 TIMING_KEYS = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait_fraction')
@@ -65,8 +65,13 @@ def test_stop_and_resume_reproduces_straight_run(straight_run, tmp_path):
 def test_sigkill_between_checkpoints_then_resume(straight_run, tmp_path):
     workdir = tmp_path / 'killed'
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', PYTHONPATH=REPO)
-    process = subprocess.Popen([sys.executable, '-m', 'vlp_jax.train', *_train_args(workdir)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'vlp_jax.train', *_train_args(workdir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not (workdir / 'checkpoints' / '10').exists():  # committed step dirs appear atomically
         assert process.poll() is None and time.monotonic() < deadline, 'run ended before its first checkpoint'
@@ -81,8 +86,9 @@ def test_sigkill_between_checkpoints_then_resume(straight_run, tmp_path):
 
 def test_evaluate_reproduces_final_eval(straight_run):
     workdir, _ = straight_run
-    result = run_cli('vlp_jax.evaluate', ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir),
-                                          *FAST_OVERRIDES])
+    result = run_cli(
+        'vlp_jax.evaluate', ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES]
+    )
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     final = read_metrics(workdir)[-1]
     assert printed['step'] == STEPS
@@ -91,9 +97,40 @@ def test_evaluate_reproduces_final_eval(straight_run):
             assert printed[key] == pytest.approx(value, rel=1e-6), key
 
 
+def test_evaluate_on_eight_devices_equals_one(straight_run):
+    """Evaluation gathers batch-sharded embeddings; with 8 devices every metric equals the 1-device run's."""
+    workdir, _ = straight_run
+    result = run_cli(
+        'vlp_jax.evaluate',
+        ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES],
+        devices=8,
+    )
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    final = read_metrics(workdir)[-1]
+    eval_keys = [key for key in final if key.startswith('eval/')]
+    assert len(eval_keys) == 14
+    for key in eval_keys:
+        assert printed[key] == pytest.approx(final[key], abs=1e-9), key
+
+
+def test_dropout_run_resumes_bit_exactly(tmp_path):
+    """Dropout draws from the step's RNG (folded by step): a resumed run replays the same masks."""
+    dropout = ('--config.model.vision.dropout=0.1', '--config.model.text.dropout=0.1')
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    run_cli('vlp_jax.train', _train_args(straight, steps=20, extra=dropout))
+    run_cli('vlp_jax.train', _train_args(resumed, steps=20, extra=(*dropout, '--stop_at_step=10')))
+    second = run_cli('vlp_jax.train', _train_args(resumed, steps=20, extra=dropout))
+    assert 'resumed from checkpoint at step 10' in second.stdout
+    _assert_same_records(read_metrics(resumed), read_metrics(straight), rtol=0)
+
+
 def test_evaluate_missing_checkpoint_is_one_line(tmp_path):
-    result = run_cli('vlp_jax.evaluate', ['--config', TINY_CONFIG, '--checkpoint', str(tmp_path / 'nothing')],
-                     check=False, timeout=60)
+    result = run_cli(
+        'vlp_jax.evaluate',
+        ['--config', TINY_CONFIG, '--checkpoint', str(tmp_path / 'nothing')],
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -110,9 +147,21 @@ def test_one_and_eight_devices_agree(straight_run, tmp_path):
 
 def test_tiny_training_beats_chance(tmp_path):
     workdir = tmp_path / 'learn'
-    run_cli('vlp_jax.train', _train_args(workdir, steps=150, extra=(
-        '--config.batch_size=64', '--config.log_every=50', '--config.checkpoint_every=150', '--config.lr=2e-3',
-        '--config.data.test_size=100', '--config.data.train_size=10000')))
+    run_cli(
+        'vlp_jax.train',
+        _train_args(
+            workdir,
+            steps=150,
+            extra=(
+                '--config.batch_size=64',
+                '--config.log_every=50',
+                '--config.checkpoint_every=150',
+                '--config.lr=2e-3',
+                '--config.data.test_size=100',
+                '--config.data.train_size=10000',
+            ),
+        ),
+    )
     final = read_metrics(workdir)[-1]
     chance = 1 / 100
     assert final['eval/retrieval/t2i_r1'] >= 5 * chance, final

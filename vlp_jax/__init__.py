@@ -1,4 +1,5 @@
 """vlp_jax: vision-language pretraining that does not punish false negatives."""
+
 import os as _os
 
 # Quiet the libraries' start-up chatter (TF C++ info lines, transformers' "PyTorch not

@@ -55,8 +55,7 @@ def _flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
     and lists by index, so both sides produce the same key paths.
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {'/'.join(_key_str(k) for k in path): tuple(getattr(leaf, 'shape', np.shape(leaf)))
-                    for path, leaf in flat}
+    return {'/'.join(_key_str(k) for k in path): tuple(getattr(leaf, 'shape', np.shape(leaf))) for path, leaf in flat}
 
 
 def _first_mismatch(stored: dict[str, tuple], wanted: dict[str, tuple]) -> str | None:
@@ -105,12 +104,12 @@ class Checkpointer:
             if not create and not self.directory.is_dir():
                 return None
             options = ocp.CheckpointManagerOptions(
-                    max_to_keep=self._keep,
-                    create=True,
-                    enable_async_checkpointing=self._async,
-                    # Leftover tmp dirs are left alone: another job (an evaluator) may be
-                    # reading this directory while the trainer is mid-save.
-                    cleanup_tmp_directories=False,
+                max_to_keep=self._keep,
+                create=True,
+                enable_async_checkpointing=self._async,
+                # Leftover tmp dirs are left alone: another job (an evaluator) may be
+                # reading this directory while the trainer is mid-save.
+                cleanup_tmp_directories=False,
             )
             self._mngr = ocp.CheckpointManager(self.directory, options=options)
         return self._mngr
@@ -121,10 +120,16 @@ class Checkpointer:
         if step in mngr.all_steps():
             logging.info('Checkpoint for step %d already exists in %s; not saving again.', step, self.directory)
             return
-        mngr.save(step, args=ocp.args.Composite(**{
-                STATE_ITEM: ocp.args.StandardSave(state),
-                EXTRA_ITEM: ocp.args.JsonSave(extra),
-        }), force=True)
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    EXTRA_ITEM: ocp.args.JsonSave(extra),
+                }
+            ),
+            force=True,
+        )
 
     def latest_step(self) -> int | None:
         mngr = self._manager(create=False)
@@ -142,13 +147,19 @@ class Checkpointer:
         mismatch = _first_mismatch(stored, _flat_shapes(abstract_state))
         if mismatch:
             raise CheckpointError(
-                    f'Checkpoint {step_dir} does not match the model being trained: {mismatch}; '
-                    'use the config that wrote it or a fresh --workdir.')
+                f'Checkpoint {step_dir} does not match the model being trained: {mismatch}; '
+                'use the config that wrote it or a fresh --workdir.'
+            )
         try:
-            restored = mngr.restore(step, args=ocp.args.Composite(**{
-                    STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-                    EXTRA_ITEM: ocp.args.JsonRestore(),
-            }))
+            restored = mngr.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                        EXTRA_ITEM: ocp.args.JsonRestore(),
+                    }
+                ),
+            )
         except Exception as e:  # truncated/garbage/missing files surface as many error types
             raise _CorruptCheckpoint(f'{type(e).__name__}: {e}') from e
         return step, restored[STATE_ITEM], dict(restored[EXTRA_ITEM])
@@ -182,13 +193,16 @@ class Checkpointer:
         steps = sorted(mngr.all_steps(), reverse=True)
         if step is not None:
             if step not in steps:
-                raise CheckpointError(f'No checkpoint for step {step} in {self.directory} (available: {sorted(steps)}).')
+                raise CheckpointError(
+                    f'No checkpoint for step {step} in {self.directory} (available: {sorted(steps)}).'
+                )
             try:
                 return self._restore_step(mngr, step, abstract_state)
             except _CorruptCheckpoint as e:
                 raise CheckpointError(
-                        f'Checkpoint {self.directory / str(step)} is damaged and cannot be restored ({e}); '
-                        'restore another step.') from e
+                    f'Checkpoint {self.directory / str(step)} is damaged and cannot be restored ({e}); '
+                    'restore another step.'
+                ) from e
         if not steps:
             return None
         for s in steps:
@@ -199,10 +213,14 @@ class Checkpointer:
                 dest = self._move_aside(s)
                 mngr.reload()  # forget the moved step so latest_step/save see the directory as it is
                 reason = str(e).splitlines()[0][:200] if str(e) else ''
-                _warn(f'Checkpoint {bad} could not be restored ({reason}); moved it to {dest} and trying the previous one.')
+                _warn(
+                    f'Checkpoint {bad} could not be restored ({reason}); '
+                    f'moved it to {dest} and trying the previous one.'
+                )
         raise CheckpointError(
-                f'No usable checkpoint in {self.directory}: all {len(steps)} failed to restore and were moved to '
-                f'{self.directory / CORRUPT_SUBDIR}; restore a backup or start with a fresh --workdir.')
+            f'No usable checkpoint in {self.directory}: all {len(steps)} failed to restore and were moved to '
+            f'{self.directory / CORRUPT_SUBDIR}; restore a backup or start with a fresh --workdir.'
+        )
 
     def wait(self) -> None:
         """Blocks until every started save is committed (renamed from its tmp dir)."""
@@ -239,8 +257,9 @@ def resolve_step_dir(path: pathlib.Path) -> pathlib.Path:
         if steps:
             return candidate / str(steps[-1])
     raise CheckpointError(
-            f'{path} is not a vlp_jax checkpoint (no step directory with a "{STATE_ITEM}" item); '
-            'pass a workdir, its checkpoints/ directory or one step directory.')
+        f'{path} is not a vlp_jax checkpoint (no step directory with a "{STATE_ITEM}" item); '
+        'pass a workdir, its checkpoints/ directory or one step directory.'
+    )
 
 
 def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None = None) -> PyTree:
@@ -255,8 +274,10 @@ def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None 
     try:
         stored_tree = _read_state_metadata(step_dir)
     except Exception as e:
-        raise CheckpointError(f'Cannot read checkpoint metadata in {step_dir} ({type(e).__name__}); '
-                                                    'it is damaged or not a vlp_jax checkpoint.') from e
+        raise CheckpointError(
+            f'Cannot read checkpoint metadata in {step_dir} ({type(e).__name__}); '
+            'it is damaged or not a vlp_jax checkpoint.'
+        ) from e
     if not isinstance(stored_tree, dict) or PARAMS_KEY not in stored_tree:
         raise CheckpointError(f'Checkpoint {step_dir} has no "{PARAMS_KEY}" tree; it is not a vlp_jax train state.')
     stored_params = stored_tree[PARAMS_KEY]
@@ -264,7 +285,8 @@ def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None 
         mesh = jax.sharding.Mesh(np.array(jax.devices()), ('all',))
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         abstract_params = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated), stored_params)
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated), stored_params
+        )
     else:
         mismatch = _first_mismatch(_flat_shapes(stored_params), _flat_shapes(abstract_params))
         if mismatch:
@@ -272,11 +294,17 @@ def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None 
     item = {PARAMS_KEY: abstract_params}
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
     try:
-        restored = checkpointer.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
-                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+        restored = checkpointer.restore(
+            step_dir / STATE_ITEM,
+            args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            ),
+        )
     except Exception as e:
-        raise CheckpointError(f'Cannot restore params from {step_dir} ({type(e).__name__}: '
-                                                    f'{str(e).splitlines()[0][:200] if str(e) else ""}); the checkpoint is damaged.') from e
+        raise CheckpointError(
+            f'Cannot restore params from {step_dir} ({type(e).__name__}: '
+            f'{str(e).splitlines()[0][:200] if str(e) else ""}); the checkpoint is damaged.'
+        ) from e
     finally:
         checkpointer.close()
     return restored[PARAMS_KEY]

@@ -3,6 +3,7 @@
 Prints the metrics as one JSON object on the last stdout line; on the final checkpoint
 of a run they equal the run's last eval (same sets, same code, same params).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ from absl import flags
 
 from vlp_jax.train import FLAGS, fail, parse_command_line
 
-flags.DEFINE_string('checkpoint', None, 'A checkpoints/ dir, one step dir inside it, or a workdir (default: --workdir).')
+flags.DEFINE_string(
+    'checkpoint', None, 'A checkpoints/ dir, one step dir inside it, or a workdir (default: --workdir).'
+)
 
 
 def main() -> None:
@@ -25,26 +28,17 @@ def main() -> None:
     if not os.path.exists(path):
         fail(f'checkpoint path {path!r} does not exist.')
 
-    import jax
-
-    from vlp_jax import config as config_lib
-    from vlp_jax import optim, parallel, state as state_lib, steps
+    from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import CheckpointError, resolve_step_dir, restore_params_from
-    from vlp_jax.data.eval_sets import classification_sets, retrieval_set
-    from vlp_jax.evaluators.suite import run_zero_shot
+    from vlp_jax.evaluators.suite import make_zero_shot_evaluator
 
-    mesh = parallel.make_mesh(config_lib.mesh_shape(config, jax.device_count()))
-    rules = parallel.logical_rules(config.mesh.rules)
-    model = state_lib.create_model(config)
-    abstract_state, shardings = state_lib.state_shardings(config, model, optim.make_optimizer(config), mesh, rules)
+    run_setup = setup_lib.build(config)
     try:
         step = int(resolve_step_dir(pathlib.Path(path).absolute()).name)
-        params = restore_params_from(path, abstract_state['params'])
+        params = restore_params_from(path, run_setup.abstract_state['params'])
     except CheckpointError as error:
         fail(str(error))
-    encode_images, encode_texts = steps.make_encoders(model, mesh, rules, shardings['params'])
-    metrics = run_zero_shot(lambda x: encode_images(params, x), lambda i, m: encode_texts(params, i, m),
-                            retrieval_set(config, 'test'), classification_sets(config), config.eval.batch_size, mesh)
+    metrics = make_zero_shot_evaluator(run_setup)(params)
     print(json.dumps({'step': step, **metrics}), flush=True)
 
 

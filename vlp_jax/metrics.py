@@ -1,4 +1,5 @@
 """Where a run reports: WORKDIR/metrics.jsonl, TensorBoard event files, one console line per log step."""
+
 from __future__ import annotations
 
 import json
@@ -117,6 +118,8 @@ def format_duration(seconds: float) -> str:
 
 def console_line(step: int, total: int, values: Mapping[str, float]) -> str:
     width = len(str(total))
-    return (f'step {step:>{width}}/{total}  loss {values["train/loss"]:.4f}  '
-            f'temp {values["train/temperature"]:.4f}  {values["train/examples_per_sec"]:.0f} ex/s  '
-            f'data wait {100 * values["train/data_wait_fraction"]:.1f}%  ETA {format_duration(values["eta_seconds"])}')
+    return (
+        f'step {step:>{width}}/{total}  loss {values["train/loss"]:.4f}  '
+        f'temp {values["train/temperature"]:.4f}  {values["train/examples_per_sec"]:.0f} ex/s  '
+        f'data wait {100 * values["train/data_wait_fraction"]:.1f}%  ETA {format_duration(values["eta_seconds"])}'
+    )

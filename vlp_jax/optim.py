@@ -3,6 +3,7 @@
 Weight decay applies to matrices (kernels, embeddings) only: biases, norm scales,
 the temperature and the sigmoid bias are scalars/vectors and are never decayed.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,10 +35,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     parts = []
     if config.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip))
-    parts.append(optax.adamw(
-        learning_rate=learning_rate_schedule(config),
-        b2=config.adam_b2,
-        weight_decay=config.weight_decay,
-        mask=weight_decay_mask,
-    ))
+    parts.append(
+        optax.adamw(
+            learning_rate=learning_rate_schedule(config),
+            b2=config.adam_b2,
+            weight_decay=config.weight_decay,
+            mask=weight_decay_mask,
+        )
+    )
     return optax.chain(*parts)

@@ -4,6 +4,7 @@ One jit per step over one Mesh with axes ('data', 'fsdp', 'model'). The batch is
 split over ('data', 'fsdp'); parameters follow the logical-axis rules in the config,
 so data parallel, FSDP and tensor parallel are config choices, not code changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,11 @@ from typing import Any
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ('data', 'fsdp', 'model')
+from vlp_jax.config import MESH_AXES
+
 BATCH_AXES = ('data', 'fsdp')
 
 
@@ -73,6 +76,29 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
         key: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(value)), np.asarray(value))
         for key, value in local_batch.items()
     }
+
+
+def host_to_global(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array that every process holds in full (evaluation sets).
+
+    Each process fills only its own devices' shards, so this works across processes,
+    where `jax.device_put` of a host value onto other processes' devices cannot.
+    """
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+    """The whole of a global array as numpy on every process.
+
+    A fully replicated array is read from a local shard; a sharded one is gathered
+    from all processes (`jax.device_get` fails on shards held by another process).
+    """
+    if array.is_fully_addressable:
+        return np.asarray(jax.device_get(array))
+    if array.is_fully_replicated:
+        return np.asarray(array.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def batch_shards(mesh: Mesh) -> int:

@@ -1,10 +1,13 @@
 """The train state pytree and its sharded initialisation.
 
-State is a plain dict so orbax saves it as-is: params, opt_state, step, and the RNG
-as raw key data. Shapes and shardings are derived under `jax.eval_shape` from the
-logical axis names the model declares, then the real state is created directly in
-those shardings (no host copy of the full model is ever made).
+State is a plain dict so orbax saves it as-is: params, opt_state, the objective's
+extra state (momentum params, queues; {} for most objectives), step, and the RNG as
+raw key data (the step folds the step number into it: steps.step_rng). Shapes and
+shardings are derived under `jax.eval_shape` from the logical axis names the model
+declares, then the real state is created directly in those shardings (no host copy of
+the full model is ever made).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,13 +17,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from vlp_jax import parallel
 from vlp_jax.models.vlp import VLPModel, model_config_from_dict
+from vlp_jax.objectives.base import Objective
 
 PARAMS_INIT_STREAM = 0  # fold_in ids separate the init key from the training key
 TRAIN_STREAM = 1
+EXTRA_INIT_STREAM = 2
 
 
 def create_model(config: ml_collections.ConfigDict) -> VLPModel:
@@ -29,38 +34,58 @@ def create_model(config: ml_collections.ConfigDict) -> VLPModel:
 
 def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
     size, length = config.model.image_size, config.model.max_text_len
-    return (jnp.zeros((batch, size, size, 3), jnp.float32), jnp.zeros((batch, length), jnp.int32),
-            jnp.ones((batch, length), jnp.int32))
+    return (
+        jnp.zeros((batch, size, size, 3), jnp.float32),
+        jnp.zeros((batch, length), jnp.int32),
+        jnp.ones((batch, length), jnp.int32),
+    )
 
 
-def _boxed_state(config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation) -> Any:
+def _boxed_state(
+    config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation, objective: Objective
+) -> Any:
     root = jax.random.key(config.seed)
     variables = model.init(jax.random.fold_in(root, PARAMS_INIT_STREAM), *dummy_inputs(config))
     params = variables['params']
     return {
         'params': params,
         'opt_state': optimizer.init(params),
+        'extra': objective.init_extra(params, jax.random.fold_in(root, EXTRA_INIT_STREAM)),
         'step': jnp.zeros((), jnp.int32),
         'rng': jax.random.key_data(jax.random.fold_in(root, TRAIN_STREAM)),
     }
 
 
-def state_shardings(config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation,
-                    mesh: Mesh, rules) -> tuple[Any, Any]:
+def state_shardings(
+    config: ml_collections.ConfigDict,
+    model: VLPModel,
+    optimizer: optax.GradientTransformation,
+    objective: Objective,
+    mesh: Mesh,
+    rules,
+) -> tuple[Any, Any]:
     """(abstract state with shardings, sharding tree) without allocating anything."""
-    boxed = jax.eval_shape(lambda: _boxed_state(config, model, optimizer))
+    boxed = jax.eval_shape(lambda: _boxed_state(config, model, optimizer, objective))
     shardings = parallel.shardings_from_logical(boxed, mesh, rules)
-    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                            nn.meta.unbox(boxed), shardings)
+    abstract = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        nn.meta.unbox(boxed),
+        shardings,
+    )
     return abstract, shardings
 
 
-def init_state(config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation,
-               mesh: Mesh, rules, shardings: Any) -> Any:
+def init_state(
+    config: ml_collections.ConfigDict,
+    model: VLPModel,
+    optimizer: optax.GradientTransformation,
+    objective: Objective,
+    mesh: Mesh,
+    rules,
+    shardings: Any,
+) -> Any:
     """The initial state, created inside jit directly in its target shardings."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return jax.jit(lambda: nn.meta.unbox(_boxed_state(config, model, optimizer)), out_shardings=shardings)()
-
-
-def replicated_tree(tree: Any, mesh: Mesh) -> Any:
-    return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
+        return jax.jit(
+            lambda: nn.meta.unbox(_boxed_state(config, model, optimizer, objective)), out_shardings=shardings
+        )()

@@ -3,6 +3,7 @@
 Re-running the same command resumes from the newest complete checkpoint in DIR.
 Config errors exit with status 2 and one line before anything is compiled or written.
 """
+
 from __future__ import annotations
 
 import gc
@@ -19,8 +20,12 @@ from vlp_jax import config as config_lib
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', None, 'Config file, `path/to/config.py[:arg]`; override keys with --config.KEY=VALUE.')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard files.')
-flags.DEFINE_integer('stop_at_step', None, 'Checkpoint and exit at this step (e.g. before a pre-emption); '
-                     're-running without it continues exactly where it stopped.')
+flags.DEFINE_integer(
+    'stop_at_step',
+    None,
+    'Checkpoint and exit at this step (e.g. before a pre-emption); '
+    're-running without it continues exactly where it stopped.',
+)
 
 EXIT_USER_ERROR = 2
 
@@ -48,6 +53,7 @@ def parse_command_line(argv: list[str], need_workdir: bool = True):
         import jax  # after flag parsing: a typo must not wait for backend start-up
 
         from vlp_jax import parallel
+
         parallel.maybe_initialize_distributed()
         config_lib.validate(config, jax.device_count())
     except config_lib.ConfigError as error:
@@ -55,56 +61,41 @@ def parse_command_line(argv: list[str], need_workdir: bool = True):
     return config
 
 
-def load_references(config, abstract_params) -> tuple[Any, ...]:
-    """The frozen reference models the regulators read, one per distinct checkpoint path.
-
-    Restored into the shardings of `abstract_params` (the model being trained: a reference
-    must have the same architecture). They are not part of this run's checkpoints: a
-    resumed run loads them again from the same paths. Exits with one line on a bad path
-    or an architecture mismatch.
-    """
-    from vlp_jax.checkpointing import CheckpointError, restore_params_from
-    from vlp_jax.objectives.apply import reference_checkpoints, reference_roles
-
-    references = []
-    for path in reference_checkpoints(config):
-        keys = ' and '.join(key for key, value in reference_roles(config).items()
-                            if os.path.normpath(value) == os.path.normpath(path))
-        try:
-            references.append(restore_params_from(path, abstract_params))
-        except CheckpointError as error:
-            fail(f'{keys} = {path!r}: {error}')
-    return tuple(references)
-
-
 def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
     """Trains to config.total_steps (resuming if possible); returns the final metrics."""
     import jax
 
     from vlp_jax import metrics as metrics_lib
-    from vlp_jax import optim, parallel, state as state_lib, steps
-    from vlp_jax.checkpointing import CheckpointError, Checkpointer
-    from vlp_jax.data.eval_sets import classification_sets, retrieval_set
+    from vlp_jax import parallel, steps
+    from vlp_jax import setup as setup_lib
+    from vlp_jax.checkpointing import Checkpointer, CheckpointError
+    from vlp_jax.data import batch as batch_spec
     from vlp_jax.data.pipeline import TrainPipeline
     from vlp_jax.data.sources import build_source
-    from vlp_jax.evaluators.suite import run_zero_shot
+    from vlp_jax.evaluators.suite import make_zero_shot_evaluator
+    from vlp_jax.objectives.frozen import FrozenModelError
 
-    mesh = parallel.make_mesh(config_lib.mesh_shape(config, jax.device_count()))
-    rules = parallel.logical_rules(config.mesh.rules)
-    model = state_lib.create_model(config)
-    optimizer = optim.make_optimizer(config)
-    abstract_state, shardings = state_lib.state_shardings(config, model, optimizer, mesh, rules)
-    pipeline = TrainPipeline(config, build_source(config, 'train'), jax.process_index(), jax.process_count())
-    retrieval, classification = retrieval_set(config, 'test'), classification_sets(config)
+    run_setup = setup_lib.build(config)
+    mesh, abstract_state = run_setup.mesh, run_setup.abstract_state
+    source = build_source(config, 'train')
+    pipeline = TrainPipeline(config, source, jax.process_index(), jax.process_count())
+    probe = source.ground_truth_probe() if hasattr(source, 'ground_truth_probe') else None
+    step_keys = batch_spec.step_keys(probe.batch_keys if probe else ())
+    evaluate = make_zero_shot_evaluator(run_setup)
     is_main = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
 
-    references = load_references(config, abstract_state['params'])  # before anything is written, like restore
+    try:  # before anything is written, like restore: a bad path leaves the workdir as it was
+        frozen = run_setup.load_frozen()
+    except FrozenModelError as error:
+        fail(str(error))
     sampler = None
     if config.sampling.name == 'grit':
         from vlp_jax.sampling.grit_sampler import GritSampler
 
-        sampler = GritSampler(config, pipeline, config.model.embed_dim, parallel.batch_shards(mesh))
+        sampler = GritSampler(
+            config, pipeline, config.model.embed_dim, config_lib.local_shards(config, parallel.batch_shards(mesh))
+        )
         abstract_state = {**abstract_state, 'sampler': sampler.abstract_state()}
     checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
     try:  # before anything is written: a mismatching config must leave the workdir as it was
@@ -116,7 +107,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         with open(os.path.join(workdir, 'config.json'), 'w') as handle:
             handle.write(config.to_json(indent=1))
     if restored is None:
-        state, start_step = state_lib.init_state(config, model, optimizer, mesh, rules, shardings), 0
+        state, start_step = run_setup.init_state(), 0
         say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
     else:
         start_step, state, extra = restored
@@ -127,13 +118,8 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     if is_main:
         metrics_lib.truncate_after(workdir, start_step)
 
-    train_step = steps.make_train_step(config, model, optimizer, mesh, rules, shardings)
-    encode_images, encode_texts = steps.make_encoders(model, mesh, rules, shardings['params'])
+    train_step = run_setup.train_step(probe=probe, keep_feedback=sampler is not None)
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
-
-    def evaluate(params) -> dict[str, float]:
-        return run_zero_shot(lambda x: encode_images(params, x), lambda i, m: encode_texts(params, i, m),
-                             retrieval, classification, config.eval.batch_size, mesh)
 
     total = config.total_steps
     # Everything built so far (TF, JAX, the model) lives for the whole run: freezing it keeps
@@ -157,9 +143,8 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         wait_start = time.perf_counter()
         local = next(batches)
         throughput.add_data_wait(time.perf_counter() - wait_start)
-        batch = parallel.global_batch({key: local[key] for key in steps.BATCH_KEYS if key in local}, mesh)
-        state, step_metrics = train_step(state, batch, references)
-        feedback = step_metrics.pop(steps.FEEDBACK_KEY, None)
+        batch = parallel.global_batch(batch_spec.select(local, step_keys), mesh)
+        state, step_metrics, feedback = train_step(state, batch, frozen)
         # At most one step queued behind the running one: the host cannot run ahead, drain
         # the prefetch buffer and then count its own idle time as 'waiting for data'.
         jax.block_until_ready(in_flight)
@@ -168,8 +153,9 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         done = step + 1
         if sampler is not None:  # the one place the sampler hears from the step
             unseen.append((done, feedback))
-            at_boundary = done % pipeline.steps_per_epoch == 0 or done % config.checkpoint_every == 0 \
-                or done in (total, end)
+            at_boundary = (
+                done % pipeline.steps_per_epoch == 0 or done % config.checkpoint_every == 0 or done in (total, end)
+            )
             feed_sampler(done if at_boundary else done - 1)  # the previous step's copy overlaps this step
         record: dict[str, Any] = {}
         if done % config.log_every == 0 or done == total:
@@ -180,9 +166,14 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
             paused = throughput.pause()
             eval_metrics = evaluate(state['params'])
             record.update(eval_metrics)
-            say(f'eval at step {done}: ' + '  '.join(
-                f'{key.split("/", 1)[1]} {value:.3f}' for key, value in eval_metrics.items()
-                if key.endswith(('_r1', 'top1'))))
+            say(
+                f'eval at step {done}: '
+                + '  '.join(
+                    f'{key.split("/", 1)[1]} {value:.3f}'
+                    for key, value in eval_metrics.items()
+                    if key.endswith(('_r1', 'top1'))
+                )
+            )
             throughput.resume(paused)
         if record:
             record.pop('eta_seconds', None)

@@ -3,6 +3,7 @@
 Built once per run, un-augmented, tokenised, as host numpy arrays. On synthetic data
 the retrieval set carries the ground truth of which caption is true of which image.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,9 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from vlp_jax.data.pipeline import normalise_images
+from vlp_jax.data.batch import normalise_images
 from vlp_jax.data.sources import build_source, shapes_world_config
-from vlp_jax.data.synthetic import CLASSIFICATION_TEMPLATES, captions_true_of_scenes, classification_set
+from vlp_jax.data.synthetic import CLASSIFICATION_TEMPLATES, classification_set
 from vlp_jax.data.tokenizer import shared_tokenizer
 
 CLASSIFICATION_ATTRIBUTES = ('shape', 'colour')
@@ -21,20 +22,20 @@ CLASSIFICATION_SEED_OFFSET = 7919  # keeps the classification images apart from 
 
 @dataclasses.dataclass
 class RetrievalSet:
-    images: np.ndarray        # [Ni, H, W, 3] float32, normalised
-    text_ids: np.ndarray      # [Nt, L] int32, captions of all images, image-major
-    text_mask: np.ndarray     # [Nt, L] int32
-    text_image: np.ndarray    # [Nt] int: the image each caption was written for
+    images: np.ndarray  # [Ni, H, W, 3] float32, normalised
+    text_ids: np.ndarray  # [Nt, L] int32, captions of all images, image-major
+    text_mask: np.ndarray  # [Nt, L] int32
+    text_image: np.ndarray  # [Nt] int: the image each caption was written for
     truth: np.ndarray | None  # [Nt, Ni] bool: caption t is true of image i (synthetic data only)
 
 
 @dataclasses.dataclass
 class ClassificationSet:
     name: str
-    images: np.ndarray        # [N, H, W, 3] float32, normalised
-    labels: np.ndarray        # [N] int
-    prompt_ids: np.ndarray    # [C, T, L] int32: class x template
-    prompt_mask: np.ndarray   # [C, T, L] int32
+    images: np.ndarray  # [N, H, W, 3] float32, normalised
+    labels: np.ndarray  # [N] int
+    prompt_ids: np.ndarray  # [C, T, L] int32: class x template
+    prompt_mask: np.ndarray  # [C, T, L] int32
     class_names: list[str]
 
 
@@ -42,15 +43,15 @@ def retrieval_set(config: ml_collections.ConfigDict, split: str = 'test') -> Ret
     source = build_source(config, split)
     examples = source.batch(np.arange(len(source)))
     captions = [caption for per_image in examples['captions'] for caption in per_image]
-    per_image = len(examples['captions'][0])
+    text_image = np.concatenate([np.full(len(per_image), i) for i, per_image in enumerate(examples['captions'])])
     tokens = shared_tokenizer(int(config.data.max_text_len))(captions)
-    specs = examples['caption_spec'].reshape(-1, *examples['caption_spec'].shape[2:])
+    truth = source.caption_truth(examples) if hasattr(source, 'caption_truth') else None
     return RetrievalSet(
         images=normalise_images(examples['image']),
         text_ids=tokens['text_ids'],
         text_mask=tokens['text_mask'],
-        text_image=np.repeat(np.arange(len(source)), per_image),
-        truth=np.asarray(captions_true_of_scenes(specs, examples['scene'])),
+        text_image=text_image,
+        truth=truth,
     )
 
 
@@ -59,18 +60,21 @@ def classification_sets(config: ml_collections.ConfigDict) -> list[Classificatio
     world = shapes_world_config(config.data)
     sets = []
     for attribute in CLASSIFICATION_ATTRIBUTES:
-        data = classification_set(world, int(config.seed) + CLASSIFICATION_SEED_OFFSET,
-                                  int(config.eval.classification_size), attribute)
+        data = classification_set(
+            world, int(config.seed) + CLASSIFICATION_SEED_OFFSET, int(config.eval.classification_size), attribute
+        )
         templates = CLASSIFICATION_TEMPLATES[attribute]
         prompts = [template.format(name) for name in data['class_names'] for template in templates]
         tokens = tokenizer(prompts)
         shape = (len(data['class_names']), len(templates), tokenizer.max_len)
-        sets.append(ClassificationSet(
-            name=attribute,
-            images=normalise_images(data['image']),
-            labels=np.asarray(data['label']),
-            prompt_ids=tokens['text_ids'].reshape(shape),
-            prompt_mask=tokens['text_mask'].reshape(shape),
-            class_names=list(data['class_names']),
-        ))
+        sets.append(
+            ClassificationSet(
+                name=attribute,
+                images=normalise_images(data['image']),
+                labels=np.asarray(data['label']),
+                prompt_ids=tokens['text_ids'].reshape(shape),
+                prompt_mask=tokens['text_mask'].reshape(shape),
+                class_names=list(data['class_names']),
+            )
+        )
     return sets

@@ -6,48 +6,40 @@ pipeline's whole position is the step number. Each process loads only its slice 
 every global batch. Loading runs as parallel host calls in a tf.data graph (why
 tf.data: see README, "Input pipeline"); augmentation runs as TF image ops.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any, Protocol
 
 import ml_collections
 import numpy as np
 
+from vlp_jax.data import batch as batch_spec
+from vlp_jax.data.sources import Source
 from vlp_jax.data.tokenizer import shared_tokenizer
 
-EPOCH_ORDER_STREAM = 1      # RNG stream ids keep the epoch order and the augmentations independent
+EPOCH_ORDER_STREAM = 1  # RNG stream ids keep the epoch order and the augmentations independent
 AUGMENT_STREAM = 2
 MIN_ASPECT, MAX_ASPECT = 3 / 4, 4 / 3
 FLIP_PROBABILITY = 0.5
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.5   # images in [0, 1] are mapped to [-1, 1]
-
-
-class Source(Protocol):
-    """What the pipeline needs from a data set: random access by index, in batches."""
-
-    def __len__(self) -> int: ...
-
-    def batch(self, indices: np.ndarray) -> dict[str, Any]: ...
-
-
-def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
-    return ((images_uint8.astype(np.float32) / 255.0) - PIXEL_MEAN) / PIXEL_STD
 
 
 class TrainPipeline:
     """The training stream: global batch k, this process's rows only."""
 
-    def __init__(self, config: ml_collections.ConfigDict, source: Source,
-                 process_index: int = 0, process_count: int = 1):
+    def __init__(
+        self, config: ml_collections.ConfigDict, source: Source, process_index: int = 0, process_count: int = 1
+    ):
         self.seed = int(config.seed)
         self.global_batch_size = int(config.batch_size)
         assert self.global_batch_size % process_count == 0, 'validate() checks batch_size against the mesh'
         self.local_batch_size = self.global_batch_size // process_count
         self.process_index = process_index
         self.source = source
+        self.probe_keys = tuple(getattr(source, 'probe_keys', ()))
+        self.loaded_keys = batch_spec.loaded_keys(self.probe_keys)
         self.steps_per_epoch = len(source) // self.global_batch_size
         assert self.steps_per_epoch >= 1
         self.image_size = int(config.data.image_size)
@@ -79,14 +71,16 @@ class TrainPipeline:
     def global_indices(self, step: int) -> np.ndarray:
         epoch, position = divmod(step, self.steps_per_epoch)
         start = position * self.global_batch_size
-        return self.epoch_order(epoch)[start:start + self.global_batch_size]
+        return self.epoch_order(epoch)[start : start + self.global_batch_size]
 
     def local_indices(self, step: int) -> np.ndarray:
         start = self.process_index * self.local_batch_size
-        return self.global_indices(step)[start:start + self.local_batch_size]
+        return self.global_indices(step)[start : start + self.local_batch_size]
 
     # -- per-example randomness ----------------------------------------------------------
-    def _example_choices(self, epoch: int, index: int, num_captions: int, lateral: np.ndarray) -> tuple[int, np.ndarray, bool]:
+    def _example_choices(
+        self, epoch: int, index: int, num_captions: int, flip_sensitive: np.ndarray | None
+    ) -> tuple[int, np.ndarray, bool]:
         """Caption slot, crop box (normalised y0, x0, y1, x1) and flip for one example of one epoch."""
         rng = np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, int(index)])
         caption = int(rng.integers(num_captions))
@@ -102,36 +96,42 @@ class TrainPipeline:
             flip = False
         elif self.flip_mode == 'always':
             flip = wants_flip
-        else:  # 'auto': a flip would make 'left'/'right' in the caption false
-            flip = wants_flip and not bool(lateral[caption])
+        else:  # 'auto': no flip where it would make the caption false ('left'/'right')
+            flip = wants_flip and not (flip_sensitive is not None and bool(flip_sensitive[caption]))
         return caption, box, flip
 
     def raw_batch(self, step: int) -> dict[str, np.ndarray]:
-        """Un-augmented images plus everything needed to augment them (pure function of step)."""
+        """Un-augmented images plus everything needed to augment them (pure function of step).
+
+        Keys: `self.loaded_keys` (batch spec), with the loader dtypes the spec states.
+        """
         epoch = step // self.steps_per_epoch
         indices = self.local_indices(step)
         examples = self.source.batch(indices)
-        num_captions = len(examples['captions'][0])
-        captions, boxes, flips, sems, specs = [], [], [], [], []
+        sensitive = examples.get('flip_sensitive')
+        chosen, captions, boxes, flips = [], [], [], []
         for row, index in enumerate(indices):
-            caption, box, flip = self._example_choices(epoch, index, num_captions, examples['lateral'][row])
-            captions.append(examples['captions'][row][caption])
-            sems.append(examples['sem'][row][caption])
-            specs.append(examples['caption_spec'][row][caption])
+            slot, box, flip = self._example_choices(
+                epoch, index, len(examples['captions'][row]), None if sensitive is None else sensitive[row]
+            )
+            chosen.append(slot)
+            captions.append(examples['captions'][row][slot])
             boxes.append(box)
             flips.append(flip)
-        tokens = self.tokenizer(captions)
-        return {
+        rows = np.arange(len(indices))
+        raw = {
+            **self.tokenizer(captions),
             'image': examples['image'],
-            'text_ids': tokens['text_ids'],
-            'text_mask': tokens['text_mask'],
-            'index': indices.astype(np.int64),
-            'sem': np.asarray(sems, dtype=np.int32),
-            'caption_spec': np.asarray(specs, dtype=np.int32),     # what the chosen caption claims
-            'scene': np.asarray(examples['scene'], dtype=np.int32),  # what the image holds
+            'index': indices,
             'crop_box': np.stack(boxes),
-            'flip': np.asarray(flips, dtype=bool),
+            'flip': np.asarray(flips),
         }
+        for key in self.probe_keys:  # a caption probe is the chosen caption's
+            value = np.asarray(examples['probes'][key])
+            raw[key] = value[rows, np.asarray(chosen)] if batch_spec.FIELDS[key].of_caption else value
+        raw = {key: np.asarray(value, batch_spec.FIELDS[key].loader_dtype) for key, value in raw.items()}
+        batch_spec.check(raw, self.loaded_keys, loaded=True)
+        return raw
 
     # -- tf.data graph ---------------------------------------------------------------------
     def dataset(self, start_step: int, end_step: int):

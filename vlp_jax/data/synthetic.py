@@ -19,14 +19,40 @@ from typing import Any
 import numpy as np
 
 from vlp_jax.data.synthetic_captions import (
-    CAPTION_DRAWS, COLOUR, COLOURS, DETAILS, GRID, MAX_MENTIONS, MAX_OBJECTS,
-    NOT_SAID, NUM_ATTRIBUTES, POSITION, POSITIONS, SHAPE, SHAPES, SIZE, SIZES,
-    make_caption)
+    CAPTION_DRAWS,
+    COLOUR,
+    COLOURS,
+    DETAILS,
+    GRID,
+    MAX_MENTIONS,
+    MAX_OBJECTS,
+    NOT_SAID,
+    NUM_ATTRIBUTES,
+    POSITION,
+    POSITIONS,
+    SHAPE,
+    SHAPES,
+    SIZE,
+    SIZES,
+    make_caption,
+)
 
-__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'MAX_OBJECTS', 'MAX_MENTIONS',
-           'SPLIT_IDS', 'TEST_CAPTIONS_PER_IMAGE', 'ShapesWorldConfig', 'ShapesWorld',
-           'captions_true_of_scenes', 'semantic_ids', 'classification_set',
-           'CLASSIFICATION_TEMPLATES']
+__all__ = [
+    'SHAPES',
+    'COLOURS',
+    'SIZES',
+    'POSITIONS',
+    'MAX_OBJECTS',
+    'MAX_MENTIONS',
+    'SPLIT_IDS',
+    'TEST_CAPTIONS_PER_IMAGE',
+    'ShapesWorldConfig',
+    'ShapesWorld',
+    'captions_true_of_scenes',
+    'semantic_ids',
+    'classification_set',
+    'CLASSIFICATION_TEMPLATES',
+]
 
 SPLIT_IDS = {'train': 0, 'val': 1, 'test': 2}
 _CLASSIFY_STREAM = 3  # RNG stream id of classification_set, disjoint from splits
@@ -40,20 +66,20 @@ CLASSIFICATION_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 # Object appearance. Saturated colours on muted backgrounds keep objects visible.
-COLOUR_RGB = np.array([(225, 30, 30), (40, 195, 60), (40, 90, 235), (245, 225, 40),
-                       (160, 60, 220), (250, 140, 20), (245, 245, 245)], np.uint8)
+COLOUR_RGB = np.array(
+    [(225, 30, 30), (40, 195, 60), (40, 90, 235), (245, 225, 40), (160, 60, 220), (250, 140, 20), (245, 245, 245)],
+    np.uint8,
+)
 _RADIUS_FRACTION = (0.25, 0.42)  # object radius / grid-cell size, per SIZES
 _JITTER_FRACTION = 0.8  # share of the in-cell slack used to jitter centres
-_SHAPE_EXTENT = {'square': 0.8, 'diamond': 1.1, 'cross_arm': 0.33,
-                 'triangle_base': 0.75, 'triangle_slope': 1.75}
+_SHAPE_EXTENT = {'square': 0.8, 'diamond': 1.1, 'cross_arm': 0.33, 'triangle_base': 0.75, 'triangle_slope': 1.75}
 
 # Background: grey in [lo, hi] with a small tint, optional texture of amplitude in [lo, hi].
 _BG_GREY = (55.0, 105.0)
 _BG_TINT = 12.0
 _TEXTURE_AMPLITUDE = (8.0, 20.0)
 _STRIPE_PERIOD = (6.0, 14.0)  # pixels
-_STRIPE_DIRECTIONS = np.array([(1.0, 0.0), (0.0, 1.0), (0.7071, 0.7071), (0.7071, -0.7071)],
-                              np.float32)
+_STRIPE_DIRECTIONS = np.array([(1.0, 0.0), (0.0, 1.0), (0.7071, 0.7071), (0.7071, -0.7071)], np.float32)
 _NOISE_CELLS = 8  # blocky noise: NOISE_CELLS x NOISE_CELLS random levels
 _PLAIN, _STRIPES, _NOISE = range(3)
 
@@ -66,12 +92,13 @@ _NOISE_DRAWS = 3  # per caption: replace?, which example, which slot
 @dataclasses.dataclass(frozen=True)
 class ShapesWorldConfig:
     """Options of the shapes world; the test split always has 5 captions per image."""
+
     image_size: int = 64
-    captions_per_image: int = 2        # train/val; test split is always 5
-    caption_noise: float = 0.0         # fraction of train captions swapped for another example's
-    max_objects: int = 3               # 1..MAX_OBJECTS
-    textured_background: float = 0.5   # probability of a textured background
-    detail: str = 'mixed'              # 'coarse' | 'mixed' | 'fine'
+    captions_per_image: int = 2  # train/val; test split is always 5
+    caption_noise: float = 0.0  # fraction of train captions swapped for another example's
+    max_objects: int = 3  # 1..MAX_OBJECTS
+    textured_background: float = 0.5  # probability of a textured background
+    detail: str = 'mixed'  # 'coarse' | 'mixed' | 'fine'
     train_size: int = 50_000
     val_size: int = 1_000
     test_size: int = 1_000
@@ -85,16 +112,19 @@ def _validate(config: ShapesWorldConfig) -> None:
         (1 <= config.max_objects <= MAX_OBJECTS, f'max_objects must be in 1..{MAX_OBJECTS}'),
         (0.0 <= config.textured_background <= 1.0, 'textured_background must be in [0, 1]'),
         (config.detail in DETAILS, f'detail must be one of {DETAILS}'),
-        (min(config.train_size, config.val_size, config.test_size) >= 1,
-         'train_size, val_size and test_size must be >= 1'),
+        (
+            min(config.train_size, config.val_size, config.test_size) >= 1,
+            'train_size, val_size and test_size must be >= 1',
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(f'Invalid ShapesWorldConfig: {message} (got {config}).')
 
 
-def _scene(u: list[float], max_objects: int, force: tuple[int, int] | None = None
-           ) -> tuple[list[list[int]], list[tuple[float, float]]]:
+def _scene(
+    u: list[float], max_objects: int, force: tuple[int, int] | None = None
+) -> tuple[list[list[int]], list[tuple[float, float]]]:
     """Objects [shape, colour, size, position] in distinct cells, and their jitter in [-1, 1]."""
     n = 1 if force else 1 + min(int(u[0] * max_objects), max_objects - 1)
     cells = sorted(range(GRID * GRID), key=lambda c: u[1 + c])[:n]
@@ -113,7 +143,7 @@ def _scene(u: list[float], max_objects: int, force: tuple[int, int] | None = Non
 
 def _scene_array(objects: list[list[int]]) -> np.ndarray:
     scene = np.full((MAX_OBJECTS, NUM_ATTRIBUTES), NOT_SAID, np.int32)
-    scene[:len(objects)] = objects
+    scene[: len(objects)] = objects
     return scene
 
 
@@ -133,8 +163,7 @@ class _Plans:
             radius = _RADIUS_FRACTION[obj[SIZE]] * cell
             slack = _JITTER_FRACTION * max(cell / 2 - radius, 0.0)
             row, col = divmod(obj[POSITION], GRID)
-            self.geometry[b, k] = ((col + 0.5) * cell + jx * slack,
-                                   (row + 0.5) * cell + jy * slack, radius)
+            self.geometry[b, k] = ((col + 0.5) * cell + jx * slack, (row + 0.5) * cell + jy * slack, radius)
             self.shape[b, k], self.colour[b, k] = obj[SHAPE], obj[COLOUR]
         self.bg[b] = bg_draws
 
@@ -144,8 +173,7 @@ class _Plans:
         xs, ys = coords[None, None, :], coords[None, :, None]
         bg = self.bg
         kind_u = bg[:, 0]
-        kind = np.where(kind_u < self.textured,
-                        np.where(kind_u < self.textured / 2, _STRIPES, _NOISE), _PLAIN)
+        kind = np.where(kind_u < self.textured, np.where(kind_u < self.textured / 2, _STRIPES, _NOISE), _PLAIN)
         grey = _BG_GREY[0] + bg[:, 1] * (_BG_GREY[1] - _BG_GREY[0])
         base = grey[:, None] + (2 * bg[:, 2:5] - 1) * _BG_TINT
         amp = _TEXTURE_AMPLITUDE[0] + bg[:, 5] * (_TEXTURE_AMPLITUDE[1] - _TEXTURE_AMPLITUDE[0])
@@ -154,13 +182,14 @@ class _Plans:
         if sel.size:
             period = _STRIPE_PERIOD[0] + bg[sel, 6] * (_STRIPE_PERIOD[1] - _STRIPE_PERIOD[0])
             direction = _STRIPE_DIRECTIONS[(bg[sel, 7] * len(_STRIPE_DIRECTIONS)).astype(int)]
-            t = (xs * direction[:, 0, None, None] + ys * direction[:, 1, None, None]) \
-                / period[:, None, None] + bg[sel, 8, None, None]
+            t = (xs * direction[:, 0, None, None] + ys * direction[:, 1, None, None]) / period[:, None, None] + bg[
+                sel, 8, None, None
+            ]
             texture[sel] = np.where(t % 1.0 < 0.5, 1.0, -1.0)
         sel = np.flatnonzero(kind == _NOISE)
         if sel.size:
             cells = (np.arange(image_size) * _NOISE_CELLS) // image_size
-            levels = 2 * bg[sel, -_NOISE_CELLS ** 2:].reshape(-1, _NOISE_CELLS, _NOISE_CELLS) - 1
+            levels = 2 * bg[sel, -(_NOISE_CELLS**2) :].reshape(-1, _NOISE_CELLS, _NOISE_CELLS) - 1
             texture[sel] = levels[:, cells[:, None], cells[None, :]]
         # Value range stays inside [0, 255] by the _BG_* / _TEXTURE_* constants, so no clip.
         image = (base[:, None, None, :] + (amp[:, None, None] * texture)[..., None]).astype(np.uint8)
@@ -218,8 +247,7 @@ class ShapesWorld:
             raise ValueError(f'seed must be a non-negative integer, got {seed}.')
         _validate(config)
         self.config, self.seed, self.split = config, int(seed), split
-        self._size = {'train': config.train_size, 'val': config.val_size,
-                      'test': config.test_size}[split]
+        self._size = {'train': config.train_size, 'val': config.val_size, 'test': config.test_size}[split]
         self._captions = TEST_CAPTIONS_PER_IMAGE if split == 'test' else config.captions_per_image
         self._noise = config.caption_noise if split == 'train' else 0.0
         self._draws = _SCENE_DRAWS + _BG_DRAWS + self._captions * (CAPTION_DRAWS + _NOISE_DRAWS)
@@ -239,8 +267,10 @@ class ShapesWorld:
         """Scene, jitter and noise-free captions of one example from its uniform draws."""
         objects, jitter = _scene(u, self.config.max_objects)
         start = _SCENE_DRAWS + _BG_DRAWS
-        captions = [make_caption(objects, u[start + c * CAPTION_DRAWS:start + (c + 1) * CAPTION_DRAWS],
-                                 self.config.detail) for c in range(self._captions)]
+        captions = [
+            make_caption(objects, u[start + c * CAPTION_DRAWS : start + (c + 1) * CAPTION_DRAWS], self.config.detail)
+            for c in range(self._captions)
+        ]
         return objects, jitter, captions
 
     def _check(self, index: Any) -> int:
@@ -254,16 +284,19 @@ class ShapesWorld:
         indices = [self._check(i) for i in np.asarray(indices).reshape(-1)]
         size, c_n, s = len(indices), self._captions, self.config.image_size
         plans = _Plans(size, self.config.textured_background)
-        out = {'captions': [], 'caption_spec': np.empty((size, c_n, MAX_MENTIONS, NUM_ATTRIBUTES), np.int32),
-               'lateral': np.empty((size, c_n), bool),
-               'scene': np.empty((size, MAX_OBJECTS, NUM_ATTRIBUTES), np.int32)}
+        out = {
+            'captions': [],
+            'caption_spec': np.empty((size, c_n, MAX_MENTIONS, NUM_ATTRIBUTES), np.int32),
+            'lateral': np.empty((size, c_n), bool),
+            'scene': np.empty((size, MAX_OBJECTS, NUM_ATTRIBUTES), np.int32),
+        }
         noise_start = _SCENE_DRAWS + _BG_DRAWS + c_n * CAPTION_DRAWS
         for b, index in enumerate(indices):
             draws = self._uniforms(index)
             u = draws.tolist()
             objects, jitter, captions = self._clean(index, u)
             for c in range(c_n):
-                replace, other, slot = u[noise_start + c * _NOISE_DRAWS:noise_start + (c + 1) * _NOISE_DRAWS]
+                replace, other, slot = u[noise_start + c * _NOISE_DRAWS : noise_start + (c + 1) * _NOISE_DRAWS]
                 if replace < self._noise and self._size > 1:
                     j = (index + 1 + min(int(other * (self._size - 1)), self._size - 2)) % self._size
                     captions[c] = self._clean(j, self._uniforms(j).tolist())[2][min(int(slot * c_n), c_n - 1)]
@@ -271,7 +304,7 @@ class ShapesWorld:
             out['caption_spec'][b] = [spec for _, spec, _ in captions]
             out['lateral'][b] = [lateral for _, _, lateral in captions]
             out['scene'][b] = _scene_array(objects)
-            plans.add(b, objects, jitter, s, draws[_SCENE_DRAWS:_SCENE_DRAWS + _BG_DRAWS])
+            plans.add(b, objects, jitter, s, draws[_SCENE_DRAWS : _SCENE_DRAWS + _BG_DRAWS])
         out['image'] = plans.render(s)
         out['sem'] = semantic_ids(out['caption_spec'])
         return out

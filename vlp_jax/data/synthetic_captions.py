@@ -12,9 +12,17 @@ from __future__ import annotations
 SHAPES: tuple[str, ...] = ('circle', 'square', 'triangle', 'diamond', 'cross')
 COLOURS: tuple[str, ...] = ('red', 'green', 'blue', 'yellow', 'purple', 'orange', 'white')
 SIZES: tuple[str, ...] = ('small', 'large')
-POSITIONS: tuple[str, ...] = ('top left', 'top', 'top right',
-                              'left', 'center', 'right',
-                              'bottom left', 'bottom', 'bottom right')
+POSITIONS: tuple[str, ...] = (
+    'top left',
+    'top',
+    'top right',
+    'left',
+    'center',
+    'right',
+    'bottom left',
+    'bottom',
+    'bottom right',
+)
 MAX_OBJECTS = 3
 MAX_MENTIONS = 2
 
@@ -29,29 +37,34 @@ DETAILS = ('coarse', 'mixed', 'fine')
 LEVELS = ('coarse', 'medium', 'fine')
 
 # Synonyms, aligned with the canonical tuples above (first = canonical word).
-SHAPE_WORDS = (('circle', 'disc', 'round shape'),
-               ('square', 'box', 'block'),
-               ('triangle', 'triangular shape'),
-               ('diamond', 'rhombus', 'lozenge'),
-               ('cross', 'plus sign'))
-COLOUR_WORDS = (('red', 'crimson', 'scarlet'),
-                ('green', 'emerald'),
-                ('blue', 'cobalt'),
-                ('yellow', 'golden', 'lemon'),
-                ('purple', 'violet'),
-                ('orange', 'tangerine'),
-                ('white', 'ivory', 'snow-white'))
-SIZE_WORDS = (('small', 'tiny', 'little'),
-              ('large', 'big', 'huge'))
-POSITION_WORDS = (('at the top left', 'in the top left corner', 'in the upper left'),
-                  ('at the top', 'at the top centre', 'near the top middle'),
-                  ('at the top right', 'in the top right corner', 'in the upper right'),
-                  ('at the middle left', 'in the centre left'),
-                  ('in the center', 'in the middle', 'in the centre'),
-                  ('at the middle right', 'in the centre right'),
-                  ('at the bottom left', 'in the bottom left corner', 'in the lower left'),
-                  ('at the bottom', 'at the bottom centre', 'near the bottom middle'),
-                  ('at the bottom right', 'in the bottom right corner', 'in the lower right'))
+SHAPE_WORDS = (
+    ('circle', 'disc', 'round shape'),
+    ('square', 'box', 'block'),
+    ('triangle', 'triangular shape'),
+    ('diamond', 'rhombus', 'lozenge'),
+    ('cross', 'plus sign'),
+)
+COLOUR_WORDS = (
+    ('red', 'crimson', 'scarlet'),
+    ('green', 'emerald'),
+    ('blue', 'cobalt'),
+    ('yellow', 'golden', 'lemon'),
+    ('purple', 'violet'),
+    ('orange', 'tangerine'),
+    ('white', 'ivory', 'snow-white'),
+)
+SIZE_WORDS = (('small', 'tiny', 'little'), ('large', 'big', 'huge'))
+POSITION_WORDS = (
+    ('at the top left', 'in the top left corner', 'in the upper left'),
+    ('at the top', 'at the top centre', 'near the top middle'),
+    ('at the top right', 'in the top right corner', 'in the upper right'),
+    ('at the middle left', 'in the centre left'),
+    ('in the center', 'in the middle', 'in the centre'),
+    ('at the middle right', 'in the centre right'),
+    ('at the bottom left', 'in the bottom left corner', 'in the lower left'),
+    ('at the bottom', 'at the bottom centre', 'near the bottom middle'),
+    ('at the bottom right', 'in the bottom right corner', 'in the lower right'),
+)
 SHAPELESS_NOUNS = ('shape', 'object', 'thing')
 PREFIXES = ('', 'a picture of ', 'an image of ', 'there is ', 'a photo showing ')
 JOINS = (' and ', ' with ', ', and also ', ' as well as ')
@@ -102,8 +115,7 @@ def _mention(obj: list[int], said: tuple[int, ...]) -> list[int]:
     return [obj[a] if a in said else NOT_SAID for a in range(NUM_ATTRIBUTES)]
 
 
-def make_caption(objects: list[list[int]], u: list[float], detail: str
-                 ) -> tuple[str, list[list[int]], bool]:
+def make_caption(objects: list[list[int]], u: list[float], detail: str) -> tuple[str, list[list[int]], bool]:
     """One caption of a scene: (text, spec rows [MAX_MENTIONS][4], lateral).
 
     `objects` are the scene's real objects (>= 1), `u` holds CAPTION_DRAWS
@@ -141,8 +153,7 @@ def make_caption(objects: list[list[int]], u: list[float], detail: str
     if said2 is not None:
         rows.append(_mention(second, said2))
     something = u[_U_SOMETHING] < _SOMETHING_PROBABILITY
-    phrases = [_phrase(r, u[_U_WORDS + NUM_ATTRIBUTES * k:], something)
-               for k, r in enumerate(rows)]
+    phrases = [_phrase(r, u[_U_WORDS + NUM_ATTRIBUTES * k :], something) for k, r in enumerate(rows)]
     text = _pick(PREFIXES, u[_U_PREFIX]) + _pick(JOINS, u[_U_JOIN]).join(phrases)
     lateral = any(r[POSITION] >= 0 and r[POSITION] % GRID != CENTRE_COLUMN for r in rows)
     rows += [[NOT_SAID] * NUM_ATTRIBUTES] * (MAX_MENTIONS - len(rows))

@@ -1,4 +1,5 @@
 """WordPiece tokenisation through transformers, from vocabulary files only (no hub)."""
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,10 @@ class Tokenizer:
         from transformers import BertTokenizerFast  # data-side import only: the core never needs it
 
         if not os.path.isfile(os.path.join(vocab_dir, 'vocab.txt')):
-            raise FileNotFoundError(f'tokenizer vocabulary {vocab_dir}/vocab.txt does not exist; '
-                                    'point data.vocab_dir at a folder holding a BERT vocab.txt.')
+            raise FileNotFoundError(
+                f'tokenizer vocabulary {vocab_dir}/vocab.txt does not exist; '
+                'point data.vocab_dir at a folder holding a BERT vocab.txt.'
+            )
         self._tokenizer = BertTokenizerFast.from_pretrained(vocab_dir, local_files_only=True)
         self.max_len = max_len
         self.vocab_size = len(self._tokenizer)
@@ -30,8 +33,14 @@ class Tokenizer:
         self.mask_id = self._tokenizer.mask_token_id
 
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        encoded = self._tokenizer(list(texts), padding='max_length', truncation=True, max_length=self.max_len,
-                                  return_attention_mask=True, return_token_type_ids=False)
+        encoded = self._tokenizer(
+            list(texts),
+            padding='max_length',
+            truncation=True,
+            max_length=self.max_len,
+            return_attention_mask=True,
+            return_token_type_ids=False,
+        )
         return {
             'text_ids': np.asarray(encoded['input_ids'], dtype=np.int32),
             'text_mask': np.asarray(encoded['attention_mask'], dtype=np.int32),

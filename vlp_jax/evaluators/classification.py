@@ -1,4 +1,5 @@
 """Zero-shot classification: class embedding = mean of its prompt-template embeddings."""
+
 from __future__ import annotations
 
 import numpy as np

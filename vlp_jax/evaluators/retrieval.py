@@ -4,6 +4,7 @@ Several captions per image: image->text is a hit if ANY of the image's captions 
 the top k; text->image is a hit if the caption's own image is. Semantic recall counts
 a hit when a retrieved item is true of the query by ground truth (synthetic data).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,13 @@ def _top_k(similarity: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-similarity, axis=1, kind='stable')[:, :k]
 
 
-def retrieval_metrics(image_embed: np.ndarray, text_embed: np.ndarray, text_image: np.ndarray,
-                      truth: np.ndarray | None = None, ks: tuple[int, ...] = RECALL_AT) -> dict[str, float]:
+def retrieval_metrics(
+    image_embed: np.ndarray,
+    text_embed: np.ndarray,
+    text_image: np.ndarray,
+    truth: np.ndarray | None = None,
+    ks: tuple[int, ...] = RECALL_AT,
+) -> dict[str, float]:
     """Recall@k in both directions. `text_image[t]` is the image caption t was written for;
     `truth[t, i]` (optional) says whether caption t is true of image i."""
     image_embed = np.asarray(image_embed, np.float32)
@@ -26,8 +32,8 @@ def retrieval_metrics(image_embed: np.ndarray, text_embed: np.ndarray, text_imag
     assert text_embed.shape[0] == text_image.shape[0]
     similarity = text_embed @ image_embed.T  # [Nt, Ni]
     kmax = min(max(ks), similarity.shape[0], similarity.shape[1])
-    t2i_top = _top_k(similarity, kmax)               # [Nt, k] image ids
-    i2t_top = _top_k(similarity.T, kmax)             # [Ni, k] text ids
+    t2i_top = _top_k(similarity, kmax)  # [Nt, k] image ids
+    i2t_top = _top_k(similarity.T, kmax)  # [Ni, k] text ids
     image_ids = np.arange(image_embed.shape[0])
     metrics = {}
     for k in ks:

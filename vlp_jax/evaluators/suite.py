@@ -1,9 +1,14 @@
-"""Runs every zero-shot evaluator for one set of params; used by train.py and evaluate.py."""
+"""Zero-shot evaluation wired once: eval sets from the config, encoders from the setup, metrics for params.
+
+train.py (every eval_every steps) and evaluate.py (a checkpoint) both call
+`make_zero_shot_evaluator`, so the two report the same metrics from the same code.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -12,23 +17,27 @@ from vlp_jax.evaluators.classification import class_embeddings, zero_shot_accura
 from vlp_jax.evaluators.retrieval import retrieval_metrics
 
 
-def embed_in_batches(encode: Callable[..., jax.Array], arrays: tuple[np.ndarray, ...], batch_size: int,
-                     mesh: Mesh) -> np.ndarray:
-    """Encodes host arrays in fixed-size batches (last one padded) sharded over the mesh's batch axes."""
+def embed_in_batches(encode: Callable, arrays: tuple[np.ndarray, ...], batch_size: int, mesh: Mesh) -> np.ndarray:
+    """Encodes host arrays in fixed-size batches (last one padded) sharded over the mesh's batch axes.
+
+    Every process holds the whole eval set and gets every embedding back, also when the
+    mesh spans several processes.
+    """
     count = arrays[0].shape[0]
     outputs = []
     for start in range(0, count, batch_size):
-        chunk = [a[start:start + batch_size] for a in arrays]
+        chunk = [a[start : start + batch_size] for a in arrays]
         real = chunk[0].shape[0]
         if real < batch_size:  # pad so every call has one static shape (one compilation)
             chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - real, axis=0)]) for c in chunk]
-        sharded = [jax.device_put(c, parallel.batch_sharding(mesh, c.ndim)) for c in chunk]
-        outputs.append(np.asarray(jax.device_get(encode(*sharded)))[:real])
+        sharded = [parallel.host_to_global(c, parallel.batch_sharding(mesh, c.ndim)) for c in chunk]
+        outputs.append(parallel.to_host(encode(*sharded))[:real])
     return np.concatenate(outputs)
 
 
-def run_zero_shot(encode_images: Callable, encode_texts: Callable, retrieval, classification, batch_size: int,
-                  mesh: Mesh) -> dict[str, float]:
+def run_zero_shot(
+    encode_images: Callable, encode_texts: Callable, retrieval, classification, batch_size: int, mesh: Mesh
+) -> dict[str, float]:
     """All eval metrics as a flat dict with keys like 'eval/retrieval/i2t_r1'."""
     metrics = {}
     image_embed = embed_in_batches(encode_images, (retrieval.images,), batch_size, mesh)
@@ -37,9 +46,31 @@ def run_zero_shot(encode_images: Callable, encode_texts: Callable, retrieval, cl
         metrics[f'eval/retrieval/{key}'] = value
     for task in classification:
         classes, templates, length = task.prompt_ids.shape
-        prompts = embed_in_batches(encode_texts, (task.prompt_ids.reshape(-1, length),
-                                                  task.prompt_mask.reshape(-1, length)), batch_size, mesh)
+        prompts = embed_in_batches(
+            encode_texts, (task.prompt_ids.reshape(-1, length), task.prompt_mask.reshape(-1, length)), batch_size, mesh
+        )
         class_embed = class_embeddings(prompts.reshape(classes, templates, -1))
         images = embed_in_batches(encode_images, (task.images,), batch_size, mesh)
         metrics[f'eval/zeroshot/{task.name}/top1'] = zero_shot_accuracy(images, class_embed, task.labels)
     return metrics
+
+
+def make_zero_shot_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
+    """params -> eval metrics, for the config's eval sets (built once, here) and the setup's encoders."""
+    from vlp_jax.data.eval_sets import classification_sets, retrieval_set
+
+    config = setup.config
+    retrieval, classification = retrieval_set(config, 'test'), classification_sets(config)
+    encode_images, encode_texts = setup.encoders()
+
+    def evaluate(params) -> dict[str, float]:
+        return run_zero_shot(
+            lambda x: encode_images(params, x),
+            lambda i, m: encode_texts(params, i, m),
+            retrieval,
+            classification,
+            int(config.eval.batch_size),
+            setup.mesh,
+        )
+
+    return evaluate

@@ -28,9 +28,9 @@ DEFAULT_LN_EPS = 1e-6
 PARAM_DTYPE = jnp.float32
 
 # Logical activation axis layouts.
-ACT_BLE = ("batch", "length", "embed")
-ACT_BLHK = ("batch", "length", "heads", "kv")
-ACT_BLM = ("batch", "length", "mlp")
+ACT_BLE = ('batch', 'length', 'embed')
+ACT_BLHK = ('batch', 'length', 'heads', 'kv')
+ACT_BLM = ('batch', 'length', 'mlp')
 
 
 def partitioned(init_fn: Callable, names: tuple) -> Callable:
@@ -41,12 +41,12 @@ def partitioned(init_fn: Callable, names: tuple) -> Callable:
 def layer_norm(name: str, eps: float = DEFAULT_LN_EPS) -> nn.LayerNorm:
     """A float32 LayerNorm over 'embed' with logically named scale/bias."""
     return nn.LayerNorm(
-            epsilon=eps,
-            dtype=jnp.float32,
-            param_dtype=PARAM_DTYPE,
-            scale_init=partitioned(nn.initializers.ones_init(), ("embed",)),
-            bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
-            name=name,
+        epsilon=eps,
+        dtype=jnp.float32,
+        param_dtype=PARAM_DTYPE,
+        scale_init=partitioned(nn.initializers.ones_init(), ('embed',)),
+        bias_init=partitioned(nn.initializers.zeros_init(), ('embed',)),
+        name=name,
     )
 
 
@@ -75,13 +75,14 @@ class HeadDense(nn.Module):
         n_out = len(self.features)
         n_in = len(self.kernel_axes) - n_out
         shape = tuple(x.shape[-n_in:]) + tuple(self.features)
-        init = nn.initializers.xavier_uniform(
-                in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
-        kernel = self.param("kernel", partitioned(init, self.kernel_axes), shape,
-                                                PARAM_DTYPE)
+        init = nn.initializers.xavier_uniform(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+        kernel = self.param('kernel', partitioned(init, self.kernel_axes), shape, PARAM_DTYPE)
         bias = self.param(
-                "bias", partitioned(nn.initializers.zeros_init(), self.kernel_axes[n_in:]),
-                tuple(self.features), PARAM_DTYPE)
+            'bias',
+            partitioned(nn.initializers.zeros_init(), self.kernel_axes[n_in:]),
+            tuple(self.features),
+            PARAM_DTYPE,
+        )
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
         return y + bias.astype(self.dtype)
 
@@ -101,39 +102,37 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(
-            self,
-            x: Array,
-            context: Array | None = None,
-            mask: Array | None = None,
-            deterministic: bool = True,
+        self,
+        x: Array,
+        context: Array | None = None,
+        mask: Array | None = None,
+        deterministic: bool = True,
     ) -> Array:
         """x: [B, Lq, D]; context: [B, Lk, Dc] (default x); mask: [B, Lk] valid keys."""
         width = x.shape[-1]
         if width % self.num_heads:
-            raise ValueError(f"width {width} not divisible by num_heads {self.num_heads}")
+            raise ValueError(f'width {width} not divisible by num_heads {self.num_heads}')
         head_dim = width // self.num_heads
         context = x if context is None else context
 
         def proj(name: str) -> HeadDense:
-            return HeadDense((self.num_heads, head_dim), ("embed", "heads", "kv"),
-                                              self.dtype, name=name)
+            return HeadDense((self.num_heads, head_dim), ('embed', 'heads', 'kv'), self.dtype, name=name)
 
-        q = nn.with_logical_constraint(proj("query")(x), ACT_BLHK)
-        k = nn.with_logical_constraint(proj("key")(context), ACT_BLHK)
-        v = nn.with_logical_constraint(proj("value")(context), ACT_BLHK)
+        q = nn.with_logical_constraint(proj('query')(x), ACT_BLHK)
+        k = nn.with_logical_constraint(proj('key')(context), ACT_BLHK)
+        v = nn.with_logical_constraint(proj('value')(context), ACT_BLHK)
 
         q = q / jnp.sqrt(head_dim).astype(q.dtype)
-        logits = jnp.einsum(
-                "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
         bool_mask = key_mask_to_bias_mask(mask)
         if bool_mask is not None:
             logits = jnp.where(bool_mask, logits, jnp.float32(MASK_VALUE))
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
         if self.dropout_rate > 0.0:
             probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v.astype(self.dtype))
+        out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(self.dtype), v.astype(self.dtype))
         out = nn.with_logical_constraint(out, ACT_BLHK)
-        out = HeadDense((width,), ("heads", "kv", "embed"), self.dtype, name="out")(out)
+        out = HeadDense((width,), ('heads', 'kv', 'embed'), self.dtype, name='out')(out)
         return nn.with_logical_constraint(out, ACT_BLE)
 
 
@@ -149,24 +148,24 @@ class MlpBlock(nn.Module):
         """x: [B, L, D] -> [B, L, D]."""
         width = x.shape[-1]
         h = nn.Dense(
-                self.mlp_dim,
-                dtype=self.dtype,
-                param_dtype=PARAM_DTYPE,
-                kernel_init=partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
-                bias_init=partitioned(nn.initializers.zeros_init(), ("mlp",)),
-                name="fc1",
+            self.mlp_dim,
+            dtype=self.dtype,
+            param_dtype=PARAM_DTYPE,
+            kernel_init=partitioned(nn.initializers.xavier_uniform(), ('embed', 'mlp')),
+            bias_init=partitioned(nn.initializers.zeros_init(), ('mlp',)),
+            name='fc1',
         )(x)
         h = nn.gelu(h, approximate=False)
         h = nn.with_logical_constraint(h, ACT_BLM)
         if self.dropout_rate > 0.0:
             h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
         out = nn.Dense(
-                width,
-                dtype=self.dtype,
-                param_dtype=PARAM_DTYPE,
-                kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
-                bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
-                name="fc2",
+            width,
+            dtype=self.dtype,
+            param_dtype=PARAM_DTYPE,
+            kernel_init=partitioned(nn.initializers.xavier_uniform(), ('mlp', 'embed')),
+            bias_init=partitioned(nn.initializers.zeros_init(), ('embed',)),
+            name='fc2',
         )(h)
         return nn.with_logical_constraint(out, ACT_BLE)
 
@@ -186,8 +185,7 @@ class TransformerBlock(nn.Module):
     pre_norm: bool = True
     ln_eps: float = DEFAULT_LN_EPS
 
-    def _residual(self, x: Array, fn: Callable[[Array], Array], ln_name: str,
-                                deterministic: bool) -> Array:
+    def _residual(self, x: Array, fn: Callable[[Array], Array], ln_name: str, deterministic: bool) -> Array:
         """Applies one residual sub-block in the configured norm placement."""
         ln = layer_norm(ln_name, self.ln_eps)
         h = fn(ln(x) if self.pre_norm else x)
@@ -200,31 +198,28 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(
-            self,
-            x: Array,
-            mask: Array | None = None,
-            context: Array | None = None,
-            context_mask: Array | None = None,
-            deterministic: bool = True,
+        self,
+        x: Array,
+        mask: Array | None = None,
+        context: Array | None = None,
+        context_mask: Array | None = None,
+        deterministic: bool = True,
     ) -> Array:
         """x: [B, L, D]; mask: [B, L] valid tokens; context: [B, Lc, Dc] for cross-attn."""
-        attn = MultiHeadAttention(
-                self.num_heads, self.dtype, self.dropout_rate, name="attn")
-        x = self._residual(
-                x, lambda h: attn(h, mask=mask, deterministic=deterministic),
-                "ln_attn", deterministic)
+        attn = MultiHeadAttention(self.num_heads, self.dtype, self.dropout_rate, name='attn')
+        x = self._residual(x, lambda h: attn(h, mask=mask, deterministic=deterministic), 'ln_attn', deterministic)
         if self.cross_attention:
             if context is None:
-                raise ValueError("cross_attention block needs `context`")
-            xattn = MultiHeadAttention(
-                    self.num_heads, self.dtype, self.dropout_rate, name="xattn")
+                raise ValueError('cross_attention block needs `context`')
+            xattn = MultiHeadAttention(self.num_heads, self.dtype, self.dropout_rate, name='xattn')
             x = self._residual(
-                    x, lambda h: xattn(h, context=context, mask=context_mask,
-                                                          deterministic=deterministic),
-                    "ln_xattn", deterministic)
-        mlp = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, name="mlp")
-        return self._residual(
-                x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp", deterministic)
+                x,
+                lambda h: xattn(h, context=context, mask=context_mask, deterministic=deterministic),
+                'ln_xattn',
+                deterministic,
+            )
+        mlp = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, name='mlp')
+        return self._residual(x, lambda h: mlp(h, deterministic=deterministic), 'ln_mlp', deterministic)
 
 
 class Encoder(nn.Module):
@@ -241,29 +236,28 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(
-            self,
-            x: Array,
-            mask: Array | None = None,
-            context: Array | None = None,
-            context_mask: Array | None = None,
-            deterministic: bool = True,
+        self,
+        x: Array,
+        mask: Array | None = None,
+        context: Array | None = None,
+        context_mask: Array | None = None,
+        deterministic: bool = True,
     ) -> Array:
         """x: [B, L, D] -> [B, L, D] (float32 after the final LayerNorm)."""
         x = nn.with_logical_constraint(x, ACT_BLE)
         for i in range(self.depth):
             x = TransformerBlock(
-                    num_heads=self.num_heads,
-                    mlp_dim=self.mlp_dim,
-                    dtype=self.dtype,
-                    dropout_rate=self.dropout_rate,
-                    cross_attention=self.cross_attention,
-                    pre_norm=self.pre_norm,
-                    ln_eps=self.ln_eps,
-                    name=f"block_{i}",
-            )(x, mask=mask, context=context, context_mask=context_mask,
-                deterministic=deterministic)
+                num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim,
+                dtype=self.dtype,
+                dropout_rate=self.dropout_rate,
+                cross_attention=self.cross_attention,
+                pre_norm=self.pre_norm,
+                ln_eps=self.ln_eps,
+                name=f'block_{i}',
+            )(x, mask=mask, context=context, context_mask=context_mask, deterministic=deterministic)
         if self.pre_norm:
-            x = layer_norm("ln_final", self.ln_eps)(x)
+            x = layer_norm('ln_final', self.ln_eps)(x)
         else:
             x = x.astype(jnp.float32)
         return nn.with_logical_constraint(x, ACT_BLE)

@@ -9,18 +9,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlp_jax.models.layers import (ACT_BLE, DEFAULT_LN_EPS, EMBED_INIT_STD,
-                                                                      PARAM_DTYPE, Encoder, partitioned)
+from vlp_jax.models.layers import ACT_BLE, DEFAULT_LN_EPS, EMBED_INIT_STD, PARAM_DTYPE, Encoder, partitioned
 
 Array = jax.Array
 
-POOL_TYPES = ("cls", "gap")
+POOL_TYPES = ('cls', 'gap')
 # Named sizes: variant -> (width, depth, num_heads, mlp_dim), as in ViT/DeiT.
 VIT_VARIANTS: dict[str, tuple[int, int, int, int]] = {
-        "Ti": (192, 12, 3, 768),
-        "S": (384, 12, 6, 1536),
-        "B": (768, 12, 12, 3072),
-        "L": (1024, 24, 16, 4096),
+    'Ti': (192, 12, 3, 768),
+    'S': (384, 12, 6, 1536),
+    'B': (768, 12, 12, 3072),
+    'L': (1024, 24, 16, 4096),
 }
 
 
@@ -35,18 +34,15 @@ class ViTConfig:
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
-    pool: str = "cls"
+    pool: str = 'cls'
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                    f"image_size ({self.image_size}) must be divisible by patch_size "
-                    f"({self.patch_size})")
+            raise ValueError(f'image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})')
         if self.pool not in POOL_TYPES:
-            raise ValueError(f"pool must be one of {POOL_TYPES}, got {self.pool!r}")
+            raise ValueError(f'pool must be one of {POOL_TYPES}, got {self.pool!r}')
         if self.width % self.num_heads != 0:
-            raise ValueError(
-                    f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(f'width ({self.width}) must be divisible by num_heads ({self.num_heads})')
 
     @property
     def num_patches(self) -> int:
@@ -54,14 +50,20 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
-def vit_config(variant: str, image_size: int, patch_size: int, **overrides: Any
-                              ) -> ViTConfig:
+def vit_config(variant: str, image_size: int, patch_size: int, **overrides: Any) -> ViTConfig:
     """Builds a ViTConfig for a named size ('Ti', 'S', 'B', 'L')."""
     if variant not in VIT_VARIANTS:
-        raise ValueError(f"unknown ViT variant {variant!r}; known: {list(VIT_VARIANTS)}")
+        raise ValueError(f'unknown ViT variant {variant!r}; known: {list(VIT_VARIANTS)}')
     width, depth, heads, mlp = VIT_VARIANTS[variant]
-    return ViTConfig(image_size=image_size, patch_size=patch_size, width=width,
-                                      depth=depth, num_heads=heads, mlp_dim=mlp, **overrides)
+    return ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        width=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=mlp,
+        **overrides,
+    )
 
 
 class ViT(nn.Module):
@@ -71,54 +73,50 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, image: Array, deterministic: bool = True
-                              ) -> tuple[Array, Array]:
+    def __call__(self, image: Array, deterministic: bool = True) -> tuple[Array, Array]:
         """image: [B, H, W, C] float (NHWC), H == W == config.image_size."""
         cfg = self.config
         if image.shape[1] != cfg.image_size or image.shape[2] != cfg.image_size:
-            raise ValueError(
-                    f"expected images of {cfg.image_size}x{cfg.image_size}, got {image.shape}")
+            raise ValueError(f'expected images of {cfg.image_size}x{cfg.image_size}, got {image.shape}')
         p = cfg.patch_size
         x = nn.Conv(
-                cfg.width,
-                kernel_size=(p, p),
-                strides=(p, p),
-                padding="VALID",
-                dtype=self.dtype,
-                param_dtype=PARAM_DTYPE,
-                kernel_init=partitioned(nn.initializers.lecun_normal(),
-                                                                (None, None, None, "embed")),
-                bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)),
-                name="patch_embed",
+            cfg.width,
+            kernel_size=(p, p),
+            strides=(p, p),
+            padding='VALID',
+            dtype=self.dtype,
+            param_dtype=PARAM_DTYPE,
+            kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, 'embed')),
+            bias_init=partitioned(nn.initializers.zeros_init(), ('embed',)),
+            name='patch_embed',
         )(image.astype(self.dtype))
         batch = x.shape[0]
         x = x.reshape(batch, -1, cfg.width)
 
-        cls = self.param(
-                "cls", partitioned(nn.initializers.zeros_init(), ("embed",)),
-                (cfg.width,), PARAM_DTYPE)
+        cls = self.param('cls', partitioned(nn.initializers.zeros_init(), ('embed',)), (cfg.width,), PARAM_DTYPE)
         cls = jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, cfg.width))
         x = jnp.concatenate([cls, x], axis=1)
         pos = self.param(
-                "pos_embedding",
-                partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD),
-                                        ("length", "embed")),
-                (1 + cfg.num_patches, cfg.width), PARAM_DTYPE)
+            'pos_embedding',
+            partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), ('length', 'embed')),
+            (1 + cfg.num_patches, cfg.width),
+            PARAM_DTYPE,
+        )
         x = x + pos.astype(x.dtype)[None]
         x = nn.with_logical_constraint(x, ACT_BLE)
         if cfg.dropout > 0.0:
             x = nn.Dropout(rate=cfg.dropout)(x, deterministic=deterministic)
 
         tokens = Encoder(
-                depth=cfg.depth,
-                num_heads=cfg.num_heads,
-                mlp_dim=cfg.mlp_dim,
-                dtype=self.dtype,
-                dropout_rate=cfg.dropout,
-                ln_eps=DEFAULT_LN_EPS,
-                name="encoder",
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_dim=cfg.mlp_dim,
+            dtype=self.dtype,
+            dropout_rate=cfg.dropout,
+            ln_eps=DEFAULT_LN_EPS,
+            name='encoder',
         )(x, deterministic=deterministic)
-        if cfg.pool == "cls":
+        if cfg.pool == 'cls':
             pooled = tokens[:, 0]
         else:
             pooled = jnp.mean(tokens[:, 1:], axis=1)

@@ -11,14 +11,13 @@ import jax
 import jax.numpy as jnp
 
 from vlp_jax.models.layers import PARAM_DTYPE, partitioned
-from vlp_jax.models.text import (BERT_VOCAB_SIZE, TEXT_VARIANTS, TextConfig,
-                                                                  TextEncoder, text_config)
+from vlp_jax.models.text import BERT_VOCAB_SIZE, TEXT_VARIANTS, TextConfig, TextEncoder, text_config
 from vlp_jax.models.vit import VIT_VARIANTS, ViT, ViTConfig, vit_config
 
 Array = jax.Array
 
-CUSTOM_VARIANT = "custom"
-DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CUSTOM_VARIANT = 'custom'
+DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Added under the square root of the L2 normalisation so zero vectors stay finite.
 NORM_EPS = 1e-12
 
@@ -34,13 +33,13 @@ class VLPConfig:
     temperature_min: float = 0.001
     temperature_max: float = 0.5
     sigmoid_bias_init: float = -10.0
-    dtype: str = "float32"
+    dtype: str = 'float32'
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+            raise ValueError(f'dtype must be one of {list(DTYPES)}, got {self.dtype!r}')
         if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
-            raise ValueError("need 0 < temperature_min <= temperature_init <= temperature_max")
+            raise ValueError('need 0 < temperature_min <= temperature_init <= temperature_max')
 
     @property
     def compute_dtype(self) -> Any:
@@ -60,11 +59,11 @@ def clamp_temperature(params: Mapping[str, Any], config: VLPConfig) -> dict:
     Accepts the param dict itself or a ``{'params': ...}`` variables dict; returns
     a new dict of the same structure (the input is not mutated).
     """
-    if "params" in params and "log_temperature" not in params:
-        return {**params, "params": clamp_temperature(params["params"], config)}
+    if 'params' in params and 'log_temperature' not in params:
+        return {**params, 'params': clamp_temperature(params['params'], config)}
     lo, hi = math.log(config.temperature_min), math.log(config.temperature_max)
     out = dict(params)
-    out["log_temperature"] = jnp.clip(params["log_temperature"], lo, hi)
+    out['log_temperature'] = jnp.clip(params['log_temperature'], lo, hi)
     return out
 
 
@@ -81,61 +80,60 @@ class VLPModel(nn.Module):
 
         def proj(name: str) -> nn.Dense:
             return nn.Dense(
-                    cfg.embed_dim,
-                    dtype=dtype,
-                    param_dtype=PARAM_DTYPE,
-                    kernel_init=partitioned(nn.initializers.lecun_normal(), ("embed", "proj")),
-                    bias_init=partitioned(nn.initializers.zeros_init(), ("proj",)),
-                    name=name,
+                cfg.embed_dim,
+                dtype=dtype,
+                param_dtype=PARAM_DTYPE,
+                kernel_init=partitioned(nn.initializers.lecun_normal(), ('embed', 'proj')),
+                bias_init=partitioned(nn.initializers.zeros_init(), ('proj',)),
+                name=name,
             )
 
-        self.image_proj = proj("image_proj")
-        self.text_proj = proj("text_proj")
+        self.image_proj = proj('image_proj')
+        self.text_proj = proj('text_proj')
         self.log_temperature = self.param(
-                "log_temperature",
-                partitioned(nn.initializers.constant(math.log(cfg.temperature_init)), ()),
-                (), PARAM_DTYPE)
+            'log_temperature',
+            partitioned(nn.initializers.constant(math.log(cfg.temperature_init)), ()),
+            (),
+            PARAM_DTYPE,
+        )
         self.sigmoid_bias = self.param(
-                "sigmoid_bias",
-                partitioned(nn.initializers.constant(cfg.sigmoid_bias_init), ()),
-                (), PARAM_DTYPE)
+            'sigmoid_bias', partitioned(nn.initializers.constant(cfg.sigmoid_bias_init), ()), (), PARAM_DTYPE
+        )
 
     def _image(self, image: Array, deterministic: bool) -> tuple[Array, Array]:
         pooled, tokens = self.vision(image, deterministic=deterministic)
         return l2_normalize(self.image_proj(pooled)), tokens
 
-    def _text(self, text_ids: Array, text_mask: Array, deterministic: bool
-                        ) -> tuple[Array, Array]:
+    def _text(self, text_ids: Array, text_mask: Array, deterministic: bool) -> tuple[Array, Array]:
         pooled, tokens = self.text(text_ids, text_mask, deterministic=deterministic)
         return l2_normalize(self.text_proj(pooled)), tokens
 
     def logit_scale(self) -> Array:
         """1 / clip(exp(log_temperature), min, max), float32 scalar."""
         cfg = self.config
-        temperature = jnp.clip(jnp.exp(self.log_temperature.astype(jnp.float32)),
-                                                      cfg.temperature_min, cfg.temperature_max)
+        temperature = jnp.clip(
+            jnp.exp(self.log_temperature.astype(jnp.float32)), cfg.temperature_min, cfg.temperature_max
+        )
         return 1.0 / temperature
 
-    def __call__(self, image: Array, text_ids: Array, text_mask: Array,
-                              deterministic: bool = True) -> dict[str, Array]:
+    def __call__(self, image: Array, text_ids: Array, text_mask: Array, deterministic: bool = True) -> dict[str, Array]:
         """Embeds a batch of (image, text) pairs; creates every param at init."""
         image_embed, image_tokens = self._image(image, deterministic)
         text_embed, text_tokens = self._text(text_ids, text_mask, deterministic)
         return {
-                "image_embed": image_embed,
-                "text_embed": text_embed,
-                "image_tokens": image_tokens,
-                "text_tokens": text_tokens,
-                "logit_scale": self.logit_scale(),
-                "sigmoid_bias": self.sigmoid_bias.astype(jnp.float32),
+            'image_embed': image_embed,
+            'text_embed': text_embed,
+            'image_tokens': image_tokens,
+            'text_tokens': text_tokens,
+            'logit_scale': self.logit_scale(),
+            'sigmoid_bias': self.sigmoid_bias.astype(jnp.float32),
         }
 
     def encode_images(self, image: Array, deterministic: bool = True) -> Array:
         """[B, H, W, C] -> [B, embed_dim] unit-norm float32."""
         return self._image(image, deterministic)[0]
 
-    def encode_texts(self, text_ids: Array, text_mask: Array,
-                                      deterministic: bool = True) -> Array:
+    def encode_texts(self, text_ids: Array, text_mask: Array, deterministic: bool = True) -> Array:
         """[B, L] ids + mask -> [B, embed_dim] unit-norm float32."""
         return self._text(text_ids, text_mask, deterministic)[0]
 
@@ -165,46 +163,61 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
     Named variants (ViT 'Ti'/'S'/'B'/'L', text 'tiny'/'mini'/'base') ignore the
     custom width/depth/num_heads/mlp_dim keys; 'custom' reads them.
     """
-    if not _has(cfg, "embed_dim") and _has(cfg, "model"):
-        cfg = _get(cfg, "model")
-    image_size = int(_get(cfg, "image_size"))
-    max_len = int(_get(cfg, "max_text_len"))
+    if not _has(cfg, 'embed_dim') and _has(cfg, 'model'):
+        cfg = _get(cfg, 'model')
+    image_size = int(_get(cfg, 'image_size'))
+    max_len = int(_get(cfg, 'max_text_len'))
 
-    v = _get(cfg, "vision")
-    v_variant = _get(v, "variant", CUSTOM_VARIANT)
-    v_extra = dict(dropout=float(_get(v, "dropout", 0.0)),
-                                  pool=str(_get(v, "pool", "cls")))
-    patch = int(_get(v, "patch_size"))
+    v = _get(cfg, 'vision')
+    v_variant = _get(v, 'variant', CUSTOM_VARIANT)
+    v_extra = dict(dropout=float(_get(v, 'dropout', 0.0)), pool=str(_get(v, 'pool', 'cls')))
+    patch = int(_get(v, 'patch_size'))
     if v_variant == CUSTOM_VARIANT:
-        vision = ViTConfig(image_size=image_size, patch_size=patch,
-                                              width=int(_get(v, "width")), depth=int(_get(v, "depth")),
-                                              num_heads=int(_get(v, "num_heads")),
-                                              mlp_dim=int(_get(v, "mlp_dim")), **v_extra)
+        vision = ViTConfig(
+            image_size=image_size,
+            patch_size=patch,
+            width=int(_get(v, 'width')),
+            depth=int(_get(v, 'depth')),
+            num_heads=int(_get(v, 'num_heads')),
+            mlp_dim=int(_get(v, 'mlp_dim')),
+            **v_extra,
+        )
     elif v_variant in VIT_VARIANTS:
         vision = vit_config(v_variant, image_size, patch, **v_extra)
     else:
-        raise ValueError(f"unknown vision variant {v_variant!r}")
+        raise ValueError(f'unknown vision variant {v_variant!r}')
 
-    t = _get(cfg, "text")
-    t_variant = _get(t, "variant", CUSTOM_VARIANT)
-    t_extra = dict(vocab_size=int(_get(t, "vocab_size", BERT_VOCAB_SIZE)),
-                                  dropout=float(_get(t, "dropout", 0.0)),
-                                  num_fusion_layers=int(_get(t, "num_fusion_layers", 0)),
-                                  pre_norm=bool(_get(t, "pre_norm", True)))
+    t = _get(cfg, 'text')
+    t_variant = _get(t, 'variant', CUSTOM_VARIANT)
+    t_extra = dict(
+        vocab_size=int(_get(t, 'vocab_size', BERT_VOCAB_SIZE)),
+        dropout=float(_get(t, 'dropout', 0.0)),
+        num_fusion_layers=int(_get(t, 'num_fusion_layers', 0)),
+        pre_norm=bool(_get(t, 'pre_norm', True)),
+    )
     if t_variant == CUSTOM_VARIANT:
-        text = TextConfig(max_len=max_len, width=int(_get(t, "width")),
-                                            depth=int(_get(t, "depth")),
-                                            num_heads=int(_get(t, "num_heads")),
-                                            mlp_dim=int(_get(t, "mlp_dim")), **t_extra)
+        text = TextConfig(
+            max_len=max_len,
+            width=int(_get(t, 'width')),
+            depth=int(_get(t, 'depth')),
+            num_heads=int(_get(t, 'num_heads')),
+            mlp_dim=int(_get(t, 'mlp_dim')),
+            **t_extra,
+        )
     elif t_variant in TEXT_VARIANTS:
         text = text_config(t_variant, max_len, **t_extra)
     else:
-        raise ValueError(f"unknown text variant {t_variant!r}")
+        raise ValueError(f'unknown text variant {t_variant!r}')
 
     defaults = VLPConfig.__dataclass_fields__
-    optional = {k: _get(cfg, k, defaults[k].default) for k in (
-            "temperature_init", "temperature_min", "temperature_max",
-            "sigmoid_bias_init")}
-    return VLPConfig(vision=vision, text=text, embed_dim=int(_get(cfg, "embed_dim")),
-                                      dtype=str(_get(cfg, "dtype", "float32")),
-                                      **{k: float(val) for k, val in optional.items()})
+    optional = {
+        k: _get(cfg, k, defaults[k].default)
+        for k in ('temperature_init', 'temperature_min', 'temperature_max', 'sigmoid_bias_init')
+    }
+    return VLPConfig(
+        vision=vision,
+        text=text,
+        embed_dim=int(_get(cfg, 'embed_dim')),
+        dtype=str(_get(cfg, 'dtype', 'float32')),
+        **{k: float(val) for k, val in optional.items()},
+    )

@@ -5,12 +5,16 @@ For anchors a_i and candidates c_j (L2-normalised) and logit scale t:
     z_ij   = t * <a_i, c_j>
     loss_i = - sum_j y_ij * log_softmax_j(z_ij + log_w_ij)
 
+The symmetric loss is the MEAN of the two directions, 0.5 * (L_i2t + L_t2i), as in
+ALBEF and GRIT-VLP (SRCL's paper writes the sum; that is only a factor 2 on the loss).
+
 `log_w` (additive log-weights on negatives, 0 on positives) and `y` (row-stochastic
 targets) are what regulators change (SRCL, COSMO/MAFA, distillation); the loss never
 knows which regulator produced them. Defaults (log_w = 0, y = identity) give InfoNCE.
 The sigmoid (SigLIP) form takes the same inputs: label +1 where y > 0, and each
 negative term weighted by exp(log_w).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -21,8 +25,9 @@ import jax.numpy as jnp
 
 class Regulation(NamedTuple):
     """What regulators hand the loss for one direction; None means 'no change'."""
-    log_w: jax.Array | None = None   # [B, B] additive log-weights (0 on positives)
-    y: jax.Array | None = None       # [B, B] row-stochastic targets
+
+    log_w: jax.Array | None = None  # [B, B] additive log-weights (0 on positives)
+    y: jax.Array | None = None  # [B, B] row-stochastic targets
 
 
 def _identity_targets(n: int, dtype) -> jax.Array:
@@ -65,7 +70,7 @@ def contrastive_loss(
     stop_grad_keys: bool = False,
     consistency_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Symmetric loss over the global batch: mean of the image->text and text->image directions.
+    """Symmetric loss over the global batch: 0.5 * (L_i2t + L_t2i), the mean of the two directions.
 
     Embeddings are the global [B, E] arrays (sharded over the batch); jit inserts the
     collectives. `i2t` regulates rows = images, `t2i` rows = texts. GRIT-VLP's options:
@@ -116,8 +121,9 @@ def consistency_loss(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:
     return 0.5 * (kl(log_p_t2i, log_p_i2t) + kl(log_p_i2t, log_p_t2i))
 
 
-def local_contrastive_loss(image_embed: jax.Array, text_embed: jax.Array, logit_scale: jax.Array,
-                           num_shards: int, **options) -> tuple[jax.Array, dict[str, jax.Array]]:
+def local_contrastive_loss(
+    image_embed: jax.Array, text_embed: jax.Array, logit_scale: jax.Array, num_shards: int, **options
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """GRIT-VLP's per-device negatives: the loss within each of `num_shards` contiguous batch
     shards (the mesh's batch shards), averaged. Regulations are not supported here."""
     assert 'i2t' not in options and 't2i' not in options, 'regulators need global negatives'
@@ -125,5 +131,6 @@ def local_contrastive_loss(image_embed: jax.Array, text_embed: jax.Array, logit_
     assert batch % num_shards == 0, (batch, num_shards)
     shard = lambda x: x.reshape(num_shards, batch // num_shards, *x.shape[1:])
     losses, metrics = jax.vmap(lambda v, t: contrastive_loss(v, t, logit_scale, **options))(
-        shard(image_embed), shard(text_embed))
+        shard(image_embed), shard(text_embed)
+    )
     return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)

@@ -12,6 +12,7 @@ positives it creates) -> smoothing (COSMO does its own).
 Every statistic used is per row (a logsumexp, a top-2, a count), so chunked versions
 over column blocks are possible; this implementation materialises the full [B, B].
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,9 @@ MASKED_LOG_WEIGHT = -1.0e4
 # Entries with log_w below this count as removed (smoothing skips them).
 _MASKED_THRESHOLD = 0.5 * MASKED_LOG_WEIGHT
 
-STATE_KEPT = 0        # hardest negative stays a negative (q < low)
-STATE_DROPPED = 1     # ambiguous (low <= q <= high): drop j1, ITM uses j2
-STATE_CONVERTED = 2   # false negative (q > high): j1 becomes a positive
+STATE_KEPT = 0  # hardest negative stays a negative (q < low)
+STATE_DROPPED = 1  # ambiguous (low <= q <= high): drop j1, ITM uses j2
+STATE_CONVERTED = 2  # false negative (q > high): j1 becomes a positive
 
 
 def _off_diagonal(n: int) -> jax.Array:
@@ -49,8 +50,15 @@ def _is_python_number(x) -> bool:
 
 # ----------------------------------------------------------------------------- SRCL
 
-def srcl_alpha(step: jax.Array, alpha_start: float = 1.0, alpha_end: float = 0.0, decay_start: int = 0,
-               decay_end: int = 1, shape: str = 'linear') -> jax.Array:
+
+def srcl_alpha(
+    step: jax.Array,
+    alpha_start: float = 1.0,
+    alpha_end: float = 0.0,
+    decay_start: int = 0,
+    decay_end: int = 1,
+    shape: str = 'linear',
+) -> jax.Array:
     """SRCL's mixing weight of the reference model, annealed from trusting it to trusting the model.
 
     alpha_start before `decay_start`, alpha_end from `decay_end` on, linear or cosine in
@@ -89,11 +97,10 @@ def _srcl_log_s(sim_cur: jax.Array, sim_ref: jax.Array | None, alpha, tau_w: flo
     return jnp.where(alpha >= 1.0, ref, jnp.where(alpha <= 0.0, cur, mixed))
 
 
-def _srcl_log_w(sim_cur: jax.Array, sim_ref: jax.Array | None, alpha, tau_w: float,
-                w_min: float | None) -> jax.Array:
+def _srcl_log_w(sim_cur: jax.Array, sim_ref: jax.Array | None, alpha, tau_w: float, w_min: float | None) -> jax.Array:
     n = sim_cur.shape[0]
     off = _off_diagonal(n)
-    neg_log_s = -_srcl_log_s(sim_cur, sim_ref, alpha, tau_w)              # log(1 / s_ij)
+    neg_log_s = -_srcl_log_s(sim_cur, sim_ref, alpha, tau_w)  # log(1 / s_ij)
     # log mean_{k != i} (1 / s_ik), a per-row logsumexp over the negatives.
     log_mean = jax.nn.logsumexp(jnp.where(off, neg_log_s, -jnp.inf), axis=1, keepdims=True) - math.log(n - 1)
     log_w = jnp.where(off, neg_log_s - log_mean, 0.0)
@@ -102,8 +109,14 @@ def _srcl_log_w(sim_cur: jax.Array, sim_ref: jax.Array | None, alpha, tau_w: flo
     return log_w
 
 
-def srcl_regulation(sim_cur_i2t: jax.Array, sim_ref_i2t: jax.Array | None, alpha, tau_w: float = 1.0,
-                    w_min: float | None = None, base: Pair | None = None) -> Pair:
+def srcl_regulation(
+    sim_cur_i2t: jax.Array,
+    sim_ref_i2t: jax.Array | None,
+    alpha,
+    tau_w: float = 1.0,
+    w_min: float | None = None,
+    base: Pair | None = None,
+) -> Pair:
     """SRCL negative weights w_ij ∝ 1 / s_ij (mean 1 over k != i) so near-duplicates push less.
 
     sims are cosines of normalised embeddings (no logit scale); `alpha` a float or traced
@@ -152,11 +165,16 @@ def srcl_weight_stats(log_w: jax.Array, false_negative_mask: jax.Array) -> dict[
     tn = off & ~false_negative_mask.astype(bool)
     mean_fn, count_fn = _masked_mean(weights, fn)
     mean_tn, count_tn = _masked_mean(weights, tn)
-    return {'weight_false_negative': mean_fn, 'weight_true_negative': mean_tn,
-            'count_false_negative': count_fn, 'count_true_negative': count_tn}
+    return {
+        'weight_false_negative': mean_fn,
+        'weight_true_negative': mean_tn,
+        'count_false_negative': count_fn,
+        'count_true_negative': count_tn,
+    }
 
 
 # ----------------------------------------------------------------------- COSMO / MAFA
+
 
 def _smooth(y: jax.Array, log_w: jax.Array | None, eps, active) -> jax.Array:
     """y <- (1 - eps) y + eps * uniform over the candidates still in the loss.
@@ -181,14 +199,15 @@ def smoothing_regulation(batch_size: int, eps: float, active, base: Pair | None 
     `active` is a Python or traced bool (e.g. `step >= smoothing_start`). Base log_w kept.
     """
     out = []
-    for prior in (base if base is not None else (Regulation(), Regulation())):
+    for prior in base if base is not None else (Regulation(), Regulation()):
         y = prior.y.astype(jnp.float32) if prior.y is not None else jnp.eye(batch_size, dtype=jnp.float32)
         out.append(Regulation(log_w=prior.log_w, y=jax.lax.stop_gradient(_smooth(y, prior.log_w, eps, active))))
     return out[0], out[1]
 
 
-def _cosmo_direction(sim: jax.Array, q: jax.Array, high, low, eps, active,
-                     prior: Regulation) -> tuple[Regulation, dict[str, jax.Array]]:
+def _cosmo_direction(
+    sim: jax.Array, q: jax.Array, high, low, eps, active, prior: Regulation
+) -> tuple[Regulation, dict[str, jax.Array]]:
     n = sim.shape[0]
     rows = jnp.arange(n)
     masked_sim = jnp.where(_off_diagonal(n), sim, -jnp.inf)
@@ -197,20 +216,26 @@ def _cosmo_direction(sim: jax.Array, q: jax.Array, high, low, eps, active,
     score = q[rows, hardest]
     converted = score > high
     state = jnp.where(converted, STATE_CONVERTED, jnp.where(score >= low, STATE_DROPPED, STATE_KEPT))
-    extra = converted[:, None] & (rows[None, :] == hardest[:, None])          # [B, B] new positives
+    extra = converted[:, None] & (rows[None, :] == hardest[:, None])  # [B, B] new positives
 
     y = prior.y.astype(jnp.float32) if prior.y is not None else jnp.eye(n, dtype=jnp.float32)
     y = y + extra.astype(jnp.float32)
     y = y / jnp.sum(y, axis=1, keepdims=True)
     log_w = None if prior.log_w is None else jnp.where(extra, 0.0, prior.log_w.astype(jnp.float32))
     y = _smooth(y, log_w, eps, active)
-    info = {'hardest': hardest, 'second': second, 'state': state.astype(jnp.int32), 'converted': converted,
-            'hardest_score': score}
+    info = {
+        'hardest': hardest,
+        'second': second,
+        'state': state.astype(jnp.int32),
+        'converted': converted,
+        'hardest_score': score,
+    }
     return Regulation(log_w=log_w, y=y), info
 
 
-def cosmo_regulation(sim_cur_i2t: jax.Array, disc_scores_i2t: jax.Array, high, low, eps, smoothing_active,
-                     base: Pair | None = None) -> tuple[Pair, dict[str, dict[str, jax.Array]]]:
+def cosmo_regulation(
+    sim_cur_i2t: jax.Array, disc_scores_i2t: jax.Array, high, low, eps, smoothing_active, base: Pair | None = None
+) -> tuple[Pair, dict[str, dict[str, jax.Array]]]:
     """COSMO/MAFA: the hardest negative, if the frozen discriminator says it matches, becomes a positive.
 
     Per direction (t2i uses the transposed matrices): j1/j2 = hardest/second-hardest
@@ -250,5 +275,10 @@ def conversion_stats(hardest: jax.Array, converted: jax.Array, false_negative_ma
     def ratio(num, den):
         return jnp.where(den > 0, num / jnp.maximum(den, 1), jnp.nan)
 
-    return {'precision': ratio(true_pos, num_converted), 'recall': ratio(true_pos, num_hardest_fn),
-            'num_true_positive': true_pos, 'num_converted': num_converted, 'num_hardest_fn': num_hardest_fn}
+    return {
+        'precision': ratio(true_pos, num_converted),
+        'recall': ratio(true_pos, num_hardest_fn),
+        'num_true_positive': true_pos,
+        'num_converted': num_converted,
+        'num_hardest_fn': num_hardest_fn,
+    }

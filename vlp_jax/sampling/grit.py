@@ -17,6 +17,7 @@ entries are grouped separately with queue_size / num_shards entries and search s
 of search_space / num_shards, and global batch t is shard 0's t-th local batch,
 then shard 1's, ... So queue_size and search_space are global totals in both scopes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,17 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-GRIT_KEY_STREAM = 3        # fold_in stream id: keeps grouping keys apart from other uses of the seed
-GRIT_ORDER_STREAM = 4      # numpy stream id for the mini-batch shuffle
-RANDOM_ORDER_STREAM = 1    # == data.pipeline.EPOCH_ORDER_STREAM, so epoch 0 equals the random sampler's
-SIM_PRECISION = lax.Precision.HIGHEST   # full fp32 similarities: the chain is an argmax, bf16 ties reorder it
+GRIT_KEY_STREAM = 3  # fold_in stream id: keeps grouping keys apart from other uses of the seed
+GRIT_ORDER_STREAM = 4  # numpy stream id for the mini-batch shuffle
+RANDOM_ORDER_STREAM = 1  # == data.pipeline.EPOCH_ORDER_STREAM, so epoch 0 equals the random sampler's
+SIM_PRECISION = lax.Precision.HIGHEST  # full fp32 similarities: the chain is an argmax, bf16 ties reorder it
 
 
 def validate_grit(queue_size: int, search_space: int, batch_size: int) -> str | None:
     """One-sentence config error, or None if the sizes nest (queue ⊇ search spaces ⊇ batches)."""
     if queue_size <= 0 or search_space <= 0 or batch_size <= 0:
-        return (f'sampling.queue_size ({queue_size}), sampling.search_space ({search_space}) and '
-                f'batch_size ({batch_size}) must be positive')
+        return (
+            f'sampling.queue_size ({queue_size}), sampling.search_space ({search_space}) and '
+            f'batch_size ({batch_size}) must be positive'
+        )
     if queue_size % search_space:
         return f'sampling.queue_size ({queue_size}) must be a multiple of sampling.search_space ({search_space})'
     if search_space % batch_size:
@@ -54,7 +57,7 @@ def greedy_chain(image_embed: jax.Array, text_embed: jax.Array, start: jax.Array
     """
     m = image_embed.shape[0]
     sim = jnp.matmul(image_embed.astype(jnp.float32), text_embed.astype(jnp.float32).T, precision=SIM_PRECISION)
-    sim = jnp.nan_to_num(sim)   # finite scores keep visited (-inf) entries strictly last: always a permutation
+    sim = jnp.nan_to_num(sim)  # finite scores keep visited (-inf) entries strictly last: always a permutation
     start = jnp.asarray(start, jnp.int32)
     order = jnp.zeros((m,), jnp.int32).at[0].set(start)
     visited = jnp.zeros((m,), jnp.bool_).at[start].set(True)
@@ -102,8 +105,9 @@ def _group_positions(image_embed: jax.Array, text_embed: jax.Array, search_space
 
 
 @functools.partial(jax.jit, static_argnames='search_space')
-def group_queue(image_embed: jax.Array, text_embed: jax.Array, indices: jax.Array, search_space: int,
-                key: jax.Array) -> jax.Array:
+def group_queue(
+    image_embed: jax.Array, text_embed: jax.Array, indices: jax.Array, search_space: int, key: jax.Array
+) -> jax.Array:
     """Grouped dataset indices [L] of one full queue: shuffle, cut into L/M spaces, chain each.
 
     Under jit indices are int32 unless jax_enable_x64; GritQueue indexes its int64 indices on the host.
@@ -140,8 +144,15 @@ def _shard_rows(num_entries: int, batch_size: int, num_shards: int) -> np.ndarra
     return rows.transpose(1, 0, 2).reshape(num_shards, -1)
 
 
-def group_queue_local(image_embed: np.ndarray, text_embed: np.ndarray, indices: np.ndarray, search_space: int,
-                      key: jax.Array, num_shards: int, batch_size: int) -> np.ndarray:
+def group_queue_local(
+    image_embed: np.ndarray,
+    text_embed: np.ndarray,
+    indices: np.ndarray,
+    search_space: int,
+    key: jax.Array,
+    num_shards: int,
+    batch_size: int,
+) -> np.ndarray:
     """Per-shard grouping (scope 'local'): grouped indices [D, n / D], shard d keyed by fold_in(key, d).
 
     num_shards=1 is the global grouping (with key fold_in(key, 0)).
@@ -149,8 +160,9 @@ def group_queue_local(image_embed: np.ndarray, text_embed: np.ndarray, indices: 
     assert search_space % num_shards == 0, (search_space, num_shards)
     out = []
     for shard, rows in enumerate(_shard_rows(len(indices), batch_size, num_shards)):
-        positions = group_positions(image_embed[rows], text_embed[rows], search_space // num_shards,
-                                    jax.random.fold_in(key, shard))
+        positions = group_positions(
+            image_embed[rows], text_embed[rows], search_space // num_shards, jax.random.fold_in(key, shard)
+        )
         out.append(np.asarray(indices)[rows[positions]])
     return np.stack(out)
 
@@ -167,7 +179,7 @@ def next_epoch_order(grouped_indices: np.ndarray, batch_size: int, seed: int, ep
     assert batch_size % num_shards == 0, (batch_size, num_shards)
     local_batch = batch_size // num_shards
     num_batches = grouped.shape[1] // local_batch
-    batches = grouped[:, :num_batches * local_batch].reshape(num_shards, num_batches, local_batch)
+    batches = grouped[:, : num_batches * local_batch].reshape(num_shards, num_batches, local_batch)
     rng = np.random.default_rng([seed, GRIT_ORDER_STREAM, epoch])
     return batches[:, rng.permutation(num_batches)].transpose(1, 0, 2).reshape(-1)
 
@@ -184,8 +196,17 @@ class GritQueue:
     indices), in step order; call finish_epoch() after the epoch's last step.
     """
 
-    def __init__(self, *, queue_size: int, search_space: int, batch_size: int, seed: int, scope: str = 'global',
-                 num_shards: int = 1, epoch: int = 0):
+    def __init__(
+        self,
+        *,
+        queue_size: int,
+        search_space: int,
+        batch_size: int,
+        seed: int,
+        scope: str = 'global',
+        num_shards: int = 1,
+        epoch: int = 0,
+    ):
         error = validate_grit(queue_size, search_space, batch_size)
         if error:
             raise ValueError(error)
@@ -203,7 +224,7 @@ class GritQueue:
         self._images: list[np.ndarray] = []
         self._texts: list[np.ndarray] = []
         self._indices: list[np.ndarray] = []
-        self._grouped: list[np.ndarray] = []   # [D, n_d] per fill
+        self._grouped: list[np.ndarray] = []  # [D, n_d] per fill
 
     @property
     def buffered(self) -> int:
@@ -222,8 +243,11 @@ class GritQueue:
         return out
 
     def _group(self, images: np.ndarray, texts: np.ndarray, indices: np.ndarray) -> None:
-        self._grouped.append(group_queue_local(images, texts, indices, self.search_space, self._key(self.fills),
-                                               self.num_shards, self.batch_size))
+        self._grouped.append(
+            group_queue_local(
+                images, texts, indices, self.search_space, self._key(self.fills), self.num_shards, self.batch_size
+            )
+        )
         self.fills += 1
 
     def add(self, image_embed, text_embed, indices) -> None:
@@ -248,8 +272,7 @@ class GritQueue:
             self._group(*self._take_buffer())
         grouped = self._grouped_array()
         self.epoch += 1
-        order = next_epoch_order(grouped if self.num_shards > 1 else grouped[0], self.batch_size, self.seed,
-                                 self.epoch)
+        order = next_epoch_order(grouped if self.num_shards > 1 else grouped[0], self.batch_size, self.seed, self.epoch)
         self._reset()
         return order
 
@@ -262,9 +285,19 @@ class GritQueue:
             images = texts = np.zeros((0, 0), np.float32)
             idx = np.zeros((0,), np.int64)
         grouped = self._grouped_array()
-        return {'epoch': self.epoch, 'fills': self.fills, 'seed': self.seed, 'queue_size': self.queue_size,
-                'search_space': self.search_space, 'batch_size': self.batch_size, 'num_shards': self.num_shards,
-                'buffer_image': images, 'buffer_text': texts, 'buffer_indices': idx, 'grouped': grouped}
+        return {
+            'epoch': self.epoch,
+            'fills': self.fills,
+            'seed': self.seed,
+            'queue_size': self.queue_size,
+            'search_space': self.search_space,
+            'batch_size': self.batch_size,
+            'num_shards': self.num_shards,
+            'buffer_image': images,
+            'buffer_text': texts,
+            'buffer_indices': idx,
+            'grouped': grouped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a state_dict; the sizes and seed must match this queue's config."""

@@ -6,6 +6,7 @@ order for the next epoch. `state()` packs the queue and the current epoch's orde
 into fixed-shape numpy arrays, so they ride in the orbax train-state checkpoint and a
 resumed run replays exactly the batches of an uninterrupted one.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,9 +25,14 @@ class GritSampler:
         self.steps_per_epoch = pipeline.steps_per_epoch
         self.epoch_size = self.steps_per_epoch * config.batch_size
         self.embed_dim = embed_dim
-        self.queue = GritQueue(queue_size=config.sampling.queue_size, search_space=config.sampling.search_space,
-                               batch_size=config.batch_size, seed=config.seed, scope=config.sampling.scope,
-                               num_shards=num_shards)
+        self.queue = GritQueue(
+            queue_size=config.sampling.queue_size,
+            search_space=config.sampling.search_space,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            scope=config.sampling.scope,
+            num_shards=num_shards,
+        )
         self.current_epoch = 0
 
     def observe(self, step_done: int, feedback: dict[str, np.ndarray]) -> None:
@@ -43,9 +49,15 @@ class GritSampler:
     def _shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
         q, e, shards = self.queue.queue_size, self.embed_dim, self.queue.num_shards
         return {
-            'epoch': ((), np.int64), 'fills': ((), np.int64), 'buffered': ((), np.int64), 'grouped_len': ((), np.int64),
-            'buffer_image': ((q, e), np.float32), 'buffer_text': ((q, e), np.float32), 'buffer_indices': ((q,), np.int64),
-            'grouped': ((shards, self.epoch_size // shards), np.int64), 'order': ((self.epoch_size,), np.int64),
+            'epoch': ((), np.int64),
+            'fills': ((), np.int64),
+            'buffered': ((), np.int64),
+            'grouped_len': ((), np.int64),
+            'buffer_image': ((q, e), np.float32),
+            'buffer_text': ((q, e), np.float32),
+            'buffer_indices': ((q,), np.int64),
+            'grouped': ((shards, self.epoch_size // shards), np.int64),
+            'order': ((self.epoch_size,), np.int64),
         }
 
     def abstract_state(self) -> dict[str, np.ndarray]:
@@ -65,7 +77,7 @@ class GritSampler:
             packed['buffer_image'][:buffered] = queue['buffer_image']
             packed['buffer_text'][:buffered] = queue['buffer_text']
             packed['buffer_indices'][:buffered] = queue['buffer_indices']
-        packed['grouped'][:, :grouped.shape[1]] = grouped
+        packed['grouped'][:, : grouped.shape[1]] = grouped
         if self.current_epoch > 0:
             packed['order'][:] = self.pipeline.epoch_order(self.current_epoch)
         else:
@@ -75,12 +87,21 @@ class GritSampler:
     def load(self, packed: dict[str, np.ndarray]) -> None:
         buffered, grouped_len = int(packed['buffered']), int(packed['grouped_len'])
         q = self.queue
-        self.queue.load_state_dict({
-            'epoch': int(packed['epoch']), 'fills': int(packed['fills']), 'seed': q.seed, 'queue_size': q.queue_size,
-            'search_space': q.search_space, 'batch_size': q.batch_size, 'num_shards': q.num_shards,
-            'buffer_image': packed['buffer_image'][:buffered], 'buffer_text': packed['buffer_text'][:buffered],
-            'buffer_indices': packed['buffer_indices'][:buffered], 'grouped': packed['grouped'][:, :grouped_len],
-        })
+        self.queue.load_state_dict(
+            {
+                'epoch': int(packed['epoch']),
+                'fills': int(packed['fills']),
+                'seed': q.seed,
+                'queue_size': q.queue_size,
+                'search_space': q.search_space,
+                'batch_size': q.batch_size,
+                'num_shards': q.num_shards,
+                'buffer_image': packed['buffer_image'][:buffered],
+                'buffer_text': packed['buffer_text'][:buffered],
+                'buffer_indices': packed['buffer_indices'][:buffered],
+                'grouped': packed['grouped'][:, :grouped_len],
+            }
+        )
         self.current_epoch = int(packed['epoch'])
         if self.current_epoch > 0:
             assert packed['order'][0] != NO_ORDER

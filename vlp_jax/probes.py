@@ -1,33 +1,34 @@
-"""Ground-truth diagnostics of the regulators, computed inside the train step.
+"""Probes: ground-truth diagnostics that run inside the train step when the batch carries the truth.
 
-On the built-in shapes world every caption carries a spec of what it claims and every
-image its scene, so the truth of each in-batch negative is known: an off-diagonal
-pair (image i, caption j) is a false negative when caption j is true of image i.
-These metrics say how often that happens and how well each regulator treats it.
+A data source that knows which caption is true of which image (the built-in shapes
+world) hands the step a `GroundTruthProbe`: the batch keys it reads and a function
+batch -> [B, B] false-negative mask (i2t layout: rows images, columns captions). The
+step runs it on every batch and these metrics say how often false negatives occur and
+how well each regulator treats them. The probe's keys are never read by a loss.
 
 Means whose set is empty in a batch (no false negative, nothing converted) are NaN;
 the pooled counts are logged beside them so runs can be averaged as sum / sum.
 """
+
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from vlp_jax.data.synthetic import captions_true_of_scenes  # numpy/jax.numpy only: no TensorFlow
 from vlp_jax.objectives.regulators import conversion_stats, srcl_weight_stats
 
 
-def false_negative_mask_i2t(caption_spec: jax.Array, scene: jax.Array) -> jax.Array:
-    """bool [B, B] in the i2t layout (rows images, columns captions): j != i and caption j is true of image i.
+@dataclasses.dataclass(frozen=True)
+class GroundTruthProbe:
+    batch_keys: tuple[str, ...]
+    false_negatives: Callable[[Mapping[str, jax.Array]], jax.Array]  # batch -> bool [B, B], i2t layout
 
-    The t2i mask is its transpose. The diagonal is never a false negative, even when
-    caption noise made the paired caption false of its own image.
-    """
-    true_of = captions_true_of_scenes(caption_spec, scene, xp=jnp)   # [captions, images]
-    n = true_of.shape[0]
-    return true_of.T & ~jnp.eye(n, dtype=bool)
+    def __call__(self, batch: Mapping[str, jax.Array], regulation: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return ground_truth_metrics(self.false_negatives(batch), regulation)
 
 
 def _safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -46,11 +47,14 @@ def _srcl_metrics(aux: dict[str, Any], masks: tuple[jax.Array, jax.Array]) -> di
     return out
 
 
-def _cosmo_metrics(infos: dict[str, dict[str, jax.Array]], masks: tuple[jax.Array, jax.Array],
-                   batch_size: int) -> dict[str, jax.Array]:
+def _cosmo_metrics(
+    infos: dict[str, dict[str, jax.Array]], masks: tuple[jax.Array, jax.Array], batch_size: int
+) -> dict[str, jax.Array]:
     """Precision/recall of converted pairs against the truth, pooled over both directions."""
-    stats = [conversion_stats(infos[name]['hardest'], infos[name]['converted'], mask)
-             for name, mask in zip(('i2t', 't2i'), masks)]
+    stats = [
+        conversion_stats(infos[name]['hardest'], infos[name]['converted'], mask)
+        for name, mask in zip(('i2t', 't2i'), masks)
+    ]
     true_pos = sum(s['num_true_positive'] for s in stats)
     converted = sum(s['num_converted'] for s in stats)
     hardest_fn = sum(s['num_hardest_fn'] for s in stats)
@@ -64,13 +68,11 @@ def _cosmo_metrics(infos: dict[str, dict[str, jax.Array]], masks: tuple[jax.Arra
     }
 
 
-def ground_truth_metrics(caption_spec: jax.Array, scene: jax.Array, aux: dict[str, Any]) -> dict[str, jax.Array]:
-    """All diagnostics for one batch; `aux` is what `apply_regulators` returned besides the pair."""
-    fn_i2t = false_negative_mask_i2t(caption_spec, scene)
+def ground_truth_metrics(fn_i2t: jax.Array, aux: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """All diagnostics for one batch from its false-negative mask; `aux` is what the regulators reported."""
     n = fn_i2t.shape[0]
     count = jnp.sum(fn_i2t)
-    metrics = {'train/false_negative_fraction': _safe_ratio(count, n * (n - 1)),
-               'train/false_negative_count': count}
+    metrics = {'train/false_negative_fraction': _safe_ratio(count, n * (n - 1)), 'train/false_negative_count': count}
     masks = (fn_i2t, fn_i2t.T)
     if 'srcl' in aux:
         metrics.update(_srcl_metrics(aux['srcl'], masks))

@@ -1,0 +1,120 @@
+"""The batch spec: the one list of batch keys, with each key's dtype, rank and meaning.
+
+A batch is a dict of arrays whose leading axis is the batch. Four keys are required
+for training; probe keys are optional facts about an example (the synthetic world's
+ground truth) that diagnostics read and the loss never does; augmentation keys are
+produced by the loader and consumed by the augmentation graph, so they never reach
+the step. The loader, the augmentation graph, the step's shardings and the probes all
+read this module; no other file lists batch keys.
+
+numpy only: the core (steps, parallel) imports it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+REQUIRED = 'required'
+PROBE = 'probe'
+AUGMENT = 'augment'
+
+# The model's image input: uint8 pixels p are fed as (p / 255 - PIXEL_MEAN) / PIXEL_STD, in [-1, 1].
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    dtype: type
+    rank: int  # including the leading batch axis
+    kind: str  # REQUIRED | PROBE | AUGMENT
+    meaning: str
+    loaded_dtype: type | None = None  # dtype as the loader hands it over, if the augmentation graph changes it
+    of_caption: bool = False  # a probe of the caption (sources give one per caption) rather than the image
+
+    @property
+    def loader_dtype(self) -> type:
+        return self.loaded_dtype or self.dtype
+
+
+FIELDS: dict[str, Field] = {
+    'image': Field(
+        np.float32,
+        4,
+        REQUIRED,
+        '[B, H, W, 3] pixels normalised to [-1, 1] (PIXEL_MEAN, PIXEL_STD)',
+        loaded_dtype=np.uint8,
+    ),
+    'text_ids': Field(np.int32, 2, REQUIRED, '[B, L] WordPiece ids of the caption, [CLS] first, [PAD] = 0'),
+    'text_mask': Field(np.int32, 2, REQUIRED, '[B, L] 1 for real tokens, 0 for padding'),
+    'index': Field(np.int64, 1, REQUIRED, '[B] dataset index of the example (samplers key on it)'),
+    'sem': Field(np.int32, 1, PROBE, '[B] canonical id of what the caption claims (synthetic data)', of_caption=True),
+    'caption_spec': Field(
+        np.int32, 3, PROBE, '[B, mentions, attributes] what the caption claims (synthetic data)', of_caption=True
+    ),
+    'scene': Field(np.int32, 3, PROBE, '[B, objects, attributes] what the image holds (synthetic data)'),
+    'crop_box': Field(np.float32, 2, AUGMENT, '[B, 4] random resized crop, normalised (y0, x0, y1, x1)'),
+    'flip': Field(np.bool_, 1, AUGMENT, '[B] flip the image horizontally'),
+}
+
+REQUIRED_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == REQUIRED)
+PROBE_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == PROBE)
+AUGMENT_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == AUGMENT)
+# The model's inputs, in the order the towers take them.
+MODEL_INPUT_KEYS = ('image', 'text_ids', 'text_mask')
+# What the ground-truth probe needs: which caption is true of which image.
+GROUND_TRUTH_KEYS = ('caption_spec', 'scene')
+assert set(MODEL_INPUT_KEYS) <= set(REQUIRED_KEYS) and set(GROUND_TRUTH_KEYS) <= set(PROBE_KEYS)
+
+
+def ndim(key: str) -> int:
+    return FIELDS[key].rank
+
+
+def loaded_keys(probe_keys: Iterable[str] = ()) -> tuple[str, ...]:
+    """Keys the loader hands to the augmentation graph: required, the given probes, augmentation."""
+    probes = tuple(probe_keys)
+    unknown = [key for key in probes if FIELDS.get(key, Field(int, 0, '', '')).kind != PROBE]
+    assert not unknown, f'not probe keys of the batch spec: {unknown}'
+    return (*REQUIRED_KEYS, *probes, *AUGMENT_KEYS)
+
+
+def step_keys(probe_keys: Iterable[str] = ()) -> tuple[str, ...]:
+    """Keys a train step receives: the required ones plus the probes that will read them."""
+    return (*REQUIRED_KEYS, *probe_keys)
+
+
+def select(batch: Mapping[str, np.ndarray], keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """The batch restricted to `keys` (every one must be present)."""
+    missing = [key for key in keys if key not in batch]
+    assert not missing, f'batch lacks {missing}; it has {sorted(batch)}'
+    return {key: batch[key] for key in keys}
+
+
+def check(batch: Mapping[str, np.ndarray], keys: Iterable[str], loaded: bool = False) -> None:
+    """Asserts that `batch` has exactly `keys` with the spec's dtypes and ranks (loader output if `loaded`)."""
+    keys = tuple(keys)
+    assert set(batch) == set(keys), f'batch keys {sorted(batch)} != expected {sorted(keys)}'
+    for key in keys:
+        field, value = FIELDS[key], np.asarray(batch[key])
+        dtype = field.loader_dtype if loaded else field.dtype
+        assert value.dtype == dtype and value.ndim == field.rank, (key, value.dtype, value.shape, dtype, field.rank)
+
+
+def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> the model's float32 input range (the 'image' key's meaning)."""
+    return ((images_uint8.astype(np.float32) / 255.0) - PIXEL_MEAN) / PIXEL_STD
+
+
+def example_batch(batch_size: int, image_size: int, text_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random host batch of the required keys (benchmarks and tests that need no data set)."""
+    rng = np.random.default_rng(seed)
+    fields = FIELDS
+    return {
+        'image': rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(fields['image'].dtype),
+        'text_ids': rng.integers(1000, 2000, (batch_size, text_len)).astype(fields['text_ids'].dtype),
+        'text_mask': np.ones((batch_size, text_len), fields['text_mask'].dtype),
+        'index': np.arange(batch_size, dtype=fields['index'].dtype),
+    }

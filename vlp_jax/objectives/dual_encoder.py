@@ -1,0 +1,107 @@
+"""The dual-encoder objective: the general contrastive loss over the global batch, with regulators.
+
+Both towers embed the batch; the regulators (SRCL, COSMO/MAFA, smoothing) turn the
+model's own cosines and the frozen models' answers into weights and targets; the loss
+(objectives/contrastive.py) is the mean of its two directions. GRIT-VLP's options ride
+along: key-side stop-gradient, the consistency term and per-shard ('local') negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vlp_jax.data import batch as batch_spec
+from vlp_jax.models.vlp import VLPModel, clamp_temperature
+from vlp_jax.objectives.base import FEEDBACK, REGULATION
+from vlp_jax.objectives.contrastive import Regulation, contrastive_loss, local_contrastive_loss
+from vlp_jax.objectives.frozen import ask, frozen_roles, image_text_cosines, shared_roles
+from vlp_jax.objectives.regulate import RegulatorChain
+
+PyTree = Any
+
+
+def hardest_negative_similarity(sims: jax.Array) -> jax.Array:
+    """Mean over images of the cosine to their most similar non-matching caption: how hard the batch is."""
+    off_diagonal = jnp.where(jnp.eye(sims.shape[0], dtype=bool), -jnp.inf, sims)
+    return jnp.mean(jnp.max(off_diagonal, axis=1))
+
+
+class DualEncoderContrastive:
+    """Objective (objectives/base.py) of a dual encoder trained with the regulated contrastive loss."""
+
+    batch_keys = batch_spec.REQUIRED_KEYS
+
+    def __init__(self, config: ml_collections.ConfigDict, model: VLPModel, local_shards: int):
+        self.model = model
+        self.form = str(config.loss.form)
+        self.stop_grad_keys = bool(config.loss.stop_grad_keys)
+        self.consistency_weight = float(config.loss.consistency_weight)
+        self.local_shards = local_shards if config.loss.negatives == 'local' else None
+        self.regulators = RegulatorChain.from_config(config)
+        assert self.local_shards is None or not self.regulators.active, 'validate() refuses local + regulators'
+        self.roles = frozen_roles(config)
+        self.frozen_roles = tuple(role.role for role in self.roles)
+        self._owner = shared_roles(self.roles)
+
+    def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
+        return {}
+
+    def _answers(self, frozen: Mapping[str, PyTree], batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Each role's answer; roles sharing a checkpoint share one forward pass."""
+        answers: dict[str, jax.Array] = {}
+        for role in self.roles:
+            owner = self._owner[role.role]
+            if owner not in answers:
+                answers[owner] = ask(self.model, role, frozen[owner], batch)
+            answers[role.role] = answers[owner]
+        return answers
+
+    def loss(
+        self,
+        params: PyTree,
+        extra: PyTree,
+        frozen: Mapping[str, PyTree],
+        batch: Mapping[str, jax.Array],
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        out = self.model.apply(
+            {'params': params},
+            *(batch[key] for key in batch_spec.MODEL_INPUT_KEYS),
+            deterministic=False,
+            rngs={'dropout': rng},
+        )
+        image, text = out['image_embed'], out['text_embed']
+        sims = image_text_cosines(image, text)
+        (i2t, t2i), aux = (Regulation(), Regulation()), {}
+        if self.regulators.active:
+            (i2t, t2i), aux = self.regulators(step, sims, self._answers(frozen, batch))
+        options = dict(
+            form=self.form,
+            sigmoid_bias=out['sigmoid_bias'],
+            stop_grad_keys=self.stop_grad_keys,
+            consistency_weight=self.consistency_weight,
+        )
+        if self.local_shards is not None:  # GRIT-VLP's per-device negatives
+            loss, parts = local_contrastive_loss(image, text, out['logit_scale'], self.local_shards, **options)
+        else:
+            loss, parts = contrastive_loss(image, text, out['logit_scale'], i2t=i2t, t2i=t2i, **options)
+        metrics = {
+            'train/temperature': 1.0 / out['logit_scale'],
+            **{f'train/{key}': value for key, value in parts.items()},
+            'train/hardest_negative_similarity': hardest_negative_similarity(sims),
+        }
+        feedback = {
+            'image_embed': jax.lax.stop_gradient(image),
+            'text_embed': jax.lax.stop_gradient(text),
+            'index': batch['index'],
+        }
+        return loss, metrics, {FEEDBACK: feedback, REGULATION: aux}
+
+    def after_update(self, params: PyTree, extra: PyTree, step: jax.Array) -> tuple[PyTree, PyTree]:
+        return clamp_temperature(params, self.model.config), extra
