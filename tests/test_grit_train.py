@@ -58,7 +58,11 @@ def trained_grit_run(tmp_path_factory):
     cosines are noise, and grouping by noise makes no batch harder). The cosine schedule leaves the
     model nearly still over the last epoch, so its final params can judge the last grouping."""
     workdir = tmp_path_factory.mktemp('trained_grit')
-    run_cli('vlp_jax.train', _args(workdir, ('--config.lr=2e-3', f'--config.total_steps={TRAINED_STEPS}')))
+    # keep_checkpoints=3 with checkpoint_every=5 keeps step 110 (the last epoch's start) to replay from.
+    run_cli(
+        'vlp_jax.train',
+        _args(workdir, ('--config.lr=2e-3', f'--config.total_steps={TRAINED_STEPS}', '--config.keep_checkpoints=3')),
+    )
     return workdir
 
 

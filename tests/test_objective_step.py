@@ -122,6 +122,22 @@ def test_two_steps_at_the_same_params_with_different_rngs_differ(world):
     assert losses[0] == losses[1] and losses[0] != losses[2], losses
 
 
+def test_the_jitted_step_folds_the_step_number_into_its_rng(world):
+    """Same params, same run key, steps 0 and 1: different dropout masks, so different losses."""
+    host, _, _ = world
+    run_setup = setup_lib.build(
+        _config('--config.model.vision.dropout=0.2', '--config.model.text.dropout=0.2'), ONE_DEVICE
+    )
+    train_step = run_setup.train_step()
+    batch = parallel.global_batch(batch_spec.select(host, batch_spec.REQUIRED_KEYS), run_setup.mesh)
+    losses = {}
+    for step in (0, 1, 1):
+        state = run_setup.init_state()
+        state['step'] = jnp.int32(step)
+        losses.setdefault(step, []).append(float(steps.scalar_metrics(train_step(state, batch)[1])['train/loss']))
+    assert losses[1][0] == losses[1][1] and losses[0][0] != losses[1][0], losses
+
+
 def test_cosmo_with_a_real_discriminator_matches_hand_computed_precision_and_recall(world):
     """A frozen model of another seed scores the hardest negatives; thresholds at its score quantiles
     convert some and keep others. Precision/recall against the ground truth, by numpy."""

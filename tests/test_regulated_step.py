@@ -212,3 +212,21 @@ def test_step_runs_each_regulator_and_logs_diagnostics(step_setup, regulators):
         assert metrics['train/cosmo/recall'] == 1.0
     if regulators == ('smoothing',):
         assert not any(key.startswith(('train/srcl/', 'train/cosmo/')) for key in metrics)
+
+
+def test_a_workdir_and_its_step_folder_are_one_frozen_model(tmp_path):
+    """Roles share a loaded model and its forward pass when their paths name the same checkpoint."""
+    from vlp_jax.objectives.frozen import COSINE, FrozenRole, shared_models
+
+    (tmp_path / 'run' / 'checkpoints' / '10' / 'state').mkdir(parents=True)
+    workdir, step_dir = str(tmp_path / 'run'), str(tmp_path / 'run' / 'checkpoints' / '10')
+    roles = (
+        FrozenRole(REFERENCE, 'loss.srcl.reference_checkpoint', workdir, COSINE),
+        FrozenRole(DISCRIMINATOR, 'loss.cosmo.reference_checkpoint', step_dir, COSINE),
+    )
+    assert shared_models(roles) == shared_roles(roles) == {REFERENCE: REFERENCE, DISCRIMINATOR: REFERENCE}
+    # The same model asked another question shares the params but not the answer.
+    itm = (roles[0], FrozenRole(DISCRIMINATOR, 'loss.cosmo.reference_checkpoint', step_dir, 'itm'))
+    assert shared_models(itm)[DISCRIMINATOR] == REFERENCE and shared_roles(itm)[DISCRIMINATOR] == DISCRIMINATOR
+    other = (roles[0], FrozenRole(DISCRIMINATOR, 'loss.cosmo.reference_checkpoint', str(tmp_path / 'b'), COSINE))
+    assert shared_models(other) == {REFERENCE: REFERENCE, DISCRIMINATOR: DISCRIMINATOR}

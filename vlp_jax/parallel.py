@@ -92,10 +92,9 @@ def to_host(array: jax.Array) -> np.ndarray:
     """The whole of a global array as numpy on every process.
 
     A fully replicated array is read from a local shard; a sharded one is gathered
-    from all processes (`jax.device_get` fails on shards held by another process).
+    from all processes (`jax.device_get` fails on shards held by another process),
+    through the same call whether there is one process or many.
     """
-    if array.is_fully_addressable:
-        return np.asarray(jax.device_get(array))
     if array.is_fully_replicated:
         return np.asarray(array.addressable_data(0))
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,23 +62,35 @@ def frozen_roles(config: ml_collections.ConfigDict) -> tuple[FrozenRole, ...]:
     return tuple(roles)
 
 
-def shared_roles(roles: tuple[FrozenRole, ...]) -> dict[str, str]:
-    """role -> the first role naming the same checkpoint: whose params and answers it uses."""
+def _canonical_checkpoint(path: str) -> str:
+    """One name per checkpoint: a workdir, its checkpoints/ folder and its newest step folder are one model."""
+    from vlp_jax.checkpointing import CheckpointError, resolve_step_dir
+
+    absolute = pathlib.Path(path).absolute()
+    try:
+        return os.path.normpath(resolve_step_dir(absolute))
+    except CheckpointError:  # missing or not a checkpoint: load_frozen reports it
+        return os.path.normpath(absolute)
+
+
+def shared_models(roles: tuple[FrozenRole, ...]) -> dict[str, str]:
+    """role -> the first role naming the same checkpoint: whose loaded params it reuses."""
     first: dict[str, str] = {}
-    owner = {}
-    for role in roles:
-        path = os.path.normpath(os.path.abspath(role.path))
-        first.setdefault(path, role.role)
-        owner[role.role] = first[path]
-    return owner
+    return {role.role: first.setdefault(_canonical_checkpoint(role.path), role.role) for role in roles}
+
+
+def shared_roles(roles: tuple[FrozenRole, ...]) -> dict[str, str]:
+    """role -> the first role asking the same model the same question: whose answer it reuses."""
+    first: dict[tuple[str, str], str] = {}
+    return {role.role: first.setdefault((_canonical_checkpoint(role.path), role.answer), role.role) for role in roles}
 
 
 def load_frozen(roles: tuple[FrozenRole, ...], abstract_params: PyTree) -> dict[str, PyTree]:
     """{role: params} restored into the shardings of `abstract_params` (a frozen model has the
-    trained model's architecture); shared paths are read once and their arrays reused."""
+    trained model's architecture); a checkpoint named by several roles is read once and its arrays reused."""
     from vlp_jax.checkpointing import CheckpointError, restore_params_from
 
-    owner = shared_roles(roles)
+    owner = shared_models(roles)
     loaded: dict[str, PyTree] = {}
     for role in roles:
         if owner[role.role] != role.role:
