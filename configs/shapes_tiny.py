@@ -34,6 +34,7 @@ def get_config(arg=None):
     config.model.embed_dim = 64
     config.model.temperature_init = 0.07
     config.model.dtype = 'float32'
+    config.model.kind = 'dual'  # 'dual': two towers | 'fusion': + text.fusion_layers, ITM and MLM heads (ALBEF)
     # variant 'custom' reads width/depth/num_heads/mlp_dim; named sizes (ViT 'Ti'/'S'/'B'/'L',
     # text 'tiny'/'mini'/'base') ignore them. dropout: on attention, MLP and embeddings, training only.
     config.model.vision = ml_collections.ConfigDict(
@@ -42,6 +43,7 @@ def get_config(arg=None):
     config.model.text = ml_collections.ConfigDict(
         dict(variant='custom', width=96, depth=2, num_heads=3, mlp_dim=256, vocab_size=BERT_VOCAB_SIZE, dropout=0.0)
     )
+    config.model.text.fusion_layers = 0  # ALBEF: text layers then fusion layers cross-attending to the image
 
     config.data = ml_collections.ConfigDict()
     config.data.name = 'shapes'

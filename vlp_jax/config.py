@@ -276,7 +276,7 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
     """model.*: tower variants, dropout, and sizes the towers can be built with."""
     from vlp_jax.models.text import TEXT_VARIANTS  # flax: imported only once flags are parsed
     from vlp_jax.models.vit import VIT_VARIANTS
-    from vlp_jax.models.vlp import CUSTOM_VARIANT, model_config_from_dict
+    from vlp_jax.models.vlp import CUSTOM_VARIANT, MODEL_KINDS, model_config_from_dict
 
     for tower, variants in (('vision', VIT_VARIANTS), ('text', TEXT_VARIANTS)):
         block = config.model[tower]
@@ -287,6 +287,19 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
         )
         dropout = block.get('dropout', 0.0)
         _require(0.0 <= dropout < 1.0, f'config key model.{tower}.dropout must be in [0, 1), got {dropout}.')
+    kind = config.model.get('kind', 'dual')
+    _require(kind in MODEL_KINDS, f'config key model.kind must be one of {MODEL_KINDS}, got {kind!r}.')
+    fusion_layers = config.model.text.get('fusion_layers', 0)
+    _require(
+        isinstance(fusion_layers, int) and fusion_layers >= 0 and (kind == 'fusion') == (fusion_layers > 0),
+        f'config keys model.kind={kind!r} and model.text.fusion_layers={fusion_layers!r} disagree: '
+        "'fusion' needs fusion_layers > 0 and 'dual' needs 0.",
+    )
+    _require(
+        kind == 'dual',
+        "config key model.kind='fusion' builds the fusion model, but its objective (ITC + ITM + MLM) "
+        "is not wired in yet; train with model.kind='dual' for now.",
+    )
     try:
         model_config_from_dict(config.model)
     except ValueError as error:

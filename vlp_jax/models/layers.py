@@ -38,8 +38,8 @@ def partitioned(init_fn: Callable, names: tuple) -> Callable:
     return nn.with_logical_partitioning(init_fn, names)
 
 
-def layer_norm(name: str, eps: float = DEFAULT_LN_EPS) -> nn.LayerNorm:
-    """A float32 LayerNorm over 'embed' with logically named scale/bias."""
+def layer_norm(name: str | None, eps: float = DEFAULT_LN_EPS) -> nn.LayerNorm:
+    """A float32 LayerNorm over 'embed' with logically named scale/bias (name None inside `setup`)."""
     return nn.LayerNorm(
         epsilon=eps,
         dtype=jnp.float32,

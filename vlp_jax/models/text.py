@@ -1,8 +1,7 @@
 """BERT-style text tower: token + position embeddings -> Encoder -> [CLS] pooling.
 
-Fusion layers (cross-attention to image tokens, ALBEF-style) get their slot here:
-``TextConfig.num_fusion_layers``; ``layers.TransformerBlock(cross_attention=True)``
-already provides the block they are built from.
+With ``TextConfig.num_fusion_layers > 0`` the tower continues into ALBEF's fusion
+layers (``layers.TransformerBlock(cross_attention=True)``) after the text layers.
 """
 
 from __future__ import annotations
@@ -60,51 +59,72 @@ def text_config(variant: str, max_len: int, **overrides: Any) -> TextConfig:
 
 
 class TextEncoder(nn.Module):
-    """Text encoder; returns (pooled [B, width] = [CLS] token, tokens [B, L, width])."""
+    """BERT-style text tower: text layers, then (ALBEF) fusion layers that cross-attend to the image.
+
+    `__call__` runs the text layers alone and returns (pooled [B, width] = [CLS], tokens
+    [B, L, width]): the unimodal text embedding for ITC is taken there, before any fusion.
+    `fuse` continues the tokens through the fusion layers (self-attention -> cross-attention
+    to the image tokens -> MLP), and `attend` is the decoder tied to the word embeddings
+    (MLM logits). Param names match the earlier compact tower, so its checkpoints still load.
+    """
 
     config: TextConfig
     dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, text_ids: Array, text_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
-        """text_ids: [B, L] int; text_mask: [B, L] (1 = real token, 0 = padding)."""
+    def setup(self) -> None:
         cfg = self.config
-        if cfg.num_fusion_layers > 0:
-            # Slot for the fusion issue: an Encoder(cross_attention=True) over
-            # (tokens, text_mask, image_tokens) named 'fusion'.
-            raise NotImplementedError('fusion layers are not implemented yet')
-        seq_len = text_ids.shape[1]
-        if seq_len > cfg.max_len:
-            raise ValueError(f'text length {seq_len} exceeds max_len {cfg.max_len}')
-
-        x = nn.Embed(
+        self.token_embed = nn.Embed(
             num_embeddings=cfg.vocab_size,
             features=cfg.width,
             dtype=self.dtype,
             param_dtype=PARAM_DTYPE,
             embedding_init=partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), ('vocab', 'embed')),
-            name='token_embed',
-        )(text_ids)
-        pos = self.param(
+        )
+        self.pos_embedding = self.param(
             'pos_embedding',
             partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), ('length', 'embed')),
             (cfg.max_len, cfg.width),
             PARAM_DTYPE,
         )
-        x = x + pos[:seq_len].astype(x.dtype)[None]
-        x = layer_norm('ln_embed', BERT_LN_EPS)(x).astype(self.dtype)
-        x = nn.with_logical_constraint(x, ACT_BLE)
-        if cfg.dropout > 0.0:
-            x = nn.Dropout(rate=cfg.dropout)(x, deterministic=deterministic)
-
-        tokens = Encoder(
-            depth=cfg.depth,
+        self.ln_embed = layer_norm(None, BERT_LN_EPS)
+        self.embed_dropout = nn.Dropout(rate=cfg.dropout)
+        layers = dict(
             num_heads=cfg.num_heads,
             mlp_dim=cfg.mlp_dim,
             dtype=self.dtype,
             dropout_rate=cfg.dropout,
             pre_norm=cfg.pre_norm,
             ln_eps=BERT_LN_EPS,
-            name='encoder',
-        )(x, mask=text_mask, deterministic=deterministic)
+        )
+        self.encoder = Encoder(depth=cfg.depth, **layers)
+        if cfg.num_fusion_layers > 0:
+            self.fusion = Encoder(depth=cfg.num_fusion_layers, cross_attention=True, **layers)
+
+    def __call__(self, text_ids: Array, text_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        """text_ids: [B, L] int; text_mask: [B, L] (1 = real token, 0 = padding)."""
+        cfg = self.config
+        seq_len = text_ids.shape[1]
+        if seq_len > cfg.max_len:
+            raise ValueError(f'text length {seq_len} exceeds max_len {cfg.max_len}')
+        x = self.token_embed(text_ids)
+        x = x + self.pos_embedding[:seq_len].astype(x.dtype)[None]
+        x = self.ln_embed(x).astype(self.dtype)
+        x = nn.with_logical_constraint(x, ACT_BLE)
+        if cfg.dropout > 0.0:
+            x = self.embed_dropout(x, deterministic=deterministic)
+        tokens = self.encoder(x, mask=text_mask, deterministic=deterministic)
         return tokens[:, 0], tokens
+
+    def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
+        """[B, L, width] text tokens -> the same after the fusion layers, each attending to all image tokens."""
+        assert self.config.num_fusion_layers > 0, 'this text tower has no fusion layers'
+        return self.fusion(
+            text_tokens.astype(self.dtype),
+            mask=text_mask,
+            context=image_tokens.astype(self.dtype),
+            deterministic=deterministic,
+        )
+
+    def attend(self, hidden: Array) -> Array:
+        """[..., width] -> [..., vocab] logits against the word embeddings (the tied MLM decoder)."""
+        return self.token_embed.attend(hidden.astype(self.dtype))

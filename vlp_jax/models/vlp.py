@@ -1,4 +1,5 @@
-"""The dual-encoder VLP model: image/text towers, projections, temperature, bias."""
+"""The VLP model: image/text towers, projections, temperature, bias; with kind='fusion' also
+ALBEF's fusion layers and its ITM and MLM heads."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlp_jax.models.layers import PARAM_DTYPE, partitioned
-from vlp_jax.models.text import BERT_VOCAB_SIZE, TEXT_VARIANTS, TextConfig, TextEncoder, text_config
+from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
+from vlp_jax.models.text import BERT_LN_EPS, BERT_VOCAB_SIZE, TEXT_VARIANTS, TextConfig, TextEncoder, text_config
 from vlp_jax.models.vit import VIT_VARIANTS, ViT, ViTConfig, vit_config
 
 Array = jax.Array
 
 CUSTOM_VARIANT = 'custom'
+MODEL_KINDS = ('dual', 'fusion')
+ITM_CLASSES = 2  # ALBEF's ITM head: (not a match, match)
 DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Added under the square root of the L2 normalisation so zero vectors stay finite.
 NORM_EPS = 1e-12
@@ -34,10 +37,18 @@ class VLPConfig:
     temperature_max: float = 0.5
     sigmoid_bias_init: float = -10.0
     dtype: str = 'float32'
+    kind: str = 'dual'  # 'dual': two towers; 'fusion': + fusion layers, ITM and MLM heads (ALBEF)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {list(DTYPES)}, got {self.dtype!r}')
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f'kind must be one of {MODEL_KINDS}, got {self.kind!r}')
+        if (self.kind == 'fusion') != (self.text.num_fusion_layers > 0):
+            raise ValueError(
+                f"kind {self.kind!r} with {self.text.num_fusion_layers} fusion layers: 'fusion' needs "
+                "text fusion layers > 0 and 'dual' none"
+            )
         if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError('need 0 < temperature_min <= temperature_init <= temperature_max')
 
@@ -99,6 +110,27 @@ class VLPModel(nn.Module):
         self.sigmoid_bias = self.param(
             'sigmoid_bias', partitioned(nn.initializers.constant(cfg.sigmoid_bias_init), ()), (), PARAM_DTYPE
         )
+        if cfg.kind == 'fusion':
+            width = cfg.text.width
+            self.itm_head = nn.Dense(
+                ITM_CLASSES,
+                dtype=jnp.float32,
+                param_dtype=PARAM_DTYPE,
+                kernel_init=partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), ('embed', None)),
+                bias_init=partitioned(nn.initializers.zeros_init(), (None,)),
+            )
+            # BERT's MLM head: dense -> GELU -> LayerNorm -> decoder tied to the word embeddings (+ bias).
+            self.mlm_dense = nn.Dense(
+                width,
+                dtype=dtype,
+                param_dtype=PARAM_DTYPE,
+                kernel_init=partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), ('embed', 'mlp')),
+                bias_init=partitioned(nn.initializers.zeros_init(), ('mlp',)),
+            )
+            self.mlm_norm = layer_norm(None, BERT_LN_EPS)
+            self.mlm_bias = self.param(
+                'mlm_bias', partitioned(nn.initializers.zeros_init(), ('vocab',)), (cfg.text.vocab_size,), PARAM_DTYPE
+            )
 
     def _image(self, image: Array, deterministic: bool) -> tuple[Array, Array]:
         pooled, tokens = self.vision(image, deterministic=deterministic)
@@ -117,9 +149,17 @@ class VLPModel(nn.Module):
         return 1.0 / temperature
 
     def __call__(self, image: Array, text_ids: Array, text_mask: Array, deterministic: bool = True) -> dict[str, Array]:
-        """Embeds a batch of (image, text) pairs; creates every param at init."""
+        """Embeds a batch of (image, text) pairs; creates every param at init.
+
+        A fusion model's heads run here only at init (to create their params); training
+        calls `fuse`, `itm_logits` and `mlm_logits` on the pairs it chooses.
+        """
         image_embed, image_tokens = self._image(image, deterministic)
         text_embed, text_tokens = self._text(text_ids, text_mask, deterministic)
+        if self.config.kind == 'fusion' and self.is_initializing():
+            fused = self.fuse(text_tokens, text_mask, image_tokens, deterministic)
+            self.itm_logits(fused)
+            self.mlm_logits(fused)
         return {
             'image_embed': image_embed,
             'text_embed': text_embed,
@@ -128,6 +168,20 @@ class VLPModel(nn.Module):
             'logit_scale': self.logit_scale(),
             'sigmoid_bias': self.sigmoid_bias.astype(jnp.float32),
         }
+
+    def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
+        """[B, L, width] text tokens (from the text layers) attending to [B, N, width_v] image tokens."""
+        return self.text.fuse(text_tokens, text_mask, image_tokens, deterministic)
+
+    def itm_logits(self, fused_tokens: Array) -> Array:
+        """[B, L, width] fused tokens -> [B, 2] float32 (not a match, match) from the fused [CLS]."""
+        return self.itm_head(fused_tokens[:, 0].astype(jnp.float32))
+
+    def mlm_logits(self, fused_tokens: Array) -> Array:
+        """[B, L, width] fused tokens -> [B, L, vocab] float32 word logits (decoder tied to the word embeddings)."""
+        hidden = self.mlm_norm(nn.gelu(self.mlm_dense(fused_tokens), approximate=False))
+        logits = self.text.attend(hidden).astype(jnp.float32) + self.mlm_bias
+        return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
     def encode_images(self, image: Array, deterministic: bool = True) -> Array:
         """[B, H, W, C] -> [B, embed_dim] unit-norm float32."""
@@ -192,7 +246,7 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
     t_extra = dict(
         vocab_size=int(_get(t, 'vocab_size', BERT_VOCAB_SIZE)),
         dropout=float(_get(t, 'dropout', 0.0)),
-        num_fusion_layers=int(_get(t, 'num_fusion_layers', 0)),
+        num_fusion_layers=int(_get(t, 'fusion_layers', _get(t, 'num_fusion_layers', 0))),
         pre_norm=bool(_get(t, 'pre_norm', True)),
     )
     if t_variant == CUSTOM_VARIANT:
@@ -219,5 +273,6 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         text=text,
         embed_dim=int(_get(cfg, 'embed_dim')),
         dtype=str(_get(cfg, 'dtype', 'float32')),
+        kind=str(_get(cfg, 'kind', 'dual')),
         **{k: float(val) for k, val in optional.items()},
     )
