@@ -95,6 +95,10 @@ def get_config(arg=None):
     )
     # Uniform smoothing alone, with COSMO's eps and start: the ablation that separates conversion from smoothing.
     config.loss.smoothing = ml_collections.ConfigDict(dict(eps=0.5, start_step=-1))
+    # ALBEF (model.kind='fusion'): loss = itc * ITC + itm * ITM + mlm * MLM.
+    config.loss.weights = ml_collections.ConfigDict(dict(itc=1.0, itm=1.0, mlm=1.0))
+    config.loss.itm = ml_collections.ConfigDict(dict(negatives='sample'))  # 'sample' (ALBEF) | 'hardest' (GRIT-VLP)
+    config.loss.mlm = ml_collections.ConfigDict(dict(mask_ratio=0.15))  # 0.15 ALBEF/SRCL, 0.5 GRIT-VLP/MAFA
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.name = 'random'  # 'random' | 'grit' (grouped hard-negative batches from the last epoch)

@@ -151,5 +151,7 @@ def test_kind_and_fusion_layers_must_agree():
     with pytest.raises(ConfigError, match='model.text.fusion_layers'):
         validate(config, 1)
     apply_overrides(config, [('model.text.fusion_layers', '2')])
-    with pytest.raises(ConfigError, match="model.kind='fusion'"):  # the fusion objective is not wired in yet
+    validate(config, 1)
+    apply_overrides(config, [('loss.itm.negatives', 'random')])
+    with pytest.raises(ConfigError, match='loss.itm.negatives'):
         validate(config, 1)

@@ -295,15 +295,33 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
         f'config keys model.kind={kind!r} and model.text.fusion_layers={fusion_layers!r} disagree: '
         "'fusion' needs fusion_layers > 0 and 'dual' needs 0.",
     )
-    _require(
-        kind == 'dual',
-        "config key model.kind='fusion' builds the fusion model, but its objective (ITC + ITM + MLM) "
-        "is not wired in yet; train with model.kind='dual' for now.",
-    )
+    if kind == 'fusion':
+        validate_fusion_loss(config)
     try:
         model_config_from_dict(config.model)
     except ValueError as error:
         raise ConfigError(f'config group model.* cannot be built: {error}; change those model keys.') from error
+
+
+def validate_fusion_loss(config: ml_collections.ConfigDict) -> None:
+    """loss.weights, loss.itm, loss.mlm: ALBEF's terms (model.kind='fusion')."""
+    from vlp_jax.objectives.matching import NEGATIVE_CHOICES
+
+    loss = config.loss
+    for term in ('itc', 'itm', 'mlm'):
+        _require(loss.weights[term] >= 0, f'config key loss.weights.{term} must be >= 0, got {loss.weights[term]}.')
+    _require(
+        loss.itm.negatives in NEGATIVE_CHOICES,
+        f'config key loss.itm.negatives must be one of {NEGATIVE_CHOICES}, got {loss.itm.negatives!r}.',
+    )
+    _require(
+        0.0 < loss.mlm.mask_ratio < 1.0, f'config key loss.mlm.mask_ratio must be in (0, 1), got {loss.mlm.mask_ratio}.'
+    )
+    _require(
+        loss.negatives == 'global',
+        "config key loss.negatives must be 'global' with model.kind='fusion' "
+        '(ITM chooses its negatives from the global batch).',
+    )
 
 
 def srcl_needs_reference(config: ml_collections.ConfigDict) -> bool:

@@ -19,6 +19,7 @@ from vlp_jax import config as config_lib
 from vlp_jax import optim, parallel, steps
 from vlp_jax import state as state_lib
 from vlp_jax.models.vlp import VLPModel
+from vlp_jax.objectives.albef import AlbefObjective
 from vlp_jax.objectives.base import Objective
 from vlp_jax.objectives.dual_encoder import DualEncoderContrastive
 from vlp_jax.objectives.frozen import frozen_roles, load_frozen
@@ -28,8 +29,12 @@ PyTree = Any
 
 
 def build_objective(config: ml_collections.ConfigDict, model: VLPModel, mesh: Mesh) -> Objective:
-    """The objective the config asks for (a dual encoder's regulated contrastive loss today)."""
-    return DualEncoderContrastive(config, model, config_lib.local_shards(config, parallel.batch_shards(mesh)))
+    """The objective the model asks for: the regulated contrastive loss of a dual encoder, or
+    ALBEF's ITC + ITM + MLM of a fusion model."""
+    local_shards = config_lib.local_shards(config, parallel.batch_shards(mesh))
+    if model.config.kind == 'fusion':
+        return AlbefObjective(config, model, local_shards)
+    return DualEncoderContrastive(config, model, local_shards)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 SHIPPED_VOCAB_DIR = os.path.join(os.path.dirname(__file__), 'vocab', 'bert-base-uncased')
 BERT_VOCAB_SIZE = 30522
 BERT_CLS_ID = 101  # [CLS] in the standard uncased vocabulary; checks the file really is that vocabulary
+BERT_SEP_ID, BERT_PAD_ID, BERT_MASK_ID = 102, 0, 103  # the other ids MLM needs, checked the same way
 
 
 class Tokenizer:
@@ -54,5 +55,8 @@ class Tokenizer:
 def shared_tokenizer(max_len: int, vocab_dir: str = SHIPPED_VOCAB_DIR) -> Tokenizer:
     """One tokenizer per (vocab, length) per process: loading the vocabulary costs ~0.1 s."""
     tokenizer = Tokenizer(vocab_dir, max_len)
-    assert tokenizer.cls_id == BERT_CLS_ID or vocab_dir != SHIPPED_VOCAB_DIR, 'shipped vocabulary is not BERT uncased'
+    shipped_ids = (BERT_CLS_ID, BERT_SEP_ID, BERT_PAD_ID, BERT_MASK_ID)
+    assert (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, tokenizer.mask_id) == shipped_ids or (
+        vocab_dir != SHIPPED_VOCAB_DIR
+    ), 'shipped vocabulary is not BERT uncased'
     return tokenizer

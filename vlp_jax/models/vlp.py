@@ -169,6 +169,10 @@ class VLPModel(nn.Module):
             'sigmoid_bias': self.sigmoid_bias.astype(jnp.float32),
         }
 
+    def text_tokens(self, text_ids: Array, text_mask: Array, deterministic: bool = True) -> Array:
+        """[B, L] ids -> [B, L, width] tokens of the text layers (what `fuse` continues; MLM's masked input)."""
+        return self.text(text_ids, text_mask, deterministic=deterministic)[1]
+
     def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
         """[B, L, width] text tokens (from the text layers) attending to [B, N, width_v] image tokens."""
         return self.text.fuse(text_tokens, text_mask, image_tokens, deterministic)

@@ -76,6 +76,16 @@ class DualEncoderContrastive:
             deterministic=False,
             rngs={'dropout': rng},
         )
+        return self.contrastive(out, frozen, batch, step)
+
+    def contrastive(
+        self,
+        out: Mapping[str, jax.Array],
+        frozen: Mapping[str, PyTree],
+        batch: Mapping[str, jax.Array],
+        step: jax.Array,
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        """The regulated contrastive loss (ITC) of the model outputs `out` (VLPModel.__call__)."""
         image, text = out['image_embed'], out['text_embed']
         sims = image_text_cosines(image, text)
         (i2t, t2i), aux = (Regulation(), Regulation()), {}
