@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import TINY_CONFIG
-from test_models import _numpy_attention
+from test_models import _numpy_attention, tiny_inputs
 
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, validate
 from vlp_jax.models.layers import TransformerBlock
@@ -16,6 +15,7 @@ from vlp_jax.models.text import TextConfig
 from vlp_jax.models.vit import ViTConfig
 from vlp_jax.models.vlp import VLPConfig, VLPModel
 
+# Batch, image, patch, sequence and vocabulary as test_models' (its tiny_inputs feed both); widths differ.
 BATCH, IMAGE, PATCH, SEQ, VOCAB, TEXT_WIDTH, VISION_WIDTH, EMBED = 2, 16, 8, 8, 50, 32, 24, 16
 LN_EPS = 1e-6
 
@@ -37,18 +37,10 @@ def _fusion_config(fusion_layers: int = 2) -> VLPConfig:
     )
 
 
-def _inputs(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    image = jnp.asarray(rng.normal(size=(BATCH, IMAGE, IMAGE, 3)), jnp.float32)
-    ids = jnp.asarray(rng.integers(1, VOCAB, size=(BATCH, SEQ)), jnp.int32)
-    mask = jnp.asarray([[1] * SEQ, [1] * 5 + [0] * (SEQ - 5)], jnp.int32)
-    return image, ids, mask
-
-
 @pytest.fixture(scope='module')
 def fusion_model():
     model = VLPModel(_fusion_config())
-    boxed = jax.jit(model.init)(jax.random.key(0), *_inputs())
+    boxed = jax.jit(model.init)(jax.random.key(0), *tiny_inputs())
     return model, boxed, nn.unbox(boxed)
 
 
@@ -89,7 +81,7 @@ def test_fusion_block_matches_numpy_with_masks():
 
 def test_fused_text_attends_to_the_image_and_the_itc_embedding_does_not(fusion_model):
     model, _, variables = fusion_model
-    image, ids, mask = _inputs()
+    image, ids, mask = tiny_inputs()
 
     def run(image, ids):
         out = model.apply(variables, image, ids, mask)
@@ -108,7 +100,7 @@ def test_fused_text_attends_to_the_image_and_the_itc_embedding_does_not(fusion_m
 
 def test_itm_and_mlm_heads_match_numpy(fusion_model):
     model, _, variables = fusion_model
-    image, ids, mask = _inputs()
+    image, ids, mask = tiny_inputs()
     out = model.apply(variables, image, ids, mask)
     fused = model.apply(variables, out['text_tokens'], mask, out['image_tokens'], method=VLPModel.fuse)
     itm = model.apply(variables, fused, method=VLPModel.itm_logits)
@@ -139,7 +131,7 @@ def test_fusion_params_have_logical_names_and_a_dual_model_has_none(fusion_model
         text=TextConfig(max_len=SEQ, width=TEXT_WIDTH, depth=1, num_heads=4, mlp_dim=64, vocab_size=VOCAB),
         embed_dim=EMBED,
     )
-    dual_params = jax.eval_shape(VLPModel(dual).init, jax.random.key(0), *_inputs())['params']
+    dual_params = jax.eval_shape(VLPModel(dual).init, jax.random.key(0), *tiny_inputs())['params']
     assert not {'itm_head', 'mlm_dense', 'mlm_bias'} & set(dual_params) and 'fusion' not in dual_params['text']
 
 

@@ -1,8 +1,9 @@
-"""Config files, `--config.key=value` overrides and validation.
+"""Config files, `--config.key=value` overrides, and the values a config resolves to.
 
 A run is described by one ml_collections ConfigDict built by `get_config(arg)` in a
 config file. Everything a user can get wrong here is reported as a `ConfigError`
-with one sentence naming the key, before anything is compiled or written.
+with one sentence naming the key, before anything is compiled or written; the checks
+of the values themselves live in vlp_jax/validation.py (`validate`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,6 @@ import ml_collections
 OVERRIDE_PREFIX = '--config.'
 MESH_AXES = ('data', 'fsdp', 'model')
 DATA_SOURCES = ('shapes',)
-CAPTION_DETAILS = ('coarse', 'mixed', 'fine')
-SAMPLERS = ('random', 'grit')
-SAMPLING_SCOPES = ('global', 'local')
-REGULATORS = ('srcl', 'cosmo', 'smoothing')  # also the order they must be applied in
-ALPHA_SHAPES = ('linear', 'cosine')
-DISCRIMINATORS = ('cosine', 'itm')
-COSMO_MIN_BATCH = 3  # an anchor needs a hardest and a second-hardest negative
 
 
 class ConfigError(ValueError):
@@ -176,154 +170,6 @@ def local_shards(config: ml_collections.ConfigDict, batch_shards: int) -> int:
     return batch_shards if value == -1 else value
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-    """Checks values that would otherwise fail late (after compilation) or silently."""
-    for key in (
-        'total_steps',
-        'batch_size',
-        'log_every',
-        'eval_every',
-        'checkpoint_every',
-        'keep_checkpoints',
-        'data.image_size',
-        'data.max_text_len',
-        'data.captions_per_image',
-        'eval.batch_size',
-        'model.embed_dim',
-    ):
-        _positive_int(config, key)
-    _require(config.seed >= 0, f'config key seed must be >= 0, got {config.seed}.')
-    _require(config.warmup_steps >= 0, f'config key warmup_steps must be >= 0, got {config.warmup_steps}.')
-    _require(config.lr > 0, f'config key lr must be > 0, got {config.lr}.')
-    _require(config.weight_decay >= 0, f'config key weight_decay must be >= 0, got {config.weight_decay}.')
-    _require(config.grad_clip >= 0, f'config key grad_clip must be >= 0 (0 disables clipping), got {config.grad_clip}.')
-    _require(
-        0.0 <= config.data.caption_noise <= 1.0,
-        f'config key data.caption_noise must be in [0, 1], got {config.data.caption_noise}.',
-    )
-    _require(
-        config.loss.form in ('softmax', 'sigmoid'),
-        f"config key loss.form must be 'softmax' or 'sigmoid', got {config.loss.form!r}.",
-    )
-    _require(
-        config.model.dtype in ('float32', 'bfloat16'),
-        f"config key model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}.",
-    )
-    _require(
-        config.data.flip in ('auto', 'always', 'never'),
-        f"config key data.flip must be 'auto', 'always' or 'never', got {config.data.flip!r}.",
-    )
-    _require(
-        config.data.name in DATA_SOURCES,
-        f'config key data.name must be one of {DATA_SOURCES}, got {config.data.name!r}.',
-    )
-    _require(
-        config.data.detail in CAPTION_DETAILS,
-        f'config key data.detail must be one of {CAPTION_DETAILS}, got {config.data.detail!r}.',
-    )
-    low, high = config.data.crop_scale
-    _require(
-        0.0 < low <= high <= 1.0, f'config key data.crop_scale must satisfy 0 < low <= high <= 1, got {(low, high)}.'
-    )
-    _require(
-        config.model.image_size == config.data.image_size,
-        f'model.image_size ({config.model.image_size}) must equal data.image_size ({config.data.image_size}).',
-    )
-    _require(
-        config.model.max_text_len == config.data.max_text_len,
-        f'model.max_text_len ({config.model.max_text_len}) must equal data.max_text_len ({config.data.max_text_len}).',
-    )
-    validate_model(config)
-    validate_loss(config)
-    _require(
-        config.loss.consistency_weight >= 0,
-        f'config key loss.consistency_weight must be >= 0, got {config.loss.consistency_weight}.',
-    )
-    _require(
-        config.loss.negatives in ('global', 'local'),
-        f"config key loss.negatives must be 'global' or 'local', got {config.loss.negatives!r}.",
-    )
-    _require(
-        config.loss.negatives == 'global' or not tuple(config.loss.regulators),
-        'loss.negatives=local cannot be combined with loss.regulators yet; use global negatives.',
-    )
-    validate_sampling(config)
-    sizes = mesh_shape(config, device_count)
-    batch_shards = sizes['data'] * sizes['fsdp']
-    _require(
-        config.batch_size % batch_shards == 0,
-        f'config key batch_size ({config.batch_size}) must be divisible by the {batch_shards} batch shards '
-        f'(mesh data x fsdp over {device_count} devices).',
-    )
-    local = int(config.mesh.get('local_shards', -1))
-    _require(
-        local == -1 or (local >= 1 and config.batch_size % local == 0),
-        f'config key mesh.local_shards must be -1 (one per batch shard) or a positive divisor of batch_size '
-        f'({config.batch_size}), got {local}.',
-    )
-    _require(
-        config.eval.batch_size % batch_shards == 0,
-        f'config key eval.batch_size ({config.eval.batch_size}) must be divisible by the {batch_shards} batch shards.',
-    )
-    steps_per_epoch = config.data.train_size // config.batch_size
-    _require(
-        steps_per_epoch >= 1,
-        f'config key data.train_size ({config.data.train_size}) is smaller than batch_size ({config.batch_size}).',
-    )
-
-
-def validate_model(config: ml_collections.ConfigDict) -> None:
-    """model.*: tower variants, dropout, and sizes the towers can be built with."""
-    from vlp_jax.models.text import TEXT_VARIANTS  # flax: imported only once flags are parsed
-    from vlp_jax.models.vit import VIT_VARIANTS
-    from vlp_jax.models.vlp import CUSTOM_VARIANT, MODEL_KINDS, model_config_from_dict
-
-    for tower, variants in (('vision', VIT_VARIANTS), ('text', TEXT_VARIANTS)):
-        block = config.model[tower]
-        choices = (CUSTOM_VARIANT, *variants)
-        _require(
-            block.variant in choices,
-            f'config key model.{tower}.variant must be one of {choices}, got {block.variant!r}.',
-        )
-        dropout = block.get('dropout', 0.0)
-        _require(0.0 <= dropout < 1.0, f'config key model.{tower}.dropout must be in [0, 1), got {dropout}.')
-    kind = config.model.get('kind', 'dual')
-    _require(kind in MODEL_KINDS, f'config key model.kind must be one of {MODEL_KINDS}, got {kind!r}.')
-    fusion_layers = config.model.text.get('fusion_layers', 0)
-    _require(
-        isinstance(fusion_layers, int) and fusion_layers >= 0 and (kind == 'fusion') == (fusion_layers > 0),
-        f'config keys model.kind={kind!r} and model.text.fusion_layers={fusion_layers!r} disagree: '
-        "'fusion' needs fusion_layers > 0 and 'dual' needs 0.",
-    )
-    if kind == 'fusion':
-        validate_fusion_loss(config)
-    try:
-        model_config_from_dict(config.model)
-    except ValueError as error:
-        raise ConfigError(f'config group model.* cannot be built: {error}; change those model keys.') from error
-
-
-def validate_fusion_loss(config: ml_collections.ConfigDict) -> None:
-    """loss.weights, loss.itm, loss.mlm: ALBEF's terms (model.kind='fusion')."""
-    from vlp_jax.objectives.matching import NEGATIVE_CHOICES
-
-    loss = config.loss
-    for term in ('itc', 'itm', 'mlm'):
-        _require(loss.weights[term] >= 0, f'config key loss.weights.{term} must be >= 0, got {loss.weights[term]}.')
-    _require(
-        loss.itm.negatives in NEGATIVE_CHOICES,
-        f'config key loss.itm.negatives must be one of {NEGATIVE_CHOICES}, got {loss.itm.negatives!r}.',
-    )
-    _require(
-        0.0 < loss.mlm.mask_ratio < 1.0, f'config key loss.mlm.mask_ratio must be in (0, 1), got {loss.mlm.mask_ratio}.'
-    )
-    _require(
-        loss.negatives == 'global',
-        "config key loss.negatives must be 'global' with model.kind='fusion' "
-        '(ITM chooses its negatives from the global batch).',
-    )
-
-
 def srcl_needs_reference(config: ml_collections.ConfigDict) -> bool:
     """SRCL reads the reference model's similarities whenever its alpha schedule is above 0."""
     return max(config.loss.srcl.alpha_start, config.loss.srcl.alpha_end) > 0
@@ -349,115 +195,8 @@ def smoothing_start(config: ml_collections.ConfigDict, value: int) -> int:
     return steps_per_epoch(config) if int(value) == -1 else int(value)
 
 
-def validate_loss(config: ml_collections.ConfigDict) -> None:
-    """The regulators: names, order, and each one's block (only the blocks of those selected)."""
-    loss = config.loss
-    regulators = tuple(loss.get('regulators', ()))
-    for name in regulators:
-        _require(
-            name in REGULATORS, f'config key loss.regulators has unknown regulator {name!r}; choose from {REGULATORS}.'
-        )
-    _require(
-        len(set(regulators)) == len(regulators), f'config key loss.regulators lists a regulator twice: {regulators}.'
-    )
-    ordered = tuple(name for name in REGULATORS if name in regulators)
-    _require(
-        regulators == ordered,
-        f'config key loss.regulators must be in the order {ordered} '
-        f'(weights, then converted targets, then smoothing), got {regulators}.',
-    )
-    _require(
-        not {'cosmo', 'smoothing'} <= set(regulators),
-        "config key loss.regulators has both 'cosmo' and 'smoothing'; COSMO smooths its own targets, "
-        "so drop 'smoothing' and set loss.cosmo.eps.",
-    )
-    sigmoid = loss.form == 'sigmoid'
-    if 'srcl' in regulators:
-        srcl = loss.srcl
-        for key in ('alpha_start', 'alpha_end'):
-            _require(0.0 <= srcl[key] <= 1.0, f'config key loss.srcl.{key} must be in [0, 1], got {srcl[key]}.')
-        _require(
-            srcl.alpha_shape in ALPHA_SHAPES,
-            f'config key loss.srcl.alpha_shape must be one of {ALPHA_SHAPES}, got {srcl.alpha_shape!r}.',
-        )
-        _require(
-            srcl.alpha_decay_start >= 0,
-            f'config key loss.srcl.alpha_decay_start must be >= 0, got {srcl.alpha_decay_start}.',
-        )
-        _require(
-            srcl.alpha_decay_end >= -1,
-            f'config key loss.srcl.alpha_decay_end must be >= 0 (or -1 = total_steps), got {srcl.alpha_decay_end}.',
-        )
-        _require(srcl.tau_w > 0, f'config key loss.srcl.tau_w must be > 0, got {srcl.tau_w}.')
-        _require(0.0 <= srcl.w_min < 1.0, f'config key loss.srcl.w_min must be in [0, 1) (0 = off), got {srcl.w_min}.')
-        _require(
-            not srcl_needs_reference(config) or srcl.reference_checkpoint,
-            'config key loss.srcl.reference_checkpoint is empty but the alpha schedule uses the reference '
-            'model (alpha_start or alpha_end > 0); pass a reference run, e.g. '
-            '--config.loss.srcl.reference_checkpoint=workdirs/reference, or set both alphas to 0.',
-        )
-    if 'cosmo' in regulators:
-        cosmo = loss.cosmo
-        _require(
-            cosmo.discriminator in DISCRIMINATORS,
-            f'config key loss.cosmo.discriminator must be one of {DISCRIMINATORS}, got {cosmo.discriminator!r}.',
-        )
-        _require(
-            cosmo.discriminator != 'itm',
-            "config key loss.cosmo.discriminator='itm' needs an ITM head, which "
-            "arrives with the fusion encoder; use 'cosine' (a frozen reference dual encoder) for now.",
-        )
-        _require(
-            -1.0 <= cosmo.low <= cosmo.high <= 1.0,
-            'config keys loss.cosmo.low and loss.cosmo.high are cosine '
-            f'thresholds and must satisfy -1 <= low <= high <= 1, got low={cosmo.low}, high={cosmo.high}.',
-        )
-        _require(0.0 <= cosmo.eps <= 1.0, f'config key loss.cosmo.eps must be in [0, 1], got {cosmo.eps}.')
-        _require(
-            cosmo.smoothing_start_step >= -1,
-            'config key loss.cosmo.smoothing_start_step must be >= 0 '
-            f'(or -1 = the first step of epoch 1), got {cosmo.smoothing_start_step}.',
-        )
-        _require(
-            bool(cosmo.reference_checkpoint),
-            'config key loss.cosmo.reference_checkpoint is empty but the '
-            'cosine discriminator scores pairs with a frozen reference model; pass a reference run, e.g. '
-            '--config.loss.cosmo.reference_checkpoint=workdirs/reference.',
-        )
-        _require(
-            not (sigmoid and cosmo.eps > 0),
-            "config key loss.cosmo.eps must be 0 with loss.form='sigmoid': "
-            'the sigmoid loss treats every target > 0 as a positive, so smoothing would make all pairs positive.',
-        )
-        _require(
-            config.batch_size >= COSMO_MIN_BATCH,
-            f'config key batch_size must be >= {COSMO_MIN_BATCH} for COSMO (hardest and second-hardest negatives).',
-        )
-    if 'smoothing' in regulators:
-        smoothing = loss.smoothing
-        _require(0.0 <= smoothing.eps <= 1.0, f'config key loss.smoothing.eps must be in [0, 1], got {smoothing.eps}.')
-        _require(
-            smoothing.start_step >= -1,
-            'config key loss.smoothing.start_step must be >= 0 '
-            f'(or -1 = the first step of epoch 1), got {smoothing.start_step}.',
-        )
-        _require(
-            not sigmoid,
-            "config key loss.regulators has 'smoothing', which the sigmoid loss cannot take "
-            "(it treats every target > 0 as a positive); use loss.form='softmax'.",
-        )
+def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Checks values that would otherwise fail late (after compilation) or silently (vlp_jax/validation.py)."""
+    from vlp_jax.validation import validate_config  # the checks import the models: only once flags are parsed
 
-
-def validate_sampling(config: ml_collections.ConfigDict) -> None:
-    """sampling.*: 'random' or 'grit' with queue/search-space sizes that tile the global batch."""
-    sampling = config.sampling
-    _require(sampling.name in SAMPLERS, f'config key sampling.name must be one of {SAMPLERS}, got {sampling.name!r}.')
-    _require(
-        sampling.scope in SAMPLING_SCOPES,
-        f'config key sampling.scope must be one of {SAMPLING_SCOPES}, got {sampling.scope!r}.',
-    )
-    if sampling.name == 'grit':
-        from vlp_jax.sampling.grit import validate_grit  # jax-only module; imported here to keep this file light
-
-        error = validate_grit(sampling.queue_size, sampling.search_space, config.batch_size)
-        _require(error is None, str(error))
+    validate_config(config, device_count)

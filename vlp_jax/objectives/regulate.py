@@ -1,6 +1,6 @@
 """Config -> the chain of regulators, resolved once outside jit and applied in order inside it.
 
-`config.loss.regulators` names the regulators (validated by `config.validate_loss`:
+`config.loss.regulators` names the regulators (validated by `validation.validate_loss`:
 known names, the order srcl -> cosmo -> smoothing, never cosmo + smoothing). Each one
 reads its own block (`loss.srcl`, `loss.cosmo`, `loss.smoothing`); every value the
 traced code needs is copied into a frozen dataclass here, so nothing under jit reads
