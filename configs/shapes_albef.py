@@ -19,4 +19,5 @@ def get_config(arg=None):
     config.model.text.fusion_layers = 1
     config.loss.itm.negatives = 'sample'
     config.loss.mlm.mask_ratio = 0.15
+    config.eval.rerank_k = 16  # ITC retrieval, and its top 16 re-ranked by ITM
     return config

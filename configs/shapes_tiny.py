@@ -44,6 +44,9 @@ def get_config(arg=None):
         dict(variant='custom', width=96, depth=2, num_heads=3, mlp_dim=256, vocab_size=BERT_VOCAB_SIZE, dropout=0.0)
     )
     config.model.text.fusion_layers = 0  # ALBEF: text layers then fusion layers cross-attending to the image
+    # A vlp_jax checkpoint whose params initialise this model where path and shape match (e.g. a dual
+    # encoder's towers for a fusion model, whose fusion layers and heads stay fresh); '' = random init.
+    config.model.init_checkpoint = ''
 
     config.data = ml_collections.ConfigDict()
     config.data.name = 'shapes'
@@ -85,7 +88,9 @@ def get_config(arg=None):
     )
     config.loss.cosmo = ml_collections.ConfigDict(
         dict(
-            discriminator='cosine',  # 'cosine': the reference dual encoder's cosine; 'itm' reserved
+            # 'cosine': q = a frozen model's image-text cosine (any kind); 'itm': q = a frozen fusion
+            # model's ITM match probability of (anchor, hardest negative) (MAFA)
+            discriminator='cosine',
             high=0.8,  # discriminator score above this: the hardest negative is converted
             low=0.5,  # below this it stays a negative (between: dropped, for ITM)
             eps=0.5,  # label smoothing of the targets from smoothing_start_step on
@@ -99,6 +104,19 @@ def get_config(arg=None):
     config.loss.weights = ml_collections.ConfigDict(dict(itc=1.0, itm=1.0, mlm=1.0))
     config.loss.itm = ml_collections.ConfigDict(dict(negatives='sample'))  # 'sample' (ALBEF) | 'hardest' (GRIT-VLP)
     config.loss.mlm = ml_collections.ConfigDict(dict(mask_ratio=0.15))  # 0.15 ALBEF/SRCL, 0.5 GRIT-VLP/MAFA
+    # ALBEF's momentum model (fusion only): EMA copies of all params; ITC's candidates become the momentum
+    # embeddings of the batch and of a queue of past batches, and targets mix in the momentum model's
+    # softmax (distillation, ITC and MLM): y = alpha * softmax(sim_m) + (1 - alpha) * y.
+    config.loss.momentum = ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            decay=0.995,  # EMA: m <- decay * m + (1 - decay) * params, after every update
+            distill_alpha=0.4,  # ALBEF's alpha; 0 turns distillation off
+            alpha_ramp_steps=-1,  # alpha rises linearly from 0 over these steps; -1 = the first epoch (ALBEF)
+        )
+    )
+    # Momentum features of past batches kept as extra ITC candidates (ALBEF: 65,536); a multiple of batch_size.
+    config.loss.queue_size = 0
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.name = 'random'  # 'random' | 'grit' (grouped hard-negative batches from the last epoch)
@@ -127,4 +145,6 @@ def get_config(arg=None):
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 256  # a multiple of the device count (8 fake CPU devices included)
     config.eval.classification_size = 500
+    # Fusion models: also re-rank each query's top-k ITC candidates by the ITM head (ALBEF's k_test); 0 = ITC only.
+    config.eval.rerank_k = 0
     return config

@@ -6,8 +6,10 @@ imported) and exercise the exact commands users run.
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,6 +49,25 @@ def run_cli(module, args, devices=1, timeout=600, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f'{module} {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}')
     return result
+
+
+def kill_after_checkpoint(args, workdir, step, devices=1, timeout=300):
+    """Starts `vlp_jax.train args`, SIGKILLs it a little after checkpoint `step` is committed."""
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', PYTHONPATH=REPO)
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'vlp_jax.train', *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while not (workdir / 'checkpoints' / str(step)).exists():  # committed step dirs appear atomically
+        assert process.poll() is None and time.monotonic() < deadline, 'run ended before the checkpoint'
+        time.sleep(0.05)
+    time.sleep(0.3)  # a little way into the steps after it
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 def read_metrics(workdir):

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, read_metrics, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli
 
 from vlp_jax import setup as setup_lib
+from vlp_jax.checkpointing import Checkpointer
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.pipeline import TrainPipeline
@@ -112,21 +113,45 @@ def test_every_term_trains_its_part_of_the_model(fusion_batch):
         assert norm(tree) > 0, path
 
 
-def test_fusion_run_one_and_eight_devices_agree_and_resume(tmp_path):
-    args = lambda workdir, extra=(): [
+def test_momentum_fusion_run_one_and_eight_devices_agree_and_resumes_bit_exactly_after_sigkill(tmp_path):
+    """A warm-started ALBEF run with the momentum model and a 2-batch queue: 8 devices equal 1, and a run
+    SIGKILLed after its step-5 checkpoint resumes to the straight run's every metric exactly (queue and EMA
+    are in the checkpoint: the ITC loss reads both)."""
+    dual = tmp_path / 'dual'
+    dual_setup = setup_lib.build(_config_dual(), jax.devices()[:1])
+    with Checkpointer(dual / 'checkpoints', keep=1) as checkpointer:
+        checkpointer.save(1, dual_setup.init_state(), {'pipeline': {'next_step': 1, 'seed': 0}})
+    args = lambda workdir: [
         '--config',
         f'{TINY_CONFIG}:10',
         '--workdir',
         str(workdir),
         *FAST_OVERRIDES,
         *FUSION,
-        *extra,
+        '--config.log_every=1',
+        '--config.checkpoint_every=5',
+        '--config.loss.momentum.enabled=True',
+        '--config.loss.momentum.alpha_ramp_steps=0',
+        '--config.loss.queue_size=64',
+        f'--config.model.init_checkpoint={dual}',
     ]
     run_cli('vlp_jax.train', args(tmp_path / 'eight'), devices=8)
-    run_cli('vlp_jax.train', args(tmp_path / 'one', ('--stop_at_step=5',)))
-    second = run_cli('vlp_jax.train', args(tmp_path / 'one'))
-    assert 'resumed from checkpoint at step 5' in second.stdout
-    eight, one = read_metrics(tmp_path / 'eight'), read_metrics(tmp_path / 'one')
-    assert [r['step'] for r in one] == [5, 10] == [r['step'] for r in eight]
-    for key in ('train/loss', 'train/itc', 'train/itm', 'train/mlm'):
+    straight = run_cli('vlp_jax.train', args(tmp_path / 'one'))
+    assert 'initialised' in straight.stdout and str(dual) in straight.stdout
+    kill_after_checkpoint(args(tmp_path / 'killed'), tmp_path / 'killed', 5)
+    resumed = run_cli('vlp_jax.train', args(tmp_path / 'killed'))
+    assert 'resumed from checkpoint at step 5' in resumed.stdout and 'initialised' not in resumed.stdout
+    eight, one, killed = (read_metrics(tmp_path / name) for name in ('eight', 'one', 'killed'))
+    assert [r['step'] for r in one] == list(range(1, 11)) == [r['step'] for r in killed] == [r['step'] for r in eight]
+    for key in ('train/loss', 'train/itc', 'train/itm', 'train/mlm', 'train/mlm_distill'):
         np.testing.assert_allclose([r[key] for r in eight], [r[key] for r in one], rtol=1e-3, err_msg=key)
+    timing = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait_fraction')
+    for a, b in zip(one, killed):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
+def _config_dual():
+    config = load_config_file(TINY_CONFIG)
+    apply_overrides(config, split_overrides(list(FAST_OVERRIDES))[1])
+    validate(config, 1)
+    return config

@@ -49,8 +49,19 @@ def _config(*overrides):
                 '--config.loss.regulators=cosmo',
                 f'--config.loss.cosmo.reference_checkpoint={REF}',
                 '--config.loss.cosmo.discriminator=itm',
+                '--config.loss.cosmo.low=-0.5',
             ],
-            'arrives with the fusion encoder',
+            'ITM match probabilities',
+        ),
+        (
+            [
+                '--config.loss.regulators=cosmo',
+                f'--config.loss.cosmo.reference_checkpoint={REF}',
+                '--config.model.kind=fusion',
+                '--config.model.text.fusion_layers=1',
+                '--config.loss.itm.negatives=sample',
+            ],
+            "loss.itm.negatives must be 'hardest'",
         ),
         (
             [

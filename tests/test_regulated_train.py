@@ -81,15 +81,21 @@ def test_missing_reference_is_one_line(tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
-def test_reference_of_another_architecture_is_one_line(reference, tmp_path):
+def test_reference_that_cannot_read_the_batches_is_one_line(reference, tmp_path):
+    """A frozen model keeps its own architecture (tests/test_mafa.py), but it must read this run's inputs."""
     result = run_cli(
         'vlp_jax.train',
-        _args('shapes_cosmo.py', reference, tmp_path / 'run', ('--config.model.embed_dim=16',)),
+        _args(
+            'shapes_cosmo.py',
+            reference,
+            tmp_path / 'run',
+            ('--config.model.image_size=32', '--config.data.image_size=32'),
+        ),
         check=False,
         timeout=120,
     )
     line = _one_line_error(result)
-    assert str(reference) in line and 'shape' in line and 'loss.cosmo.reference_checkpoint' in line, line
+    assert str(reference) in line and 'image size 64' in line and 'loss.cosmo.reference_checkpoint' in line, line
     assert not (tmp_path / 'run').exists()
 
 

@@ -2,14 +2,10 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli
 
 TIMING_KEYS = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait_fraction')
 STEPS = 30
@@ -64,21 +60,7 @@ def test_stop_and_resume_reproduces_straight_run(straight_run, tmp_path):
 
 def test_sigkill_between_checkpoints_then_resume(straight_run, tmp_path):
     workdir = tmp_path / 'killed'
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', PYTHONPATH=REPO)
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'vlp_jax.train', *_train_args(workdir)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while not (workdir / 'checkpoints' / '10').exists():  # committed step dirs appear atomically
-        assert process.poll() is None and time.monotonic() < deadline, 'run ended before its first checkpoint'
-        time.sleep(0.05)
-    time.sleep(0.3)  # a little way into the steps after it
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(_train_args(workdir), workdir, 10)
     resumed = run_cli('vlp_jax.train', _train_args(workdir))
     assert 'resumed from checkpoint at step' in resumed.stdout
     _assert_same_records(read_metrics(workdir), read_metrics(straight_run[0]), rtol=1e-6)

@@ -262,10 +262,23 @@ def resolve_step_dir(path: pathlib.Path) -> pathlib.Path:
     )
 
 
-def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None = None) -> PyTree:
+def stored_param_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """'a/b/c' -> shape of every param in a checkpoint, from its metadata (no arrays are read)."""
+    step_dir = resolve_step_dir(pathlib.Path(path).absolute())
+    try:
+        stored_tree = _read_state_metadata(step_dir)
+    except Exception as e:
+        raise CheckpointError(f'Cannot read checkpoint metadata in {step_dir} ({type(e).__name__}).') from e
+    if not isinstance(stored_tree, dict) or PARAMS_KEY not in stored_tree:
+        raise CheckpointError(f'Checkpoint {step_dir} has no "{PARAMS_KEY}" tree; it is not a vlp_jax train state.')
+    return _flat_shapes(stored_tree[PARAMS_KEY])
+
+
+def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None = None, subset: bool = False) -> PyTree:
     """Loads only the 'params' subtree of a vlp_jax checkpoint (frozen reference models).
 
     Without `abstract_params` the arrays are restored fully replicated on all devices.
+    With `subset`, `abstract_params` may name only some of the stored params (a warm start).
     """
     path = pathlib.Path(path).absolute()
     if not path.exists():
@@ -288,7 +301,10 @@ def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None 
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated), stored_params
         )
     else:
-        mismatch = _first_mismatch(_flat_shapes(stored_params), _flat_shapes(abstract_params))
+        stored_shapes = _flat_shapes(stored_params)
+        if subset:
+            stored_shapes = {key: shape for key, shape in stored_shapes.items() if key in _flat_shapes(abstract_params)}
+        mismatch = _first_mismatch(stored_shapes, _flat_shapes(abstract_params))
         if mismatch:
             raise CheckpointError(f'Params in {step_dir} do not fit the requested model: {mismatch}.')
     item = {PARAMS_KEY: abstract_params}
@@ -308,3 +324,19 @@ def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None 
     finally:
         checkpointer.close()
     return restored[PARAMS_KEY]
+
+
+def read_model_config(path: str | os.PathLike) -> dict | None:
+    """The `model` config a checkpoint was written with (train saves it in the 'extra' item), or None
+    when the path is not a readable checkpoint or predates it: a frozen model's own architecture."""
+    try:
+        step_dir = resolve_step_dir(pathlib.Path(path).absolute())
+        checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
+        try:
+            extra = checkpointer.restore(step_dir / EXTRA_ITEM)
+        finally:
+            checkpointer.close()
+    except Exception:  # a missing or damaged checkpoint is reported when its params are loaded
+        return None
+    model = extra.get('model') if isinstance(extra, dict) else None
+    return dict(model) if isinstance(model, dict) else None

@@ -186,6 +186,12 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
     return int(config.data.train_size) // int(config.batch_size)
 
 
+def distill_ramp_steps(config: ml_collections.ConfigDict) -> int:
+    """Steps over which ALBEF's distillation weight rises from 0 (-1 resolved to one epoch, as ALBEF)."""
+    value = int(config.loss.momentum.alpha_ramp_steps)
+    return steps_per_epoch(config) if value == -1 else value
+
+
 def smoothing_start(config: ml_collections.ConfigDict, value: int) -> int:
     """A smoothing start step with -1 resolved to the first step of epoch 1.
 

@@ -41,6 +41,23 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[jax
     )
 
 
+def abstract_params(model: VLPModel, mesh: Mesh, rules) -> Any:
+    """A model's params as ShapeDtypeStructs carrying their shardings (a frozen model's restore target)."""
+    cfg = model.config
+    inputs = (
+        jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32),
+        jnp.zeros((1, cfg.text.max_len), jnp.int32),
+        jnp.ones((1, cfg.text.max_len), jnp.int32),
+    )
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs)['params'])
+    shardings = parallel.shardings_from_logical(boxed, mesh, rules)
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        nn.meta.unbox(boxed),
+        shardings,
+    )
+
+
 def _boxed_state(
     config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation, objective: Objective
 ) -> Any:

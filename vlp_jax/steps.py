@@ -38,13 +38,15 @@ def make_train_step(
     mesh: Mesh,
     rules,
     state_shardings: Any,
+    frozen_shardings: Mapping[str, Any] | None = None,
     probe: GroundTruthProbe | None = None,
     keep_feedback: bool = False,
 ) -> Callable:
     """run(state, batch, frozen) -> (state, metrics, feedback).
 
     `batch` holds exactly `objective.batch_keys` plus the probe's keys; `frozen` is
-    {role: params} for `objective.frozen_roles`, sharded like params. `feedback` is the
+    {role: params} for `objective.frozen_roles`, in `frozen_shardings` (a tree of shardings or of
+    ShapeDtypeStructs carrying them; default: like the trained params). `feedback` is the
     objective's outputs[FEEDBACK] (replicated) when `keep_feedback`, else None.
     """
     keys = tuple(dict.fromkeys((*objective.batch_keys, *(probe.batch_keys if probe else ()))))
@@ -60,7 +62,9 @@ def make_train_step(
 
             (loss, (metrics, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
         updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-        params, extra = objective.after_update(optax.apply_updates(state['params'], updates), state['extra'], step)
+        params, extra = objective.after_update(
+            optax.apply_updates(state['params'], updates), state['extra'], outputs, step
+        )
         metrics = {
             'train/loss': loss,
             'train/lr': schedule(step),
@@ -72,7 +76,12 @@ def make_train_step(
         new_state = {**state, 'params': params, 'opt_state': opt_state, 'extra': extra, 'step': step + 1}
         return new_state, metrics, (outputs[FEEDBACK] if keep_feedback else None)
 
-    frozen_shardings = {role: state_shardings['params'] for role in objective.frozen_roles}
+    frozen_shardings = {
+        role: jax.tree.map(
+            lambda x: getattr(x, 'sharding', x), (frozen_shardings or {}).get(role, state_shardings['params'])
+        )
+        for role in objective.frozen_roles
+    }
     batch_shardings = {key: parallel.batch_sharding(mesh, batch_spec.ndim(key)) for key in keys}
     replicated = parallel.replicated(mesh)
     compiled = jax.jit(

@@ -102,6 +102,14 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         restored = checkpointer.restore(abstract_state)
     except CheckpointError as error:
         fail(str(error))
+    warm = None
+    if restored is None and config.model.get('init_checkpoint'):
+        from vlp_jax.warm_start import WarmStartError, load_warm_start
+
+        try:  # also before anything is written
+            warm = load_warm_start(config.model.init_checkpoint, abstract_state['params'])
+        except WarmStartError as error:
+            fail(str(error))
     os.makedirs(workdir, exist_ok=True)
     if is_main:
         with open(os.path.join(workdir, 'config.json'), 'w') as handle:
@@ -109,6 +117,10 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     if restored is None:
         state, start_step = run_setup.init_state(), 0
         say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
+        if warm is not None:
+            arrays, matched, total_params = warm
+            state = run_setup.warm_started(state, arrays)
+            say(f'initialised {matched} of {total_params} param arrays from {config.model.init_checkpoint}')
     else:
         start_step, state, extra = restored
         assert extra['pipeline']['next_step'] == start_step, extra
@@ -119,6 +131,12 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         metrics_lib.truncate_after(workdir, start_step)
 
     train_step = run_setup.train_step(probe=probe, keep_feedback=sampler is not None)
+    # Saved beside every state: the pipeline's position, and the architecture, so this run can serve
+    # as another run's frozen model (objectives/frozen.py) whatever that run trains.
+    checkpoint_extra = lambda done: {
+        'pipeline': {'next_step': done, 'seed': int(config.seed)},
+        'model': config.model.to_dict(),
+    }
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
 
     total = config.total_steps
@@ -182,7 +200,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         if done % config.checkpoint_every == 0 or done in (total, end):
             paused = throughput.pause()
             saved = state if sampler is None else {**state, 'sampler': sampler.state()}
-            checkpointer.save(done, saved, extra={'pipeline': {'next_step': done, 'seed': int(config.seed)}})
+            checkpointer.save(done, saved, extra=checkpoint_extra(done))
             throughput.resume(paused)
     if start_step >= total:
         say(f'already trained to step {total}; evaluating the final checkpoint')

@@ -84,6 +84,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         f'model.max_text_len ({config.model.max_text_len}) must equal data.max_text_len ({config.data.max_text_len}).',
     )
     validate_model(config)
+    rerank_k = config.eval.get('rerank_k', 0)
+    _require(
+        isinstance(rerank_k, int) and rerank_k >= 0 and (rerank_k == 0 or config.model.get('kind') == 'fusion'),
+        f"config key eval.rerank_k must be 0, or a positive int with model.kind='fusion' (ITM re-ranks), "
+        f'got {rerank_k!r}.',
+    )
     validate_loss(config)
     _require(
         config.loss.consistency_weight >= 0,
@@ -147,6 +153,13 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
     )
     if kind == 'fusion':
         validate_fusion_loss(config)
+    else:
+        momentum = config.loss.get('momentum', None)
+        _require(
+            not (momentum is not None and momentum.enabled) and config.loss.get('queue_size', 0) == 0,
+            "config keys loss.momentum.enabled and loss.queue_size need model.kind='fusion' (ALBEF's momentum "
+            'model); turn them off for a dual encoder.',
+        )
     try:
         model_config_from_dict(config.model)
     except ValueError as error:
@@ -171,6 +184,44 @@ def validate_fusion_loss(config: ml_collections.ConfigDict) -> None:
         loss.negatives == 'global',
         "config key loss.negatives must be 'global' with model.kind='fusion' "
         '(ITM chooses its negatives from the global batch).',
+    )
+    validate_momentum(config)
+
+
+def validate_momentum(config: ml_collections.ConfigDict) -> None:
+    """loss.momentum and loss.queue_size: ALBEF's momentum model (fusion models only)."""
+    loss = config.loss
+    momentum = loss.get('momentum', None)
+    enabled = bool(momentum is not None and momentum.enabled)
+    queue = int(loss.get('queue_size', 0))
+    _require(
+        queue >= 0 and (queue == 0 or enabled),
+        f'config key loss.queue_size ({queue}) needs loss.momentum.enabled=True (the queue holds momentum features); '
+        'set it to 0 or enable the momentum model.',
+    )
+    _require(
+        queue % config.batch_size == 0,
+        f'config key loss.queue_size ({queue}) must be a multiple of batch_size ({config.batch_size}).',
+    )
+    if not enabled:
+        return
+    _require(0.0 <= momentum.decay < 1.0, f'config key loss.momentum.decay must be in [0, 1), got {momentum.decay}.')
+    _require(
+        0.0 <= momentum.distill_alpha <= 1.0,
+        f'config key loss.momentum.distill_alpha must be in [0, 1], got {momentum.distill_alpha}.',
+    )
+    _require(
+        momentum.alpha_ramp_steps >= -1,
+        f'config key loss.momentum.alpha_ramp_steps must be -1 (one epoch) or >= 0, got {momentum.alpha_ramp_steps}.',
+    )
+    _require(
+        loss.form == 'softmax',
+        "config key loss.form must be 'softmax' with loss.momentum.enabled (distillation targets are soft).",
+    )
+    _require(
+        not loss.stop_grad_keys and loss.consistency_weight == 0,
+        'config keys loss.stop_grad_keys and loss.consistency_weight are GRIT-VLP options that do not apply with '
+        'loss.momentum.enabled (the momentum keys carry no gradient; candidates are not square); turn them off.',
     )
 
 
@@ -227,15 +278,22 @@ def validate_loss(config: ml_collections.ConfigDict) -> None:
             cosmo.discriminator in DISCRIMINATORS,
             f'config key loss.cosmo.discriminator must be one of {DISCRIMINATORS}, got {cosmo.discriminator!r}.',
         )
+        if cosmo.discriminator == 'itm':
+            _require(
+                0.0 <= cosmo.low <= cosmo.high <= 1.0,
+                'config keys loss.cosmo.low and loss.cosmo.high are ITM match probabilities with the itm '
+                f'discriminator and must satisfy 0 <= low <= high <= 1, got low={cosmo.low}, high={cosmo.high}.',
+            )
+        else:
+            _require(
+                -1.0 <= cosmo.low <= cosmo.high <= 1.0,
+                'config keys loss.cosmo.low and loss.cosmo.high are cosine '
+                f'thresholds and must satisfy -1 <= low <= high <= 1, got low={cosmo.low}, high={cosmo.high}.',
+            )
         _require(
-            cosmo.discriminator != 'itm',
-            "config key loss.cosmo.discriminator='itm' needs an ITM head, which "
-            "arrives with the fusion encoder; use 'cosine' (a frozen reference dual encoder) for now.",
-        )
-        _require(
-            -1.0 <= cosmo.low <= cosmo.high <= 1.0,
-            'config keys loss.cosmo.low and loss.cosmo.high are cosine '
-            f'thresholds and must satisfy -1 <= low <= high <= 1, got low={cosmo.low}, high={cosmo.high}.',
+            config.model.get('kind', 'dual') != 'fusion' or loss.itm.negatives == 'hardest',
+            "config key loss.itm.negatives must be 'hardest' with loss.regulators 'cosmo' on a fusion model: "
+            "MAFA's ITM negatives are the mined j1 or j2 (METHODS.md).",
         )
         _require(0.0 <= cosmo.eps <= 1.0, f'config key loss.cosmo.eps must be in [0, 1], got {cosmo.eps}.')
         _require(
@@ -246,7 +304,7 @@ def validate_loss(config: ml_collections.ConfigDict) -> None:
         _require(
             bool(cosmo.reference_checkpoint),
             'config key loss.cosmo.reference_checkpoint is empty but the '
-            'cosine discriminator scores pairs with a frozen reference model; pass a reference run, e.g. '
+            'discriminator scores pairs with a frozen model; pass a trained run, e.g. '
             '--config.loss.cosmo.reference_checkpoint=workdirs/reference.',
         )
         _require(

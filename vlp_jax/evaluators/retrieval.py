@@ -12,9 +12,15 @@ import numpy as np
 RECALL_AT = (1, 5, 10)
 
 
-def _top_k(similarity: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest entries per row, best first (stable on ties)."""
-    return np.argsort(-similarity, axis=1, kind='stable')[:, :k]
+def top_k(scores: np.ndarray, k: int, tie_break: np.ndarray | None = None) -> np.ndarray:
+    """Column indices of the k largest entries per row, best first.
+
+    Ties are broken by `tie_break` (same shape, larger first) when given, then by the
+    lower column index (stable).
+    """
+    if tie_break is None:
+        return np.argsort(-scores, axis=1, kind='stable')[:, :k]
+    return np.lexsort((-np.asarray(tie_break), -np.asarray(scores)), axis=-1)[:, :k]
 
 
 def retrieval_metrics(
@@ -24,24 +30,45 @@ def retrieval_metrics(
     truth: np.ndarray | None = None,
     ks: tuple[int, ...] = RECALL_AT,
 ) -> dict[str, float]:
-    """Recall@k in both directions. `text_image[t]` is the image caption t was written for;
-    `truth[t, i]` (optional) says whether caption t is true of image i."""
-    image_embed = np.asarray(image_embed, np.float32)
-    text_embed = np.asarray(text_embed, np.float32)
+    """Recall@k in both directions by embedding cosine. `text_image[t]` is the image caption t
+    was written for; `truth[t, i]` (optional) says whether caption t is true of image i."""
+    similarity = itc_similarity(image_embed, text_embed)
+    return retrieval_metrics_from_scores(similarity, similarity.T, text_image, truth, ks)
+
+
+def itc_similarity(image_embed: np.ndarray, text_embed: np.ndarray) -> np.ndarray:
+    """[Nt, Ni] float32 cosines of unit-norm embeddings: the score ITC retrieval ranks by."""
+    return np.asarray(text_embed, np.float32) @ np.asarray(image_embed, np.float32).T
+
+
+def retrieval_metrics_from_scores(
+    t2i_scores: np.ndarray,
+    i2t_scores: np.ndarray,
+    text_image: np.ndarray,
+    truth: np.ndarray | None = None,
+    ks: tuple[int, ...] = RECALL_AT,
+    tie_break: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Recall@k from any scores: `t2i_scores` [Nt, Ni] ranks images for each text, `i2t_scores`
+    [Ni, Nt] texts for each image (the two need not be transposes, e.g. after re-ranking each
+    direction's own top k). `tie_break` [Nt, Ni] (optional) orders candidates whose scores tie
+    in both directions (e.g. the ITC cosine under re-ranked scores); then the lower index wins."""
+    t2i_scores = np.asarray(t2i_scores, np.float32)
+    i2t_scores = np.asarray(i2t_scores, np.float32)
     text_image = np.asarray(text_image)
-    assert text_embed.shape[0] == text_image.shape[0]
-    similarity = text_embed @ image_embed.T  # [Nt, Ni]
-    kmax = min(max(ks), similarity.shape[0], similarity.shape[1])
-    t2i_top = _top_k(similarity, kmax)  # [Nt, k] image ids
-    i2t_top = _top_k(similarity.T, kmax)  # [Ni, k] text ids
-    image_ids = np.arange(image_embed.shape[0])
+    num_texts, num_images = t2i_scores.shape
+    assert i2t_scores.shape == (num_images, num_texts) and text_image.shape == (num_texts,)
+    kmax = min(max(ks), num_texts, num_images)
+    t2i_top = top_k(t2i_scores, kmax, tie_break)  # [Nt, k] image ids
+    i2t_top = top_k(i2t_scores, kmax, None if tie_break is None else np.asarray(tie_break).T)  # [Ni, k] text ids
+    image_ids = np.arange(num_images)
     metrics = {}
     for k in ks:
         kk = min(k, kmax)
         metrics[f't2i_r{k}'] = float(np.mean(np.any(t2i_top[:, :kk] == text_image[:, None], axis=1)))
         metrics[f'i2t_r{k}'] = float(np.mean(np.any(text_image[i2t_top[:, :kk]] == image_ids[:, None], axis=1)))
         if truth is not None:
-            text_ids = np.arange(text_embed.shape[0])
+            text_ids = np.arange(num_texts)
             metrics[f't2i_semantic_r{k}'] = float(np.mean(np.any(truth[text_ids[:, None], t2i_top[:, :kk]], axis=1)))
             metrics[f'i2t_semantic_r{k}'] = float(np.mean(np.any(truth[i2t_top[:, :kk], image_ids[:, None]], axis=1)))
     return metrics

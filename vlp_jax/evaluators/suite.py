@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from vlp_jax import parallel
 from vlp_jax.evaluators.classification import class_embeddings, zero_shot_accuracy
-from vlp_jax.evaluators.retrieval import retrieval_metrics
+from vlp_jax.evaluators.retrieval import itc_similarity, retrieval_metrics_from_scores
 
 
 def embed_in_batches(encode: Callable, arrays: tuple[np.ndarray, ...], batch_size: int, mesh: Mesh) -> np.ndarray:
@@ -36,14 +36,30 @@ def embed_in_batches(encode: Callable, arrays: tuple[np.ndarray, ...], batch_siz
 
 
 def run_zero_shot(
-    encode_images: Callable, encode_texts: Callable, retrieval, classification, batch_size: int, mesh: Mesh
+    encode_images: Callable,
+    encode_texts: Callable,
+    retrieval,
+    classification,
+    batch_size: int,
+    mesh: Mesh,
+    rerank: Callable | None = None,
 ) -> dict[str, float]:
-    """All eval metrics as a flat dict with keys like 'eval/retrieval/i2t_r1'."""
+    """All eval metrics as a flat dict with keys like 'eval/retrieval/i2t_r1'.
+
+    With `rerank` (ITC similarity [Nt, Ni] -> rerank.RerankedScores), every retrieval metric
+    is also reported re-ranked by ITM, as 'eval/retrieval_itm/<same key>'.
+    """
     metrics = {}
     image_embed = embed_in_batches(encode_images, (retrieval.images,), batch_size, mesh)
     text_embed = embed_in_batches(encode_texts, (retrieval.text_ids, retrieval.text_mask), batch_size, mesh)
-    for key, value in retrieval_metrics(image_embed, text_embed, retrieval.text_image, retrieval.truth).items():
+    similarity = itc_similarity(image_embed, text_embed)
+    args = (retrieval.text_image, retrieval.truth)
+    for key, value in retrieval_metrics_from_scores(similarity, similarity.T, *args).items():
         metrics[f'eval/retrieval/{key}'] = value
+    if rerank is not None:
+        scores = rerank(similarity)
+        for key, value in retrieval_metrics_from_scores(scores.t2i, scores.i2t, *args, tie_break=similarity).items():
+            metrics[f'eval/retrieval_itm/{key}'] = value
     for task in classification:
         classes, templates, length = task.prompt_ids.shape
         prompts = embed_in_batches(
@@ -56,12 +72,16 @@ def run_zero_shot(
 
 
 def make_zero_shot_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
-    """params -> eval metrics, for the config's eval sets (built once, here) and the setup's encoders."""
+    """params -> eval metrics, for the config's eval sets (built once, here) and the setup's encoders;
+    with eval.rerank_k > 0 (fusion models) also the retrieval metrics re-ranked by ITM."""
     from vlp_jax.data.eval_sets import classification_sets, retrieval_set
+    from vlp_jax.evaluators.rerank import make_reranker
 
     config = setup.config
     retrieval, classification = retrieval_set(config, 'test'), classification_sets(config)
     encode_images, encode_texts = setup.encoders()
+    rerank_k = int(config.eval.get('rerank_k', 0))
+    reranker = make_reranker(setup, rerank_k) if rerank_k > 0 else None
 
     def evaluate(params) -> dict[str, float]:
         return run_zero_shot(
@@ -71,6 +91,7 @@ def make_zero_shot_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
             classification,
             int(config.eval.batch_size),
             setup.mesh,
+            None if reranker is None else lambda similarity: reranker(params, retrieval, similarity),
         )
 
     return evaluate

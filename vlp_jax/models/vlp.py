@@ -173,6 +173,10 @@ class VLPModel(nn.Module):
         """[B, L] ids -> [B, L, width] tokens of the text layers (what `fuse` continues; MLM's masked input)."""
         return self.text(text_ids, text_mask, deterministic=deterministic)[1]
 
+    def image_tokens(self, image: Array, deterministic: bool = True) -> Array:
+        """[B, H, W, C] -> [B, N, width_v] tokens of the image tower (what `fuse` attends to)."""
+        return self.vision(image, deterministic=deterministic)[1]
+
     def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
         """[B, L, width] text tokens (from the text layers) attending to [B, N, width_v] image tokens."""
         return self.text.fuse(text_tokens, text_mask, image_tokens, deterministic)

@@ -1,4 +1,4 @@
-"""ALBEF's objective on a fusion model: ITC + ITM + MLM (the momentum model arrives next).
+"""ALBEF's objective on a fusion model: ITC + ITM + MLM, with ALBEF's momentum model as an option.
 
 - ITC: the dual encoder's regulated contrastive loss on the unimodal embeddings, so every
   regulator (SRCL, COSMO, smoothing) and GRIT's feedback work unchanged.
@@ -8,6 +8,10 @@
   the fusion layers and the 2-way head.
 - MLM: BERT masking (objectives/matching.py) of each caption, predicted from the fusion
   output with the caption's own image.
+- Momentum model (`loss.momentum.enabled`, objectives/momentum.py): EMA params in
+  `extra`; ITC's keys are its embeddings of the batch plus a queue, targets distilled
+  from its softmax; MLM's loss mixes in its word distribution on the same masked input:
+  (1 - alpha) * CE + alpha * soft CE, as ALBEF. It runs without dropout.
 
 Loss = w_itc * ITC + w_itm * ITM + w_mlm * MLM (`loss.weights`).
 """
@@ -25,11 +29,30 @@ import optax
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.tokenizer import BERT_CLS_ID, BERT_MASK_ID, BERT_PAD_ID, BERT_SEP_ID
 from vlp_jax.models.vlp import VLPModel, clamp_temperature
+from vlp_jax.objectives.base import REGULATION
 from vlp_jax.objectives.dual_encoder import DualEncoderContrastive
 from vlp_jax.objectives.frozen import image_text_cosines
-from vlp_jax.objectives.matching import SpecialTokens, choose_negatives, mask_tokens
+from vlp_jax.objectives.matching import (
+    Pairs,
+    SpecialTokens,
+    caption_pairs,
+    choose_negatives,
+    itm_pairs,
+    mafa_pairs,
+    mask_tokens,
+)
+from vlp_jax.objectives.momentum import (
+    MOMENTUM_PARAMS,
+    MomentumSettings,
+    candidates,
+    ema,
+    enqueue,
+    init_momentum_extra,
+)
 
 PyTree = Any
+# outputs[ENQUEUE]: the momentum embeddings (image, text) of this batch, for the queue.
+ENQUEUE = 'enqueue'
 # The objective's rng is split into these uses, one key each.
 RNG_USES = ('towers', 'image_negatives', 'text_negatives', 'itm_fusion', 'mask', 'mlm_text', 'mlm_fusion')
 
@@ -44,44 +67,53 @@ def masked_mean(values: jax.Array, where: jax.Array) -> jax.Array:
     return jnp.sum(values * where) / jnp.maximum(jnp.sum(where), 1.0)
 
 
+weighted_mean = masked_mean  # the same sum(v * w) / sum(w), read as weights
+
+
 class AlbefObjective:
     """Objective (objectives/base.py) of a fusion model: ITC + ITM + MLM."""
 
     batch_keys = batch_spec.REQUIRED_KEYS
 
-    def __init__(self, config: ml_collections.ConfigDict, model: VLPModel, local_shards: int):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        model: VLPModel,
+        local_shards: int,
+        frozen_models: Mapping[str, VLPModel] | None = None,
+    ):
         assert model.config.kind == 'fusion', 'ALBEF needs a fusion model'
         self.model = model
-        self.itc = DualEncoderContrastive(config, model, local_shards)
+        self.itc = DualEncoderContrastive(config, model, local_shards, frozen_models)
         self.frozen_roles = self.itc.frozen_roles
         self.negative_choice = str(config.loss.itm.negatives)
         self.mask_ratio = float(config.loss.mlm.mask_ratio)
         self.weights = {term: float(config.loss.weights[term]) for term in ('itc', 'itm', 'mlm')}
         self.special = SpecialTokens(BERT_CLS_ID, BERT_SEP_ID, BERT_PAD_ID, BERT_MASK_ID, model.config.text.vocab_size)
+        self.momentum = MomentumSettings.from_config(config)
 
     def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
-        return {}
+        if self.momentum is None:
+            return {}
+        return init_momentum_extra(params, self.momentum.queue_size, self.model.config.embed_dim)
 
     def _apply(self, params: PyTree, *args, method: str | None = None, rng: jax.Array | None = None) -> Any:
         rngs = {'dropout': rng} if rng is not None else {}
         kwargs = {'deterministic': False} if rng is not None else {}
         return self.model.apply({'params': params}, *args, method=method, rngs=rngs, **kwargs)
 
-    def itm_pairs(
-        self, out: Mapping[str, jax.Array], text_mask: jax.Array, keys: Mapping[str, jax.Array]
-    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """(image tokens, text tokens, text mask, labels) of the 3B ITM pairs: positives, then each text with
-        a negative image, then each image with a negative text."""
+    def choose_pairs(
+        self, out: Mapping[str, jax.Array], outputs: Mapping[str, Any], keys: Mapping[str, jax.Array]
+    ) -> tuple[Pairs, Pairs]:
+        """(ITM pairs, MLM pairs): ALBEF's / GRIT-VLP's negatives from the model's similarities, or
+        MAFA's from COSMO's mining when the cosmo regulator runs."""
+        cosmo = outputs.get(REGULATION, {}).get('cosmo')
+        if cosmo is not None:
+            return mafa_pairs(cosmo['i2t'], cosmo['t2i'])
         sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images, no gradient
         negative_text = choose_negatives(keys['text_negatives'], sims, self.negative_choice)  # per image
         negative_image = choose_negatives(keys['image_negatives'], sims.T, self.negative_choice)  # per text
-        images, texts = out['image_tokens'], out['text_tokens']
-        pair_images = jnp.concatenate([images, images[negative_image], images])
-        pair_texts = jnp.concatenate([texts, texts, texts[negative_text]])
-        pair_masks = jnp.concatenate([text_mask, text_mask, text_mask[negative_text]])
-        n = images.shape[0]
-        labels = jnp.concatenate([jnp.ones((n,), jnp.int32), jnp.zeros((2 * n,), jnp.int32)])
-        return pair_images, pair_texts, pair_masks, labels
+        return itm_pairs(negative_image, negative_text), caption_pairs(sims.shape[0])
 
     def loss(
         self,
@@ -94,21 +126,45 @@ class AlbefObjective:
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
         keys = split_rng(rng)
         ids, mask = batch['text_ids'], batch['text_mask']
-        out = self._apply(params, *(batch[key] for key in batch_spec.MODEL_INPUT_KEYS), rng=keys['towers'])
-        itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step)
+        inputs = tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS)
+        out = self._apply(params, *inputs, rng=keys['towers'])
+        momentum = out_m = None
+        if self.momentum is not None:
+            momentum_params = jax.lax.stop_gradient(extra[MOMENTUM_PARAMS])
+            out_m = jax.lax.stop_gradient(self._apply(momentum_params, *inputs))
+            alpha = self.momentum.alpha(step)
+            momentum = (candidates(extra, out_m['image_embed'], out_m['text_embed']), alpha)
+        itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step, momentum)
 
-        pair_images, pair_texts, pair_masks, labels = self.itm_pairs(out, mask, keys)
-        fused = self._apply(params, pair_texts, pair_masks, pair_images, method='fuse', rng=keys['itm_fusion'])
+        itm_set, mlm_set = self.choose_pairs(out, outputs, keys)
+        images, texts = out['image_tokens'], out['text_tokens']
+        fused = self._apply(
+            params,
+            texts[itm_set.text],
+            mask[itm_set.text],
+            images[itm_set.image],
+            method='fuse',
+            rng=keys['itm_fusion'],
+        )
         itm_logits = self._apply(params, fused, method='itm_logits')
-        itm = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels))
+        labels = itm_set.label
+        itm = weighted_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
 
         masked_ids, predicted = mask_tokens(keys['mask'], ids, mask, self.mask_ratio, self.special)
         masked_tokens = self._apply(params, masked_ids, mask, method='text_tokens', rng=keys['mlm_text'])
+        rows = mlm_set.text
         fused_masked = self._apply(
-            params, masked_tokens, mask, out['image_tokens'], method='fuse', rng=keys['mlm_fusion']
+            params, masked_tokens[rows], mask[rows], images[mlm_set.image], method='fuse', rng=keys['mlm_fusion']
         )
         mlm_logits = self._apply(params, fused_masked, method='mlm_logits')
-        mlm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(mlm_logits, ids), predicted)
+        targets, predicted = ids[rows], predicted[rows] & (mlm_set.weight[:, None] > 0)
+        mlm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(mlm_logits, targets), predicted)
+        if self.momentum is not None:
+            soft = jax.nn.softmax(self._momentum_mlm_logits(momentum_params, masked_ids, mask, out_m, mlm_set), -1)
+            distill = masked_mean(optax.softmax_cross_entropy(mlm_logits, jax.lax.stop_gradient(soft)), predicted)
+            metrics['train/mlm_distill'] = distill
+            mlm = (1.0 - alpha) * mlm + alpha * distill
+            outputs[ENQUEUE] = (out_m['image_embed'], out_m['text_embed'])
 
         w = self.weights
         loss = w['itc'] * itc + w['itm'] * itm + w['mlm'] * mlm
@@ -117,11 +173,33 @@ class AlbefObjective:
                 'train/itc': itc,
                 'train/itm': itm,
                 'train/mlm': mlm,
-                'train/itm_accuracy': jnp.mean(jnp.argmax(itm_logits, axis=-1) == labels),
-                'train/mlm_accuracy': masked_mean(jnp.argmax(mlm_logits, axis=-1) == ids, predicted),
+                'train/itm_accuracy': weighted_mean(jnp.argmax(itm_logits, axis=-1) == labels, itm_set.weight),
+                'train/mlm_accuracy': masked_mean(jnp.argmax(mlm_logits, axis=-1) == targets, predicted),
+                'train/mlm_pairs': jnp.sum(mlm_set.weight),
             }
         )
         return loss, metrics, outputs
 
-    def after_update(self, params: PyTree, extra: PyTree, step: jax.Array) -> tuple[PyTree, PyTree]:
-        return clamp_temperature(params, self.model.config), extra
+    def _momentum_mlm_logits(
+        self,
+        momentum_params: PyTree,
+        masked_ids: jax.Array,
+        mask: jax.Array,
+        out_m: Mapping[str, jax.Array],
+        pairs: Pairs,
+    ) -> jax.Array:
+        """The momentum model's word logits for the same masked captions with the same images."""
+        tokens = self._apply(momentum_params, masked_ids, mask, method='text_tokens')[pairs.text]
+        fused = self._apply(
+            momentum_params, tokens, mask[pairs.text], out_m['image_tokens'][pairs.image], method='fuse'
+        )
+        return jax.lax.stop_gradient(self._apply(momentum_params, fused, method='mlm_logits'))
+
+    def after_update(
+        self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array
+    ) -> tuple[PyTree, PyTree]:
+        params = clamp_temperature(params, self.model.config)
+        if self.momentum is None:
+            return params, extra
+        extra = enqueue(extra, *outputs[ENQUEUE])
+        return params, {**extra, MOMENTUM_PARAMS: ema(extra[MOMENTUM_PARAMS], params, self.momentum.decay)}

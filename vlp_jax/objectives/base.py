@@ -47,6 +47,11 @@ class Objective(Protocol):
         """
         ...
 
-    def after_update(self, params: PyTree, extra: PyTree, step: jax.Array) -> tuple[PyTree, PyTree]:
-        """After the optimizer update: EMA, temperature clamp, queue rotation -> (params, extra)."""
+    def after_update(
+        self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array
+    ) -> tuple[PyTree, PyTree]:
+        """After the optimizer update: EMA, temperature clamp, queue rotation -> (params, extra).
+
+        `outputs` are this step's loss outputs (e.g. the momentum features to enqueue).
+        """
         ...

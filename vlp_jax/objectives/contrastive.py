@@ -26,12 +26,13 @@ import jax.numpy as jnp
 class Regulation(NamedTuple):
     """What regulators hand the loss for one direction; None means 'no change'."""
 
-    log_w: jax.Array | None = None  # [B, B] additive log-weights (0 on positives)
-    y: jax.Array | None = None  # [B, B] row-stochastic targets
+    log_w: jax.Array | None = None  # [B, C] additive log-weights (0 on positives); C = B without a queue
+    y: jax.Array | None = None  # [B, C] row-stochastic targets
 
 
-def _identity_targets(n: int, dtype) -> jax.Array:
-    return jnp.eye(n, dtype=dtype)
+def _identity_targets(shape: tuple[int, ...], dtype) -> jax.Array:
+    """Row i's positive is column i (the batch's own pair comes first among the candidates)."""
+    return jnp.eye(shape[0], shape[1], dtype=dtype)
 
 
 def softmax_direction_loss(logits: jax.Array, regulation: Regulation = Regulation()) -> jax.Array:
@@ -39,7 +40,7 @@ def softmax_direction_loss(logits: jax.Array, regulation: Regulation = Regulatio
     logits = logits.astype(jnp.float32)
     if regulation.log_w is not None:
         logits = logits + jax.lax.stop_gradient(regulation.log_w.astype(jnp.float32))
-    y = regulation.y if regulation.y is not None else _identity_targets(logits.shape[0], logits.dtype)
+    y = regulation.y if regulation.y is not None else _identity_targets(logits.shape, logits.dtype)
     y = jax.lax.stop_gradient(y.astype(jnp.float32))
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.sum(y * log_probs, axis=-1))
@@ -48,7 +49,7 @@ def softmax_direction_loss(logits: jax.Array, regulation: Regulation = Regulatio
 def sigmoid_direction_loss(logits: jax.Array, bias: jax.Array, regulation: Regulation = Regulation()) -> jax.Array:
     """SigLIP: -(1/B) sum_ij weight_ij * log sigmoid(label_ij * (z_ij + b)), label = +1 iff y_ij > 0."""
     logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
-    y = regulation.y if regulation.y is not None else _identity_targets(logits.shape[0], logits.dtype)
+    y = regulation.y if regulation.y is not None else _identity_targets(logits.shape, logits.dtype)
     positive = jax.lax.stop_gradient(y) > 0
     labels = jnp.where(positive, 1.0, -1.0)
     weights = jnp.ones_like(logits)
@@ -69,6 +70,8 @@ def contrastive_loss(
     t2i: Regulation = Regulation(),
     stop_grad_keys: bool = False,
     consistency_weight: float = 0.0,
+    image_candidates: jax.Array | None = None,
+    text_candidates: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Symmetric loss over the global batch: 0.5 * (L_i2t + L_t2i), the mean of the two directions.
 
@@ -76,10 +79,17 @@ def contrastive_loss(
     collectives. `i2t` regulates rows = images, `t2i` rows = texts. GRIT-VLP's options:
     `stop_grad_keys` (i2t logits see sg(texts), t2i logits sg(images)) and
     `consistency_weight` (softmax(i2t)_i pulled towards sg softmax(t2i)_i and back, as KL).
+    ALBEF's momentum model: `text_candidates` / `image_candidates` [C, E] replace the
+    batch as the i2t / t2i keys (row i's positive is candidate i), C = B + queue.
     """
     image = image_embed.astype(jnp.float32)
     text = text_embed.astype(jnp.float32)
-    if stop_grad_keys:
+    if text_candidates is not None or image_candidates is not None:
+        assert text_candidates is not None and image_candidates is not None, 'candidates come in pairs'
+        assert not consistency_weight, 'the consistency term needs square logits'
+        logits_i2t = logit_scale * jnp.einsum('ie,je->ij', image, text_candidates.astype(jnp.float32))
+        logits_t2i = logit_scale * jnp.einsum('ie,je->ij', text, image_candidates.astype(jnp.float32))
+    elif stop_grad_keys:
         logits_i2t = logit_scale * jnp.einsum('ie,je->ij', image, jax.lax.stop_gradient(text))
         logits_t2i = logit_scale * jnp.einsum('ie,je->ij', text, jax.lax.stop_gradient(image))
     else:

@@ -20,6 +20,7 @@ from vlp_jax.models.vlp import VLPModel, clamp_temperature
 from vlp_jax.objectives.base import FEEDBACK, REGULATION
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss, local_contrastive_loss
 from vlp_jax.objectives.frozen import ask, frozen_roles, image_text_cosines, shared_roles
+from vlp_jax.objectives.momentum import Candidates, distilled_regulation
 from vlp_jax.objectives.regulate import RegulatorChain
 
 PyTree = Any
@@ -36,7 +37,13 @@ class DualEncoderContrastive:
 
     batch_keys = batch_spec.REQUIRED_KEYS
 
-    def __init__(self, config: ml_collections.ConfigDict, model: VLPModel, local_shards: int):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        model: VLPModel,
+        local_shards: int,
+        frozen_models: Mapping[str, VLPModel] | None = None,
+    ):
         self.model = model
         self.form = str(config.loss.form)
         self.stop_grad_keys = bool(config.loss.stop_grad_keys)
@@ -47,17 +54,18 @@ class DualEncoderContrastive:
         self.roles = frozen_roles(config)
         self.frozen_roles = tuple(role.role for role in self.roles)
         self._owner = shared_roles(self.roles)
+        self._frozen_models = {role: (frozen_models or {}).get(role, model) for role in self.frozen_roles}
 
     def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
         return {}
 
     def _answers(self, frozen: Mapping[str, PyTree], batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """Each role's answer; roles sharing a checkpoint share one forward pass."""
+        """Each role's answer; roles asking one checkpoint the same question share one forward pass."""
         answers: dict[str, jax.Array] = {}
         for role in self.roles:
             owner = self._owner[role.role]
             if owner not in answers:
-                answers[owner] = ask(self.model, role, frozen[owner], batch)
+                answers[owner] = ask(self._frozen_models[owner], role, frozen[owner], batch)
             answers[role.role] = answers[owner]
         return answers
 
@@ -84,8 +92,13 @@ class DualEncoderContrastive:
         frozen: Mapping[str, PyTree],
         batch: Mapping[str, jax.Array],
         step: jax.Array,
+        momentum: tuple[Candidates, jax.Array] | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        """The regulated contrastive loss (ITC) of the model outputs `out` (VLPModel.__call__)."""
+        """The regulated contrastive loss (ITC) of the model outputs `out` (VLPModel.__call__).
+
+        `momentum` = (candidates, alpha) from ALBEF's momentum model (objectives/momentum.py):
+        the keys become the candidates and the targets are distilled.
+        """
         image, text = out['image_embed'], out['text_embed']
         sims = image_text_cosines(image, text)
         (i2t, t2i), aux = (Regulation(), Regulation()), {}
@@ -97,6 +110,11 @@ class DualEncoderContrastive:
             stop_grad_keys=self.stop_grad_keys,
             consistency_weight=self.consistency_weight,
         )
+        momentum_metrics = {}
+        if momentum is not None:
+            cands, alpha = momentum
+            (i2t, t2i), momentum_metrics = distilled_regulation((i2t, t2i), cands, out['logit_scale'], alpha)
+            options.update(image_candidates=cands.image, text_candidates=cands.text)
         if self.local_shards is not None:  # GRIT-VLP's per-device negatives
             loss, parts = local_contrastive_loss(image, text, out['logit_scale'], self.local_shards, **options)
         else:
@@ -105,6 +123,7 @@ class DualEncoderContrastive:
             'train/temperature': 1.0 / out['logit_scale'],
             **{f'train/{key}': value for key, value in parts.items()},
             'train/hardest_negative_similarity': hardest_negative_similarity(sims),
+            **momentum_metrics,
         }
         feedback = {
             'image_embed': jax.lax.stop_gradient(image),
@@ -113,5 +132,7 @@ class DualEncoderContrastive:
         }
         return loss, metrics, {FEEDBACK: feedback, REGULATION: aux}
 
-    def after_update(self, params: PyTree, extra: PyTree, step: jax.Array) -> tuple[PyTree, PyTree]:
+    def after_update(
+        self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array
+    ) -> tuple[PyTree, PyTree]:
         return clamp_temperature(params, self.model.config), extra

@@ -8,11 +8,17 @@ ITM negatives (METHODS.md): per anchor one in-batch negative, never the positive
 sampled with probability softmax(similarity) over the negatives (ALBEF, 'sample') or the
 most similar one (GRIT-VLP, 'hardest'). Both run on the global [B, B] similarities, so
 every device agrees on the choice.
+
+Pairs are index arrays into the batch (image row, text row, label, weight) with static
+sizes: 3B for ALBEF/GRIT-VLP's ITM, 5B and 3B MLM for MAFA, whose converted pairs sit in
+fixed slots with weight 0 where nothing was converted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +70,62 @@ def choose_negatives(rng: jax.Array | None, similarity: jax.Array, choice: str) 
         return jnp.argmax(negatives, axis=1).astype(jnp.int32)
     assert rng is not None, "choice 'sample' needs an rng"
     return jax.random.categorical(rng, negatives, axis=1).astype(jnp.int32)
+
+
+class Pairs(NamedTuple):
+    """(image row, text row) pairs of the batch with their ITM label and weight (0 = an empty slot)."""
+
+    image: jax.Array  # [P] int32
+    text: jax.Array  # [P] int32
+    label: jax.Array  # [P] int32: 1 match, 0 not
+    weight: jax.Array  # [P] float32
+
+
+def itm_pairs(negative_image: jax.Array, negative_text: jax.Array) -> Pairs:
+    """ALBEF's 3B ITM pairs: the positives, each text with its negative image, each image with its negative text."""
+    n = negative_image.shape[0]
+    rows = jnp.arange(n, dtype=jnp.int32)
+    return Pairs(
+        image=jnp.concatenate([rows, negative_image.astype(jnp.int32), rows]),
+        text=jnp.concatenate([rows, rows, negative_text.astype(jnp.int32)]),
+        label=jnp.concatenate([jnp.ones((n,), jnp.int32), jnp.zeros((2 * n,), jnp.int32)]),
+        weight=jnp.ones((3 * n,), jnp.float32),
+    )
+
+
+def caption_pairs(n: int) -> Pairs:
+    """Each caption with its own image: ALBEF's MLM pairs."""
+    rows = jnp.arange(n, dtype=jnp.int32)
+    return Pairs(rows, rows, jnp.ones((n,), jnp.int32), jnp.ones((n,), jnp.float32))
+
+
+def mafa_pairs(i2t: Mapping[str, jax.Array], t2i: Mapping[str, jax.Array]) -> tuple[Pairs, Pairs]:
+    """MAFA's ITM pairs (5B) and MLM pairs (3B) from COSMO's per-direction mining (regulators.cosmo_regulation).
+
+    For image i (i2t: j1, j2 are texts) and text i (t2i: j1, j2 are images), by the
+    discriminator's state: kept -> j1 is the ITM negative; dropped -> j2 is; converted ->
+    (anchor, j1) is an extra ITM positive and an extra MLM pair, and j2 is the ITM
+    negative (**choice**: METHODS.md leaves the converted anchor's negative open; the next
+    hardest keeps one negative per anchor). Extra pairs sit in fixed slots, weight 0 when
+    not converted.
+    """
+    from vlp_jax.objectives.regulators import STATE_KEPT
+
+    def negative(info):
+        return jnp.where(info['state'] == STATE_KEPT, info['hardest'], info['second']).astype(jnp.int32)
+
+    base = itm_pairs(negative(t2i), negative(i2t))
+    n = i2t['hardest'].shape[0]
+    rows = jnp.arange(n, dtype=jnp.int32)
+    convert_i2t = i2t['converted'].astype(jnp.float32)
+    convert_t2i = t2i['converted'].astype(jnp.float32)
+    j1_text, j1_image = i2t['hardest'].astype(jnp.int32), t2i['hardest'].astype(jnp.int32)
+    extra = Pairs(
+        image=jnp.concatenate([rows, j1_image]),
+        text=jnp.concatenate([j1_text, rows]),
+        label=jnp.ones((2 * n,), jnp.int32),
+        weight=jnp.concatenate([convert_i2t, convert_t2i]),
+    )
+    itm = Pairs(*(jnp.concatenate([a, b]) for a, b in zip(base, extra)))
+    mlm = Pairs(*(jnp.concatenate([a, b]) for a, b in zip(caption_pairs(n), extra)))
+    return itm, mlm

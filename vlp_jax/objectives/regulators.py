@@ -205,15 +205,18 @@ def smoothing_regulation(batch_size: int, eps: float, active, base: Pair | None 
     return out[0], out[1]
 
 
-def _cosmo_direction(
-    sim: jax.Array, q: jax.Array, high, low, eps, active, prior: Regulation
-) -> tuple[Regulation, dict[str, jax.Array]]:
-    n = sim.shape[0]
-    rows = jnp.arange(n)
-    masked_sim = jnp.where(_off_diagonal(n), sim, -jnp.inf)
+def hardest_two(sim: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per row, the hardest and second-hardest off-diagonal column of [B, B] similarities (int32)."""
+    masked_sim = jnp.where(_off_diagonal(sim.shape[0]), sim, -jnp.inf)
     _, top2 = jax.lax.top_k(masked_sim, 2)
-    hardest, second = top2[:, 0].astype(jnp.int32), top2[:, 1].astype(jnp.int32)
-    score = q[rows, hardest]
+    return top2[:, 0].astype(jnp.int32), top2[:, 1].astype(jnp.int32)
+
+
+def _cosmo_direction(
+    hardest: jax.Array, second: jax.Array, score: jax.Array, high, low, eps, active, prior: Regulation
+) -> tuple[Regulation, dict[str, jax.Array]]:
+    n = hardest.shape[0]
+    rows = jnp.arange(n)
     converted = score > high
     state = jnp.where(converted, STATE_CONVERTED, jnp.where(score >= low, STATE_DROPPED, STATE_KEPT))
     extra = converted[:, None] & (rows[None, :] == hardest[:, None])  # [B, B] new positives
@@ -234,26 +237,36 @@ def _cosmo_direction(
 
 
 def cosmo_regulation(
-    sim_cur_i2t: jax.Array, disc_scores_i2t: jax.Array, high, low, eps, smoothing_active, base: Pair | None = None
+    sim_cur_i2t: jax.Array, discriminator, high, low, eps, smoothing_active, base: Pair | None = None
 ) -> tuple[Pair, dict[str, dict[str, jax.Array]]]:
     """COSMO/MAFA: the hardest negative, if the frozen discriminator says it matches, becomes a positive.
 
     Per direction (t2i uses the transposed matrices): j1/j2 = hardest/second-hardest
-    off-diagonal column of the training model's sims; q = disc_scores[i, j1];
+    off-diagonal column of the training model's sims; q scores (anchor, j1):
+    `discriminator` is either [B, B] scores (rows images; q = disc[i, j1], the cosine
+    discriminator) or a function (j1_i2t, j1_t2i) -> (q_i2t, q_t2i) (the ITM discriminator,
+    which fuses only the 2B pairs it is asked about).
     q > high -> converted (Y[i, j1] += 1, rows renormalised, log_w[i, j1] = 0),
     low <= q <= high -> dropped (for ITM), else kept. Then smoothing when active.
     Returns ((i2t, t2i), {'i2t': info, 't2i': info}) with info 'hardest', 'second',
     'state' [B] int32 (STATE_*), 'converted' [B] bool, 'hardest_score' [B] float32.
     """
     n = sim_cur_i2t.shape[0]
-    assert sim_cur_i2t.shape == (n, n) and disc_scores_i2t.shape == (n, n), 'need square [B, B] matrices'
+    assert sim_cur_i2t.shape == (n, n), 'need square [B, B] similarities'
     assert n >= 3, f'COSMO needs two negatives per anchor (B >= 3), got B = {n}'
     sim = jax.lax.stop_gradient(sim_cur_i2t.astype(jnp.float32))
-    q = jax.lax.stop_gradient(disc_scores_i2t.astype(jnp.float32))
+    picks = [hardest_two(s) for s in _transpose_pair(sim)]
+    if callable(discriminator):
+        scores = discriminator(picks[0][0], picks[1][0])
+    else:
+        assert discriminator.shape == (n, n), 'need [B, B] discriminator scores'
+        rows = jnp.arange(n)
+        scores = [d[rows, hardest] for d, (hardest, _) in zip(_transpose_pair(discriminator), picks)]
     priors = base if base is not None else (Regulation(), Regulation())
     regs, infos = [], {}
-    for name, s, d, prior in zip(('i2t', 't2i'), _transpose_pair(sim), _transpose_pair(q), priors):
-        reg, info = _cosmo_direction(s, d, high, low, eps, smoothing_active, prior)
+    for name, (hardest, second), q, prior in zip(('i2t', 't2i'), picks, scores, priors):
+        q = jax.lax.stop_gradient(q.astype(jnp.float32))
+        reg, info = _cosmo_direction(hardest, second, q, high, low, eps, smoothing_active, prior)
         regs.append(jax.tree_util.tree_map(jax.lax.stop_gradient, reg))
         infos[name] = info
     return (regs[0], regs[1]), infos
