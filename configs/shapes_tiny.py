@@ -27,6 +27,9 @@ def get_config(arg=None):
     config.weight_decay = 0.05
     config.grad_clip = 1.0  # global-norm clipping; 0 disables it
     config.adam_b2 = 0.98
+    # A step with a non-finite loss, gradient or update is skipped (train/skipped_steps); this many
+    # in a row stop the run with exit status 3 (its checkpoints stay finite).
+    config.nonfinite_patience = 10
 
     config.model = ml_collections.ConfigDict()
     config.model.image_size = IMAGE_SIZE

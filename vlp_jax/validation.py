@@ -40,6 +40,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         'data.captions_per_image',
         'eval.batch_size',
         'model.embed_dim',
+        'nonfinite_patience',
     ):
         _positive_int(config, key)
     _require(config.seed >= 0, f'config key seed must be >= 0, got {config.seed}.')
