@@ -122,6 +122,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         config.eval.batch_size % batch_shards == 0,
         f'config key eval.batch_size ({config.eval.batch_size}) must be divisible by the {batch_shards} batch shards.',
     )
+    from vlp_jax.layout import layout_problem  # builds the model's shapes: after the cheap checks
+
+    problem = layout_problem(config, sizes)
+    _require(problem is None, problem or '')
     steps_per_epoch = config.data.train_size // config.batch_size
     _require(
         steps_per_epoch >= 1,
