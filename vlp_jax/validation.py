@@ -96,6 +96,13 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         config.loss.consistency_weight >= 0,
         f'config key loss.consistency_weight must be >= 0, got {config.loss.consistency_weight}.',
     )
+    impl = config.loss.get('impl', 'dense')
+    _require(impl in ('dense', 'chunked'), f"config key loss.impl must be 'dense' or 'chunked', got {impl!r}.")
+    _require(
+        impl == 'dense' or (config.model.get('kind', 'dual') == 'dual' and config.loss.negatives == 'global'),
+        "config key loss.impl='chunked' supports dual encoders with global negatives for now "
+        "(ALBEF's ITM choice and queue read [B, B] similarities); use loss.impl='dense'.",
+    )
     _require(
         config.loss.negatives in ('global', 'local'),
         f"config key loss.negatives must be 'global' or 'local', got {config.loss.negatives!r}.",
