@@ -27,6 +27,17 @@ flags.DEFINE_integer(
     're-running without it continues exactly where it stopped.',
 )
 
+flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'host:port of process 0 for a multi-process run started by hand '
+    '(default: JAX_COORDINATOR_ADDRESS, or found from SLURM / Cloud TPU).',
+)
+flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run (default: JAX_NUM_PROCESSES, or found).')
+flags.DEFINE_integer(
+    'process_id', None, "This process's index in [0, num_processes) (default: JAX_PROCESS_ID, or found)."
+)
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 
@@ -55,7 +66,7 @@ def parse_command_line(argv: list[str], need_workdir: bool = True):
 
         from vlp_jax import parallel
 
-        parallel.maybe_initialize_distributed()
+        parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         config_lib.validate(config, jax.device_count())
     except config_lib.ConfigError as error:
         fail(str(error))
@@ -246,7 +257,9 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
 def main() -> None:
     config = parse_command_line(sys.argv)
     final = run(config, FLAGS.workdir, FLAGS.stop_at_step)
-    if final:
+    import jax
+
+    if final and jax.process_index() == 0:  # one summary line per run, not one per process
         print(json.dumps({key: value for key, value in final.items() if key.startswith(('eval/', 'step'))}), flush=True)
 
 
