@@ -27,6 +27,9 @@ def get_config(arg=None):
     config.weight_decay = 0.05
     config.grad_clip = 1.0  # global-norm clipping; 0 disables it
     config.adam_b2 = 0.98
+    # A step with a non-finite loss, gradient or update is skipped (train/skipped_steps); this many
+    # in a row stop the run with exit status 3 (its checkpoints stay finite).
+    config.nonfinite_patience = 10
 
     config.model = ml_collections.ConfigDict()
     config.model.image_size = IMAGE_SIZE
@@ -65,6 +68,9 @@ def get_config(arg=None):
 
     config.loss = ml_collections.ConfigDict()
     config.loss.form = 'softmax'  # 'softmax' (InfoNCE) | 'sigmoid' (SigLIP)
+    # 'dense': [B, B] logits | 'chunked': column blocks travelling between devices, memory bounded at
+    # any global batch (objectives/chunked.py); the same loss, gradients and regulators.
+    config.loss.impl = 'dense'
     config.loss.stop_grad_keys = False  # GRIT-VLP: i2t logits against sg(texts), t2i against sg(images)
     config.loss.consistency_weight = 0.0  # GRIT-VLP's ITC consistency term (0.2 in the paper)
     config.loss.negatives = 'global'  # 'global': the whole batch | 'local': each batch shard's own (GRIT-VLP)

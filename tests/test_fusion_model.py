@@ -107,12 +107,18 @@ def test_itm_and_mlm_heads_match_numpy(fusion_model):
     mlm = model.apply(variables, fused, method=VLPModel.mlm_logits)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params'])
     f = np.asarray(fused, np.float64)
-    assert itm.shape == (BATCH, 2) and mlm.shape == (BATCH, SEQ, VOCAB)
+    rows = 128  # VOCAB padded to a multiple of 128 (a tensor-parallel axis must divide the table)
+    assert itm.shape == (BATCH, 2) and mlm.shape == (BATCH, SEQ, rows)
+    assert p['text']['token_embed']['embedding'].shape[0] == rows and p['mlm_bias'].shape == (rows,)
     np.testing.assert_allclose(itm, f[:, 0] @ p['itm_head']['kernel'] + p['itm_head']['bias'], atol=1e-5)
     hidden = _np_gelu(f @ p['mlm_dense']['kernel'] + p['mlm_dense']['bias'])
     hidden = _np_layer_norm(hidden, p['mlm_norm'], eps=1e-12)
-    word_embeddings = p['text']['token_embed']['embedding']  # [vocab, width]: the decoder is tied to them
-    np.testing.assert_allclose(mlm, hidden @ word_embeddings.T + p['mlm_bias'], atol=1e-4, rtol=1e-4)
+    word_embeddings = p['text']['token_embed']['embedding']  # [rows, width]: the decoder is tied to them
+    want = hidden @ word_embeddings.T + p['mlm_bias']
+    np.testing.assert_allclose(mlm[..., :VOCAB], want[..., :VOCAB], atol=1e-4, rtol=1e-4)
+    # the padding rows are never predicted: no probability mass, never the argmax
+    assert np.all(np.asarray(mlm[..., VOCAB:]) <= -1e8)
+    assert float(jax.nn.softmax(mlm, axis=-1)[..., VOCAB:].sum()) == 0.0
 
 
 def test_fusion_params_have_logical_names_and_a_dual_model_has_none(fusion_model):

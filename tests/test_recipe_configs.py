@@ -44,10 +44,13 @@ ALBEF = {
 ALBEF_TOTAL = sum(ALBEF.values())  # 209,937,725
 # vlp_jax's differences, all in the text tower: 25 positions (ALBEF truncates captions to 25
 # tokens; BERT keeps 512), no token-type embeddings, pre-LN layers with a final LayerNorm after
-# the text and after the fusion layers; and SigLIP's bias beside the temperature.
+# the text and after the fusion layers; SigLIP's bias beside the temperature; and the word table
+# (and MLM decoder bias) padded from 30,522 to 30,592 rows, a multiple of 128 for tensor parallelism.
+PADDED_VOCAB = 30_592
 EXPECTED = {
     **ALBEF,
-    'text embeddings': VOCAB * D + 25 * D + LN,
+    'text embeddings': PADDED_VOCAB * D + 25 * D + LN,
+    'heads': (D * HEADS_OUT + HEADS_OUT) + DENSE + LN + PADDED_VOCAB,
     'text layers': 6 * BLOCK + LN,
     'fusion layers': 6 * (BLOCK + XATTN) + LN,
     'scalars': 2,

@@ -2,10 +2,14 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli
+from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli
 
 TIMING_KEYS = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait_fraction')
 STEPS = 30
@@ -19,12 +23,12 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
-def _assert_same_records(actual, expected, rtol):
+def _assert_same_records(actual, expected, rtol, atol=1e-7):
     assert [r['step'] for r in actual] == [r['step'] for r in expected]
     for a, e in zip(_comparable(actual), _comparable(expected)):
         assert a.keys() == e.keys(), (a.keys(), e.keys())
         for key in e:
-            np.testing.assert_allclose(a[key], e[key], rtol=rtol, atol=1e-7, err_msg=f'step {e["step"]} {key}')
+            np.testing.assert_allclose(a[key], e[key], rtol=rtol, atol=atol, err_msg=f'step {e["step"]} {key}')
 
 
 @pytest.fixture(scope='module')
@@ -64,6 +68,29 @@ def test_sigkill_between_checkpoints_then_resume(straight_run, tmp_path):
     resumed = run_cli('vlp_jax.train', _train_args(workdir))
     assert 'resumed from checkpoint at step' in resumed.stdout
     _assert_same_records(read_metrics(workdir), read_metrics(straight_run[0]), rtol=1e-6)
+
+
+def test_sigterm_checkpoints_the_current_step_exits_zero_and_resumes_bit_exactly(straight_run, tmp_path):
+    workdir = tmp_path / 'preempted'
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', PYTHONPATH=REPO)
+    args = _train_args(workdir, extra=('--config.checkpoint_every=1000',))  # only the signal's checkpoint
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'vlp_jax.train', *args], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    log = workdir / 'metrics.jsonl'
+    while not (log.exists() and log.read_text().endswith('\n')):  # the first log line (step 5) is written
+        assert process.poll() is None and time.monotonic() < deadline, 'run ended before its first log'
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and time.monotonic() - sent < 60, out
+    stopped = int(out.split('received SIGTERM: checkpointed step ')[1].split(';')[0])
+    assert 5 <= stopped < STEPS and sorted(os.listdir(workdir / 'checkpoints')) == [str(stopped)]
+    resumed = run_cli('vlp_jax.train', args)
+    assert f'resumed from checkpoint at step {stopped}' in resumed.stdout
+    _assert_same_records(read_metrics(workdir), read_metrics(straight_run[0]), rtol=0, atol=0)
 
 
 def test_evaluate_reproduces_final_eval(straight_run):

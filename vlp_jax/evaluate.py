@@ -39,7 +39,10 @@ def main() -> None:
     except CheckpointError as error:
         fail(str(error))
     metrics = make_zero_shot_evaluator(run_setup)(params)
-    print(json.dumps({'step': step, **metrics}), flush=True)
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps({'step': step, **metrics}), flush=True)
 
 
 if __name__ == '__main__':

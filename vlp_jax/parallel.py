@@ -17,24 +17,76 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlp_jax.config import MESH_AXES
+from vlp_jax.config import MESH_AXES, ConfigError
 
 BATCH_AXES = ('data', 'fsdp')
 
 
+# What a launcher sets (launch/local_multiprocess.sh): JAX reads the coordinator address itself, but not
+# the process count or this process's id, so those two are passed on explicitly from here.
+COORDINATOR_ENV = 'JAX_COORDINATOR_ADDRESS'
+NUM_PROCESSES_ENV = 'JAX_NUM_PROCESSES'
+PROCESS_ID_ENV = 'JAX_PROCESS_ID'
+# '1' initialises even when none of the variables below is set (a Cloud TPU VM slice, whose workers JAX
+# finds from the metadata server: launch/tpu_pod.sh sets it); '0' never initialises.
+DISTRIBUTED_ENV = 'VLP_JAX_DISTRIBUTED'
+# Seconds without a heartbeat after which a process counts as dead and every other one stops with an
+# error instead of waiting on it forever (jax.distributed.initialize's heartbeat_timeout_seconds).
+HEARTBEAT_ENV = 'VLP_JAX_HEARTBEAT_TIMEOUT_S'
+
+
 def _is_multi_process_environment() -> bool:
-    """True on a cluster launch: explicit coordinator, a multi-task SLURM job, or a multi-host TPU slice."""
-    if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    """True on a cluster launch: explicit coordinator, a multi-task SLURM job, a multi-host TPU slice, or forced."""
+    forced = os.environ.get(DISTRIBUTED_ENV, '').strip()
+    if forced in ('0', '1'):
+        return forced == '1'
+    if os.environ.get(COORDINATOR_ENV):
         return True
     if int(os.environ.get('SLURM_NTASKS', '1')) > 1:
         return True
     return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
 
 
-def maybe_initialize_distributed() -> None:
-    """Starts JAX's multi-controller runtime when the environment describes a cluster."""
-    if _is_multi_process_environment():
-        jax.distributed.initialize()
+def _int_from_env(name: str) -> int | None:
+    value = os.environ.get(name, '').strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f'{name}={value!r} must be an integer.') from None
+
+
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """Starts JAX's multi-controller runtime when the arguments or the environment describe a cluster.
+
+    Arguments win over the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); what
+    neither gives, jax.distributed.initialize detects (SLURM, Cloud TPU). Calling it twice is harmless.
+    """
+    if jax.distributed.is_initialized():
+        return
+    if not coordinator_address and not _is_multi_process_environment():
+        return
+    if num_processes is None:
+        num_processes = _int_from_env(NUM_PROCESSES_ENV)
+    if process_id is None:
+        process_id = _int_from_env(PROCESS_ID_ENV)
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f'process id {process_id} is not in [0, {num_processes}) ({PROCESS_ID_ENV}, {NUM_PROCESSES_ENV}).'
+        )
+    options = {}
+    heartbeat = _int_from_env(HEARTBEAT_ENV)
+    if heartbeat is not None:
+        options['heartbeat_timeout_seconds'] = heartbeat
+    try:
+        jax.distributed.initialize(
+            coordinator_address or os.environ.get(COORDINATOR_ENV) or None, num_processes, process_id, **options
+        )
+    except (ValueError, TypeError) as error:  # nothing to connect to: the launch is missing a setting
+        raise ConfigError(f'jax.distributed.initialize: {str(error).splitlines()[0]}') from None
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -74,7 +74,7 @@ def ground_truth_metrics(fn_i2t: jax.Array, aux: Mapping[str, Any]) -> dict[str,
     count = jnp.sum(fn_i2t)
     metrics = {'train/false_negative_fraction': _safe_ratio(count, n * (n - 1)), 'train/false_negative_count': count}
     masks = (fn_i2t, fn_i2t.T)
-    if 'srcl' in aux:
+    if 'srcl' in aux and 'log_w' in aux['srcl']:  # the chunked loss keeps per-row statistics only
         metrics.update(_srcl_metrics(aux['srcl'], masks))
     if 'cosmo' in aux:
         metrics.update(_cosmo_metrics(aux['cosmo'], masks, n))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh
@@ -22,6 +23,8 @@ from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.base import FEEDBACK, REGULATION, Objective
 from vlp_jax.probes import GroundTruthProbe
 
+# metrics[SKIPPED] = 1 when the step's update was skipped (non-finite loss, gradient or params).
+SKIPPED = 'train/skipped'
 # Per-step RNG uses: the step's key (folded by step) is split into these, one per use.
 OBJECTIVE_RNG, NUM_RNG_USES = 0, 1
 
@@ -65,10 +68,18 @@ def make_train_step(
         params, extra = objective.after_update(
             optax.apply_updates(state['params'], updates), state['extra'], outputs, step
         )
+        grad_norm = optax.global_norm(grads)
+        # A non-finite loss, gradient or update is skipped: the state keeps its old values (the step
+        # counter still advances, so the batch is consumed), and the loop counts it (train.py).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(params))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        params, opt_state = keep(params, state['params']), keep(opt_state, state['opt_state'])
+        extra = keep(extra, state['extra'])
         metrics = {
             'train/loss': loss,
             'train/lr': schedule(step),
-            'train/grad_norm': optax.global_norm(grads),
+            'train/grad_norm': grad_norm,
+            SKIPPED: (~finite).astype(jnp.int32),
             **metrics,
         }
         if probe is not None:

@@ -27,7 +27,19 @@ flags.DEFINE_integer(
     're-running without it continues exactly where it stopped.',
 )
 
+flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'host:port of process 0 for a multi-process run started by hand '
+    '(default: JAX_COORDINATOR_ADDRESS, or found from SLURM / Cloud TPU).',
+)
+flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run (default: JAX_NUM_PROCESSES, or found).')
+flags.DEFINE_integer(
+    'process_id', None, "This process's index in [0, num_processes) (default: JAX_PROCESS_ID, or found)."
+)
+
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
 
 
 def fail(message: str) -> None:
@@ -54,7 +66,7 @@ def parse_command_line(argv: list[str], need_workdir: bool = True):
 
         from vlp_jax import parallel
 
-        parallel.maybe_initialize_distributed()
+        parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         config_lib.validate(config, jax.device_count())
     except config_lib.ConfigError as error:
         fail(str(error))
@@ -73,6 +85,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     from vlp_jax.data.pipeline import TrainPipeline
     from vlp_jax.data.sources import build_source
     from vlp_jax.evaluators.suite import make_zero_shot_evaluator
+    from vlp_jax.guards import Diverged, NonFiniteGuard, StopSignals
     from vlp_jax.objectives.frozen import FrozenModelError
 
     run_setup = setup_lib.build(config)
@@ -114,6 +127,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     if is_main:
         with open(os.path.join(workdir, 'config.json'), 'w') as handle:
             handle.write(config.to_json(indent=1))
+    skipped_before = 0
     if restored is None:
         state, start_step = run_setup.init_state(), 0
         say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
@@ -124,6 +138,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     else:
         start_step, state, extra = restored
         assert extra['pipeline']['next_step'] == start_step, extra
+        skipped_before = int(extra['pipeline'].get('skipped_steps', 0))
         if sampler is not None:
             sampler.load(state.pop('sampler'))
         say(f'resumed from checkpoint at step {start_step} in {workdir}/checkpoints')
@@ -133,8 +148,9 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     train_step = run_setup.train_step(probe=probe, keep_feedback=sampler is not None)
     # Saved beside every state: the pipeline's position, and the architecture, so this run can serve
     # as another run's frozen model (objectives/frozen.py) whatever that run trains.
+    guard = NonFiniteGuard(int(config.nonfinite_patience), skipped_before)
     checkpoint_extra = lambda done: {
-        'pipeline': {'next_step': done, 'seed': int(config.seed)},
+        'pipeline': {'next_step': done, 'seed': int(config.seed), 'skipped_steps': guard.total},
         'model': config.model.to_dict(),
     }
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
@@ -157,57 +173,80 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
             step_done, feedback = unseen.pop(0)
             sampler.observe(step_done, jax.device_get(feedback))
 
-    for step in range(start_step, end):
-        wait_start = time.perf_counter()
-        local = next(batches)
-        throughput.add_data_wait(time.perf_counter() - wait_start)
-        batch = parallel.global_batch(batch_spec.select(local, step_keys), mesh)
-        state, step_metrics, feedback = train_step(state, batch, frozen)
-        # At most one step queued behind the running one: the host cannot run ahead, drain
-        # the prefetch buffer and then count its own idle time as 'waiting for data'.
-        jax.block_until_ready(in_flight)
-        in_flight = step_metrics
-        throughput.step_done()
-        done = step + 1
-        if sampler is not None:  # the one place the sampler hears from the step
-            unseen.append((done, feedback))
-            at_boundary = (
-                done % pipeline.steps_per_epoch == 0 or done % config.checkpoint_every == 0 or done in (total, end)
-            )
-            feed_sampler(done if at_boundary else done - 1)  # the previous step's copy overlaps this step
-        record: dict[str, Any] = {}
-        if done % config.log_every == 0 or done == total:
-            record.update(steps.scalar_metrics(step_metrics))
-            record.update(throughput.window(done))
-            say(metrics_lib.console_line(done, total, record))
-        if done % config.eval_every == 0 or done == total:
-            paused = throughput.pause()
-            eval_metrics = evaluate(state['params'])
-            record.update(eval_metrics)
-            say(
-                f'eval at step {done}: '
-                + '  '.join(
-                    f'{key.split("/", 1)[1]} {value:.3f}'
-                    for key, value in eval_metrics.items()
-                    if key.endswith(('_r1', 'top1'))
-                )
-            )
-            throughput.resume(paused)
-        if record:
-            record.pop('eta_seconds', None)
-            writer.write(done, record)
-            final.update(record)
-        if done % config.checkpoint_every == 0 or done in (total, end):
-            paused = throughput.pause()
-            saved = state if sampler is None else {**state, 'sampler': sampler.state()}
-            checkpointer.save(done, saved, extra=checkpoint_extra(done))
-            throughput.resume(paused)
+    signals = StopSignals()
+    stopped_by: str | None = None
+    with signals:
+        for step in range(start_step, end):
+            wait_start = time.perf_counter()
+            local = next(batches)
+            throughput.add_data_wait(time.perf_counter() - wait_start)
+            batch = parallel.global_batch(batch_spec.select(local, step_keys), mesh)
+            state, step_metrics, feedback = train_step(state, batch, frozen)
+            # At most one step queued behind the running one: the host cannot run ahead, drain
+            # the prefetch buffer and then count its own idle time as 'waiting for data'.
+            jax.block_until_ready(in_flight)
+            try:
+                if in_flight is not None:  # the previous step is done: was it skipped?
+                    guard.observe(step, int(in_flight[steps.SKIPPED]))
+                in_flight = step_metrics
+                throughput.step_done()
+                done = step + 1
+                if sampler is not None:  # the one place the sampler hears from the step
+                    unseen.append((done, feedback))
+                    at_boundary = (
+                        done % pipeline.steps_per_epoch == 0
+                        or done % config.checkpoint_every == 0
+                        or done in (total, end)
+                    )
+                    feed_sampler(done if at_boundary else done - 1)  # the previous step's copy overlaps this step
+                stop = signals.requested()
+                record: dict[str, Any] = {}
+                if done % config.log_every == 0 or done == total:
+                    record.update(steps.scalar_metrics(step_metrics))
+                    guard.observe(done, int(record.pop(steps.SKIPPED)))
+                    record['train/skipped_steps'] = guard.total
+                    record.update(throughput.window(done))
+                    say(metrics_lib.console_line(done, total, record))
+                if done % config.eval_every == 0 or done == total:
+                    paused = throughput.pause()
+                    eval_metrics = evaluate(state['params'])
+                    record.update(eval_metrics)
+                    say(
+                        f'eval at step {done}: '
+                        + '  '.join(
+                            f'{key.split("/", 1)[1]} {value:.3f}'
+                            for key, value in eval_metrics.items()
+                            if key.endswith(('_r1', 'top1'))
+                        )
+                    )
+                    throughput.resume(paused)
+                if record:
+                    record.pop('eta_seconds', None)
+                    writer.write(done, record)
+                    final.update(record)
+                if done % config.checkpoint_every == 0 or done in (total, end) or stop:
+                    paused = throughput.pause()
+                    guard.observe(done, int(jax.device_get(step_metrics[steps.SKIPPED])))
+                    saved = state if sampler is None else {**state, 'sampler': sampler.state()}
+                    checkpointer.save(done, saved, extra=checkpoint_extra(done))
+                    throughput.resume(paused)
+            except Diverged as error:
+                checkpointer.close()
+                writer.close()
+                print(f'error: {error}', file=sys.stderr, flush=True)
+                sys.exit(EXIT_DIVERGED)
+            if stop:
+                stopped_by, end = signals.received or 'a stop signal on another process', done
+                break
     if start_step >= total:
         say(f'already trained to step {total}; evaluating the final checkpoint')
         final = {'step': total, **evaluate(state['params'])}
     checkpointer.wait()
     checkpointer.close()
     writer.close()
+    if stopped_by is not None:
+        say(f'received {stopped_by}: checkpointed step {end}; re-run the same command to continue to {total}')
+        return {}
     if end < total:
         say(f'stopped at step {end} as asked; re-run the same command to continue to {total}')
         return {}
@@ -218,7 +257,9 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
 def main() -> None:
     config = parse_command_line(sys.argv)
     final = run(config, FLAGS.workdir, FLAGS.stop_at_step)
-    if final:
+    import jax
+
+    if final and jax.process_index() == 0:  # one summary line per run, not one per process
         print(json.dumps({key: value for key, value in final.items() if key.startswith(('eval/', 'step'))}), flush=True)
 
 

@@ -40,6 +40,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         'data.captions_per_image',
         'eval.batch_size',
         'model.embed_dim',
+        'nonfinite_patience',
     ):
         _positive_int(config, key)
     _require(config.seed >= 0, f'config key seed must be >= 0, got {config.seed}.')
@@ -95,6 +96,13 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         config.loss.consistency_weight >= 0,
         f'config key loss.consistency_weight must be >= 0, got {config.loss.consistency_weight}.',
     )
+    impl = config.loss.get('impl', 'dense')
+    _require(impl in ('dense', 'chunked'), f"config key loss.impl must be 'dense' or 'chunked', got {impl!r}.")
+    _require(
+        impl == 'dense' or (config.model.get('kind', 'dual') == 'dual' and config.loss.negatives == 'global'),
+        "config key loss.impl='chunked' supports dual encoders with global negatives for now "
+        "(ALBEF's ITM choice and queue read [B, B] similarities); use loss.impl='dense'.",
+    )
     _require(
         config.loss.negatives in ('global', 'local'),
         f"config key loss.negatives must be 'global' or 'local', got {config.loss.negatives!r}.",
@@ -121,6 +129,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         config.eval.batch_size % batch_shards == 0,
         f'config key eval.batch_size ({config.eval.batch_size}) must be divisible by the {batch_shards} batch shards.',
     )
+    from vlp_jax.layout import layout_problem  # builds the model's shapes: after the cheap checks
+
+    problem = layout_problem(config, sizes)
+    _require(problem is None, problem or '')
     steps_per_epoch = config.data.train_size // config.batch_size
     _require(
         steps_per_epoch >= 1,

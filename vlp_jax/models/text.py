@@ -17,6 +17,7 @@ from vlp_jax.data.tokenizer import BERT_VOCAB_SIZE  # numpy-only module: the shi
 from vlp_jax.models.layers import ACT_BLE, EMBED_INIT_STD, PARAM_DTYPE, Encoder, layer_norm, partitioned
 
 Array = jax.Array
+VOCAB_MULTIPLE = 128  # word-embedding rows are padded to a multiple of this (large-model trainers' choice)
 
 BERT_LN_EPS = 1e-12  # BERT's LayerNorm epsilon, kept so imported weights match
 # Named sizes: variant -> (width, depth, num_heads, mlp_dim).
@@ -49,6 +50,13 @@ class TextConfig:
         if self.width % self.num_heads != 0:
             raise ValueError(f'width ({self.width}) must be divisible by num_heads ({self.num_heads})')
 
+    @property
+    def embedding_rows(self) -> int:
+        """The word-embedding table's rows: vocab_size padded to a multiple of VOCAB_MULTIPLE, so a
+        tensor-parallel 'model' axis divides it (BERT's 30,522 is 2 x 3 x 5,087); the MLM head masks
+        the padded rows out."""
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
 
 def text_config(variant: str, max_len: int, **overrides: Any) -> TextConfig:
     """Builds a TextConfig for a named size ('tiny', 'mini', 'base')."""
@@ -74,7 +82,7 @@ class TextEncoder(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.token_embed = nn.Embed(
-            num_embeddings=cfg.vocab_size,
+            num_embeddings=cfg.embedding_rows,
             features=cfg.width,
             dtype=self.dtype,
             param_dtype=PARAM_DTYPE,

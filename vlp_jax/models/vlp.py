@@ -24,6 +24,8 @@ DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Added under the square root of the L2 normalisation so zero vectors stay finite.
 NORM_EPS = 1e-12
 
+MASKED_LOGIT = -1.0e9  # the MLM logit of a padding row of the word-embedding table
+
 
 @dataclasses.dataclass(frozen=True)
 class VLPConfig:
@@ -129,7 +131,10 @@ class VLPModel(nn.Module):
             )
             self.mlm_norm = layer_norm(None, BERT_LN_EPS)
             self.mlm_bias = self.param(
-                'mlm_bias', partitioned(nn.initializers.zeros_init(), ('vocab',)), (cfg.text.vocab_size,), PARAM_DTYPE
+                'mlm_bias',
+                partitioned(nn.initializers.zeros_init(), ('vocab',)),
+                (cfg.text.embedding_rows,),
+                PARAM_DTYPE,
             )
 
     def _image(self, image: Array, deterministic: bool) -> tuple[Array, Array]:
@@ -186,9 +191,12 @@ class VLPModel(nn.Module):
         return self.itm_head(fused_tokens[:, 0].astype(jnp.float32))
 
     def mlm_logits(self, fused_tokens: Array) -> Array:
-        """[B, L, width] fused tokens -> [B, L, vocab] float32 word logits (decoder tied to the word embeddings)."""
+        """[B, L, width] fused tokens -> [B, L, embedding_rows] float32 word logits (decoder tied to the word
+        embeddings); the padding rows beyond vocab_size get MASKED_LOGIT, so they never win or take mass."""
         hidden = self.mlm_norm(nn.gelu(self.mlm_dense(fused_tokens), approximate=False))
         logits = self.text.attend(hidden).astype(jnp.float32) + self.mlm_bias
+        real = jnp.arange(self.config.text.embedding_rows) < self.config.text.vocab_size
+        logits = jnp.where(real, logits, MASKED_LOGIT)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
     def encode_images(self, image: Array, deterministic: bool = True) -> Array:

@@ -18,6 +18,7 @@ import ml_collections
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.models.vlp import VLPModel, clamp_temperature
 from vlp_jax.objectives.base import FEEDBACK, REGULATION
+from vlp_jax.objectives.chunked import ask_embeddings, chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss, local_contrastive_loss
 from vlp_jax.objectives.frozen import ask, frozen_roles, image_text_cosines, shared_roles
 from vlp_jax.objectives.momentum import Candidates, distilled_regulation
@@ -46,6 +47,7 @@ class DualEncoderContrastive:
     ):
         self.model = model
         self.form = str(config.loss.form)
+        self.chunked = config.loss.get('impl', 'dense') == 'chunked'  # memory-bounded (objectives/chunked.py)
         self.stop_grad_keys = bool(config.loss.stop_grad_keys)
         self.consistency_weight = float(config.loss.consistency_weight)
         self.local_shards = local_shards if config.loss.negatives == 'local' else None
@@ -59,13 +61,15 @@ class DualEncoderContrastive:
     def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
         return {}
 
-    def _answers(self, frozen: Mapping[str, PyTree], batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """Each role's answer; roles asking one checkpoint the same question share one forward pass."""
-        answers: dict[str, jax.Array] = {}
+    def _answers(self, frozen: Mapping[str, PyTree], batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+        """Each role's answer; roles asking one checkpoint the same question share one forward pass.
+        The chunked loss takes a cosine role's embeddings instead of its [B, B] cosines."""
+        answer = ask_embeddings if self.chunked else ask
+        answers: dict[str, Any] = {}
         for role in self.roles:
             owner = self._owner[role.role]
             if owner not in answers:
-                answers[owner] = ask(self._frozen_models[owner], role, frozen[owner], batch)
+                answers[owner] = answer(self._frozen_models[owner], role, frozen[owner], batch)
             answers[role.role] = answers[owner]
         return answers
 
@@ -100,6 +104,9 @@ class DualEncoderContrastive:
         the keys become the candidates and the targets are distilled.
         """
         image, text = out['image_embed'], out['text_embed']
+        if self.chunked:
+            assert momentum is None and self.local_shards is None, 'validate() refuses these with loss.impl=chunked'
+            return self._chunked(out, frozen, batch, step)
         sims = image_text_cosines(image, text)
         (i2t, t2i), aux = (Regulation(), Regulation()), {}
         if self.regulators.active:
@@ -124,6 +131,41 @@ class DualEncoderContrastive:
             **{f'train/{key}': value for key, value in parts.items()},
             'train/hardest_negative_similarity': hardest_negative_similarity(sims),
             **momentum_metrics,
+        }
+        feedback = {
+            'image_embed': jax.lax.stop_gradient(image),
+            'text_embed': jax.lax.stop_gradient(text),
+            'index': batch['index'],
+        }
+        return loss, metrics, {FEEDBACK: feedback, REGULATION: aux}
+
+    def _chunked(
+        self,
+        out: Mapping[str, jax.Array],
+        frozen: Mapping[str, PyTree],
+        batch: Mapping[str, jax.Array],
+        step: jax.Array,
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        """The same loss, regulators and metrics in column blocks: no [B, B] array is formed (the
+        ground-truth probe's SRCL weight diagnostics, which need one, are left out)."""
+        image, text = out['image_embed'], out['text_embed']
+        loss, parts, aux = chunked_contrastive_loss(
+            image,
+            text,
+            out['logit_scale'],
+            form=self.form,
+            sigmoid_bias=out['sigmoid_bias'],
+            regulators=self.regulators,
+            step=step,
+            answers=self._answers(frozen, batch) if self.regulators.active else {},
+            stop_grad_keys=self.stop_grad_keys,
+            consistency_weight=self.consistency_weight,
+        )
+        hardest = parts.pop('hardest_negative_similarity')
+        metrics = {
+            'train/temperature': 1.0 / out['logit_scale'],
+            **{f'train/{key}': value for key, value in parts.items()},
+            'train/hardest_negative_similarity': hardest,
         }
         feedback = {
             'image_embed': jax.lax.stop_gradient(image),
