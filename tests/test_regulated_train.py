@@ -118,6 +118,7 @@ def noisy_infonce(tmp_path_factory):
     return read_metrics(workdir)
 
 
+@pytest.mark.slow  # CI: the combined SRCL+COSMO 1-vs-8 run above, and tests/test_chunked_loss.py per regulator
 @pytest.mark.parametrize(
     'regulators, extra',
     [

@@ -53,6 +53,7 @@ def test_straight_run_logs_and_checkpoints(straight_run):
     assert last['eval/retrieval/t2i_r1'] == records[-1]['eval/retrieval/t2i_r1']
 
 
+@pytest.mark.slow  # CI: the SIGTERM (bit-exact) and SIGKILL resume tests below cover resuming
 def test_stop_and_resume_reproduces_straight_run(straight_run, tmp_path):
     workdir = tmp_path / 'resumed'
     first = run_cli('vlp_jax.train', _train_args(workdir, extra=('--stop_at_step=15',)))
