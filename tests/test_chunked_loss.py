@@ -258,6 +258,7 @@ def test_chunked_equals_dense_on_eight_devices():
     assert 'EIGHT DEVICES OK' in result.stdout
 
 
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
     """loss.impl switches the dual encoder's objective; the same batch, regulators and frozen models give
     the same loss, metrics and gradients."""

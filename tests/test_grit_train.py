@@ -145,6 +145,7 @@ def test_grit_resume_mid_epoch_after_a_queue_fill(grit_run, tmp_path):
                 np.testing.assert_allclose(b[key], a[key], rtol=1e-6, err_msg=f'step {a["step"]} {key}')
 
 
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_grit_local_scope_and_local_negatives_one_and_eight_devices_agree(tmp_path):
     """GRIT-VLP's per-device setting: groups and negatives within each of 8 shards, on 8 devices and
     emulated on 1 (mesh.local_shards=8), give the same losses. (Were local_shards ignored on one

@@ -84,6 +84,7 @@ def two_processes(tmp_path_factory):
     return workdir, stdout
 
 
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_two_processes_train_like_one(one_process, two_processes):
     one_dir, one_final = one_process
     two_dir, stdout = two_processes

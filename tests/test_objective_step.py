@@ -106,6 +106,7 @@ def test_step_rng_is_folded_by_step():
     assert not np.array_equal(keys[0], keys[1]) and np.array_equal(keys[0], keys[2])
 
 
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_two_steps_at_the_same_params_with_different_rngs_differ(world):
     """Through the jitted step: the state's rng (not the params) changes the dropout masks."""
     host, _, _ = world

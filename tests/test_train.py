@@ -63,6 +63,7 @@ def test_stop_and_resume_reproduces_straight_run(straight_run, tmp_path):
     _assert_same_records(read_metrics(workdir), read_metrics(straight_run[0]), rtol=1e-6)
 
 
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_sigkill_between_checkpoints_then_resume(straight_run, tmp_path):
     workdir = tmp_path / 'killed'
     kill_after_checkpoint(_train_args(workdir), workdir, 10)
@@ -123,6 +124,7 @@ def test_evaluate_on_eight_devices_equals_one(straight_run):
         assert printed[key] == pytest.approx(final[key], abs=1e-9), key
 
 
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_dropout_run_resumes_bit_exactly(tmp_path):
     """Dropout draws from the step's RNG (folded by step): a resumed run replays the same masks."""
     dropout = ('--config.model.vision.dropout=0.1', '--config.model.text.dropout=0.1')
@@ -144,6 +146,7 @@ def test_evaluate_missing_checkpoint_is_one_line(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_one_and_eight_devices_agree(straight_run, tmp_path):
     workdir = tmp_path / 'eight'
     run_cli('vlp_jax.train', _train_args(workdir, steps=20), devices=8)
