@@ -33,6 +33,25 @@ def hardest_negative_similarity(sims: jax.Array) -> jax.Array:
     return jnp.mean(jnp.max(off_diagonal, axis=1))
 
 
+def _results(
+    loss: jax.Array,
+    parts: Mapping[str, jax.Array],
+    aux: dict[str, Any],
+    out: Mapping[str, jax.Array],
+    batch: Mapping[str, jax.Array],
+) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+    """(loss, metrics, outputs) as the Objective returns them, for the dense and the chunked loss alike."""
+    metrics = {'train/temperature': 1.0 / out['logit_scale']}
+    for key, value in parts.items():  # loss parts keep their names; momentum metrics come already prefixed
+        metrics[key if key.startswith('train/') else f'train/{key}'] = value
+    feedback = {
+        'image_embed': jax.lax.stop_gradient(out['image_embed']),
+        'text_embed': jax.lax.stop_gradient(out['text_embed']),
+        'index': batch['index'],
+    }
+    return loss, metrics, {FEEDBACK: feedback, REGULATION: aux}
+
+
 class DualEncoderContrastive:
     """Objective (objectives/base.py) of a dual encoder trained with the regulated contrastive loss."""
 
@@ -126,18 +145,8 @@ class DualEncoderContrastive:
             loss, parts = local_contrastive_loss(image, text, out['logit_scale'], self.local_shards, **options)
         else:
             loss, parts = contrastive_loss(image, text, out['logit_scale'], i2t=i2t, t2i=t2i, **options)
-        metrics = {
-            'train/temperature': 1.0 / out['logit_scale'],
-            **{f'train/{key}': value for key, value in parts.items()},
-            'train/hardest_negative_similarity': hardest_negative_similarity(sims),
-            **momentum_metrics,
-        }
-        feedback = {
-            'image_embed': jax.lax.stop_gradient(image),
-            'text_embed': jax.lax.stop_gradient(text),
-            'index': batch['index'],
-        }
-        return loss, metrics, {FEEDBACK: feedback, REGULATION: aux}
+        parts = {**parts, 'hardest_negative_similarity': hardest_negative_similarity(sims)}
+        return _results(loss, {**parts, **momentum_metrics}, aux, out, batch)
 
     def _chunked(
         self,
@@ -161,18 +170,7 @@ class DualEncoderContrastive:
             stop_grad_keys=self.stop_grad_keys,
             consistency_weight=self.consistency_weight,
         )
-        hardest = parts.pop('hardest_negative_similarity')
-        metrics = {
-            'train/temperature': 1.0 / out['logit_scale'],
-            **{f'train/{key}': value for key, value in parts.items()},
-            'train/hardest_negative_similarity': hardest,
-        }
-        feedback = {
-            'image_embed': jax.lax.stop_gradient(image),
-            'text_embed': jax.lax.stop_gradient(text),
-            'index': batch['index'],
-        }
-        return loss, metrics, {FEEDBACK: feedback, REGULATION: aux}
+        return _results(loss, parts, aux, out, batch)
 
     def after_update(
         self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array
