@@ -138,6 +138,15 @@ stop_all() {  # SIGTERM to every process, then SIGKILL once they exit or the gra
   signal_all KILL
 }
 
+release_prefixers() {  # a process killed before it opened its FIFOs leaves its prefixers blocked in open()
+  local fifo
+  [[ -n "${fifo_dir:-}" ]] || return 0
+  for fifo in "$fifo_dir"/*; do
+    [[ -p "$fifo" ]] && : <>"$fifo"  # a read-write open never blocks; closing it gives those readers EOF
+  done
+  return 0
+}
+
 on_signal() {  # pass a stop signal on, give the processes time to checkpoint, exit with their status
   echo "local_multiprocess.sh: got $1; passing it to all $num_processes processes" >&2
   signal_all "${1#SIG}"
@@ -157,6 +166,7 @@ on_signal() {  # pass a stop signal on, give the processes time to checkpoint, e
     wait "$pid" 2>/dev/null || rc=$?
     if [[ "$rc" != 0 && "$result" == 0 ]]; then result="$rc"; fi
   done
+  release_prefixers
   wait 2>/dev/null || true  # the prefixers
   exit "$result"
 }
@@ -210,6 +220,7 @@ while [[ ${#running[@]} -gt 0 ]]; do
   [[ ${#running[@]} -gt 0 ]] && sleep 0.2
 done
 signal_all KILL  # leftovers of the processes (their children) would keep the output pipes open
+release_prefixers
 for pid in "${prefixer_pids[@]}"; do
   wait "$pid" 2>/dev/null || true
 done

@@ -109,12 +109,15 @@ def test_local_one_failure_stops_the_others_and_sets_the_exit_status():
 
 
 def test_local_process_that_ignores_sigterm_is_killed_after_the_grace_period():
+    # Process 0 fails at once, so process 1 is often stopped before it has opened its output FIFOs:
+    # the launcher once waited forever on that process's line prefixers (about one run in two).
     script = 'if [ "$JAX_PROCESS_ID" = 0 ]; then exit 3; fi; trap "" TERM; sleep 60; echo "not reached"'
     env = clean_env(LOCAL_MP_KILL_GRACE_S='1')
-    start = time.monotonic()
-    result = run([LOCAL, '2', 'bash', '-c', script], env=env)
-    assert result.returncode == 3 and time.monotonic() - start < 20, (result.stdout, result.stderr)
-    assert 'not reached' not in result.stdout
+    for _ in range(6):
+        start = time.monotonic()
+        result = run([LOCAL, '2', 'bash', '-c', script], env=env, timeout=30)
+        assert result.returncode == 3 and time.monotonic() - start < 20, (result.stdout, result.stderr)
+        assert 'not reached' not in result.stdout
 
 
 def test_local_sigterm_to_the_launcher_reaches_every_process(tmp_path):
