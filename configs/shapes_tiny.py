@@ -46,6 +46,13 @@ def get_config(arg=None):
     config.model.text = ml_collections.ConfigDict(
         dict(variant='custom', width=96, depth=2, num_heads=3, mlp_dim=256, vocab_size=BERT_VOCAB_SIZE, dropout=0.0)
     )
+    # Activation rematerialisation per block ('none' | 'dots' | 'full': see models/layers.REMAT_POLICIES);
+    # model.vision.remat / model.text.remat ('' = this one) set a tower its own. model.scan: nn.scan over
+    # each tower's layers (one block compiled, not depth; stacked params, so its checkpoints differ).
+    config.model.remat = 'none'
+    config.model.vision.remat = ''
+    config.model.text.remat = ''
+    config.model.scan = False
     config.model.text.fusion_layers = 0  # ALBEF: text layers then fusion layers cross-attending to the image
     # A vlp_jax checkpoint whose params initialise this model where path and shape match (e.g. a dual
     # encoder's towers for a fusion model, whose fusion layers and heads stay fresh); '' = random init.

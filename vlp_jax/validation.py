@@ -16,6 +16,7 @@ from vlp_jax.config import (
     mesh_shape,
     srcl_needs_reference,
 )
+from vlp_jax.models.layers import REMAT_POLICIES
 
 CAPTION_DETAILS = ('coarse', 'mixed', 'fine')
 SAMPLERS = ('random', 'grit')
@@ -60,6 +61,15 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         config.model.dtype in ('float32', 'bfloat16'),
         f"config key model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}.",
     )
+    for key, policy in (
+        ('model.remat', config.model.get('remat', 'none')),
+        ('model.vision.remat', config.model.vision.get('remat', '') or 'none'),
+        ('model.text.remat', config.model.text.get('remat', '') or 'none'),
+    ):
+        _require(
+            policy in REMAT_POLICIES,
+            f'config key {key} must be one of {tuple(REMAT_POLICIES)}, got {policy!r}.',
+        )
     _require(
         config.data.flip in ('auto', 'always', 'never'),
         f"config key data.flip must be 'auto', 'always' or 'never', got {config.data.flip!r}.",

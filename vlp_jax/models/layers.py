@@ -31,6 +31,17 @@ PARAM_DTYPE = jnp.float32
 ACT_BLE = ('batch', 'length', 'embed')
 ACT_BLHK = ('batch', 'length', 'heads', 'kv')
 ACT_BLM = ('batch', 'length', 'mlp')
+LAYERS_AXIS = 'layers'  # logical name of the stacked-layer axis that `scan=True` adds to every block param
+
+# Activation rematerialisation per tower (`model.remat`): what the backward pass keeps from the forward
+# pass of each block; the rest is recomputed. 'none' keeps everything (fastest, most memory); 'full'
+# keeps only each block's input; 'dots' keeps the matmul outputs without batch dims (weights-side
+# products) and recomputes the cheap elementwise work.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def partitioned(init_fn: Callable, names: tuple) -> Callable:
@@ -222,8 +233,37 @@ class TransformerBlock(nn.Module):
         return self._residual(x, lambda h: mlp(h, deterministic=deterministic), 'ln_mlp', deterministic)
 
 
+class ScannedBlock(nn.Module):
+    """One TransformerBlock as an `nn.scan` body: (x, side inputs) -> (x, None)."""
+
+    block: dict[str, Any]
+    deterministic: bool = True
+    remat: str = 'none'
+
+    @nn.compact
+    def __call__(self, x: Array, side: tuple[Array | None, Array | None, Array | None]) -> tuple[Array, None]:
+        mask, context, context_mask = side
+        block = remat_block(self.remat)(**self.block, name='block')
+        return block(x, mask, context, context_mask, self.deterministic), None
+
+
+def remat_block(policy: str) -> type[TransformerBlock]:
+    """TransformerBlock, wrapped in `nn.remat` with the named policy unless it is 'none'."""
+    assert policy in REMAT_POLICIES, f'validate() checks model.remat, got {policy!r}'
+    if policy == 'none':
+        return TransformerBlock
+    # static_argnums counts self: (self, x, mask, context, context_mask, deterministic)
+    return nn.remat(TransformerBlock, policy=REMAT_POLICIES[policy], static_argnums=(5,))
+
+
 class Encoder(nn.Module):
-    """A stack of ``depth`` TransformerBlocks (final LayerNorm when pre-norm)."""
+    """A stack of ``depth`` TransformerBlocks (final LayerNorm when pre-norm).
+
+    ``scan=True`` runs the blocks as one `nn.scan` over stacked params (leading 'layers' axis):
+    one block is compiled instead of ``depth``, so compile time stays flat with depth; the
+    params then live under ``layers/block`` instead of ``block_{i}`` (checkpoints of one layout
+    do not load into the other). ``remat`` names a REMAT_POLICIES entry applied per block.
+    """
 
     depth: int
     num_heads: int
@@ -233,6 +273,8 @@ class Encoder(nn.Module):
     cross_attention: bool = False
     pre_norm: bool = True
     ln_eps: float = DEFAULT_LN_EPS
+    remat: str = 'none'
+    scan: bool = False
 
     @nn.compact
     def __call__(
@@ -245,17 +287,30 @@ class Encoder(nn.Module):
     ) -> Array:
         """x: [B, L, D] -> [B, L, D] (float32 after the final LayerNorm)."""
         x = nn.with_logical_constraint(x, ACT_BLE)
-        for i in range(self.depth):
-            x = TransformerBlock(
-                num_heads=self.num_heads,
-                mlp_dim=self.mlp_dim,
-                dtype=self.dtype,
-                dropout_rate=self.dropout_rate,
-                cross_attention=self.cross_attention,
-                pre_norm=self.pre_norm,
-                ln_eps=self.ln_eps,
-                name=f'block_{i}',
-            )(x, mask=mask, context=context, context_mask=context_mask, deterministic=deterministic)
+        block = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dtype=self.dtype,
+            dropout_rate=self.dropout_rate,
+            cross_attention=self.cross_attention,
+            pre_norm=self.pre_norm,
+            ln_eps=self.ln_eps,
+        )
+        if self.scan:
+            stack = nn.scan(
+                ScannedBlock,
+                variable_axes={'params': 0},
+                split_rngs={'params': True, 'dropout': True},
+                in_axes=nn.broadcast,
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
+            )
+            x, _ = stack(block=block, deterministic=deterministic, remat=self.remat, name='layers')(
+                x, (mask, context, context_mask)
+            )
+        else:
+            for i in range(self.depth):
+                x = remat_block(self.remat)(**block, name=f'block_{i}')(x, mask, context, context_mask, deterministic)
         if self.pre_norm:
             x = layer_norm('ln_final', self.ln_eps)(x)
         else:

@@ -45,6 +45,8 @@ class TextConfig:
     dropout: float = 0.0
     num_fusion_layers: int = 0
     pre_norm: bool = True
+    remat: str = 'none'  # layers.REMAT_POLICIES, for the text and fusion layers
+    scan: bool = False  # nn.scan over the layers (layers.Encoder)
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads != 0:
@@ -103,6 +105,8 @@ class TextEncoder(nn.Module):
             dropout_rate=cfg.dropout,
             pre_norm=cfg.pre_norm,
             ln_eps=BERT_LN_EPS,
+            remat=cfg.remat,
+            scan=cfg.scan,
         )
         self.encoder = Encoder(depth=cfg.depth, **layers)
         if cfg.num_fusion_layers > 0:

@@ -35,6 +35,8 @@ class ViTConfig:
     mlp_dim: int
     dropout: float = 0.0
     pool: str = 'cls'
+    remat: str = 'none'  # layers.REMAT_POLICIES
+    scan: bool = False  # nn.scan over the layers (layers.Encoder)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size != 0:
@@ -114,6 +116,8 @@ class ViT(nn.Module):
             dtype=self.dtype,
             dropout_rate=cfg.dropout,
             ln_eps=DEFAULT_LN_EPS,
+            remat=cfg.remat,
+            scan=cfg.scan,
             name='encoder',
         )(x, deterministic=deterministic)
         if cfg.pool == 'cls':

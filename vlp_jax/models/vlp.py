@@ -240,7 +240,14 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
 
     v = _get(cfg, 'vision')
     v_variant = _get(v, 'variant', CUSTOM_VARIANT)
-    v_extra = dict(dropout=float(_get(v, 'dropout', 0.0)), pool=str(_get(v, 'pool', 'cls')))
+    remat = str(_get(cfg, 'remat', 'none'))  # both towers, unless a tower names its own
+    scan = bool(_get(cfg, 'scan', False))
+    v_extra = dict(
+        dropout=float(_get(v, 'dropout', 0.0)),
+        pool=str(_get(v, 'pool', 'cls')),
+        remat=str(_get(v, 'remat', '') or remat),
+        scan=scan,
+    )
     patch = int(_get(v, 'patch_size'))
     if v_variant == CUSTOM_VARIANT:
         vision = ViTConfig(
@@ -264,6 +271,8 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         dropout=float(_get(t, 'dropout', 0.0)),
         num_fusion_layers=int(_get(t, 'fusion_layers', _get(t, 'num_fusion_layers', 0))),
         pre_norm=bool(_get(t, 'pre_norm', True)),
+        remat=str(_get(t, 'remat', '') or remat),
+        scan=scan,
     )
     if t_variant == CUSTOM_VARIANT:
         text = TextConfig(
