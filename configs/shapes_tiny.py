@@ -30,6 +30,11 @@ def get_config(arg=None):
     # A step with a non-finite loss, gradient or update is skipped (train/skipped_steps); this many
     # in a row stop the run with exit status 3 (its checkpoints stay finite).
     config.nonfinite_patience = 10
+    # Gradient accumulation over this many micro-batches with the negatives kept global (GradCache: the
+    # loss and its gradient w.r.t. the embeddings over the whole batch, then back-propagation micro-batch
+    # by micro-batch). Activation memory is one micro-batch's; the gradient equals the full batch's.
+    # Dual encoders only; it must divide each batch shard's rows.
+    config.micro_batches = 1
 
     config.model = ml_collections.ConfigDict()
     config.model.image_size = IMAGE_SIZE

@@ -58,12 +58,16 @@ def make_train_step(
         step = state['step']
         (objective_rng,) = jax.random.split(step_rng(state['rng'], step), NUM_RNG_USES)
         with nn.logical_axis_rules(rules):
+            args = (state['extra'], frozen, batch, objective_rng, step)
+            if hasattr(objective, 'value_and_grad'):  # e.g. GradCache accumulation (objectives/grad_cache.py)
+                (loss, (metrics, outputs)), grads = objective.value_and_grad(state['params'], *args)
+            else:
 
-            def loss_fn(params):
-                loss, metrics, outputs = objective.loss(params, state['extra'], frozen, batch, objective_rng, step)
-                return loss, (metrics, outputs)
+                def loss_fn(params):
+                    loss, metrics, outputs = objective.loss(params, *args)
+                    return loss, (metrics, outputs)
 
-            (loss, (metrics, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+                (loss, (metrics, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
         updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
         params, extra = objective.after_update(
             optax.apply_updates(state['params'], updates), state['extra'], outputs, step

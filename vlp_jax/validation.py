@@ -135,6 +135,17 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         f'config key mesh.local_shards must be -1 (one per batch shard) or a positive divisor of batch_size '
         f'({config.batch_size}), got {local}.',
     )
+    micro = config.get('micro_batches', 1)
+    _require(
+        isinstance(micro, int) and micro >= 1 and config.batch_size % (batch_shards * micro) == 0,
+        f"config key micro_batches must be a positive int dividing each batch shard's rows (batch_size "
+        f'{config.batch_size} / {batch_shards} batch shards), got {micro!r}.',
+    )
+    _require(
+        micro == 1 or config.model.kind == 'dual',
+        "config key micro_batches > 1 (GradCache accumulation) needs model.kind='dual': ALBEF's ITM and MLM "
+        'are not functions of the embeddings alone; set micro_batches=1.',
+    )
     _require(
         config.eval.batch_size % batch_shards == 0,
         f'config key eval.batch_size ({config.eval.batch_size}) must be divisible by the {batch_shards} batch shards.',

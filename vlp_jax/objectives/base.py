@@ -47,6 +47,10 @@ class Objective(Protocol):
         """
         ...
 
+    # Optional: value_and_grad(params, extra, frozen, batch, rng, step) -> ((loss, (metrics, outputs)), grads),
+    # for an objective that takes its gradient its own way (the dual encoder's GradCache accumulation);
+    # the step otherwise differentiates `loss`.
+
     def after_update(
         self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array
     ) -> tuple[PyTree, PyTree]:

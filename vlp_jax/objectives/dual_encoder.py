@@ -21,10 +21,13 @@ from vlp_jax.objectives.base import FEEDBACK, REGULATION
 from vlp_jax.objectives.chunked import ask_embeddings, chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss, local_contrastive_loss
 from vlp_jax.objectives.frozen import ask, frozen_roles, image_text_cosines, shared_roles
+from vlp_jax.objectives.grad_cache import grad_cache_value_and_grad
 from vlp_jax.objectives.momentum import Candidates, distilled_regulation
 from vlp_jax.objectives.regulate import RegulatorChain
 
 PyTree = Any
+# The model outputs the contrastive loss reads: what GradCache caches per micro-batch.
+EMBEDDING_KEYS = ('image_embed', 'text_embed', 'logit_scale', 'sigmoid_bias')
 
 
 def hardest_negative_similarity(sims: jax.Array) -> jax.Array:
@@ -70,6 +73,7 @@ class DualEncoderContrastive:
         self.stop_grad_keys = bool(config.loss.stop_grad_keys)
         self.consistency_weight = float(config.loss.consistency_weight)
         self.local_shards = local_shards if config.loss.negatives == 'local' else None
+        self.micro_batches = int(config.get('micro_batches', 1))  # GradCache accumulation (objectives/grad_cache.py)
         self.regulators = RegulatorChain.from_config(config)
         assert self.local_shards is None or not self.regulators.active, 'validate() refuses local + regulators'
         self.roles = frozen_roles(config)
@@ -108,6 +112,40 @@ class DualEncoderContrastive:
             rngs={'dropout': rng},
         )
         return self.contrastive(out, frozen, batch, step)
+
+    def value_and_grad(
+        self,
+        params: PyTree,
+        extra: PyTree,
+        frozen: Mapping[str, PyTree],
+        batch: Mapping[str, jax.Array],
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]], PyTree]:
+        """((loss, (metrics, outputs)), grads): in one pass, or with `micro_batches` > 1 by GradCache
+        (embed the micro-batches, take the loss over the whole batch, back-propagate each in turn)."""
+
+        def with_aux(loss_metrics_outputs):
+            loss, metrics, outputs = loss_metrics_outputs
+            return loss, (metrics, outputs)
+
+        if self.micro_batches == 1:
+            return jax.value_and_grad(lambda p: with_aux(self.loss(p, extra, frozen, batch, rng, step)), has_aux=True)(
+                params
+            )
+
+        def embed(p, inputs, key):
+            out = self.model.apply({'params': p}, *inputs, deterministic=False, rngs={'dropout': key})
+            return {name: out[name] for name in EMBEDDING_KEYS}
+
+        return grad_cache_value_and_grad(
+            embed,
+            lambda embeddings: with_aux(self.contrastive(embeddings, frozen, batch, step)),
+            params,
+            tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS),
+            rng,
+            self.micro_batches,
+        )
 
     def contrastive(
         self,
