@@ -35,6 +35,9 @@ def get_config(arg=None):
     # by micro-batch). Activation memory is one micro-batch's; the gradient equals the full batch's.
     # Dual encoders only; it must divide each batch shard's rows.
     config.micro_batches = 1
+    # train/mfu's denominator: FLOP/s per device; 0 = the dense bf16 peak of the device kind from the
+    # table in vlp_jax/mfu.py (CPU: measured with a matmul at the first log step).
+    config.peak_flops_per_device = 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.image_size = IMAGE_SIZE

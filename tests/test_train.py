@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli
 
-TIMING_KEYS = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait_fraction')
+from vlp_jax.metrics import SPEED_KEYS
+
+TIMING_KEYS = SPEED_KEYS
 STEPS = 30
 
 
@@ -44,6 +46,9 @@ def test_straight_run_logs_and_checkpoints(straight_run):
     assert [r['step'] for r in records] == [5, 10, 15, 20, 25, 30]
     for key in ('train/loss', 'train/temperature', 'train/lr', 'train/examples_per_sec', 'train/data_wait_fraction'):
         assert key in records[0]
+    for key in ('train/mfu', 'train/flops_per_example', 'train/skipped_steps'):
+        assert all(key in record for record in records), key
+    assert 0 < records[-1]['train/mfu'] < 1 and records[-1]['train/flops_per_example'] > 1e6
     assert 'eval/retrieval/i2t_r1' in records[-1] and 'eval/zeroshot/shape/top1' in records[-1]
     assert records[-1]['train/loss'] < records[0]['train/loss']
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20', '30']

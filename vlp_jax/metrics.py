@@ -68,6 +68,17 @@ def truncate_after(workdir: str, step: int) -> None:
             handle.writelines(kept)
 
 
+# Figures of the machine and the compiled program rather than of training: they differ between
+# otherwise identical runs (wall clock; FLOPs differ between device layouts), so comparisons skip them.
+SPEED_KEYS = (
+    'train/examples_per_sec',
+    'train/steps_per_sec',
+    'train/data_wait_fraction',
+    'train/mfu',
+    'train/flops_per_example',
+)
+
+
 class Throughput:
     """Examples/s, the share of time spent waiting for data, and the ETA, between log steps."""
 

@@ -78,7 +78,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     import jax
 
     from vlp_jax import metrics as metrics_lib
-    from vlp_jax import parallel, steps
+    from vlp_jax import mfu, parallel, steps
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import Checkpointer, CheckpointError
     from vlp_jax.data import batch as batch_spec
@@ -162,6 +162,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     gc.freeze()
     end = total if stop_at_step is None else min(max(stop_at_step, start_step), total)
     final: dict[str, Any] = {}
+    peak_flops = mfu.peak_flops_per_device(float(config.peak_flops_per_device))  # train/mfu's denominator
     throughput = metrics_lib.Throughput(config.batch_size, total, start_step)
     batches = pipeline.iterate(start_step, end) if sampler is None else pipeline.iterate_by_epoch(start_step, end)
     in_flight = None
@@ -206,6 +207,15 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
                     guard.observe(done, int(record.pop(steps.SKIPPED)))
                     record['train/skipped_steps'] = guard.total
                     record.update(throughput.window(done))
+                    record.update(
+                        mfu.utilisation(
+                            train_step.flops_per_step(),
+                            record['train/steps_per_sec'],
+                            peak_flops,
+                            mesh.devices.size,
+                            config.batch_size,
+                        )
+                    )
                     say(metrics_lib.console_line(done, total, record))
                 if done % config.eval_every == 0 or done == total:
                     paused = throughput.pause()

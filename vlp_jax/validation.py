@@ -135,6 +135,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         f'config key mesh.local_shards must be -1 (one per batch shard) or a positive divisor of batch_size '
         f'({config.batch_size}), got {local}.',
     )
+    peak = config.get('peak_flops_per_device', 0.0)
+    _require(
+        isinstance(peak, (int, float)) and peak >= 0,
+        f'config key peak_flops_per_device must be >= 0 (0 = the device table), got {peak!r}.',
+    )
     micro = config.get('micro_batches', 1)
     _require(
         isinstance(micro, int) and micro >= 1 and config.batch_size % (batch_shards * micro) == 0,

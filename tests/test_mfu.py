@@ -1,0 +1,80 @@
+"""train/mfu: the compiled step's FLOPs (XLA cost analysis) against the device peak.
+
+The FLOPs are checked against a count of the step's matrix products written from the
+architecture (forward + the backward pass's two products per forward product), so a
+figure per device instead of per step, or counted twice, fails.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import FAST_OVERRIDES, TINY_CONFIG
+
+from vlp_jax import mfu
+from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+
+
+@pytest.mark.parametrize(
+    'kind, peak',
+    [('TPU v4', 275e12), ('TPU v5 lite', 197e12), ('TPU v5', 459e12), ('NVIDIA H100 80GB HBM3', 989e12)]
+    + [('NVIDIA H100 PCIe', 756e12), ('NVIDIA A100-SXM4-80GB', 312e12), ('a kind nobody lists', None)],
+)
+def test_peak_table_by_device_kind(kind, peak):
+    assert mfu.table_peak(kind) == peak
+
+
+def test_a_configured_peak_wins_and_cpu_is_measured():
+    assert mfu.peak_flops_per_device(123e9) == 123e9
+    measured = mfu.peak_flops_per_device(0.0)  # this machine's CPU devices are not in the table
+    assert jax.local_devices()[0].platform == 'cpu' and measured == mfu.measured_cpu_peak() > 1e8
+
+
+def test_utilisation_arithmetic():
+    figures = mfu.utilisation(2e9, 3.0, 1e10, 4, 8)
+    assert figures == {'train/flops_per_example': 2e9 / 8, 'train/mfu': 2e9 * 3.0 / (1e10 * 4)}
+    assert mfu.utilisation(2e9, 3.0, None, 4, 8) == {'train/flops_per_example': 2e9 / 8}
+    assert mfu.utilisation(None, 3.0, 1e10, 4, 8) == {}
+
+
+def matmul_flops_per_example(config) -> float:
+    """FLOPs of a dual encoder's matrix products for one example, forward and backward."""
+    model = config.model
+
+    def blocks(tokens, tower):
+        width, mlp = tower.width, tower.mlp_dim
+        per_block = 2 * tokens * (4 * width * width + 2 * width * mlp) + 2 * 2 * tokens * tokens * width
+        return tower.depth * per_block
+
+    patches = (model.image_size // model.vision.patch_size) ** 2
+    patch_embed = 2 * patches * model.vision.patch_size**2 * 3 * model.vision.width
+    vision = patch_embed + blocks(1 + patches, model.vision) + 2 * model.vision.width * model.embed_dim
+    text = blocks(model.max_text_len, model.text) + 2 * model.text.width * model.embed_dim
+    logits = 2 * 2 * config.batch_size * model.embed_dim  # i2t and t2i rows of one example
+    forward = vision + text + logits
+    return 3 * forward - patch_embed  # backward: 2 products per forward one, none for the pixels' gradient
+
+
+def test_compiled_step_flops_match_the_matmul_count():
+    from vlp_jax import parallel
+    from vlp_jax import setup as setup_lib
+    from vlp_jax.data import batch as batch_spec
+    from vlp_jax.data.pipeline import TrainPipeline
+    from vlp_jax.data.sources import build_source
+
+    config = load_config_file(TINY_CONFIG)
+    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.model.text.mlp_dim=128'])[1])
+    validate(config, 1)
+    run_setup = setup_lib.build(config, jax.devices()[:1])
+    step = run_setup.train_step()
+    assert step.flops_per_step() is None  # not compiled yet
+    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
+    batch = batch_spec.select(raw, step.batch_keys)
+    batch['image'] = batch_spec.normalise_images(raw['image'])
+    batch = {
+        k: jax.device_put(jnp.asarray(v), parallel.batch_sharding(run_setup.mesh, v.ndim)) for k, v in batch.items()
+    }
+    step(run_setup.init_state(), batch)
+    counted = matmul_flops_per_example(config) * config.batch_size
+    ratio = step.flops_per_step() / counted
+    # XLA also counts the elementwise work (softmax, LayerNorm, GELU, Adam), a fraction of the products here.
+    assert 1.0 <= ratio <= 1.5, ratio

@@ -1,0 +1,92 @@
+"""Model FLOPs utilisation: the compiled step's FLOPs against the devices' peak.
+
+The FLOPs come from XLA's cost analysis of the compiled train step (one device's SPMD
+program, times the device count; steps.make_train_step). They count what the step
+executes, so a remat policy's recomputation is included (strictly that is hardware
+FLOPs utilisation; with model.remat='none' the two agree). The peak is the dense bf16
+matrix-unit peak per JAX device from the vendors' data sheets, the convention of
+PaLM/big_vision MFU figures; `peak_flops_per_device` in config overrides it (e.g. for a
+device missing from the table), and on CPU it is measured once with a float32 matmul
+running on all devices at once (so fake devices sharing cores share the peak).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# (substring of jax.Device.device_kind, dense bf16 FLOP/s per JAX device); first match wins.
+PEAK_FLOPS_BY_KIND: tuple[tuple[str, float], ...] = (
+    ('TPU v6 lite', 918e12),  # v6e: one chip per device
+    ('TPU v5 lite', 197e12),  # v5e
+    ('TPU v5', 459e12),  # v5p
+    ('TPU v4', 275e12),  # one megacore chip per device
+    ('TPU v3', 61.5e12),  # one of the chip's two cores per device
+    ('H100 PCIe', 756e12),
+    ('H100', 989e12),  # SXM
+    ('H200', 989e12),
+    ('GH200', 989e12),
+    ('A100', 312e12),
+    ('L4', 121e12),
+    ('A10G', 70e12),
+)
+CPU_PROBE_SIZE = 1024  # the measured matmul: [devices, n, n] @ [n, n], sharded over devices
+CPU_PROBE_REPEATS = 3
+CPU_PROBE_TRIALS = 3  # the best trial counts: other load on the machine only slows a trial down
+
+
+def table_peak(device_kind: str) -> float | None:
+    """The table's peak for a device kind, or None when it is not listed."""
+    for needle, flops in PEAK_FLOPS_BY_KIND:
+        if needle in device_kind:
+            return flops
+    return None
+
+
+@functools.cache
+def measured_cpu_peak() -> float:
+    """FLOP/s per device of a float32 matmul running on all of this process's CPU devices at once."""
+    devices = jax.local_devices()
+    device_count = len(devices)
+    mesh = jax.sharding.Mesh(np.array(devices), ('devices',))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices'))
+    n = CPU_PROBE_SIZE
+    a = jax.device_put(jnp.ones((device_count, n, n), jnp.float32), spec)
+    b = jnp.ones((n, n), jnp.float32) / n
+    matmul = jax.jit(lambda x: jnp.einsum('dij,jk->dik', x, b), out_shardings=spec)
+    matmul(a).block_until_ready()  # compile
+    best = float('inf')
+    for _ in range(CPU_PROBE_TRIALS):
+        start = time.perf_counter()
+        for _ in range(CPU_PROBE_REPEATS):
+            a = matmul(a)
+        a.block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * CPU_PROBE_REPEATS / best  # per device: each does 2 n^3 per repeat
+
+
+def peak_flops_per_device(configured: float = 0.0) -> float | None:
+    """The peak per device: `configured` when > 0, else the table's, else measured on CPU, else None."""
+    if configured > 0:
+        return float(configured)
+    device = jax.local_devices()[0]
+    peak = table_peak(device.device_kind)
+    if peak is None and device.platform == 'cpu':
+        peak = measured_cpu_peak()
+    return peak
+
+
+def utilisation(
+    flops_per_step: float | None, steps_per_sec: float, peak_per_device: float | None, devices: int, batch_size: int
+) -> dict[str, float]:
+    """{'train/flops_per_example', 'train/mfu'} as far as the FLOPs and the peak are known."""
+    if not flops_per_step:
+        return {}
+    figures = {'train/flops_per_example': flops_per_step / batch_size}
+    if peak_per_device and steps_per_sec > 0:
+        figures['train/mfu'] = flops_per_step * steps_per_sec / (peak_per_device * devices)
+    return figures
