@@ -8,8 +8,8 @@
 
 Keys: case, device, devices, batch, dtype, micro_batches, remat, scan, compile_s, step_ms,
 examples_per_sec, flops_per_example, mfu, peak_flops_per_device, temp_mib_per_device (the
-compiled step's temporary buffers, from XLA's memory analysis). The FLOPs come from the same
-cost analysis train/mfu uses (vlp_jax/mfu.py). On CPU give vitb_bert a small --batch: 256 is a
+compiled step's temporary buffers, from XLA's memory analysis). The FLOPs are the model FLOPs
+train/mfu uses (vlp_jax/mfu.py: the plain step's cost analysis). On CPU give vitb_bert a small --batch: 256 is a
 GPU/TPU figure.
 """
 
@@ -76,7 +76,8 @@ def measure(case: str, overrides, batch: int | None, steps: int, run_steps: bool
             state, metrics, _ = step(state, device_batch)
         jax.block_until_ready(metrics)
         seconds = (time.perf_counter() - start) / steps
-        figures = mfu.utilisation(step.flops_per_step(), 1 / seconds, peak, devices, config.batch_size)
+        flops = mfu.model_flops_per_step(config)
+        figures = mfu.utilisation(flops, 1 / seconds, peak, devices, config.batch_size)
         record.update(step_ms=round(1000 * seconds, 1), examples_per_sec=round(config.batch_size / seconds, 1))
         record.update({key.split('/')[1]: value for key, value in figures.items()})
     return record

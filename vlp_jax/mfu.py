@@ -1,13 +1,15 @@
-"""Model FLOPs utilisation: the compiled step's FLOPs against the devices' peak.
+"""Model FLOPs utilisation: the train step's model FLOPs against the devices' peak.
 
-The FLOPs come from XLA's cost analysis of the compiled train step (one device's SPMD
-program, times the device count; steps.make_train_step). They count what the step
-executes, so a remat policy's recomputation is included (strictly that is hardware
-FLOPs utilisation; with model.remat='none' the two agree). The peak is the dense bf16
+The FLOPs come from XLA's cost analysis of the step lowered for the run's global shapes,
+built *plain*: micro_batches=1, model.scan=False, model.remat='none'. XLA counts the body of
+a loop once however often it runs, so the accumulated (GradCache) and scanned steps would be
+undercounted M or depth times, and a remat policy's recomputation is hardware work, not
+model work (MFU, not HFU). The plain step is the same function, so its FLOPs are the run's
+model FLOPs; it is only lowered (traced), never compiled. The peak is the dense bf16
 matrix-unit peak per JAX device from the vendors' data sheets, the convention of
 PaLM/big_vision MFU figures; `peak_flops_per_device` in config overrides it (e.g. for a
 device missing from the table), and on CPU it is measured once with a float32 matmul
-running on all devices at once (so fake devices sharing cores share the peak).
+running on all local devices at once (so fake devices sharing cores share the peak).
 """
 
 from __future__ import annotations
@@ -78,6 +80,42 @@ def peak_flops_per_device(configured: float = 0.0) -> float | None:
     if peak is None and device.platform == 'cpu':
         peak = measured_cpu_peak()
     return peak
+
+
+def plain_config(config):
+    """`config` with the options that change how the step runs but not what it computes turned off."""
+    plain = config.copy_and_resolve_references()
+    with plain.unlocked():
+        plain.micro_batches = 1
+        plain.model.scan = False
+        plain.model.remat = 'none'
+        plain.model.vision.remat = ''
+        plain.model.text.remat = ''
+    return plain
+
+
+def model_flops_per_step(config) -> float | None:
+    """FLOPs of one global train step of `config`'s model, from XLA's cost analysis of the plain step."""
+    from vlp_jax import parallel
+    from vlp_jax import setup as setup_lib
+    from vlp_jax.data import batch as batch_spec
+
+    run_setup = setup_lib.build(plain_config(config))
+    step = run_setup.train_step()
+    mesh = run_setup.mesh
+    host = batch_spec.example_batch(1, int(config.data.image_size), int(config.data.max_text_len))
+    batch = {
+        key: jax.ShapeDtypeStruct(
+            (int(config.batch_size), *value.shape[1:]), value.dtype, sharding=parallel.batch_sharding(mesh, value.ndim)
+        )
+        for key, value in host.items()
+    }
+    frozen = {role: spec.abstract_params for role, spec in run_setup.frozen.items()}
+    analysis = step.lower(run_setup.abstract_state, batch, frozen).cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else {}
+    flops = float((analysis or {}).get('flops', 0.0))
+    return flops if flops > 0 else None
 
 
 def utilisation(

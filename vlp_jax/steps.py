@@ -106,7 +106,7 @@ def make_train_step(
         donate_argnums=(0,),
     )
 
-    executable: dict[str, Any] = {}  # compiled ahead of time at the first call, so its cost analysis is at hand
+    executable: dict[str, Any] = {}  # compiled ahead of time at the first call: its memory analysis is at hand
 
     def run(state, batch: Mapping[str, jax.Array], frozen: Mapping[str, Any] | None = None):
         frozen = dict(frozen or {})
@@ -117,19 +117,13 @@ def make_train_step(
                 executable['step'] = compiled.lower(*args).compile()
             return executable['step'](*args)
 
-    def flops_per_step() -> float | None:
-        """FLOPs of one global step: XLA's cost analysis of the compiled step (one device's SPMD program)
-        times the devices; None before the first call or where the backend gives no figure."""
-        if 'step' not in executable:
-            return None
-        analysis = executable['step'].cost_analysis()
-        if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
-            analysis = analysis[0] if analysis else {}
-        flops = float((analysis or {}).get('flops', 0.0))
-        return flops * mesh.devices.size if flops > 0 else None
+    def lower(state, batch: Mapping[str, Any], frozen: Mapping[str, Any] | None = None):
+        """The step lowered for (possibly abstract) arguments: XLA's cost analysis without compiling."""
+        with jax.set_mesh(mesh):
+            return compiled.lower(state, batch_spec.select(batch, keys), dict(frozen or {}))
 
     run.batch_keys = keys
-    run.flops_per_step = flops_per_step
+    run.lower = lower
     run.executable = lambda: executable.get('step')  # the compiled step (benchmarks read its memory analysis)
     return run
 

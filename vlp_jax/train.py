@@ -163,6 +163,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     end = total if stop_at_step is None else min(max(stop_at_step, start_step), total)
     final: dict[str, Any] = {}
     peak_flops = mfu.peak_flops_per_device(float(config.peak_flops_per_device))  # train/mfu's denominator
+    model_flops = mfu.model_flops_per_step(config)  # and its numerator's FLOPs (traced, not compiled)
     throughput = metrics_lib.Throughput(config.batch_size, total, start_step)
     batches = pipeline.iterate(start_step, end) if sampler is None else pipeline.iterate_by_epoch(start_step, end)
     in_flight = None
@@ -209,7 +210,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
                     record.update(throughput.window(done))
                     record.update(
                         mfu.utilisation(
-                            train_step.flops_per_step(),
+                            model_flops,
                             record['train/steps_per_sec'],
                             peak_flops,
                             mesh.devices.size,
