@@ -18,6 +18,17 @@ TIMING_KEYS = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait
 STEPS, BATCH = 12, 4  # 16 records: 4 steps an epoch, so each record (the bad one too) once per epoch
 
 
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache(tmp_path_factory):
+    """The CLI runs here share JAX's persistent compilation cache: same tiny model, same shapes, so
+    only the first run compiles the step (CI time). The cache holds the same programs a run compiles."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'jax_cache'))
+        patch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+        patch.setenv('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+        yield
+
+
 @pytest.fixture(scope='module')
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp('photos')
@@ -67,7 +78,7 @@ def straight(photos, tmp_path_factory):
     return workdir, result
 
 
-def test_train_on_real_photos_then_evaluate(straight, photos):
+def test_train_on_real_photos_evaluates_them(straight, photos):
     workdir, result = straight
     records = read_metrics(workdir)
     assert [r['step'] for r in records] == [2, 4, 6, 8, 10, 12]
@@ -75,6 +86,11 @@ def test_train_on_real_photos_then_evaluate(straight, photos):
     assert counts == sorted(counts) and counts[1] == 1 and counts[-1] == 3  # the bad record, once an epoch
     final = records[-1]
     assert 'eval/retrieval/t2i_r1' in final and 'eval/retrieval/t2i_semantic_r1' not in final
+
+
+def test_evaluate_reproduces_the_final_eval_and_writes_a_table(straight, photos):
+    workdir, _ = straight
+    final = read_metrics(workdir)[-1]
     evaluated = run_cli('vlp_jax.evaluate', _args(workdir, photos))
     metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert metrics['step'] == STEPS
