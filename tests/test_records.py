@@ -137,3 +137,21 @@ def test_held_out_split_and_its_limits(config):
 def test_missing_folder_names_the_command(tmp_path):
     with pytest.raises(DataError, match='python -m vlp_jax.data.prepare'):
         RecordSource(str(tmp_path / 'nothing'))
+
+
+def test_jpeg_crop_window_decode_matches_decoding_the_whole_image():
+    import tensorflow as tf
+
+    from vlp_jax.data.tf_augment import decode_crop
+
+    y, x = np.mgrid[0:120, 0:200]
+    pixels = np.stack([x, y * 2, (x + y) // 2], -1).astype(np.uint8)  # smooth: JPEG keeps it close
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, format='JPEG', quality=95)
+    decoded = io.BytesIO()
+    Image.open(io.BytesIO(jpeg.getvalue())).save(decoded, format='PNG')  # the same pixels, whole-image path
+    box = tf.constant([0.1, 0.2, 0.7, 0.9])
+    window = decode_crop(tf.constant(jpeg.getvalue()), box, 32).numpy()
+    whole = decode_crop(tf.constant(decoded.getvalue()), box, 32).numpy()
+    assert np.abs(window - whole).max() < 0.03
+    assert np.abs(window - np.roll(whole, 4, axis=1)).max() > 0.03  # a shifted window would be caught

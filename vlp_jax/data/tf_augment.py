@@ -59,9 +59,7 @@ def build_dataset(pipeline, start_step: int, end_step: int) -> tf.data.Dataset:
         }
 
     def decode_example(raw):
-        image = decode(raw.pop('image_bytes'))
-        box = pixel_box(raw.pop('crop_box'), tf.shape(image))
-        image = tf.image.crop_and_resize(image[None], box[None], [0], [size, size], method='bilinear')[0]
+        image = decode_crop(raw.pop('image_bytes'), raw.pop('crop_box'), size)
         raw['image'] = tf.where(raw.pop('flip'), tf.reverse(image, axis=[1]), image)
         raw['image'] = (raw['image'] - batch_spec.PIXEL_MEAN) / batch_spec.PIXEL_STD
         return raw
@@ -93,6 +91,30 @@ def decode(data: tf.Tensor) -> tf.Tensor:
     """Encoded image bytes -> float32 [H, W, 3] in [0, 1] (greyscale and alpha become RGB)."""
     image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     return tf.cast(image, tf.float32) / 255.0
+
+
+def decode_crop(data: tf.Tensor, box: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded image -> its random resized crop, float32 [size, size, 3] in [0, 1].
+
+    A JPEG decodes only the crop window (decode_and_crop_jpeg: most of a large photo is never
+    decompressed); other formats decode whole, then crop_and_resize.
+    """
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(data)
+        pixels = pixel_box(box, shape) * tf.cast(tf.concat([shape[:2], shape[:2]], 0), tf.float32)
+        top, left = tf.cast(tf.floor(pixels[0]), tf.int32), tf.cast(tf.floor(pixels[1]), tf.int32)
+        height = tf.clip_by_value(tf.cast(tf.round(pixels[2] - pixels[0]), tf.int32), 1, shape[0] - top)
+        width = tf.clip_by_value(tf.cast(tf.round(pixels[3] - pixels[1]), tf.int32), 1, shape[1] - left)
+        crop = tf.io.decode_and_crop_jpeg(data, tf.stack([top, left, height, width]), channels=3)
+        return tf.image.resize(tf.cast(crop, tf.float32) / 255.0, [size, size], method='bilinear')
+
+    def other():
+        image = decode(data)
+        box_in_pixels = pixel_box(box, tf.shape(image))
+        return tf.image.crop_and_resize(image[None], box_in_pixels[None], [0], [size, size], method='bilinear')[0]
+
+    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
 def pixel_box(box: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
