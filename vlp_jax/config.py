@@ -18,7 +18,25 @@ import ml_collections
 
 OVERRIDE_PREFIX = '--config.'
 MESH_AXES = ('data', 'fsdp', 'model')
-DATA_SOURCES = ('shapes',)
+DATA_SOURCES = ('shapes', 'records', 'tfds')
+# Keys every config has, added where a config file leaves them out (so --config.KEY= works on any config).
+# data.path / data.eval_path: prepared records (data.name='records'); data.tfds*: data.name='tfds';
+# eval.sets: what evaluation runs (vlp_jax/data/eval_specs.py); eval.prompt_templates: zero-shot class prompts.
+DEFAULT_KEYS = {
+    'data.path': '',
+    'data.eval_path': '',
+    'data.tfds_dir': '',
+    'data.tfds': {
+        'name': 'coco_captions',
+        'train_split': 'train',
+        'eval_split': 'test',
+        'image_key': 'image',
+        'caption_key': 'captions/text',
+        'label_key': '',
+    },
+    'eval.sets': ('default',),
+    'eval.prompt_templates': ('a photo of a {}.', 'a picture of a {}.', 'an image of a {}.'),
+}
 
 
 class ConfigError(ValueError):
@@ -61,7 +79,18 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config(None)
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'get_config in {path!r} must return an ml_collections.ConfigDict.')
+    add_default_keys(config)
     return config
+
+
+def add_default_keys(config: ml_collections.ConfigDict) -> None:
+    """Adds each of DEFAULT_KEYS that the config lacks (groups it lacks are left alone)."""
+    for dotted, value in DEFAULT_KEYS.items():
+        group, _, key = dotted.rpartition('.')
+        if group not in config or key in config[group]:
+            continue
+        with config[group].unlocked():
+            config[group][key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
 
 
 def sibling_config(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,7 +1,10 @@
 """Evaluate a checkpoint zero-shot: `python -m vlp_jax.evaluate --config ... --workdir DIR` (or --checkpoint PATH).
 
 Prints the metrics as one JSON object on the last stdout line; on the final checkpoint
-of a run they equal the run's last eval (same sets, same code, same params).
+of a run they equal the run's last eval (same sets, same code, same params). Which sets:
+`eval.sets` (data/eval_specs.py: retrieval on any captioned set, classification on any
+labelled one, from records, TFDS or the shapes world). The same metrics are written as a
+markdown table to `eval_step<N>.md` in --workdir (or beside the checkpoint).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def main() -> None:
 
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import CheckpointError, resolve_step_dir, restore_params_from
-    from vlp_jax.evaluators.suite import make_zero_shot_evaluator
+    from vlp_jax.data.errors import DataError
+    from vlp_jax.evaluators.suite import make_zero_shot_evaluator, markdown_table
 
     run_setup = setup_lib.build(config)
     try:
@@ -38,11 +42,28 @@ def main() -> None:
         params = restore_params_from(path, run_setup.abstract_state['params'])
     except CheckpointError as error:
         fail(str(error))
-    metrics = make_zero_shot_evaluator(run_setup)(params)
+    try:
+        evaluator = make_zero_shot_evaluator(run_setup)
+    except DataError as error:
+        fail(str(error))
+    metrics = evaluator(params)
     import jax
 
     if jax.process_index() == 0:
+        table_dir = FLAGS.workdir or _run_dir(pathlib.Path(path).absolute())
+        table = os.path.join(table_dir, f'eval_step{step}.md')
+        with open(table, 'w', encoding='utf-8') as handle:
+            handle.write(markdown_table(metrics, step))
+        print(f'wrote {table}', flush=True)
         print(json.dumps({'step': step, **metrics}), flush=True)
+
+
+def _run_dir(path: pathlib.Path) -> str:
+    """The workdir a checkpoint path belongs to (WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP)."""
+    for candidate in (path, *path.parents):
+        if candidate.name == 'checkpoints':
+            return str(candidate.parent)
+    return str(path if path.is_dir() else path.parent)
 
 
 if __name__ == '__main__':

@@ -128,6 +128,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         with open(os.path.join(workdir, 'config.json'), 'w') as handle:
             handle.write(config.to_json(indent=1))
     skipped_before = 0
+    bad_records = [0]  # records replaced because they failed to load, up to the last step taken (train/bad_records)
     if restored is None:
         state, start_step = run_setup.init_state(), 0
         say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
@@ -139,6 +140,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         start_step, state, extra = restored
         assert extra['pipeline']['next_step'] == start_step, extra
         skipped_before = int(extra['pipeline'].get('skipped_steps', 0))
+        bad_records[0] = int(extra['pipeline'].get('bad_records', 0))
         if sampler is not None:
             sampler.load(state.pop('sampler'))
         say(f'resumed from checkpoint at step {start_step} in {workdir}/checkpoints')
@@ -150,7 +152,12 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     # as another run's frozen model (objectives/frozen.py) whatever that run trains.
     guard = NonFiniteGuard(int(config.nonfinite_patience), skipped_before)
     checkpoint_extra = lambda done: {
-        'pipeline': {'next_step': done, 'seed': int(config.seed), 'skipped_steps': guard.total},
+        'pipeline': {
+            'next_step': done,
+            'seed': int(config.seed),
+            'skipped_steps': guard.total,
+            'bad_records': bad_records[0],
+        },
         'model': config.model.to_dict(),
     }
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
@@ -181,6 +188,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         for step in range(start_step, end):
             wait_start = time.perf_counter()
             local = next(batches)
+            bad_records[0] += int(local['replaced'].sum())  # this process's rows
             throughput.add_data_wait(time.perf_counter() - wait_start)
             batch = parallel.global_batch(batch_spec.select(local, step_keys), mesh)
             state, step_metrics, feedback = train_step(state, batch, frozen)
@@ -207,6 +215,8 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
                     record.update(steps.scalar_metrics(step_metrics))
                     guard.observe(done, int(record.pop(steps.SKIPPED)))
                     record['train/skipped_steps'] = guard.total
+                    if pipeline.encoded:  # real data: records that failed to load and were replaced
+                        record['train/bad_records'] = bad_records[0]
                     record.update(throughput.window(done))
                     record.update(
                         mfu.utilisation(

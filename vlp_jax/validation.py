@@ -159,11 +159,28 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
 
     problem = layout_problem(config, sizes)
     _require(problem is None, problem or '')
+    validate_data(config)
     steps_per_epoch = config.data.train_size // config.batch_size
     _require(
         steps_per_epoch >= 1,
         f'config key data.train_size ({config.data.train_size}) is smaller than batch_size ({config.batch_size}).',
     )
+
+
+def validate_data(config: ml_collections.ConfigDict) -> None:
+    """eval.sets, and for real data the set itself: it must exist and be prepared (one line saying how);
+    its training split's size becomes data.train_size, so every count derived from it holds."""
+    from vlp_jax.data import eval_specs  # no TensorFlow: parsing only
+    from vlp_jax.data.errors import DataError
+
+    try:
+        eval_specs.parse_all(config.eval.get('sets', ('default',)))
+        if config.data.name != 'shapes':
+            from vlp_jax.data.sources import train_size
+
+            config.data.train_size = train_size(config)
+    except DataError as error:
+        raise ConfigError(str(error)) from None
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 REQUIRED = 'required'
 PROBE = 'probe'
 AUGMENT = 'augment'
+LOADER = 'loader'  # how the loader made the batch: the loop reads it, the step never does
 
 # The model's image input: uint8 pixels p are fed as (p / 255 - PIXEL_MEAN) / PIXEL_STD, in [-1, 1].
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
@@ -57,11 +58,16 @@ FIELDS: dict[str, Field] = {
     'scene': Field(np.int32, 3, PROBE, '[B, objects, attributes] what the image holds (synthetic data)'),
     'crop_box': Field(np.float32, 2, AUGMENT, '[B, 4] random resized crop, normalised (y0, x0, y1, x1)'),
     'flip': Field(np.bool_, 1, AUGMENT, '[B] flip the image horizontally'),
+    'image_bytes': Field(
+        np.object_, 1, AUGMENT, '[B] encoded images (JPEG/PNG/WebP/GIF/BMP) of sources that hand them undecoded'
+    ),
+    'replaced': Field(np.bool_, 1, LOADER, '[B] the record failed to load and another stands in (train/bad_records)'),
 }
 
 REQUIRED_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == REQUIRED)
 PROBE_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == PROBE)
-AUGMENT_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == AUGMENT)
+AUGMENT_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == AUGMENT and key != 'image_bytes')
+LOADER_KEYS = tuple(key for key, field in FIELDS.items() if field.kind == LOADER)
 # The model's inputs, in the order the towers take them.
 MODEL_INPUT_KEYS = ('image', 'text_ids', 'text_mask')
 # What the ground-truth probe needs: which caption is true of which image.
@@ -73,12 +79,16 @@ def ndim(key: str) -> int:
     return FIELDS[key].rank
 
 
-def loaded_keys(probe_keys: Iterable[str] = ()) -> tuple[str, ...]:
-    """Keys the loader hands to the augmentation graph: required, the given probes, augmentation."""
+def loaded_keys(probe_keys: Iterable[str] = (), encoded: bool = False) -> tuple[str, ...]:
+    """Keys the loader hands to the augmentation graph: required, the given probes, augmentation, loader facts.
+
+    `encoded`: the source hands encoded images ('image_bytes'), which the graph decodes into 'image'.
+    """
     probes = tuple(probe_keys)
     unknown = [key for key in probes if FIELDS.get(key, Field(int, 0, '', '')).kind != PROBE]
     assert not unknown, f'not probe keys of the batch spec: {unknown}'
-    return (*REQUIRED_KEYS, *probes, *AUGMENT_KEYS)
+    required = tuple('image_bytes' if encoded and key == 'image' else key for key in REQUIRED_KEYS)
+    return (*required, *probes, *AUGMENT_KEYS, *LOADER_KEYS)
 
 
 def step_keys(probe_keys: Iterable[str] = ()) -> tuple[str, ...]:

@@ -1,23 +1,29 @@
 """Fixed evaluation sets: retrieval (images x all their captions) and zero-shot classification.
 
 Built once per run, un-augmented, tokenised, as host numpy arrays. On synthetic data
-the retrieval set carries the ground truth of which caption is true of which image.
+the retrieval set carries the ground truth of which caption is true of which image;
+real sets carry none (`truth` None), so the semantic metrics are simply absent. Encoded
+images are decoded, resized (shorter side) and centre-cropped to `data.image_size` by TF;
+one that does not decode is left out of the set and counted in `dropped`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
 from vlp_jax.data.batch import normalise_images
-from vlp_jax.data.sources import build_source, shapes_world_config
+from vlp_jax.data.errors import DataError
+from vlp_jax.data.sources import Source, build_source, shapes_world_config
 from vlp_jax.data.synthetic import CLASSIFICATION_TEMPLATES, classification_set
 from vlp_jax.data.tokenizer import shared_tokenizer
 
 CLASSIFICATION_ATTRIBUTES = ('shape', 'colour')
 CLASSIFICATION_SEED_OFFSET = 7919  # keeps the classification images apart from every split's stream
+LOAD_CHUNK = 256  # examples read from a source at a time
 
 
 @dataclasses.dataclass
@@ -27,6 +33,8 @@ class RetrievalSet:
     text_mask: np.ndarray  # [Nt, L] int32
     text_image: np.ndarray  # [Nt] int: the image each caption was written for
     truth: np.ndarray | None  # [Nt, Ni] bool: caption t is true of image i (synthetic data only)
+    name: str = ''  # '' for the run's own set (keys eval/retrieval/*), else eval/retrieval/<name>/*
+    dropped: int = 0  # records left out because their image did not decode
 
 
 @dataclasses.dataclass
@@ -37,43 +45,113 @@ class ClassificationSet:
     prompt_ids: np.ndarray  # [C, T, L] int32: class x template
     prompt_mask: np.ndarray  # [C, T, L] int32
     class_names: list[str]
+    dropped: int = 0
 
 
-def retrieval_set(config: ml_collections.ConfigDict, split: str = 'test') -> RetrievalSet:
-    source = build_source(config, split)
-    examples = source.batch(np.arange(len(source)))
-    captions = [caption for per_image in examples['captions'] for caption in per_image]
-    text_image = np.concatenate([np.full(len(per_image), i) for i, per_image in enumerate(examples['captions'])])
+def spread_indices(total: int, limit: int) -> np.ndarray:
+    """`limit` indices spread evenly over [0, total) (all when limit <= 0 or >= total): a fixed subset
+    that does not favour the head of a set sorted by class."""
+    if limit <= 0 or limit >= total:
+        return np.arange(total)
+    return np.unique(np.linspace(0, total - 1, limit).round().astype(np.int64))
+
+
+def load_examples(source: Source, indices: np.ndarray, image_size: int) -> tuple[dict, np.ndarray, int]:
+    """(examples with 'image' uint8 [N, S, S, 3], kept positions into `indices`, dropped count)."""
+    parts = [source.batch(indices[start : start + LOAD_CHUNK]) for start in range(0, len(indices), LOAD_CHUNK)]
+    examples = {
+        'captions': [c for part in parts for c in part['captions']],
+        'label': np.concatenate([np.asarray(part.get('label', np.full(len(part['captions']), -1))) for part in parts]),
+    }
+    if not getattr(source, 'encoded', False):
+        examples['image'] = np.concatenate([part['image'] for part in parts])
+        examples['probes'] = {k: np.concatenate([p['probes'][k] for p in parts]) for k in parts[0]['probes']}
+        return examples, np.arange(len(indices)), 0
+    from vlp_jax.data.tf_augment import eval_images  # TensorFlow stays out of the core
+
+    encoded = [data for part in parts for data in part['image_bytes']]
+    images, kept = eval_images(encoded, image_size)
+    examples = {'image': images, 'captions': [examples['captions'][k] for k in kept], 'label': examples['label'][kept]}
+    return examples, kept, len(indices) - len(kept)
+
+
+def source_retrieval_set(source: Source, config: ml_collections.ConfigDict, name: str = '') -> RetrievalSet:
+    """The first `data.test_size` images (spread over the set) with all their captions."""
+    indices = spread_indices(len(source), int(config.data.test_size))
+    examples, kept, dropped = load_examples(source, indices, int(config.data.image_size))
+    keep = [i for i, captions in enumerate(examples['captions']) if captions]
+    if not keep:
+        raise DataError(f'evaluation set {getattr(source, "name", name)!r} has no image with a caption to retrieve.')
+    captions = [caption for i in keep for caption in examples['captions'][i]]
+    text_image = np.concatenate([np.full(len(examples['captions'][i]), n) for n, i in enumerate(keep)])
     tokens = shared_tokenizer(int(config.data.max_text_len))(captions)
-    truth = source.caption_truth(examples) if hasattr(source, 'caption_truth') else None
+    truth = None
+    if hasattr(source, 'caption_truth') and len(keep) == len(indices):
+        truth = source.caption_truth(examples)
     return RetrievalSet(
-        images=normalise_images(examples['image']),
+        images=normalise_images(examples['image'][keep]),
         text_ids=tokens['text_ids'],
         text_mask=tokens['text_mask'],
         text_image=text_image,
         truth=truth,
+        name=name,
+        dropped=dropped + len(examples['captions']) - len(keep),
+    )
+
+
+def retrieval_set(config: ml_collections.ConfigDict, split: str = 'test') -> RetrievalSet:
+    """The run's own retrieval set: data.name's evaluation split."""
+    return source_retrieval_set(build_source(config, split), config)
+
+
+def prompt_tokens(config: ml_collections.ConfigDict, class_names: Sequence[str], templates: Sequence[str]):
+    tokenizer = shared_tokenizer(int(config.data.max_text_len))
+    tokens = tokenizer([template.format(name) for name in class_names for template in templates])
+    shape = (len(class_names), len(templates), tokenizer.max_len)
+    return tokens['text_ids'].reshape(shape), tokens['text_mask'].reshape(shape)
+
+
+def source_classification_set(source: Source, config: ml_collections.ConfigDict, name: str) -> ClassificationSet:
+    """`eval.classification_size` labelled images (spread over the set), class prompts from eval.prompt_templates."""
+    class_names = getattr(source, 'class_names', None)
+    if not class_names:
+        raise DataError(
+            f'evaluation set {name!r} has no class names; prepare it with --class_names FILE or name a TFDS '
+            'label feature (data.tfds.label_key).'
+        )
+    indices = spread_indices(len(source), int(config.eval.classification_size))
+    examples, _, dropped = load_examples(source, indices, int(config.data.image_size))
+    labelled = np.flatnonzero(examples['label'] >= 0)
+    if not len(labelled):
+        raise DataError(f'evaluation set {name!r} has no labelled image; give records a label column.')
+    prompt_ids, prompt_mask = prompt_tokens(config, class_names, tuple(config.eval.prompt_templates))
+    return ClassificationSet(
+        name=name,
+        images=normalise_images(examples['image'][labelled]),
+        labels=examples['label'][labelled],
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        class_names=list(class_names),
+        dropped=dropped + len(examples['label']) - len(labelled),
     )
 
 
 def classification_sets(config: ml_collections.ConfigDict) -> list[ClassificationSet]:
-    tokenizer = shared_tokenizer(int(config.data.max_text_len))
+    """The shapes world's zero-shot sets: one per attribute (keys eval/zeroshot/shape|colour/top1)."""
     world = shapes_world_config(config.data)
     sets = []
     for attribute in CLASSIFICATION_ATTRIBUTES:
         data = classification_set(
             world, int(config.seed) + CLASSIFICATION_SEED_OFFSET, int(config.eval.classification_size), attribute
         )
-        templates = CLASSIFICATION_TEMPLATES[attribute]
-        prompts = [template.format(name) for name in data['class_names'] for template in templates]
-        tokens = tokenizer(prompts)
-        shape = (len(data['class_names']), len(templates), tokenizer.max_len)
+        prompt_ids, prompt_mask = prompt_tokens(config, data['class_names'], CLASSIFICATION_TEMPLATES[attribute])
         sets.append(
             ClassificationSet(
                 name=attribute,
                 images=normalise_images(data['image']),
                 labels=np.asarray(data['label']),
-                prompt_ids=tokens['text_ids'].reshape(shape),
-                prompt_mask=tokens['text_mask'].reshape(shape),
+                prompt_ids=prompt_ids,
+                prompt_mask=prompt_mask,
                 class_names=list(data['class_names']),
             )
         )

@@ -4,7 +4,13 @@ The order of examples is a pure function of (seed, epoch); the batch at step k i
 pure function of (seed, k), so a restart at step k reproduces batch k exactly and the
 pipeline's whole position is the step number. Each process loads only its slice of
 every global batch. Loading runs as parallel host calls in a tf.data graph (why
-tf.data: see README, "Input pipeline"); augmentation runs as TF image ops.
+tf.data: see README, "Input pipeline"); decoding (sources that hand encoded images)
+and augmentation run as TF image ops.
+
+A record that fails to load (an empty or damaged record, an image TF cannot decode) never
+stops the run: another record stands in for it, drawn from (seed, step, index) alone, so
+a resumed run makes the same choice. It is flagged in the batch's 'replaced' key (the
+loop counts it as train/bad_records); its 'index' stays the sampler's.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import ml_collections
 import numpy as np
 
 from vlp_jax.data import batch as batch_spec
+from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source
 from vlp_jax.data.tokenizer import shared_tokenizer
 
 EPOCH_ORDER_STREAM = 1  # RNG stream ids keep the epoch order and the augmentations independent
 AUGMENT_STREAM = 2
+REPLACE_STREAM = 3  # which record stands in for one that fails to load
 MIN_ASPECT, MAX_ASPECT = 3 / 4, 4 / 3
 FLIP_PROBABILITY = 0.5
 
@@ -39,7 +47,9 @@ class TrainPipeline:
         self.process_index = process_index
         self.source = source
         self.probe_keys = tuple(getattr(source, 'probe_keys', ()))
-        self.loaded_keys = batch_spec.loaded_keys(self.probe_keys)
+        self.encoded = bool(getattr(source, 'encoded', False))
+        self.loaded_keys = batch_spec.loaded_keys(self.probe_keys, self.encoded)
+        self.bad_records: set[int] = set()  # source indices found not to load (grows as they are met)
         self.steps_per_epoch = len(source) // self.global_batch_size
         assert self.steps_per_epoch >= 1
         self.image_size = int(config.data.image_size)
@@ -100,6 +110,35 @@ class TrainPipeline:
             flip = wants_flip and not (flip_sensitive is not None and bool(flip_sensitive[caption]))
         return caption, box, flip
 
+    def stand_in(self, step: int, index: int, tried: set[int]) -> int:
+        """The record that replaces `index` at `step`: the first of a seeded sequence not known to be bad."""
+        if len(self.bad_records | tried) >= len(self.source):
+            raise DataError(f'no record of {getattr(self.source, "name", "the data set")} loads; prepare it again.')
+        rng = np.random.default_rng([self.seed, REPLACE_STREAM, step, int(index)])
+        while True:
+            candidate = int(rng.integers(len(self.source)))
+            if candidate not in self.bad_records and candidate not in tried:
+                return candidate
+
+    def _examples(self, step: int, indices: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The source's examples for `indices` with every known-bad or empty record replaced;
+        also the source index each row really came from."""
+        examples = self.source.batch(indices)
+        used = np.asarray(indices, np.int64).copy()
+        for row, index in enumerate(indices):
+            tried: set[int] = set()
+            while used[row] in self.bad_records or not _loads(examples, row, self.encoded):
+                self.bad_records.add(int(used[row]))
+                tried.add(int(used[row]))
+                used[row] = self.stand_in(step, index, tried)
+                single = self.source.batch(used[row : row + 1])
+                for key, value in single.items():
+                    if key != 'probes':
+                        examples[key][row] = value[0]
+                for key, value in single['probes'].items():
+                    examples['probes'][key][row] = value[0]
+        return examples, used
+
     def raw_batch(self, step: int) -> dict[str, np.ndarray]:
         """Un-augmented images plus everything needed to augment them (pure function of step).
 
@@ -107,7 +146,7 @@ class TrainPipeline:
         """
         epoch = step // self.steps_per_epoch
         indices = self.local_indices(step)
-        examples = self.source.batch(indices)
+        examples, used = self._examples(step, indices)
         sensitive = examples.get('flip_sensitive')
         chosen, captions, boxes, flips = [], [], [], []
         for row, index in enumerate(indices):
@@ -119,12 +158,18 @@ class TrainPipeline:
             boxes.append(box)
             flips.append(flip)
         rows = np.arange(len(indices))
+        image_key = 'image_bytes' if self.encoded else 'image'
+        images = examples[image_key]
+        if self.encoded:
+            images = np.empty(len(indices), dtype=object)
+            images[:] = examples['image_bytes']
         raw = {
             **self.tokenizer(captions),
-            'image': examples['image'],
+            image_key: images,
             'index': indices,
             'crop_box': np.stack(boxes),
             'flip': np.asarray(flips),
+            'replaced': used != np.asarray(indices),
         }
         for key in self.probe_keys:  # a caption probe is the chosen caption's
             value = np.asarray(examples['probes'][key])
@@ -132,6 +177,20 @@ class TrainPipeline:
         raw = {key: np.asarray(value, batch_spec.FIELDS[key].loader_dtype) for key, value in raw.items()}
         batch_spec.check(raw, self.loaded_keys, loaded=True)
         return raw
+
+    def find_undecodable(self, step: int) -> int:
+        """Marks the records of `step` whose images TF cannot decode as bad; returns how many were found."""
+        from vlp_jax.data.tf_augment import decodes
+
+        if not self.encoded:
+            return 0
+        examples, used = self._examples(step, self.local_indices(step))
+        found = 0
+        for row, data in enumerate(examples['image_bytes']):
+            if not decodes(data):
+                self.bad_records.add(int(used[row]))
+                found += 1
+        return found
 
     # -- tf.data graph ---------------------------------------------------------------------
     def dataset(self, start_step: int, end_step: int):
@@ -145,8 +204,18 @@ class TrainPipeline:
 
         A host thread drains the tf.data iterator into a small queue, so the tensor->numpy
         hand-over happens while the train loop is blocked on the device, not on its critical path.
+        When a step fails because an image does not decode, its bad records are marked and
+        loading restarts at that step, where stand-ins now replace them.
         """
-        return _threaded(self.dataset(start_step, end_step).as_numpy_iterator(), self.prefetch)
+        step = start_step
+        while step < end_step:
+            try:
+                for batch in _threaded(self.dataset(step, end_step).as_numpy_iterator(), self.prefetch):
+                    yield batch
+                    step += 1
+            except Exception:
+                if self.find_undecodable(step) == 0:  # not a bad image: a real error
+                    raise
 
     def iterate_by_epoch(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
         """Like iterate, but loading of each epoch starts only when its first batch is asked for,
@@ -156,6 +225,11 @@ class TrainPipeline:
             epoch_end = min(end_step, (step // self.steps_per_epoch + 1) * self.steps_per_epoch)
             yield from self.iterate(step, epoch_end)
             step = epoch_end
+
+
+def _loads(examples: dict, row: int, encoded: bool) -> bool:
+    """Cheap checks before decoding: the record has captions and, if encoded, some image bytes."""
+    return bool(len(examples['captions'][row])) and (not encoded or bool(len(examples['image_bytes'][row])))
 
 
 def _threaded(iterator: Iterator, buffer: int) -> Iterator:

@@ -46,20 +46,26 @@ def run_zero_shot(
 ) -> dict[str, float]:
     """All eval metrics as a flat dict with keys like 'eval/retrieval/i2t_r1'.
 
-    With `rerank` (ITC similarity [Nt, Ni] -> rerank.RerankedScores), every retrieval metric
-    is also reported re-ranked by ITM, as 'eval/retrieval_itm/<same key>'.
+    `retrieval` is one retrieval set or a list of them; a set with a name reports
+    'eval/retrieval/<name>/<key>'. With `rerank` ((retrieval set, ITC similarity [Nt, Ni]) ->
+    rerank.RerankedScores), every retrieval metric is also reported re-ranked by ITM, as
+    'eval/retrieval_itm/<same key>'.
     """
     metrics = {}
-    image_embed = embed_in_batches(encode_images, (retrieval.images,), batch_size, mesh)
-    text_embed = embed_in_batches(encode_texts, (retrieval.text_ids, retrieval.text_mask), batch_size, mesh)
-    similarity = itc_similarity(image_embed, text_embed)
-    args = (retrieval.text_image, retrieval.truth)
-    for key, value in retrieval_metrics_from_scores(similarity, similarity.T, *args).items():
-        metrics[f'eval/retrieval/{key}'] = value
-    if rerank is not None:
-        scores = rerank(similarity)
-        for key, value in retrieval_metrics_from_scores(scores.t2i, scores.i2t, *args, tie_break=similarity).items():
-            metrics[f'eval/retrieval_itm/{key}'] = value
+    for data in retrieval if isinstance(retrieval, (list, tuple)) else [retrieval]:
+        prefix = f'{data.name}/' if getattr(data, 'name', '') else ''
+        image_embed = embed_in_batches(encode_images, (data.images,), batch_size, mesh)
+        text_embed = embed_in_batches(encode_texts, (data.text_ids, data.text_mask), batch_size, mesh)
+        similarity = itc_similarity(image_embed, text_embed)
+        args = (data.text_image, data.truth)
+        for key, value in retrieval_metrics_from_scores(similarity, similarity.T, *args).items():
+            metrics[f'eval/retrieval/{prefix}{key}'] = value
+        if rerank is not None:
+            scores = rerank(data, similarity)
+            for key, value in retrieval_metrics_from_scores(
+                scores.t2i, scores.i2t, *args, tie_break=similarity
+            ).items():
+                metrics[f'eval/retrieval_itm/{prefix}{key}'] = value
     for task in classification:
         classes, templates, length = task.prompt_ids.shape
         prompts = embed_in_batches(
@@ -72,13 +78,13 @@ def run_zero_shot(
 
 
 def make_zero_shot_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
-    """params -> eval metrics, for the config's eval sets (built once, here) and the setup's encoders;
-    with eval.rerank_k > 0 (fusion models) also the retrieval metrics re-ranked by ITM."""
-    from vlp_jax.data.eval_sets import classification_sets, retrieval_set
+    """params -> eval metrics, for the config's eval sets (eval.sets, built once, here) and the setup's
+    encoders; with eval.rerank_k > 0 (fusion models) also the retrieval metrics re-ranked by ITM."""
+    from vlp_jax.data import eval_specs
     from vlp_jax.evaluators.rerank import make_reranker
 
     config = setup.config
-    retrieval, classification = retrieval_set(config, 'test'), classification_sets(config)
+    retrieval, classification = eval_specs.build(config)
     encode_images, encode_texts = setup.encoders()
     rerank_k = int(config.eval.get('rerank_k', 0))
     reranker = make_reranker(setup, rerank_k) if rerank_k > 0 else None
@@ -91,7 +97,18 @@ def make_zero_shot_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
             classification,
             int(config.eval.batch_size),
             setup.mesh,
-            None if reranker is None else lambda similarity: reranker(params, retrieval, similarity),
+            None if reranker is None else lambda data, similarity: reranker(params, data, similarity),
         )
 
     return evaluate
+
+
+def markdown_table(metrics: dict[str, float], step: int) -> str:
+    """The metrics of one evaluation as a markdown table: one row per set and metric."""
+    lines = [f'# Evaluation at step {step}', '', '| set | metric | value |', '|---|---|---|']
+    for key, value in metrics.items():
+        parts = key.split('/')[1:]  # drop 'eval'
+        task, rest = parts[0], parts[1:]
+        set_name = '/'.join([task, *rest[:-1]]) if len(rest) > 1 or task == 'zeroshot' else task
+        lines.append(f'| {set_name} | {rest[-1]} | {value:.4f} |')
+    return '\n'.join(lines) + '\n'
