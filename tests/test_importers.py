@@ -6,6 +6,7 @@ forward of the same file, and import -> export must give the file's tensors back
 """
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -54,7 +55,8 @@ def tiny_config(text=None, vision=None, **model):
 def init_params(config, seed=0):
     """The model and random params of its shapes (built under eval_shape: nothing to compile)."""
     model = VLPModel(model_config_from_dict(config.model))
-    inputs = (jnp.zeros((1, IMAGE, IMAGE, 3)), jnp.zeros((1, LENGTH), jnp.int32), jnp.ones((1, LENGTH), jnp.int32))
+    size, length = config.model.image_size, config.model.max_text_len
+    inputs = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), jnp.int32))
     shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *inputs)['params'])
     rng = np.random.default_rng(seed)
     return model, jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(np.float32), shapes)
@@ -306,3 +308,41 @@ def test_export_refuses_what_the_layout_cannot_express():
     exported = export_tensors(zeros(default), model_config_from_dict(default.model), 'vit')  # vlp_jax's own ViT is HF's
     assert exported['embeddings.cls_token'].shape == (1, 1, WIDTH)
     assert exported['encoder.layer.1.attention.attention.query.weight'].shape == (WIDTH, WIDTH)
+
+
+def test_last_token_pooling_and_fusion_layers_that_stay_fresh(tmp_path):
+    """pool='last' takes each caption's last real token; a fusion model imports its text layers only."""
+    rng = np.random.default_rng(4)
+    path = write(tmp_path / 'bert', bert_tensors(rng, VOCAB, POSITIONS, WIDTH, DEPTH, MLP, pooler=False))
+    model, fresh = init_params(tiny_config(text=dict(BERT, pool='last', pooler=False)))
+    params, _ = import_into(fresh, path, 'text', model.config)
+    ids, mask = text_inputs(rng)
+    pooled, tokens = run_text(model, params, ids, mask)
+    np.testing.assert_array_equal(pooled, np.asarray(tokens)[np.arange(len(ids)), mask.sum(1) - 1])
+    fusion = tiny_config(text=dict(BERT, pooler=False, fusion_layers=1), kind='fusion')
+    model, fresh = init_params(fusion)
+    params, _ = import_into(fresh, path, 'text', model.config)
+    assert_same_params(params, fresh, 'text/fusion/')
+    assert not np.array_equal(
+        params['text']['encoder']['block_0']['mlp']['fc1']['kernel'],
+        fresh['text']['encoder']['block_0']['mlp']['fc1']['kernel'],
+    )
+
+
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        ('text.pool', 'max', 'model.text.pool must be one of'),
+        ('text.activation', 'relu', 'model.text.activation must be one of'),
+        ('text.max_positions', 4, 'model.text.max_positions (4) must be 0 or >= model.max_text_len (8)'),
+        ('vision.activation', 'swish', 'model.vision.activation must be one of'),
+    ],
+)
+def test_bad_architecture_options_are_config_errors_naming_the_key(key, value, message):
+    from vlp_jax.config import ConfigError, validate
+
+    config = tiny_config()
+    tower, name = key.split('.')
+    config.model[tower][name] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(config, 1)
