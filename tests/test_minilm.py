@@ -97,3 +97,20 @@ def test_the_minilm_config_validates_and_its_file_fits(capsys):
     model, fresh = init_params(config)
     _, plan = importers.import_tower(config.model.text.init, 'text', model.config, fresh)
     assert plan.layout == 'bert' and len(plan.pairs) == 5 + 16 * 6  # embeddings (5) + 16 tensors per layer
+
+
+@pytest.mark.slow  # ~1-2 min on 2 cores: compiles a train step with the 22M-param MiniLM text tower
+def test_a_minilm_text_run_trains_from_the_imported_tower(tmp_path):
+    from conftest import run_cli
+
+    minilm_dir()
+    small = (
+        '--config.batch_size=16',
+        '--config.log_every=1',
+        '--config.eval_every=1000',
+        '--config.checkpoint_every=2',
+    )
+    evals = ('--config.data.test_size=32', '--config.eval.batch_size=32', '--config.eval.classification_size=32')
+    result = run_cli('vlp_jax.train', ['--config', f'{CONFIG}:2', '--workdir', str(tmp_path), *small, *evals])
+    assert 'model.text.init: imported 101 tensors (bert layout)' in result.stdout, result.stdout
+    assert 'step   2/2' in result.stdout or 'step 2/2' in result.stdout, result.stdout
