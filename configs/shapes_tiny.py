@@ -62,6 +62,33 @@ def get_config(arg=None):
     config.model.text.remat = ''
     config.model.scan = False
     config.model.text.fusion_layers = 0  # ALBEF: text layers then fusion layers cross-attending to the image
+    # Architecture options (the defaults are vlp_jax's own towers); imported weights need their layout's
+    # values, and models/importers.py names the key to set when they differ. Text: pre_norm (False = post-LN,
+    # BERT), max_positions (position rows, 0 = max_text_len), type_vocab_size (BERT: 2; row 0 is added),
+    # pool 'cls'|'mean'|'argmax'|'last', pooler (BERT's tanh dense), embed_norm (LayerNorm on the
+    # embeddings), causal (CLIP), activation 'gelu'|'gelu_tanh'|'quick_gelu', ln_eps.
+    config.model.text.update(
+        dict(
+            pre_norm=True,
+            max_positions=0,
+            type_vocab_size=0,
+            pool='cls',
+            pooler=False,
+            embed_norm=True,
+            causal=False,
+            activation='gelu',
+            ln_eps=1e-12,
+        )
+    )
+    # Vision: pool 'cls'|'gap', pooler (HF ViT's tanh dense), pre_layernorm (CLIP), patch_bias, activation, ln_eps.
+    config.model.vision.update(
+        dict(pool='cls', pooler=False, pre_layernorm=False, patch_bias=True, activation='gelu', ln_eps=1e-6)
+    )
+    config.model.proj_bias = True  # biases on the projections into the shared space (CLIP has none)
+    # Pretrained weights (models/importers.py): a Hugging Face safetensors file whose layout (BERT/MiniLM,
+    # ViT or CLIP) is read from its keys, imported into the tower after init on a new run ('' = none).
+    config.model.text.init = ''
+    config.model.vision.init = ''
     # A vlp_jax checkpoint whose params initialise this model where path and shape match (e.g. a dual
     # encoder's towers for a fusion model, whose fusion layers and heads stay fresh); '' = random init.
     config.model.init_checkpoint = ''

@@ -54,10 +54,19 @@ class Setup:
     frozen: dict[str, FrozenModel]  # role -> its architecture and restore target
 
     def init_state(self) -> PyTree:
-        """A fresh state, created directly in its shardings."""
-        return state_lib.init_state(
+        """A fresh state, created directly in its shardings, with the towers that `model.<tower>.init`
+        names imported from their safetensors files (models/importers.py; validate checked them)."""
+        state = state_lib.init_state(
             self.config, self.model, self.optimizer, self.objective, self.mesh, self.rules, self.shardings
         )
+        from vlp_jax.models import importers
+
+        if not importers.configured_inits(self.config):
+            return state
+        arrays, lines = importers.imported_params(self.config, self.model.config, state['params'])
+        if jax.process_index() == 0:
+            print('\n'.join(lines), flush=True)
+        return self.warm_started(state, arrays)
 
     def warm_started(self, state: PyTree, arrays: dict[str, jax.Array]) -> PyTree:
         """A fresh `state` whose params take `arrays` (warm_start.load_warm_start) where they match, and

@@ -160,6 +160,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
     problem = layout_problem(config, sizes)
     _require(problem is None, problem or '')
     validate_data(config)
+    from vlp_jax.models.importers import ImportWeightsError, check_inits  # reads only the files' headers
+
+    try:
+        check_inits(config)
+    except ImportWeightsError as error:
+        raise ConfigError(str(error)) from error
     steps_per_epoch = config.data.train_size // config.batch_size
     _require(
         steps_per_epoch >= 1,

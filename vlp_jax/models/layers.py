@@ -37,6 +37,15 @@ LAYERS_AXIS = 'layers'  # logical name of the stacked-layer axis that `scan=True
 # pass of each block; the rest is recomputed. 'none' keeps everything (fastest, most memory); 'full'
 # keeps only each block's input; 'dots' keeps the matmul outputs without batch dims (weights-side
 # products) and recomputes the cheap elementwise work.
+# The MLP's nonlinearity (`activation` of a tower): 'gelu' is the exact erf form (BERT, ViT), 'gelu_tanh'
+# the tanh approximation (HF's gelu_new / gelu_pytorch_tanh), 'quick_gelu' x * sigmoid(1.702 x) (OpenAI CLIP).
+QUICK_GELU_SCALE = 1.702
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'gelu': lambda x: nn.gelu(x, approximate=False),
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
+    'quick_gelu': lambda x: x * jax.nn.sigmoid(QUICK_GELU_SCALE * x),
+}
+
 REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -57,6 +66,18 @@ def layer_norm(name: str | None, eps: float = DEFAULT_LN_EPS) -> nn.LayerNorm:
         param_dtype=PARAM_DTYPE,
         scale_init=partitioned(nn.initializers.ones_init(), ('embed',)),
         bias_init=partitioned(nn.initializers.zeros_init(), ('embed',)),
+        name=name,
+    )
+
+
+def pooler_dense(width: int, dtype: Dtype, name: str | None = None) -> nn.Dense:
+    """The dense layer of BERT's and ViT's pooler (tanh(dense(pooled)), applied by the towers)."""
+    return nn.Dense(
+        width,
+        dtype=dtype,
+        param_dtype=PARAM_DTYPE,
+        kernel_init=partitioned(nn.initializers.xavier_uniform(), ('embed', 'mlp')),
+        bias_init=partitioned(nn.initializers.zeros_init(), ('mlp',)),
         name=name,
     )
 
@@ -105,11 +126,13 @@ class MultiHeadAttention(nn.Module):
         num_heads: number of heads; the head dim is ``width // num_heads``.
         dtype: compute dtype of projections (logits/softmax are float32).
         dropout_rate: dropout on the attention probabilities.
+        causal: each query attends only to keys at or before its position (CLIP's text tower).
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    causal: bool = False
 
     @nn.compact
     def __call__(
@@ -136,6 +159,10 @@ class MultiHeadAttention(nn.Module):
         q = q / jnp.sqrt(head_dim).astype(q.dtype)
         logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
         bool_mask = key_mask_to_bias_mask(mask)
+        if self.causal:
+            lq, lk = logits.shape[-2:]
+            tri = jnp.tril(jnp.ones((lq, lk), bool))[None, None]
+            bool_mask = tri if bool_mask is None else bool_mask & tri
         if bool_mask is not None:
             logits = jnp.where(bool_mask, logits, jnp.float32(MASK_VALUE))
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -148,11 +175,12 @@ class MultiHeadAttention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-    """Dense -> GELU -> Dense feed-forward block."""
+    """Dense -> activation (ACTIVATIONS; exact GELU by default) -> Dense feed-forward block."""
 
     mlp_dim: int
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    activation: str = 'gelu'
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -166,7 +194,7 @@ class MlpBlock(nn.Module):
             bias_init=partitioned(nn.initializers.zeros_init(), ('mlp',)),
             name='fc1',
         )(x)
-        h = nn.gelu(h, approximate=False)
+        h = ACTIVATIONS[self.activation](h)
         h = nn.with_logical_constraint(h, ACT_BLM)
         if self.dropout_rate > 0.0:
             h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
@@ -186,6 +214,7 @@ class TransformerBlock(nn.Module):
 
     ``pre_norm=True`` (default, ViT/CLIP): x + f(LN(x)).
     ``pre_norm=False`` (BERT/MiniLM layout, for imported weights): LN(x + f(x)).
+    ``causal`` masks the self-attention causally (CLIP's text tower); ``activation`` names the MLP's.
     """
 
     num_heads: int
@@ -195,6 +224,8 @@ class TransformerBlock(nn.Module):
     cross_attention: bool = False
     pre_norm: bool = True
     ln_eps: float = DEFAULT_LN_EPS
+    causal: bool = False
+    activation: str = 'gelu'
 
     def _residual(self, x: Array, fn: Callable[[Array], Array], ln_name: str, deterministic: bool) -> Array:
         """Applies one residual sub-block in the configured norm placement."""
@@ -217,7 +248,7 @@ class TransformerBlock(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         """x: [B, L, D]; mask: [B, L] valid tokens; context: [B, Lc, Dc] for cross-attn."""
-        attn = MultiHeadAttention(self.num_heads, self.dtype, self.dropout_rate, name='attn')
+        attn = MultiHeadAttention(self.num_heads, self.dtype, self.dropout_rate, self.causal, name='attn')
         x = self._residual(x, lambda h: attn(h, mask=mask, deterministic=deterministic), 'ln_attn', deterministic)
         if self.cross_attention:
             if context is None:
@@ -229,7 +260,7 @@ class TransformerBlock(nn.Module):
                 'ln_xattn',
                 deterministic,
             )
-        mlp = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, name='mlp')
+        mlp = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, self.activation, name='mlp')
         return self._residual(x, lambda h: mlp(h, deterministic=deterministic), 'ln_mlp', deterministic)
 
 
@@ -275,6 +306,8 @@ class Encoder(nn.Module):
     ln_eps: float = DEFAULT_LN_EPS
     remat: str = 'none'
     scan: bool = False
+    causal: bool = False
+    activation: str = 'gelu'
 
     @nn.compact
     def __call__(
@@ -295,6 +328,8 @@ class Encoder(nn.Module):
             cross_attention=self.cross_attention,
             pre_norm=self.pre_norm,
             ln_eps=self.ln_eps,
+            causal=self.causal,
+            activation=self.activation,
         )
         if self.scan:
             stack = nn.scan(

@@ -1,7 +1,11 @@
-"""BERT-style text tower: token + position embeddings -> Encoder -> [CLS] pooling.
+"""BERT-style text tower: token + position (+ token type) embeddings -> Encoder -> pooling.
 
 With ``TextConfig.num_fusion_layers > 0`` the tower continues into ALBEF's fusion
 layers (``layers.TransformerBlock(cross_attention=True)``) after the text layers.
+The options beyond the defaults exist so imported weights compute what they computed
+in their own code (models/importers.py): BERT/MiniLM (post-LN, token types, mean or
+[CLS] pooling, a pooler) and CLIP's text tower (no embedding LayerNorm, causal mask,
+quick_gelu, pooling at the highest token id).
 """
 
 from __future__ import annotations
@@ -14,12 +18,26 @@ import jax
 import jax.numpy as jnp
 
 from vlp_jax.data.tokenizer import BERT_VOCAB_SIZE  # numpy-only module: the shipped vocabulary's size
-from vlp_jax.models.layers import ACT_BLE, EMBED_INIT_STD, PARAM_DTYPE, Encoder, layer_norm, partitioned
+from vlp_jax.models.layers import (
+    ACT_BLE,
+    ACTIVATIONS,
+    EMBED_INIT_STD,
+    PARAM_DTYPE,
+    Encoder,
+    layer_norm,
+    partitioned,
+    pooler_dense,
+)
 
 Array = jax.Array
 VOCAB_MULTIPLE = 128  # word-embedding rows are padded to a multiple of this (large-model trainers' choice)
 
 BERT_LN_EPS = 1e-12  # BERT's LayerNorm epsilon, kept so imported weights match
+# Pooling of the text tokens into the tower's output: 'cls' (token 0, BERT), 'mean' (over real tokens,
+# sentence-transformers), 'argmax' (the token with the highest id: CLIP's end-of-text, HF's rule for its
+# original checkpoints), 'last' (the last real token: [SEP] with the BERT tokenizer).
+TEXT_POOLS = ('cls', 'mean', 'argmax', 'last')
+MEAN_POOL_MIN_COUNT = 1e-9  # sentence-transformers clamps the token count from below by this
 # Named sizes: variant -> (width, depth, num_heads, mlp_dim).
 TEXT_VARIANTS: dict[str, tuple[int, int, int, int]] = {
     'tiny': (128, 2, 2, 512),  # BERT-tiny
@@ -33,7 +51,8 @@ class TextConfig:
     """Text-tower hyper-parameters.
 
     ``pre_norm=False`` gives the post-LN BERT layout needed to load BERT/MiniLM
-    weights; the default pre-LN layout trains more stably from scratch.
+    weights; the default pre-LN layout trains more stably from scratch. The defaults of
+    the fields after ``scan`` give today's tower (same params, same outputs).
     """
 
     max_len: int
@@ -47,10 +66,33 @@ class TextConfig:
     pre_norm: bool = True
     remat: str = 'none'  # layers.REMAT_POLICIES, for the text and fusion layers
     scan: bool = False  # nn.scan over the layers (layers.Encoder)
+    max_positions: int = 0  # rows of the position table; 0 = max_len (MiniLM/BERT: 512, CLIP: 77)
+    type_vocab_size: int = 0  # token-type rows (BERT: 2); row 0 is added to every token (no segments)
+    pool: str = 'cls'  # TEXT_POOLS
+    pooler: bool = False  # BERT's pooler: tanh(dense(pooled))
+    embed_norm: bool = True  # LayerNorm after the embeddings (BERT: yes, CLIP: no)
+    causal: bool = False  # causal self-attention (CLIP)
+    activation: str = 'gelu'  # layers.ACTIVATIONS
+    ln_eps: float = BERT_LN_EPS
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads != 0:
             raise ValueError(f'width ({self.width}) must be divisible by num_heads ({self.num_heads})')
+        if self.pool not in TEXT_POOLS:
+            raise ValueError(f'model.text.pool must be one of {TEXT_POOLS}, got {self.pool!r}')
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f'model.text.activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}')
+        if self.max_positions and self.max_positions < self.max_len:
+            raise ValueError(
+                f'model.text.max_positions ({self.max_positions}) must be 0 or >= model.max_text_len ({self.max_len})'
+            )
+        if self.type_vocab_size < 0 or self.ln_eps <= 0:
+            raise ValueError('model.text.type_vocab_size must be >= 0 and model.text.ln_eps > 0')
+
+    @property
+    def position_rows(self) -> int:
+        """Rows of the position-embedding table (at least max_len)."""
+        return self.max_positions or self.max_len
 
     @property
     def embedding_rows(self) -> int:
@@ -71,7 +113,7 @@ def text_config(variant: str, max_len: int, **overrides: Any) -> TextConfig:
 class TextEncoder(nn.Module):
     """BERT-style text tower: text layers, then (ALBEF) fusion layers that cross-attend to the image.
 
-    `__call__` runs the text layers alone and returns (pooled [B, width] = [CLS], tokens
+    `__call__` runs the text layers alone and returns (pooled [B, width] (TextConfig.pool), tokens
     [B, L, width]): the unimodal text embedding for ITC is taken there, before any fusion.
     `fuse` continues the tokens through the fusion layers (self-attention -> cross-attention
     to the image tokens -> MLP), and `attend` is the decoder tied to the word embeddings
@@ -93,10 +135,18 @@ class TextEncoder(nn.Module):
         self.pos_embedding = self.param(
             'pos_embedding',
             partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), ('length', 'embed')),
-            (cfg.max_len, cfg.width),
+            (cfg.position_rows, cfg.width),
             PARAM_DTYPE,
         )
-        self.ln_embed = layer_norm(None, BERT_LN_EPS)
+        if cfg.type_vocab_size:
+            self.type_embedding = self.param(
+                'type_embedding',
+                partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), (None, 'embed')),
+                (cfg.type_vocab_size, cfg.width),
+                PARAM_DTYPE,
+            )
+        if cfg.embed_norm:
+            self.ln_embed = layer_norm(None, cfg.ln_eps)
         self.embed_dropout = nn.Dropout(rate=cfg.dropout)
         layers = dict(
             num_heads=cfg.num_heads,
@@ -104,13 +154,16 @@ class TextEncoder(nn.Module):
             dtype=self.dtype,
             dropout_rate=cfg.dropout,
             pre_norm=cfg.pre_norm,
-            ln_eps=BERT_LN_EPS,
+            ln_eps=cfg.ln_eps,
             remat=cfg.remat,
             scan=cfg.scan,
+            activation=cfg.activation,
         )
-        self.encoder = Encoder(depth=cfg.depth, **layers)
+        self.encoder = Encoder(depth=cfg.depth, causal=cfg.causal, **layers)
         if cfg.num_fusion_layers > 0:
             self.fusion = Encoder(depth=cfg.num_fusion_layers, cross_attention=True, **layers)
+        if cfg.pooler:
+            self.pooler = pooler_dense(cfg.width, self.dtype)
 
     def __call__(self, text_ids: Array, text_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
         """text_ids: [B, L] int; text_mask: [B, L] (1 = real token, 0 = padding)."""
@@ -120,12 +173,31 @@ class TextEncoder(nn.Module):
             raise ValueError(f'text length {seq_len} exceeds max_len {cfg.max_len}')
         x = self.token_embed(text_ids)
         x = x + self.pos_embedding[:seq_len].astype(x.dtype)[None]
-        x = self.ln_embed(x).astype(self.dtype)
-        x = nn.with_logical_constraint(x, ACT_BLE)
+        if cfg.type_vocab_size:
+            x = x + self.type_embedding[0].astype(x.dtype)  # every token is segment 0
+        if cfg.embed_norm:
+            x = self.ln_embed(x)
+        x = nn.with_logical_constraint(x.astype(self.dtype), ACT_BLE)
         if cfg.dropout > 0.0:
             x = self.embed_dropout(x, deterministic=deterministic)
         tokens = self.encoder(x, mask=text_mask, deterministic=deterministic)
-        return tokens[:, 0], tokens
+        return self._pool(tokens, text_ids, text_mask), tokens
+
+    def _pool(self, tokens: Array, text_ids: Array, text_mask: Array) -> Array:
+        """[B, L, width] -> [B, width] by TextConfig.pool (then BERT's pooler when configured)."""
+        pool = self.config.pool
+        if pool == 'mean':
+            weights = jnp.asarray(text_mask, jnp.float32)[..., None]
+            count = jnp.maximum(jnp.sum(weights, axis=1), MEAN_POOL_MIN_COUNT)
+            pooled = jnp.sum(tokens.astype(jnp.float32) * weights, axis=1) / count
+        elif pool == 'cls':
+            pooled = tokens[:, 0]
+        else:
+            index = jnp.argmax(text_ids, axis=-1) if pool == 'argmax' else jnp.sum(text_mask, axis=-1) - 1
+            pooled = jnp.take_along_axis(tokens, jnp.maximum(index, 0)[:, None, None], axis=1)[:, 0]
+        if self.config.pooler:
+            pooled = jnp.tanh(self.pooler(pooled).astype(jnp.float32))
+        return pooled
 
     def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
         """[B, L, width] text tokens -> the same after the fusion layers, each attending to all image tokens."""

@@ -1,4 +1,9 @@
-"""Vision Transformer image tower: patches -> [CLS] + tokens -> Encoder."""
+"""Vision Transformer image tower: patches -> [CLS] + tokens -> Encoder.
+
+The options beyond the defaults let imported weights compute what they computed in their
+own code (models/importers.py): HF ViT (LayerNorm eps 1e-12, a pooler) and CLIP's image
+tower (a LayerNorm before the blocks, no patch bias, quick_gelu).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlp_jax.models.layers import ACT_BLE, DEFAULT_LN_EPS, EMBED_INIT_STD, PARAM_DTYPE, Encoder, partitioned
+from vlp_jax.models.layers import (
+    ACT_BLE,
+    ACTIVATIONS,
+    DEFAULT_LN_EPS,
+    EMBED_INIT_STD,
+    PARAM_DTYPE,
+    Encoder,
+    layer_norm,
+    partitioned,
+    pooler_dense,
+)
 
 Array = jax.Array
 
@@ -37,6 +52,11 @@ class ViTConfig:
     pool: str = 'cls'
     remat: str = 'none'  # layers.REMAT_POLICIES
     scan: bool = False  # nn.scan over the layers (layers.Encoder)
+    ln_eps: float = DEFAULT_LN_EPS  # HF ViT: 1e-12, CLIP: 1e-5
+    activation: str = 'gelu'  # layers.ACTIVATIONS
+    pre_layernorm: bool = False  # a LayerNorm on the embeddings before the blocks (CLIP)
+    patch_bias: bool = True  # the patch projection's bias (CLIP has none)
+    pooler: bool = False  # HF ViT's pooler: tanh(dense(pooled))
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size != 0:
@@ -45,6 +65,10 @@ class ViTConfig:
             raise ValueError(f'pool must be one of {POOL_TYPES}, got {self.pool!r}')
         if self.width % self.num_heads != 0:
             raise ValueError(f'width ({self.width}) must be divisible by num_heads ({self.num_heads})')
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f'model.vision.activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}')
+        if self.ln_eps <= 0:
+            raise ValueError(f'model.vision.ln_eps must be > 0, got {self.ln_eps}')
 
     @property
     def num_patches(self) -> int:
@@ -86,6 +110,7 @@ class ViT(nn.Module):
             kernel_size=(p, p),
             strides=(p, p),
             padding='VALID',
+            use_bias=cfg.patch_bias,
             dtype=self.dtype,
             param_dtype=PARAM_DTYPE,
             kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, 'embed')),
@@ -105,6 +130,8 @@ class ViT(nn.Module):
             PARAM_DTYPE,
         )
         x = x + pos.astype(x.dtype)[None]
+        if cfg.pre_layernorm:
+            x = layer_norm('ln_pre', cfg.ln_eps)(x).astype(self.dtype)
         x = nn.with_logical_constraint(x, ACT_BLE)
         if cfg.dropout > 0.0:
             x = nn.Dropout(rate=cfg.dropout)(x, deterministic=deterministic)
@@ -115,13 +142,16 @@ class ViT(nn.Module):
             mlp_dim=cfg.mlp_dim,
             dtype=self.dtype,
             dropout_rate=cfg.dropout,
-            ln_eps=DEFAULT_LN_EPS,
+            ln_eps=cfg.ln_eps,
             remat=cfg.remat,
             scan=cfg.scan,
+            activation=cfg.activation,
             name='encoder',
         )(x, deterministic=deterministic)
         if cfg.pool == 'cls':
             pooled = tokens[:, 0]
         else:
             pooled = jnp.mean(tokens[:, 1:], axis=1)
+        if cfg.pooler:
+            pooled = jnp.tanh(pooler_dense(cfg.width, self.dtype, name='pooler')(pooled).astype(jnp.float32))
         return pooled, tokens

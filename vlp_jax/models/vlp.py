@@ -40,6 +40,7 @@ class VLPConfig:
     sigmoid_bias_init: float = -10.0
     dtype: str = 'float32'
     kind: str = 'dual'  # 'dual': two towers; 'fusion': + fusion layers, ITM and MLM heads (ALBEF)
+    proj_bias: bool = True  # biases on image_proj/text_proj (CLIP's projections have none)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -96,6 +97,7 @@ class VLPModel(nn.Module):
                 cfg.embed_dim,
                 dtype=dtype,
                 param_dtype=PARAM_DTYPE,
+                use_bias=cfg.proj_bias,
                 kernel_init=partitioned(nn.initializers.lecun_normal(), ('embed', 'proj')),
                 bias_init=partitioned(nn.initializers.zeros_init(), ('proj',)),
                 name=name,
@@ -242,11 +244,17 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
     v_variant = _get(v, 'variant', CUSTOM_VARIANT)
     remat = str(_get(cfg, 'remat', 'none'))  # both towers, unless a tower names its own
     scan = bool(_get(cfg, 'scan', False))
+    v_defaults = ViTConfig.__dataclass_fields__
     v_extra = dict(
         dropout=float(_get(v, 'dropout', 0.0)),
         pool=str(_get(v, 'pool', 'cls')),
         remat=str(_get(v, 'remat', '') or remat),
         scan=scan,
+        ln_eps=float(_get(v, 'ln_eps', v_defaults['ln_eps'].default)),
+        activation=str(_get(v, 'activation', 'gelu')),
+        pre_layernorm=bool(_get(v, 'pre_layernorm', False)),
+        patch_bias=bool(_get(v, 'patch_bias', True)),
+        pooler=bool(_get(v, 'pooler', False)),
     )
     patch = int(_get(v, 'patch_size'))
     if v_variant == CUSTOM_VARIANT:
@@ -273,6 +281,14 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         pre_norm=bool(_get(t, 'pre_norm', True)),
         remat=str(_get(t, 'remat', '') or remat),
         scan=scan,
+        max_positions=int(_get(t, 'max_positions', 0)),
+        type_vocab_size=int(_get(t, 'type_vocab_size', 0)),
+        pool=str(_get(t, 'pool', 'cls')),
+        pooler=bool(_get(t, 'pooler', False)),
+        embed_norm=bool(_get(t, 'embed_norm', True)),
+        causal=bool(_get(t, 'causal', False)),
+        activation=str(_get(t, 'activation', 'gelu')),
+        ln_eps=float(_get(t, 'ln_eps', BERT_LN_EPS)),
     )
     if t_variant == CUSTOM_VARIANT:
         text = TextConfig(
@@ -299,5 +315,6 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         embed_dim=int(_get(cfg, 'embed_dim')),
         dtype=str(_get(cfg, 'dtype', 'float32')),
         kind=str(_get(cfg, 'kind', 'dual')),
+        proj_bias=bool(_get(cfg, 'proj_bias', True)),
         **{k: float(val) for k, val in optional.items()},
     )

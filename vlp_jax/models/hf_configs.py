@@ -1,0 +1,127 @@
+"""Hugging Face config.json <-> vlp_jax model options, for what the weights alone cannot say.
+
+Head counts, the activation and LayerNorm's epsilon leave no trace in tensor shapes, so an import
+checks them against the config.json beside the safetensors file (when there is one), and an export
+writes one. transformers saves only the fields that differ from its defaults, so absent fields take
+the defaults below (BertConfig, ViTConfig, CLIPTextConfig, CLIPVisionConfig).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from vlp_jax.models.vlp import VLPConfig
+
+HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}
+EXPORT_ACTIVATIONS = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'quick_gelu': 'quick_gelu'}
+HF_DEFAULTS = {
+    ('bert', 'text'): {'hidden_act': 'gelu', 'layer_norm_eps': 1e-12, 'num_attention_heads': 12},
+    ('vit', 'vision'): {'hidden_act': 'gelu', 'layer_norm_eps': 1e-12, 'num_attention_heads': 12},
+    ('clip', 'text'): {'hidden_act': 'quick_gelu', 'layer_norm_eps': 1e-5, 'num_attention_heads': 8},
+    ('clip', 'vision'): {'hidden_act': 'quick_gelu', 'layer_norm_eps': 1e-5, 'num_attention_heads': 12},
+}
+EPS_RTOL = 1e-6
+CLIP_EOS_ARGMAX = 2  # eos_token_id 2 makes HF's CLIP pool at the highest token id (its original checkpoints)
+CLIP_LOGIT_SCALE_INIT = 2.6592  # CLIPConfig's default: log(1 / 0.07)
+POOLING_CONFIG = os.path.join('1_Pooling', 'config.json')  # sentence-transformers' pooling, beside the weights
+
+
+def tower_fields(model: VLPConfig, layout: str, tower: str) -> dict[str, tuple[Any, str]]:
+    """HF config field -> (the value this model implies, the vlp_jax config key that sets it)."""
+    cfg = model.text if tower == 'text' else model.vision
+    key = f'model.{tower}'
+    fields = {
+        'hidden_size': (cfg.width, f'{key}.width'),
+        'num_hidden_layers': (cfg.depth, f'{key}.depth'),
+        'num_attention_heads': (cfg.num_heads, f'{key}.num_heads'),
+        'intermediate_size': (cfg.mlp_dim, f'{key}.mlp_dim'),
+        'hidden_act': (EXPORT_ACTIVATIONS[cfg.activation], f'{key}.activation'),
+        'layer_norm_eps': (cfg.ln_eps, f'{key}.ln_eps'),
+    }
+    if tower == 'text':
+        fields['max_position_embeddings'] = (model.text.position_rows, 'model.text.max_positions')
+        fields['vocab_size'] = (model.text.vocab_size, 'model.text.vocab_size')
+        if layout == 'bert':
+            fields['type_vocab_size'] = (model.text.type_vocab_size, 'model.text.type_vocab_size')
+    else:
+        fields['image_size'] = (model.vision.image_size, 'model.image_size')
+        fields['patch_size'] = (model.vision.patch_size, 'model.vision.patch_size')
+    return fields
+
+
+def _value_for(field: str, hf_value: Any) -> Any:
+    """An HF field's value in vlp_jax's terms (activations are named differently)."""
+    return HF_ACTIVATIONS.get(hf_value, hf_value) if field == 'hidden_act' else hf_value
+
+
+def config_problem(hf: dict, model: VLPConfig, layout: str, tower: str, source: str) -> str | None:
+    """The first option of `model` that disagrees with the HF config `hf`, as 'FIELD ... set KEY=VALUE'."""
+    section = hf.get(f'{tower}_config', {}) if layout == 'clip' else hf
+    section = {**HF_DEFAULTS[(layout, tower)], **section}
+    if layout == 'bert' and section.get('position_embedding_type', 'absolute') != 'absolute':
+        return (
+            f'{source} has position_embedding_type={section["position_embedding_type"]!r}, which vlp_jax cannot express'
+        )
+    if section['hidden_act'] not in HF_ACTIVATIONS:
+        return (
+            f'{source} has hidden_act={section["hidden_act"]!r}, which vlp_jax cannot express (it has {HF_ACTIVATIONS})'
+        )
+    for field, (ours, key) in tower_fields(model, layout, tower).items():
+        if field not in section:
+            continue
+        theirs = _value_for(field, section[field])
+        ours = _value_for(field, ours)
+        same = math.isclose(theirs, ours, rel_tol=EPS_RTOL) if field == 'layer_norm_eps' else theirs == ours
+        if not same:
+            return f'{source} has {field}={section[field]!r}; set {key}={theirs!r} (now {ours!r})'
+    return None
+
+
+def pooling_problem(directory: str, pool: str) -> str | None:
+    """sentence-transformers' 1_Pooling/config.json beside the weights says how sentences are pooled."""
+    path = os.path.join(directory, POOLING_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        pooling = json.load(handle)
+    modes = {'mean': pooling.get('pooling_mode_mean_tokens'), 'cls': pooling.get('pooling_mode_cls_token')}
+    wanted = [mode for mode, on in modes.items() if on]
+    if len(wanted) == 1 and wanted[0] != pool:
+        return f'{path} pools by {wanted[0]}; set model.text.pool={wanted[0]!r} (now {pool!r})'
+    return None
+
+
+def hf_config(model: VLPConfig, layout: str) -> dict:
+    """The config.json of an exported model (transformers' BertModel / ViTModel / CLIPModel)."""
+
+    def section(tower: str) -> dict:
+        return {field: value for field, (value, _) in tower_fields(model, layout, tower).items()}
+
+    if layout == 'bert':
+        return {
+            'architectures': ['BertModel'],
+            'model_type': 'bert',
+            'position_embedding_type': 'absolute',
+            'pad_token_id': 0,
+            **section('text'),
+            'type_vocab_size': max(model.text.type_vocab_size, 1),
+        }
+    if layout == 'vit':
+        return {
+            'architectures': ['ViTModel'],
+            'model_type': 'vit',
+            'num_channels': 3,
+            'qkv_bias': True,
+            **section('vision'),
+        }
+    return {
+        'architectures': ['CLIPModel'],
+        'model_type': 'clip',
+        'projection_dim': model.embed_dim,
+        'logit_scale_init_value': CLIP_LOGIT_SCALE_INIT,
+        'text_config': {'model_type': 'clip_text_model', 'eos_token_id': CLIP_EOS_ARGMAX, **section('text')},
+        'vision_config': {'model_type': 'clip_vision_model', 'num_channels': 3, **section('vision')},
+    }

@@ -1,0 +1,221 @@
+"""Hugging Face tensor layouts (BERT, ViT, CLIP) <-> vlp_jax param paths, as tables of pure numpy maps.
+
+Each layout lists (HF key, vlp_jax param path, transform). Keys are those of the safetensors files on
+the Hub (`BertModel`, `ViTModel`, `CLIPModel` state dicts; transformers >= 5 renames some ViT modules on
+load, the files keep these names). Paths are relative to the params root and written for unscanned
+towers (`encoder/block_{i}`); importers.py stacks them for `model.scan`. Every transform is a transpose
+or reshape (or a sign flip), so a tensor survives import and export bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+LAYOUTS = ('bert', 'vit', 'clip')
+TOWER_OF = {'bert': ('text',), 'vit': ('vision',), 'clip': ('text', 'vision')}
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """to_vlp(hf array, vlp shape) and to_hf(vlp array) of one kind of tensor."""
+
+    to_vlp: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    hf_shape: Callable[[tuple[int, ...]], tuple[int, ...]]  # the HF shape that fits a vlp shape
+
+
+def _t(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(reversed(shape))
+
+
+TRANSFORMS: dict[str, Transform] = {
+    'copy': Transform(lambda a, s: a.reshape(s), lambda a: a, lambda s: s),
+    # torch Linear weight [out, in] <-> flax kernel [in, out]
+    'linear': Transform(lambda a, s: a.T.reshape(s), lambda a: a.T, _t),
+    # q/k/v weight [heads * head_dim, in] <-> HeadDense kernel [in, heads, head_dim]; bias likewise
+    'heads_in': Transform(
+        lambda a, s: a.T.reshape(s), lambda a: a.reshape(a.shape[0], -1).T, lambda s: (s[1] * s[2], s[0])
+    ),
+    'heads_bias': Transform(lambda a, s: a.reshape(s), lambda a: a.reshape(-1), lambda s: (s[0] * s[1],)),
+    # attention output weight [out, heads * head_dim] <-> kernel [heads, head_dim, out]
+    'heads_out': Transform(
+        lambda a, s: a.T.reshape(s), lambda a: a.reshape(-1, a.shape[-1]).T, lambda s: (s[2], s[0] * s[1])
+    ),
+    # Conv2d weight [out, in, kh, kw] (NCHW) <-> flax Conv kernel [kh, kw, in, out] (NHWC)
+    'conv': Transform(
+        lambda a, s: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1), lambda s: (s[3], s[2], s[0], s[1])
+    ),
+    # HF ViT's cls token [1, 1, w] and position table [1, n, w] <-> [w] and [n, w]
+    'lead1': Transform(
+        lambda a, s: a.reshape(s), lambda a: a.reshape((1,) * (3 - a.ndim) + a.shape), lambda s: (1,) * (3 - len(s)) + s
+    ),
+    # CLIP's logit_scale = log(1 / temperature) <-> vlp_jax's log_temperature
+    'neg': Transform(lambda a, s: (-a).reshape(s), lambda a: -a, lambda s: s),
+    # word embeddings [vocab, w] <-> the table padded to a multiple of 128 rows (text.VOCAB_MULTIPLE):
+    # imports fill the first rows (importers.py keeps the padding rows), exports drop the padding
+    'vocab': Transform(lambda a, s: a, lambda a: a, lambda s: s),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    hf: str  # key; '{i}' = layer index
+    vlp: str  # param path from the root; '{i}' = layer index
+    kind: str  # TRANSFORMS key
+    # '': both sides must hold it; 'model': a model without the param skips it (a pooler the config leaves
+    # out); 'file': a file without the tensor leaves the param fresh (CLIP's projections, logit_scale)
+    optional: str = ''
+
+
+def _linear(hf: str, vlp: str, kind: str = 'linear', bias: str = 'copy', optional: str = '') -> list[Entry]:
+    return [Entry(f'{hf}.weight', f'{vlp}/kernel', kind, optional), Entry(f'{hf}.bias', f'{vlp}/bias', bias, optional)]
+
+
+def _norm(hf: str, vlp: str, scale: str = 'weight') -> list[Entry]:
+    return [Entry(f'{hf}.{scale}', f'{vlp}/scale', 'copy'), Entry(f'{hf}.bias', f'{vlp}/bias', 'copy')]
+
+
+def _attention(hf: dict[str, str], vlp: str) -> list[Entry]:
+    """q/k/v/out of one block: hf maps 'query'|'key'|'value'|'out' to module names."""
+    entries = []
+    for part in ('query', 'key', 'value'):
+        entries += _linear(hf[part], f'{vlp}/attn/{part}', 'heads_in', 'heads_bias')
+    return entries + _linear(hf['out'], f'{vlp}/attn/out', 'heads_out')
+
+
+def bert(tower: str = 'text') -> tuple[list[Entry], list[Entry]]:
+    """(embeddings and heads, one block) of BertModel (post-LN; MiniLM has the same layout)."""
+    block_hf, block = 'encoder.layer.{i}', f'{tower}/encoder/block_{{i}}'
+    top = [
+        Entry('embeddings.word_embeddings.weight', f'{tower}/token_embed/embedding', 'vocab'),
+        Entry('embeddings.position_embeddings.weight', f'{tower}/pos_embedding', 'copy'),
+        Entry('embeddings.token_type_embeddings.weight', f'{tower}/type_embedding', 'copy'),
+        *_norm('embeddings.LayerNorm', f'{tower}/ln_embed'),
+        *_linear('pooler.dense', f'{tower}/pooler', optional='model'),
+    ]
+    names = {p: f'{block_hf}.attention.self.{p}' for p in ('query', 'key', 'value')}
+    layer = [
+        *_attention({**names, 'out': f'{block_hf}.attention.output.dense'}, block),
+        *_norm(f'{block_hf}.attention.output.LayerNorm', f'{block}/ln_attn'),
+        *_linear(f'{block_hf}.intermediate.dense', f'{block}/mlp/fc1'),
+        *_linear(f'{block_hf}.output.dense', f'{block}/mlp/fc2'),
+        *_norm(f'{block_hf}.output.LayerNorm', f'{block}/ln_mlp'),
+    ]
+    return top, layer
+
+
+def vit(tower: str = 'vision') -> tuple[list[Entry], list[Entry]]:
+    """(embeddings, final norm and pooler, one block) of ViTModel (pre-LN)."""
+    block_hf, block = 'encoder.layer.{i}', f'{tower}/encoder/block_{{i}}'
+    top = [
+        Entry('embeddings.cls_token', f'{tower}/cls', 'lead1'),
+        Entry('embeddings.position_embeddings', f'{tower}/pos_embedding', 'lead1'),
+        *_linear('embeddings.patch_embeddings.projection', f'{tower}/patch_embed', 'conv'),
+        *_norm('layernorm', f'{tower}/encoder/ln_final'),
+        *_linear('pooler.dense', f'{tower}/pooler', optional='model'),
+    ]
+    names = {p: f'{block_hf}.attention.attention.{p}' for p in ('query', 'key', 'value')}
+    layer = [
+        *_norm(f'{block_hf}.layernorm_before', f'{block}/ln_attn'),
+        *_attention({**names, 'out': f'{block_hf}.attention.output.dense'}, block),
+        *_norm(f'{block_hf}.layernorm_after', f'{block}/ln_mlp'),
+        *_linear(f'{block_hf}.intermediate.dense', f'{block}/mlp/fc1'),
+        *_linear(f'{block_hf}.output.dense', f'{block}/mlp/fc2'),
+    ]
+    return top, layer
+
+
+def _clip_layer(prefix: str, block: str) -> list[Entry]:
+    hf = f'{prefix}.encoder.layers.{{i}}'
+    names = {'query': 'q_proj', 'key': 'k_proj', 'value': 'v_proj', 'out': 'out_proj'}
+    return [
+        *_norm(f'{hf}.layer_norm1', f'{block}/ln_attn'),
+        *_attention({part: f'{hf}.self_attn.{name}' for part, name in names.items()}, block),
+        *_norm(f'{hf}.layer_norm2', f'{block}/ln_mlp'),
+        *_linear(f'{hf}.mlp.fc1', f'{block}/mlp/fc1'),
+        *_linear(f'{hf}.mlp.fc2', f'{block}/mlp/fc2'),
+    ]
+
+
+def clip(tower: str) -> tuple[list[Entry], list[Entry]]:
+    """(embeddings, norms, projection and logit_scale, one block) of one tower of CLIPModel."""
+    block = f'{tower}/encoder/block_{{i}}'
+    scale = Entry('logit_scale', 'log_temperature', 'neg', optional='file')
+    if tower == 'text':
+        top = [
+            Entry('text_model.embeddings.token_embedding.weight', 'text/token_embed/embedding', 'vocab'),
+            Entry('text_model.embeddings.position_embedding.weight', 'text/pos_embedding', 'copy'),
+            *_norm('text_model.final_layer_norm', 'text/encoder/ln_final'),
+            Entry('text_projection.weight', 'text_proj/kernel', 'linear', optional='file'),
+            scale,
+        ]
+        return top, _clip_layer('text_model', block)
+    top = [
+        Entry('vision_model.embeddings.class_embedding', 'vision/cls', 'copy'),
+        Entry('vision_model.embeddings.patch_embedding.weight', 'vision/patch_embed/kernel', 'conv'),
+        Entry('vision_model.embeddings.position_embedding.weight', 'vision/pos_embedding', 'copy'),
+        *_norm('vision_model.pre_layrnorm', 'vision/ln_pre'),  # sic: HF's name
+        *_norm('vision_model.post_layernorm', 'vision/encoder/ln_final'),
+        Entry('visual_projection.weight', 'image_proj/kernel', 'linear', optional='file'),
+        scale,
+    ]
+    return top, _clip_layer('vision_model', block)
+
+
+def entries(layout: str, tower: str, depth: int) -> list[Entry]:
+    """Every entry of `tower` in `layout`, the block entries expanded over `depth` layers."""
+    top, layer = {'bert': bert, 'vit': vit, 'clip': clip}[layout](tower)
+    blocks = [Entry(e.hf.format(i=i), e.vlp.format(i=i), e.kind, e.optional) for i in range(depth) for e in layer]
+    return top + blocks
+
+
+# Keys that identify a layout (after a prefix such as 'bert.' or 'vit.' that task models add), and the
+# prefixes accepted; CLIP's keys start with 'text_model.' / 'vision_model.'.
+ANCHORS = {'bert': 'embeddings.word_embeddings.weight', 'vit': 'embeddings.patch_embeddings.projection.weight'}
+PREFIXES = {'bert': ('', 'bert.'), 'vit': ('', 'vit.')}
+
+
+def detect(keys: list[str]) -> tuple[str, str] | None:
+    """(layout, key prefix) from a file's keys, or None when no layout matches."""
+    names = set(keys)
+    if any(key.startswith(('text_model.', 'vision_model.')) for key in names):
+        return 'clip', ''
+    for layout in ('bert', 'vit'):
+        for prefix in PREFIXES[layout]:
+            if prefix + ANCHORS[layout] in names:
+                return layout, prefix
+    return None
+
+
+# Model options that decide which params a tower has: param path fragment -> (config key, value that
+# creates the param, value that removes it). '<rows>' stands for the file's row count.
+PARAM_OPTIONS = (
+    ('/type_embedding', 'model.text.type_vocab_size', '<rows>', 0),
+    ('text/ln_embed/', 'model.text.embed_norm', True, False),
+    ('text/encoder/ln_final/', 'model.text.pre_norm', True, False),
+    ('/pooler/', 'model.{tower}.pooler', True, False),
+    ('vision/ln_pre/', 'model.vision.pre_layernorm', True, False),
+    ('vision/patch_embed/bias', 'model.vision.patch_bias', True, False),
+    ('_proj/bias', 'model.proj_bias', True, False),
+)
+
+# Options a layout needs beyond its params (what the weights compute, not which weights exist).
+REQUIRED = {
+    ('bert', 'text'): {'pre_norm': False, 'causal': False},
+    ('clip', 'text'): {'pre_norm': True, 'causal': True, 'pool': 'argmax'},
+    ('clip', 'vision'): {'pool': 'cls'},
+    ('vit', 'vision'): {},
+}
+
+
+def option_hint(path: str, present: bool, rows: int | None = None) -> str:
+    """'set KEY=VALUE' that makes the model hold (present) or drop the param at `path`."""
+    tower = path.split('/')[0]
+    for fragment, key, with_it, without in PARAM_OPTIONS:
+        if fragment in path:
+            value = (rows if with_it == '<rows>' else with_it) if present else without
+            return f'set {key.format(tower=tower)}={value!r}'
+    return 'check the model.{tower}.* sizes against the file'.format(tower=tower)
