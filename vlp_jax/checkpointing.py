@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 import sys
 import time
 from typing import Any
@@ -23,6 +22,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from vlp_jax.paths import as_path
 
 PyTree = Any
 
@@ -70,7 +72,7 @@ def _first_mismatch(stored: dict[str, tuple], wanted: dict[str, tuple]) -> str |
     return None
 
 
-def _read_state_metadata(step_dir: pathlib.Path) -> PyTree:
+def _read_state_metadata(step_dir: epath.Path) -> PyTree:
     """The stored 'state' tree of ArrayMetadata (reads only the small _METADATA file)."""
     handler = ocp.PyTreeCheckpointHandler()
     try:
@@ -89,7 +91,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int, async_save: bool = True):
         assert keep >= 1, keep
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = as_path(directory)
         self._keep = keep
         self._async = async_save
         self._mngr: ocp.CheckpointManager | None = None  # created lazily: see _manager
@@ -164,7 +166,7 @@ class Checkpointer:
             raise _CorruptCheckpoint(f'{type(e).__name__}: {e}') from e
         return step, restored[STATE_ITEM], dict(restored[EXTRA_ITEM])
 
-    def _move_aside(self, step: int) -> pathlib.Path:
+    def _move_aside(self, step: int) -> epath.Path:
         """Renames '<dir>/<step>' to '<dir>/corrupt/<step>[.N]' so the step number can be saved again."""
         src = self.directory / str(step)
         dest = self.directory / CORRUPT_SUBDIR / str(step)
@@ -241,14 +243,14 @@ class Checkpointer:
         self.close()
 
 
-def _committed_steps(directory: pathlib.Path) -> list[int]:
+def _committed_steps(directory: epath.Path) -> list[int]:
     """Committed step numbers under a checkpoints/ dir (tmp and corrupt/ dirs do not match)."""
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def resolve_step_dir(path: pathlib.Path) -> pathlib.Path:
+def resolve_step_dir(path: epath.Path) -> epath.Path:
     """A step dir from a step dir, a checkpoints/ dir (its latest step) or a workdir."""
     if (path / STATE_ITEM).is_dir():
         return path
@@ -264,7 +266,7 @@ def resolve_step_dir(path: pathlib.Path) -> pathlib.Path:
 
 def stored_param_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """'a/b/c' -> shape of every param in a checkpoint, from its metadata (no arrays are read)."""
-    step_dir = resolve_step_dir(pathlib.Path(path).absolute())
+    step_dir = resolve_step_dir(as_path(path))
     try:
         stored_tree = _read_state_metadata(step_dir)
     except Exception as e:
@@ -280,7 +282,7 @@ def restore_params_from(path: str | os.PathLike, abstract_params: PyTree | None 
     Without `abstract_params` the arrays are restored fully replicated on all devices.
     With `subset`, `abstract_params` may name only some of the stored params (a warm start).
     """
-    path = pathlib.Path(path).absolute()
+    path = as_path(path)
     if not path.exists():
         raise CheckpointError(f'Checkpoint path {path} does not exist; check the path to the reference model.')
     step_dir = resolve_step_dir(path)
@@ -330,7 +332,7 @@ def read_model_config(path: str | os.PathLike) -> dict | None:
     """The `model` config a checkpoint was written with (train saves it in the 'extra' item), or None
     when the path is not a readable checkpoint or predates it: a frozen model's own architecture."""
     try:
-        step_dir = resolve_step_dir(pathlib.Path(path).absolute())
+        step_dir = resolve_step_dir(as_path(path))
         checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
         try:
             extra = checkpointer.restore(step_dir / EXTRA_ITEM)

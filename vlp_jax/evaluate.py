@@ -10,8 +10,6 @@ markdown table to `eval_step<N>.md` in --workdir (or beside the checkpoint).
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import sys
 
 from absl import flags
@@ -28,7 +26,9 @@ def main() -> None:
     path = FLAGS.checkpoint or FLAGS.workdir
     if not path:
         fail('pass --workdir DIR or --checkpoint PATH: the checkpoint to evaluate.')
-    if not os.path.exists(path):
+    from vlp_jax.paths import as_path
+
+    if not as_path(path).exists():
         fail(f'checkpoint path {path!r} does not exist.')
 
     from vlp_jax import setup as setup_lib
@@ -38,7 +38,7 @@ def main() -> None:
 
     run_setup = setup_lib.build(config)
     try:
-        step = int(resolve_step_dir(pathlib.Path(path).absolute()).name)
+        step = int(resolve_step_dir(as_path(path)).name)
         params = restore_params_from(path, run_setup.abstract_state['params'])
     except CheckpointError as error:
         fail(str(error))
@@ -50,20 +50,19 @@ def main() -> None:
     import jax
 
     if jax.process_index() == 0:
-        table_dir = FLAGS.workdir or _run_dir(pathlib.Path(path).absolute())
-        table = os.path.join(table_dir, f'eval_step{step}.md')
-        with open(table, 'w', encoding='utf-8') as handle:
-            handle.write(markdown_table(metrics, step))
+        table_dir = as_path(FLAGS.workdir) if FLAGS.workdir else _run_dir(as_path(path))
+        table = table_dir / f'eval_step{step}.md'
+        table.write_text(markdown_table(metrics, step), encoding='utf-8')
         print(f'wrote {table}', flush=True)
         print(json.dumps({'step': step, **metrics}), flush=True)
 
 
-def _run_dir(path: pathlib.Path) -> str:
-    """The workdir a checkpoint path belongs to (WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP)."""
+def _run_dir(path):
+    """The workdir a checkpoint path (an epath.Path) belongs to: WORKDIR, WORKDIR/checkpoints or .../STEP."""
     for candidate in (path, *path.parents):
         if candidate.name == 'checkpoints':
-            return str(candidate.parent)
-    return str(path if path.is_dir() else path.parent)
+            return candidate.parent
+    return path if path.is_dir() else path.parent
 
 
 if __name__ == '__main__':

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from vlp_jax.paths import as_path
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -25,19 +26,24 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = as_path(workdir) / METRICS_FILE
         self._tensorboard = None
         if enabled:
             from tensorboardX import SummaryWriter  # writes TF event files without TensorFlow
 
-            self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            try:  # a bucket needs tensorboardX's own client for it; metrics.jsonl is written either way
+                self._tensorboard = SummaryWriter(str(as_path(workdir) / TENSORBOARD_DIR))
+            except Exception as error:  # noqa: BLE001 - any backend failure only costs the event files
+                print(f'WARNING: no TensorBoard files in {workdir} ({type(error).__name__}: {error})', flush=True)
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
         record = {'step': int(step), **{key: _plain(value) for key, value in values.items()}}
-        with open(self.path, 'a') as handle:
+        with self.path.open('a') as handle:
             handle.write(json.dumps(record) + '\n')
+        if self._tensorboard is None:
+            return
         for key, value in record.items():
             if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tensorboard.add_scalar(key, value, step)
@@ -51,11 +57,10 @@ class MetricsWriter:
 def truncate_after(workdir: str, step: int) -> None:
     """Drops records newer than `step` (left by a run killed after its last checkpoint), so a
     resumed run's metrics.jsonl reads as if it had never been interrupted."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = as_path(workdir) / METRICS_FILE
+    if not path.exists():
         return
-    with open(path) as handle:
-        lines = handle.readlines()
+    lines = path.read_text().splitlines(keepends=True)
     kept = []
     for line in lines:
         try:
@@ -64,8 +69,7 @@ def truncate_after(workdir: str, step: int) -> None:
         except (ValueError, KeyError):
             continue  # a line cut short by SIGKILL
     if len(kept) != len(lines):
-        with open(path, 'w') as handle:
-            handle.writelines(kept)
+        path.write_text(''.join(kept))
 
 
 # Figures of the machine and the compiled program rather than of training: they differ between

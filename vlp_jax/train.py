@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -87,6 +86,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     from vlp_jax.evaluators.suite import make_zero_shot_evaluator
     from vlp_jax.guards import Diverged, NonFiniteGuard, StopSignals
     from vlp_jax.objectives.frozen import FrozenModelError
+    from vlp_jax.paths import as_path
 
     run_setup = setup_lib.build(config)
     mesh, abstract_state = run_setup.mesh, run_setup.abstract_state
@@ -110,7 +110,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
             config, pipeline, config.model.embed_dim, config_lib.local_shards(config, parallel.batch_shards(mesh))
         )
         abstract_state = {**abstract_state, 'sampler': sampler.abstract_state()}
-    checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(as_path(workdir) / 'checkpoints', keep=config.keep_checkpoints)
     try:  # before anything is written: a mismatching config must leave the workdir as it was
         restored = checkpointer.restore(abstract_state)
     except CheckpointError as error:
@@ -123,10 +123,9 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
             warm = load_warm_start(config.model.init_checkpoint, abstract_state['params'])
         except WarmStartError as error:
             fail(str(error))
-    os.makedirs(workdir, exist_ok=True)
+    as_path(workdir).mkdir(parents=True, exist_ok=True)
     if is_main:
-        with open(os.path.join(workdir, 'config.json'), 'w') as handle:
-            handle.write(config.to_json(indent=1))
+        (as_path(workdir) / 'config.json').write_text(config.to_json(indent=1))
     skipped_before = 0
     bad_records = [0]  # records replaced because they failed to load, up to the last step taken (train/bad_records)
     if restored is None:
