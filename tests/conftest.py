@@ -38,6 +38,18 @@ FAST_OVERRIDES = (
 )
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Every CLI run of the session shares JAX's persistent compilation cache: the tests train the same
+    tiny models again and again, so only the first run of each program compiles it (CI time). The
+    cache returns the very programs a run would compile, so no result depends on it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'jax_cache'))
+        patch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+        patch.setenv('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+        yield
+
+
 def run_cli(module, args, devices=1, timeout=600, check=True):
     env = dict(os.environ)
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'

@@ -13,20 +13,9 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_me
 from vlp_jax.data import records as records_lib
 from vlp_jax.data.example_photos import photo_captions, write_csv
 from vlp_jax.data.prepare import prepare
+from vlp_jax.metrics import SPEED_KEYS as TIMING_KEYS
 
-TIMING_KEYS = ('train/examples_per_sec', 'train/steps_per_sec', 'train/data_wait_fraction')
 STEPS, BATCH = 12, 4  # 16 records: 4 steps an epoch, so each record (the bad one too) once per epoch
-
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The CLI runs here share JAX's persistent compilation cache: same tiny model, same shapes, so
-    only the first run compiles the step (CI time). The cache holds the same programs a run compiles."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'jax_cache'))
-        patch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-        patch.setenv('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-        yield
 
 
 @pytest.fixture(scope='module')

@@ -16,17 +16,6 @@ from vlp_jax.data.tfds_source import TfdsSource
 MOCK_EXAMPLES = 40
 
 
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The CLI runs here share JAX's persistent compilation cache: same tiny model, same shapes, so
-    only the first run compiles the step (CI time). The cache holds the same programs a run compiles."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'jax_cache'))
-        patch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-        patch.setenv('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-        yield
-
-
 def test_coco_captions_gives_encoded_images_and_every_caption():
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
         source = TfdsSource('coco_captions', 'test', '', 'image', 'captions/text', None)
