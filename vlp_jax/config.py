@@ -19,6 +19,8 @@ import ml_collections
 OVERRIDE_PREFIX = '--config.'
 MESH_AXES = ('data', 'fsdp', 'model')
 DATA_SOURCES = ('shapes',)
+# The `optim` group (vlp_jax/optim.py): a regex of params to lock ('' = none), and ((regex, lr multiplier), ...).
+OPTIM_DEFAULTS = {'frozen': '', 'lr_multipliers': ()}
 
 
 class ConfigError(ValueError):
@@ -61,7 +63,19 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config(None)
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'get_config in {path!r} must return an ml_collections.ConfigDict.')
+    add_defaults(config)
     return config
+
+
+def add_defaults(config: ml_collections.ConfigDict) -> None:
+    """Adds the groups every run has but config files need not spell out, so `--config.optim.frozen=...`
+    works on any config: `optim` (locked params, per-param lr multipliers; vlp_jax/optim.py)."""
+    with config.unlocked():
+        if 'optim' not in config:
+            config.optim = ml_collections.ConfigDict()
+        for key, value in OPTIM_DEFAULTS.items():
+            if key not in config.optim:
+                config.optim[key] = value
 
 
 def sibling_config(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
