@@ -15,17 +15,12 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli
+from lit_workdir import LIT, STEPS, lit_workdir
 
 from vlp_jax import optim
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-
-LIT = 'vision/.*|image_proj/.*'  # LiT: the whole image side, projection included, is locked
-FSDP_RULES = (
-    "--config.mesh.rules=(('batch',('data','fsdp')),('embed','fsdp'),('mlp','model'),('heads','model'),"
-    "('kv',None),('vocab','model'),('length',None),('patch',None),('proj',None))"
-)
 
 
 def _config(*overrides):
@@ -209,32 +204,19 @@ def test_bad_optim_keys_are_one_line_config_errors(override, message):
     assert message in str(error.value) and '\n' not in str(error.value)
 
 
-def test_lit_run_on_8_devices_with_fsdp_keeps_the_locked_tower_bit_identical(tmp_path):
+def test_lit_run_on_8_devices_with_fsdp_keeps_the_locked_tower_bit_identical(tmp_path_factory):
     """Through the CLI: the checkpoint's image side equals its initialisation bit for bit, it holds no
     moments for it, and the whole state restores into a 1-device LiT setup (resume on another mesh)."""
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import Checkpointer, _flat_shapes, _read_state_metadata, restore_params_from
 
-    fsdp = ('--config.mesh.data=1', '--config.mesh.fsdp=8', FSDP_RULES)
-    run_cli(
-        'vlp_jax.train',
-        [
-            '--config',
-            f'{TINY_CONFIG}:6',
-            '--workdir',
-            str(tmp_path),
-            *FAST_OVERRIDES,
-            f'--config.optim.frozen={LIT}',
-            *fsdp,
-        ],
-        devices=8,
-    )
+    workdir = lit_workdir(tmp_path_factory)
     lit_setup = setup_lib.build(_config(f'--config.optim.frozen={LIT}'))
     initial = jax.tree.map(np.asarray, lit_setup.init_state()['params'])
-    with Checkpointer(tmp_path / 'checkpoints', keep=1) as checkpointer:
+    with Checkpointer(workdir / 'checkpoints', keep=1) as checkpointer:
         step, state, _ = checkpointer.restore(lit_setup.abstract_state)
-    assert step == 6
-    trained = jax.tree.map(np.asarray, restore_params_from(tmp_path / 'checkpoints' / '6'))
+    assert step == STEPS
+    trained = jax.tree.map(np.asarray, restore_params_from(workdir / 'checkpoints' / str(STEPS)))
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(jax.tree.map(np.asarray, state['params']))):
         np.testing.assert_array_equal(a, b)
     flat = lambda tree: {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
@@ -246,6 +228,22 @@ def test_lit_run_on_8_devices_with_fsdp_keeps_the_locked_tower_bit_identical(tmp
         np.testing.assert_array_equal(trained[key], initial[key], err_msg=key)
     moved = [k for k in initial if k.startswith("['text']") and not np.array_equal(trained[k], initial[k])]
     assert len(moved) > 4, 'the unlocked text tower did not train'
-    stored = _flat_shapes(_read_state_metadata(tmp_path / 'checkpoints' / '6'))
+    stored = _flat_shapes(_read_state_metadata(workdir / 'checkpoints' / str(STEPS)))
     moments = [k for k in stored if k.startswith('opt_state/') and '/mu/' in k]
     assert moments and not [k for k in moments if '/mu/vision/' in k or '/mu/image_proj/' in k]
+
+
+@pytest.mark.slow  # CI: the orbax round trip above and the 8-device run's full-state restore cover resuming
+def test_lit_run_stopped_and_resumed_matches_a_straight_run(tmp_path):
+    from vlp_jax.checkpointing import restore_params_from
+
+    args = lambda workdir: ['--config', f'{TINY_CONFIG}:6', '--workdir', str(workdir), *FAST_OVERRIDES]
+    lit = (f'--config.optim.frozen={LIT}', '--config.checkpoint_every=3')
+    run_cli('vlp_jax.train', [*args(tmp_path / 'straight'), *lit])
+    run_cli('vlp_jax.train', [*args(tmp_path / 'resumed'), *lit, '--stop_at_step=3'])
+    resumed = run_cli('vlp_jax.train', [*args(tmp_path / 'resumed'), *lit])
+    assert 'resumed from checkpoint at step 3' in resumed.stdout
+    straight = restore_params_from(tmp_path / 'straight' / 'checkpoints' / '6')
+    again = restore_params_from(tmp_path / 'resumed' / 'checkpoints' / '6')
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
