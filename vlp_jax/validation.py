@@ -186,6 +186,9 @@ def validate_optim(config: ml_collections.ConfigDict) -> None:
     from vlp_jax import optim
     from vlp_jax import state as state_lib
 
+    group = config.get('optim') or {}
+    if group.get('frozen', '') == '' and not group.get('lr_multipliers', ()):
+        return  # the defaults: nothing to match, so no model shapes to build
     model = state_lib.create_model(config)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), *state_lib.dummy_inputs(config))['params'])
     problem = optim.optim_problem(config, optim.param_names(params))
