@@ -3,9 +3,13 @@ loaded by path on this process's devices embeds as the evaluator does, its embed
 and zero-shot predictions are the numpy argmax of image x class-mean-prompt similarities; the eval
 resize + centre crop is checked on stripe images."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG
+from conftest import REPO, TINY_CONFIG
 from lit_workdir import OVERRIDES, STEPS, lit_workdir
 from PIL import Image
 
@@ -120,3 +124,29 @@ def test_eval_preprocessing_resizes_the_shorter_side_and_crops_the_centre():
     np.testing.assert_array_equal(preprocess_images(grey, size), np.full((1, size, size, 3), 77, np.uint8))
     with pytest.raises(ValueError, match='uint8'):
         preprocess_images(square.astype(np.float32), size)
+
+
+NO_TENSORFLOW = """
+import sys
+
+# None in sys.modules is how Python spells 'not installed': imports fail, find_spec answers None.
+sys.modules.update(tensorflow=None, tensorflow_datasets=None)
+import numpy as np
+import vlp_jax, vlp_jax.optim
+model = vlp_jax.load(sys.argv[1])
+print(model.encode_texts(['a red circle']).shape, model.encode_images(np.zeros((30, 50, 3), np.uint8)).shape)
+"""
+
+
+def test_library_api_and_optimizer_work_without_tensorflow(trained):
+    """As on the GPU machines, which have no TensorFlow: importing it would fail there."""
+    result = subprocess.run(
+        [sys.executable, '-c', NO_TENSORFLOW, str(trained)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split('\n')[-2] == '(1, 32) (1, 32)'
