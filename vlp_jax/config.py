@@ -21,7 +21,10 @@ MESH_AXES = ('data', 'fsdp', 'model')
 DATA_SOURCES = ('shapes', 'records', 'tfds')
 # Keys every config has, added where a config file leaves them out (so --config.KEY= works on any config).
 # data.path / data.eval_path: prepared records (data.name='records'); data.tfds*: data.name='tfds';
-# eval.sets: what evaluation runs (vlp_jax/data/eval_specs.py); eval.prompt_templates: zero-shot class prompts.
+# eval.sets: what evaluation runs (vlp_jax/data/eval_specs.py); eval.prompt_templates: zero-shot class prompts;
+# optim.frozen: a regex of params to lock ('' = none); optim.lr_multipliers: ((regex, lr multiplier), ...)
+# (vlp_jax/optim.py).
+DEFAULT_GROUPS = ('optim',)  # created when a config file has no such group
 DEFAULT_KEYS = {
     'data.path': '',
     'data.eval_path': '',
@@ -36,6 +39,8 @@ DEFAULT_KEYS = {
     },
     'eval.sets': ('default',),
     'eval.prompt_templates': ('a photo of a {}.', 'a picture of a {}.', 'an image of a {}.'),
+    'optim.frozen': '',
+    'optim.lr_multipliers': (),
 }
 
 
@@ -84,7 +89,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def add_default_keys(config: ml_collections.ConfigDict) -> None:
-    """Adds each of DEFAULT_KEYS that the config lacks (groups it lacks are left alone)."""
+    """Adds DEFAULT_GROUPS and each of DEFAULT_KEYS that the config lacks (other missing groups stay missing)."""
+    with config.unlocked():
+        for group in DEFAULT_GROUPS:
+            if group not in config:
+                config[group] = ml_collections.ConfigDict()
     for dotted, value in DEFAULT_KEYS.items():
         group, _, key = dotted.rpartition('.')
         if group not in config or key in config[group]:

@@ -95,6 +95,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
         f'model.max_text_len ({config.model.max_text_len}) must equal data.max_text_len ({config.data.max_text_len}).',
     )
     validate_model(config)
+    validate_optim(config)
     rerank_k = config.eval.get('rerank_k', 0)
     _require(
         isinstance(rerank_k, int) and rerank_k >= 0 and (rerank_k == 0 or config.model.get('kind') == 'fusion'),
@@ -225,6 +226,22 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
         model_config_from_dict(config.model)
     except ValueError as error:
         raise ConfigError(f'config group model.* cannot be built: {error}; change those model keys.') from error
+
+
+def validate_optim(config: ml_collections.ConfigDict) -> None:
+    """optim.frozen and optim.lr_multipliers: valid regexes that match the model's param paths."""
+    import jax
+
+    from vlp_jax import optim
+    from vlp_jax import state as state_lib
+
+    group = config.get('optim') or {}
+    if group.get('frozen', '') == '' and not group.get('lr_multipliers', ()):
+        return  # the defaults: nothing to match, so no model shapes to build
+    model = state_lib.create_model(config)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), *state_lib.dummy_inputs(config))['params'])
+    problem = optim.optim_problem(config, optim.param_names(params))
+    _require(problem is None, problem or '')
 
 
 def validate_fusion_loss(config: ml_collections.ConfigDict) -> None:
