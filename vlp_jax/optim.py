@@ -31,7 +31,7 @@ import ml_collections
 import optax
 from flax import linen as nn
 
-from vlp_jax.config import OPTIM_DEFAULTS  # the `optim` group's keys; config.py adds it to every loaded config
+from vlp_jax.config import DEFAULT_KEYS  # config.py adds the `optim` group's keys to every loaded config
 
 MIN_DECAYED_NDIM = 2  # parameters with fewer dims (biases, norm scales, temperature) are not decayed
 FROZEN, TRAINED = 'frozen', 'trained'  # multi_transform labels
@@ -74,8 +74,8 @@ def param_names(params: Any) -> list[str]:
 def optim_settings(config: ml_collections.ConfigDict) -> tuple[str, Multipliers]:
     """(frozen pattern, multipliers) from `config.optim`, defaults where the group or a key is absent."""
     group = config.get('optim') or {}
-    frozen = str(group.get('frozen', OPTIM_DEFAULTS['frozen']) or '')
-    pairs = tuple(group.get('lr_multipliers', OPTIM_DEFAULTS['lr_multipliers']) or ())
+    frozen = str(group.get('frozen', DEFAULT_KEYS['optim.frozen']) or '')
+    pairs = tuple(group.get('lr_multipliers', DEFAULT_KEYS['optim.lr_multipliers']) or ())
     return frozen, tuple((str(pattern), float(multiplier)) for pattern, multiplier in pairs)
 
 
