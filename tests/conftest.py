@@ -37,6 +37,17 @@ FAST_OVERRIDES = (
     '--config.data.train_size=2000',
 )
 
+# SRCL + COSMO with thresholds that convert some pairs, for in-process tests that pass the frozen
+# reference's params themselves (the checkpoint paths are never read).
+REGULATED_IN_PROCESS = (
+    '--config.loss.regulators=srcl,cosmo',
+    '--config.loss.srcl.reference_checkpoint=unused-in-process',
+    '--config.loss.cosmo.reference_checkpoint=unused-in-process',
+    '--config.loss.cosmo.high=0.1',
+    '--config.loss.cosmo.low=0.0',
+    '--config.loss.cosmo.smoothing_start_step=0',
+)
+
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):

@@ -262,7 +262,7 @@ def test_chunked_equals_dense_on_eight_devices():
 def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
     """loss.impl switches the dual encoder's objective; the same batch, regulators and frozen models give
     the same loss, metrics and gradients."""
-    from conftest import FAST_OVERRIDES, TINY_CONFIG
+    from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG
 
     from vlp_jax import setup as setup_lib
     from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
@@ -275,12 +275,7 @@ def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
         overrides = [
             *FAST_OVERRIDES,
             f'--config.loss.impl={impl}',
-            '--config.loss.regulators=srcl,cosmo',
-            '--config.loss.srcl.reference_checkpoint=unused-in-process',
-            '--config.loss.cosmo.reference_checkpoint=unused-in-process',
-            '--config.loss.cosmo.high=0.1',
-            '--config.loss.cosmo.low=0.0',
-            '--config.loss.cosmo.smoothing_start_step=0',
+            *REGULATED_IN_PROCESS,
         ]
         apply_overrides(config, split_overrides(overrides)[1])
         validate(config, 1)

@@ -13,19 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG
+from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, REPO, TINY_CONFIG
 
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.objectives.grad_cache import grad_cache_value_and_grad, join_micro_batches, split_micro_batches
-
-REGULATED = (
-    '--config.loss.regulators=srcl,cosmo',
-    '--config.loss.srcl.reference_checkpoint=unused-in-process',
-    '--config.loss.cosmo.reference_checkpoint=unused-in-process',
-    '--config.loss.cosmo.high=0.1',
-    '--config.loss.cosmo.low=0.0',
-    '--config.loss.cosmo.smoothing_start_step=0',
-)
 
 
 def test_micro_batch_m_holds_rows_i_times_m_plus_m_and_joins_back():
@@ -80,7 +71,7 @@ def compare_accumulated_with_full_batch(device_count: int, micro_batches: int, m
 
     def build(micro):
         config = load_config_file(TINY_CONFIG)
-        overrides = [*FAST_OVERRIDES, *REGULATED, *mesh_overrides, f'--config.micro_batches={micro}']
+        overrides = [*FAST_OVERRIDES, *REGULATED_IN_PROCESS, *mesh_overrides, f'--config.micro_batches={micro}']
         apply_overrides(config, split_overrides(overrides)[1])
         validate(config, device_count)
         return config, setup_lib.build(config, jax.devices()[:device_count])
