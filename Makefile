@@ -25,8 +25,9 @@ test-venv: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(PY) -m vlp_jax.train --config $(CONFIG) --workdir $(WORKDIR)
 
+# Two pytest workers, one test file each at a time (module fixtures stay in one process): CI has 2 cores.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -80,7 +80,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_four_mesh_layouts_train_like_one_device_and_checkpoints_move_between_meshes():
     import json
 

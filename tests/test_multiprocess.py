@@ -84,7 +84,6 @@ def two_processes(tmp_path_factory):
     return workdir, stdout
 
 
-@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
 def test_two_processes_train_like_one(one_process, two_processes):
     one_dir, one_final = one_process
     two_dir, stdout = two_processes
@@ -176,12 +175,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     'victim, how',
     [
         (1, signal.SIGKILL),  # a crashed worker: its connections close and the other process stops at once
-        (0, signal.SIGSTOP),  # a hung coordinator: nothing closes; the heartbeat timeout stops the other
+        # a hung coordinator: nothing closes; the heartbeat timeout stops the other (slow: the timeout)
+        pytest.param(0, signal.SIGSTOP, marks=pytest.mark.slow),
     ],
     ids=['worker_killed', 'coordinator_hung'],
 )
