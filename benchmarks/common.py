@@ -49,3 +49,17 @@ def seconds_per_call(fn: Callable[[], object], repeats: int) -> float:
         out = fn()
     jax.block_until_ready(out)
     return (time.perf_counter() - start) / repeats
+
+
+def train_step_seconds(config, repeats: int) -> float:
+    """Mean seconds of the config's train step on one fixed device batch (no input pipeline)."""
+    run_setup, state = build(config)
+    train_step = run_setup.train_step()
+    batch = fixed_batch(config, run_setup.mesh)
+    holder = {'state': state}
+
+    def one_step():
+        holder['state'], metrics, _ = train_step(holder['state'], batch)
+        return metrics
+
+    return seconds_per_call(one_step, repeats)

@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 
-from common import build, fixed_batch, load_config, seconds_per_call
+from common import load_config, train_step_seconds
 
 JPEG_QUALITY = 90
 
@@ -73,16 +73,7 @@ def main() -> None:
     import jax
 
     config = load_config(args.config, rest)
-    run_setup, state = build(config)
-    train_step = run_setup.train_step()
-    batch = fixed_batch(config, run_setup.mesh)
-    holder = {'state': state}
-
-    def one_step():
-        holder['state'], metrics, _ = train_step(holder['state'], batch)
-        return metrics
-
-    step_rate = config.batch_size / seconds_per_call(one_step, args.steps)
+    step_rate = config.batch_size / train_step_seconds(config, args.steps)
     device = f'{jax.device_count()} x {jax.devices()[0].platform}'
     print(
         json.dumps(

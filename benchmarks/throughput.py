@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import build, fixed_batch, load_config, seconds_per_call
+from common import load_config, train_step_seconds
 
 
 def main() -> None:
@@ -23,16 +23,7 @@ def main() -> None:
     import jax
 
     config = load_config(args.config, rest)
-    run_setup, state = build(config)
-    train_step = run_setup.train_step()
-    batch = fixed_batch(config, run_setup.mesh)
-    holder = {'state': state}
-
-    def one_step():
-        holder['state'], metrics, _ = train_step(holder['state'], batch)
-        return metrics
-
-    step_seconds = seconds_per_call(one_step, args.steps)
+    step_seconds = train_step_seconds(config, args.steps)
     b = config.batch_size
     step_rate = b / step_seconds
     print(f'devices: {jax.device_count()} x {jax.devices()[0].platform}  batch {b}')
