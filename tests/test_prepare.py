@@ -211,3 +211,41 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
     assert _cli(table, tmp_path / 'out', '--shard_size', 4).returncode == 0
     result = _cli(table, tmp_path / 'out', '--shard_size', 5)
     assert result.returncode == 2 and 'shard_size' in result.stderr
+
+
+def test_sigkill_mid_run_then_rerun_rewrites_no_finished_shard(tmp_path):
+    """A real kill: prepare (and its worker processes) SIGKILLed once a few shards are finished."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    rows = [['image', 'caption']]
+    for i in range(600):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / f'{i}.png')
+        rows.append([f'{i}.png', f'photo number {i}'])
+    with open(tmp_path / 'many.csv', 'w', newline='') as handle:
+        csv.writer(handle).writerows(rows)
+    out = tmp_path / 'out'
+    command = [sys.executable, '-m', 'vlp_jax.data.prepare', str(tmp_path / 'many.csv'), str(out)]
+    command += ['--shard_size', '5', '--workers', '1', '--no_progress']
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    finished = lambda: sorted(p.name for p in out.glob('shard-*.json')) if out.exists() else []
+    deadline = time.monotonic() + 120
+    while len(finished()) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, 'prepare ended before it could be killed'
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = finished()
+    assert len(done) < 120 and not (out / 'report.json').exists(), 'the kill came too late to test a resume'
+    stamp = lambda path: (os.stat(path).st_ino, os.stat(path).st_mtime_ns)
+    before = {name: stamp(out / name) for name in done}
+    before.update({name[:-5] + '.array_record': stamp(out / (name[:-5] + '.array_record')) for name in done})
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert {name: stamp(out / name) for name in before} == before  # no finished shard was rewritten
+    report = json.loads((out / 'report.json').read_text())
+    assert report['written'] == 600 and report['skipped'] == {}
+    assert sorted(_by_id(out)) == sorted(f'{i}.png' for i in range(600))
