@@ -123,11 +123,10 @@ signal_all() {  # signal $1 to each process's group
   done
 }
 
-stop_all() {  # SIGTERM to every process, then SIGKILL once they exit or the grace period ends
-  local pid waited=0
-  signal_all TERM
-  while [[ "$waited" -lt $((kill_grace * 10)) ]]; do
-    local alive=0
+wait_then_kill() {  # waits until every process has exited or $1 seconds have passed, then SIGKILLs what is left
+  local pid waited=0 alive
+  while [[ "$waited" -lt $(($1 * 10)) ]]; do
+    alive=0
     for pid in ${pids[@]+"${pids[@]}"}; do
       if kill -0 "$pid" 2>/dev/null; then alive=1; fi
     done
@@ -136,6 +135,11 @@ stop_all() {  # SIGTERM to every process, then SIGKILL once they exit or the gra
     waited=$((waited + 1))
   done
   signal_all KILL
+}
+
+stop_all() {  # SIGTERM to every process, then SIGKILL once they exit or the grace period ends
+  signal_all TERM
+  wait_then_kill "$kill_grace"
 }
 
 release_prefixers() {  # a process killed before it opened its FIFOs leaves its prefixers blocked in open()
@@ -150,17 +154,8 @@ release_prefixers() {  # a process killed before it opened its FIFOs leaves its 
 on_signal() {  # pass a stop signal on, give the processes time to checkpoint, exit with their status
   echo "local_multiprocess.sh: got $1; passing it to all $num_processes processes" >&2
   signal_all "${1#SIG}"
-  local pid waited=0 rc result=0 alive
-  while [[ "$waited" -lt $((stop_grace * 10)) ]]; do
-    alive=0
-    for pid in ${pids[@]+"${pids[@]}"}; do
-      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-    done
-    [[ "$alive" == 0 ]] && break
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  signal_all KILL
+  wait_then_kill "$stop_grace"
+  local pid rc result=0
   for pid in ${pids[@]+"${pids[@]}"}; do
     rc=0
     wait "$pid" 2>/dev/null || rc=$?
