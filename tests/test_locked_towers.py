@@ -247,3 +247,71 @@ def test_lit_run_stopped_and_resumed_matches_a_straight_run(tmp_path):
     again = restore_params_from(tmp_path / 'resumed' / 'checkpoints' / '6')
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _cost_flops(lowered) -> float:
+    analysis = lowered.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis['flops'])
+
+
+def test_locked_params_get_exact_zero_gradients_and_no_backward_pass():
+    """The step differentiates through optim.stop_locked_gradients: a locked param's gradient is an
+    exact zero (not a number the optimizer then drops), train/grad_norm counts the trained params
+    only, and the locked image side, at the input end, loses its whole backward pass: the step's
+    FLOPs fall by twice the image side's forward FLOPs (weight and activation gradients)."""
+    from vlp_jax import mfu, steps
+    from vlp_jax import setup as setup_lib
+    from vlp_jax.data import batch as batch_spec
+
+    config = _config(f'--config.optim.frozen={LIT}')
+    run_setup = setup_lib.build(config, jax.devices()[:1])
+    state = run_setup.init_state()
+    host = batch_spec.example_batch(int(config.batch_size), int(config.data.image_size), int(config.data.max_text_len))
+    batch = {key: jnp.asarray(value) for key, value in host.items()}
+    lock = optim.stop_locked_gradients(config)
+
+    def grads(transform):
+        loss = lambda p: run_setup.objective.loss(transform(p), {}, {}, batch, jax.random.key(0), jnp.int32(0))[0]
+        return {
+            optim.path_name(path): g for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(state['params']))
+        }
+
+    locked, full = grads(lock), grads(lambda p: p)
+    is_locked = lambda name: name.startswith(('vision/', 'image_proj/'))
+    assert any(is_locked(name) for name in locked) and any(not is_locked(name) for name in locked)
+    for name, g in locked.items():
+        if is_locked(name):
+            assert not np.any(np.asarray(g)), name  # exact zeros
+            assert np.any(np.asarray(full[name])), name  # ... where the unlocked gradient is not zero
+        else:
+            np.testing.assert_allclose(np.asarray(g), np.asarray(full[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+
+    # The step's grad norm is the trained params' norm.
+    step = run_setup.train_step()
+    _, metrics, _ = step(jax.tree.map(jnp.copy, state), batch, {})
+    trained_norm = math.sqrt(
+        sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for n, g in full.items() if not is_locked(n))
+    )
+    np.testing.assert_allclose(float(metrics['train/grad_norm']), trained_norm, rtol=1e-4)
+
+    # FLOPs: the locked step against the same step differentiating every param.
+    unlocked_step = steps.make_train_step(
+        run_setup.objective,
+        run_setup.optimizer,
+        run_setup.schedule,
+        run_setup.mesh,
+        run_setup.rules,
+        run_setup.shardings,
+    )
+    flops_locked = _cost_flops(step.lower(run_setup.abstract_state, batch, {}))
+    flops_unlocked = _cost_flops(unlocked_step.lower(run_setup.abstract_state, batch, {}))
+    # The image side's backward pass alone: its forward + backward (to the params, not the pixels) minus its forward.
+    encode = lambda p, x: run_setup.model.apply({'params': p}, x, method='encode_images')
+    image_forward = _cost_flops(jax.jit(encode).lower(state['params'], batch['image']))
+    cotangent = jnp.ones((int(config.batch_size), int(config.model.embed_dim)))
+    image_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(encode(p, x) * cotangent)))
+    image_backward = _cost_flops(image_grad.lower(state['params'], batch['image'])) - image_forward
+    saved = flops_unlocked - flops_locked
+    assert 0.9 < saved / image_backward < 1.1, (saved, image_backward, image_forward)
+    assert mfu.model_flops_per_step(config) == pytest.approx(flops_locked, rel=1e-6)

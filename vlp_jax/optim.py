@@ -11,7 +11,9 @@ in big_vision's schedule lists, so 'vision/.*' locks the image tower and 'vision
 - `optim.frozen` (LiT's locked tower): a regex; matching params get no update and the optimizer
   keeps NO state for them (optax.multi_transform hands the AdamW branch only the trained leaves),
   so locking a tower also drops its two Adam moments. They take no part in clipping's global
-  norm and get no weight decay. '' locks nothing.
+  norm and get no weight decay. '' locks nothing. The step differentiates through
+  `stop_locked_gradients`, so their weight gradients are never computed either: a locked tower
+  at the input end runs forward only, and `train/grad_norm` and `train/mfu` count trained params.
 - `optim.lr_multipliers`: ((regex, multiplier), ...); the first pattern matching a param scales
   its whole AdamW update (decoupled decay included), as if its lr were lr * multiplier. Params
   no pattern matches keep multiplier 1.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -91,6 +93,24 @@ def param_labels(params: Any, frozen: str) -> Any:
     """FROZEN or TRAINED per param (a prefix tree of boxed params, the same tree for plain ones)."""
     label = lambda path, _: FROZEN if frozen and re.fullmatch(frozen, path_name(path)) else TRAINED
     return jax.tree_util.tree_map_with_path(label, params, is_leaf=_is_param)
+
+
+def stop_locked_gradients(config: ml_collections.ConfigDict) -> Callable[[Any], Any]:
+    """params -> params with `jax.lax.stop_gradient` on the params `optim.frozen` locks (identity if none).
+
+    Applied inside the differentiated function, so JAX emits no backward pass for a locked
+    param: its gradient is an exact zero, not one computed and then discarded by the optimizer.
+    """
+    frozen, _ = optim_settings(config)
+    if not frozen:
+        return lambda params: params
+
+    def lock(params: Any) -> Any:
+        labels = param_labels(params, frozen)
+        stop = lambda label, param: jax.lax.stop_gradient(param) if label == FROZEN else param
+        return jax.tree.map(stop, labels, params)
+
+    return lock
 
 
 def scale_by_multipliers(multipliers: Multipliers) -> optax.GradientTransformation:

@@ -94,6 +94,7 @@ class Setup:
             frozen_shardings={role: spec.abstract_params for role, spec in self.frozen.items()},
             probe=probe,
             keep_feedback=keep_feedback,
+            lock=optim.stop_locked_gradients(self.config),
         )
 
     def encoders(self) -> tuple[Callable, Callable]:

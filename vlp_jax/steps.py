@@ -44,13 +44,16 @@ def make_train_step(
     frozen_shardings: Mapping[str, Any] | None = None,
     probe: GroundTruthProbe | None = None,
     keep_feedback: bool = False,
+    lock: Callable[[Any], Any] = lambda params: params,
 ) -> Callable:
     """run(state, batch, frozen) -> (state, metrics, feedback).
 
     `batch` holds exactly `objective.batch_keys` plus the probe's keys; `frozen` is
     {role: params} for `objective.frozen_roles`, in `frozen_shardings` (a tree of shardings or of
     ShapeDtypeStructs carrying them; default: like the trained params). `feedback` is the
-    objective's outputs[FEEDBACK] (replicated) when `keep_feedback`, else None.
+    objective's outputs[FEEDBACK] (replicated) when `keep_feedback`, else None. `lock`
+    (optim.stop_locked_gradients) is applied to the params inside the differentiated function, so
+    locked params get exact zero gradients and no backward pass.
     """
     keys = tuple(dict.fromkeys((*objective.batch_keys, *(probe.batch_keys if probe else ()))))
 
@@ -60,11 +63,11 @@ def make_train_step(
         with nn.logical_axis_rules(rules):
             args = (state['extra'], frozen, batch, objective_rng, step)
             if hasattr(objective, 'value_and_grad'):  # e.g. GradCache accumulation (objectives/grad_cache.py)
-                (loss, (metrics, outputs)), grads = objective.value_and_grad(state['params'], *args)
+                (loss, (metrics, outputs)), grads = objective.value_and_grad(state['params'], *args, lock=lock)
             else:
 
                 def loss_fn(params):
-                    loss, metrics, outputs = objective.loss(params, *args)
+                    loss, metrics, outputs = objective.loss(lock(params), *args)
                     return loss, (metrics, outputs)
 
                 (loss, (metrics, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])

@@ -47,9 +47,10 @@ class Objective(Protocol):
         """
         ...
 
-    # Optional: value_and_grad(params, extra, frozen, batch, rng, step) -> ((loss, (metrics, outputs)), grads),
+    # Optional: value_and_grad(params, extra, frozen, batch, rng, step, lock) -> ((loss, (metrics, outputs)), grads),
     # for an objective that takes its gradient its own way (the dual encoder's GradCache accumulation);
-    # the step otherwise differentiates `loss`.
+    # it must apply `lock` (optim.stop_locked_gradients) to the params inside what it differentiates.
+    # The step otherwise differentiates `loss(lock(params), ...)`.
 
     def after_update(
         self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array

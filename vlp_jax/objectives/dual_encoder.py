@@ -8,7 +8,7 @@ along: key-side stop-gradient, the consistency term and per-shard ('local') nega
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -121,21 +121,23 @@ class DualEncoderContrastive:
         batch: Mapping[str, jax.Array],
         rng: jax.Array,
         step: jax.Array,
+        lock: Callable[[PyTree], PyTree] = lambda params: params,
     ) -> tuple[tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]], PyTree]:
         """((loss, (metrics, outputs)), grads): in one pass, or with `micro_batches` > 1 by GradCache
-        (embed the micro-batches, take the loss over the whole batch, back-propagate each in turn)."""
+        (embed the micro-batches, take the loss over the whole batch, back-propagate each in turn).
+        `lock` stops the gradient of locked params inside both passes."""
 
         def with_aux(loss_metrics_outputs):
             loss, metrics, outputs = loss_metrics_outputs
             return loss, (metrics, outputs)
 
         if self.micro_batches == 1:
-            return jax.value_and_grad(lambda p: with_aux(self.loss(p, extra, frozen, batch, rng, step)), has_aux=True)(
-                params
-            )
+            return jax.value_and_grad(
+                lambda p: with_aux(self.loss(lock(p), extra, frozen, batch, rng, step)), has_aux=True
+            )(params)
 
         def embed(p, inputs, key):
-            out = self.model.apply({'params': p}, *inputs, deterministic=False, rngs={'dropout': key})
+            out = self.model.apply({'params': lock(p)}, *inputs, deterministic=False, rngs={'dropout': key})
             return {name: out[name] for name in EMBEDDING_KEYS}
 
         return grad_cache_value_and_grad(
