@@ -111,7 +111,7 @@ def get_config(arg=None):
     config.loss = ml_collections.ConfigDict()
     config.loss.form = 'softmax'  # 'softmax' (InfoNCE) | 'sigmoid' (SigLIP)
     # 'dense': [B, B] logits | 'chunked': column blocks travelling between devices, memory bounded at
-    # any global batch (objectives/chunked.py); the same loss, gradients and regulators.
+    # any global batch (objectives/chunked/); the same loss, gradients and regulators.
     config.loss.impl = 'dense'
     config.loss.stop_grad_keys = False  # GRIT-VLP: i2t logits against sg(texts), t2i against sg(images)
     config.loss.consistency_weight = 0.0  # GRIT-VLP's ITC consistency term (0.2 in the paper)

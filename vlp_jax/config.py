@@ -3,7 +3,7 @@
 A run is described by one ml_collections ConfigDict built by `get_config(arg)` in a
 config file. Everything a user can get wrong here is reported as a `ConfigError`
 with one sentence naming the key, before anything is compiled or written; the checks
-of the values themselves live in vlp_jax/validation.py (`validate`).
+of the values themselves live in vlp_jax/validation/ (`validate`).
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def smoothing_start(config: ml_collections.ConfigDict, value: int) -> int:
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-    """Checks values that would otherwise fail late (after compilation) or silently (vlp_jax/validation.py)."""
+    """Checks values that would otherwise fail late (after compilation) or silently (vlp_jax/validation/)."""
     from vlp_jax.validation import validate_config  # the checks import the models: only once flags are parsed
 
     validate_config(config, device_count)

@@ -69,7 +69,7 @@ class DualEncoderContrastive:
     ):
         self.model = model
         self.form = str(config.loss.form)
-        self.chunked = config.loss.get('impl', 'dense') == 'chunked'  # memory-bounded (objectives/chunked.py)
+        self.chunked = config.loss.get('impl', 'dense') == 'chunked'  # memory-bounded (objectives/chunked/)
         self.stop_grad_keys = bool(config.loss.stop_grad_keys)
         self.consistency_weight = float(config.loss.consistency_weight)
         self.local_shards = local_shards if config.loss.negatives == 'local' else None
