@@ -25,11 +25,40 @@ Full size (no arg), the paper's pretraining recipe:
   is ~1.28x longer; set data.train_size to the real source's length.
 - Data: only the synthetic 'shapes' source exists today, so this recipe runs on the shapes
   world rendered at 256 px; real pairs will come from a data source (data.name) once one
-  exists. ALBEF initialises the towers from DeiT-B/16 and bert-base-uncased; vlp_jax has no
-  importer for those yet, so this trains from scratch unless model.init_checkpoint names a
-  vlp_jax checkpoint of this architecture.
+  exists.
+- Init: by default both towers start from scratch (or from model.init_checkpoint, a vlp_jax
+  checkpoint of this architecture). ALBEF initialises them from DeiT-B/16 and bert-base-uncased;
+  the pretrained-weights importer (models/importers.py) does the same from Hugging Face
+  safetensors files, see below.
 - Compute in bfloat16 (params and optimizer state stay float32); ALBEF trained in float32.
 - Evaluation re-ranks each query's top 256 ITC candidates by ITM (ALBEF's k_test on COCO).
+
+Pretrained init, as ALBEF (the keys below are overrides; the defaults above do not change):
+
+    python -m vlp_jax.train --config configs/albef.py --workdir workdirs/albef_pretrained \
+      --config.model.text.init=PATH/bert-base-uncased/model.safetensors \
+      --config.model.text.pre_norm=False --config.model.text.type_vocab_size=2 \
+      --config.model.text.max_positions=512 --config.model.text.vocab_size=30522 \
+      --config.model.text.ln_eps=1e-12 --config.model.text.activation=gelu \
+      --config.model.vision.init=PATH/vit/model.safetensors --config.model.vision.ln_eps=1e-12 \
+      --config.model.image_size=224 --config.data.image_size=224
+
+- Text: bert-base-uncased's 12 layers fill the 6 text layers (file layers 0-5) and the 6 fusion
+  layers' self-attention, MLP and LayerNorms (file layers 6-11); the fusion layers'
+  cross-attention starts fresh, as in ALBEF. The Hub's file (BertForMaskedLM: 'bert.' prefix,
+  LayerNorm gamma/beta) is read as is; its pooler and MLM head (cls.*) are listed as not
+  imported (ALBEF also loads the MLM head; vlp_jax's starts fresh), and the run prints the
+  mapping and 'left fresh: the cross-attention of fusion layers 0-5'. Post-LN (pre_norm=False),
+  token types, 512 positions, the vocabulary, eps 1e-12 and exact GELU are what BERT's weights
+  compute with (ln_eps and activation are the defaults already); a file or config.json that
+  disagrees is one line naming the key to set. A file of 6 layers fills the text layers alone;
+  any other layer count is refused before anything is written.
+- Image: a Hugging Face ViT file (ViTModel, or ViTForImageClassification's 'vit.' prefix), e.g.
+  google/vit-base-patch16-224-in21k, or facebook/deit-base-patch16-224 (non-distilled DeiT,
+  which the Hub stores in the ViT layout; ALBEF's DeiT-B/16). The distilled DeiT (DeiTModel,
+  with a distillation token) has no layout here. Position embeddings are not interpolated, so
+  the model runs at the file's 224 px (ALBEF interpolates DeiT's to 256); ln_eps is the one the
+  file's config.json gives (the import names it when it differs).
 
 Tiny (`:tiny`), the same recipe on the synthetic world's NOISY regime (configs/shapes_noisy.py),
 minutes on 2 CPU cores: configs/shapes_albef.py's tiny fusion model (2 text layers + 1 fusion

@@ -37,15 +37,18 @@ def linear(x, t, name, bias=True):
     return y + t[f'{name}.bias'] if bias else y
 
 
-def attention(x, t, names, heads, additive):
-    """names: (query, key, value, output) module names; additive: [B, 1, Lq, Lk] mask bias."""
+def attention(x, t, names, heads, additive, context=None):
+    """names: (query, key, value, output) module names; additive: [B, 1, Lq, Lk] mask bias; keys and values
+    from `context` [B, Lk, Dc] when given (BertLayer's crossattention), else from x."""
     b, length, width = x.shape
     d = width // heads
+    context = x if context is None else context
 
     def split(h):
-        return h.reshape(b, length, heads, d).transpose(0, 2, 1, 3)
+        return h.reshape(b, h.shape[1], heads, d).transpose(0, 2, 1, 3)
 
-    q, k, v = (split(linear(x, t, n)) for n in names[:3])
+    q = split(linear(x, t, names[0]))
+    k, v = (split(linear(context, t, n)) for n in names[1:3])
     logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + additive
     logits = logits - logits.max(-1, keepdims=True)
     probs = np.exp(logits)
@@ -78,6 +81,28 @@ def bert_forward(t, ids, mask, heads, eps=1e-12, act='gelu', prefix=''):
         x = layer_norm(x + linear(h, t, f'{layer}output.dense'), t, f'{layer}output.LayerNorm', eps)
     pooled = np.tanh(linear(x[:, 0], t, f'{p}pooler.dense')) if f'{p}pooler.dense.weight' in t else None
     return x, pooled
+
+
+def bert_cross_layers(t, x, mask, image, heads, first, eps=1e-12, act='gelu', image_mask=None):
+    """BertLayer with add_cross_attention (and ALBEF's xbert fusion layers) from layer `first` to the last:
+    x = LN(x + SelfAttn(x)) [text padding mask]; x = LN(x + CrossAttn(x, image)) [image mask, default none];
+    x = LN(x + MLP(x)). x: [B, L, width] hidden states of layer first - 1; image: [B, N, encoder_width]."""
+    t = _f64(t)
+    x, image = np.asarray(x, np.float64), np.asarray(image, np.float64)
+    depth = len({k.split('.')[2] for k in t if k.startswith('encoder.layer.')})
+    text_bias = padding_bias(mask)
+    image_bias = 0.0 if image_mask is None else padding_bias(image_mask)
+    for i in range(first, depth):
+        layer = f'encoder.layer.{i}.'
+        names = [f'{layer}attention.self.{n}' for n in ('query', 'key', 'value')] + [f'{layer}attention.output.dense']
+        x = layer_norm(x + attention(x, t, names, heads, text_bias), t, f'{layer}attention.output.LayerNorm', eps)
+        cross = [f'{layer}crossattention.self.{n}' for n in ('query', 'key', 'value')]
+        cross.append(f'{layer}crossattention.output.dense')
+        h = attention(x, t, cross, heads, image_bias, context=image)
+        x = layer_norm(x + h, t, f'{layer}crossattention.output.LayerNorm', eps)
+        h = ACT[act](linear(x, t, f'{layer}intermediate.dense'))
+        x = layer_norm(x + linear(h, t, f'{layer}output.dense'), t, f'{layer}output.LayerNorm', eps)
+    return x
 
 
 def mean_pool(hidden, mask):
@@ -206,6 +231,20 @@ def bert_tensors(rng, vocab, positions, width, depth, mlp, types=2, pooler=True,
     if pooler:
         t.update(dense('pooler.dense', width, width))
     return _f32({prefix + k: v for k, v in t.items()})
+
+
+def bert_cross_tensors(rng, layers, width, encoder_width):
+    """The crossattention tensors of BertLayers `layers` (keys and values read encoder_width-wide tokens)."""
+    dense, norm = _gen(rng)
+    t = {}
+    for i in layers:
+        cross = f'encoder.layer.{i}.crossattention.'
+        t.update(dense(f'{cross}self.query', width, width))
+        t.update(dense(f'{cross}self.key', width, encoder_width))
+        t.update(dense(f'{cross}self.value', width, encoder_width))
+        t.update(dense(f'{cross}output.dense', width, width))
+        t.update(norm(f'{cross}output.LayerNorm', width))
+    return _f32(t)
 
 
 def vit_tensors(rng, image, patch, width, depth, mlp, pooler=True, prefix=''):

@@ -6,6 +6,14 @@ CHECKPOINT is a workdir, its checkpoints/ directory or one step directory. OUT_D
 model.safetensors (float32, metadata format 'pt', which transformers expects) and a config.json for
 BertModel / ViTModel / CLIPModel. A model whose options the layout cannot express (a pre-LN text tower
 as BERT, projection biases as CLIP, ...) is refused with one line naming the option.
+
+A fusion text tower (ALBEF) is written as BERT of depth + fusion_layers layers, the fusion layers after the
+text layers, each with its cross-attention under transformers' `encoder.layer.{i}.crossattention.*` names;
+config.json adds ALBEF xbert's `fusion_layer` (= depth: the first layer with cross-attention) and
+`encoder_width` (the image tokens' width). transformers' BertModel reads such a file as a plain BERT of
+depth + fusion_layers layers (it reports the crossattention tensors as unexpected: its add_cross_attention
+puts cross-attention in every layer and needs is_decoder, a causal mask); importing it into the same
+fusion tower restores every param, the cross-attention included.
 """
 
 from __future__ import annotations
@@ -53,7 +61,8 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
                     f'the {tower} tower cannot be written in the {layout} layout; '
                     f'it needs model.{tower}.{option}={value!r}.'
                 )
-        for entry in hf_layouts.entries(layout, tower, cfg.depth):
+        fusion = model.text.num_fusion_layers if (layout, tower) == ('bert', 'text') else 0
+        for entry in hf_layouts.entries(layout, tower, cfg.depth, fusion):
             if entry.vlp not in params:
                 if entry.vlp.endswith('type_embedding'):  # no token types: a zero row adds nothing, as in vlp_jax
                     out[entry.hf] = np.zeros((1, model.text.width), np.float32)

@@ -69,8 +69,16 @@ def config_problem(hf: dict, model: VLPConfig, layout: str, tower: str, source: 
         return (
             f'{source} has hidden_act={section["hidden_act"]!r}, which vlp_jax cannot express (it has {HF_ACTIVATIONS})'
         )
+    fusion = model.text.num_fusion_layers if (layout, tower) == ('bert', 'text') else 0
+    if fusion and 'fusion_layer' in section and section.get('num_hidden_layers') == model.text.depth + fusion:
+        if section['fusion_layer'] != model.text.depth:  # ALBEF xbert's first layer with cross-attention
+            first = section['fusion_layer']
+            return (
+                f'{source} has fusion_layer={first}; set model.text.depth={first} and '
+                f'model.text.fusion_layers={section["num_hidden_layers"] - first}'
+            )
     for field, (ours, key) in tower_fields(model, layout, tower).items():
-        if field not in section:
+        if field not in section or (field == 'num_hidden_layers' and fusion):  # fusion: the tensors' count decides
             continue
         theirs = _value_for(field, section[field])
         ours = _value_for(field, ours)
@@ -101,7 +109,7 @@ def hf_config(model: VLPConfig, layout: str) -> dict:
         return {field: value for field, (value, _) in tower_fields(model, layout, tower).items()}
 
     if layout == 'bert':
-        return {
+        config = {
             'architectures': ['BertModel'],
             'model_type': 'bert',
             'position_embedding_type': 'absolute',
@@ -109,6 +117,11 @@ def hf_config(model: VLPConfig, layout: str) -> dict:
             **section('text'),
             'type_vocab_size': max(model.text.type_vocab_size, 1),
         }
+        if model.text.num_fusion_layers:  # ALBEF xbert's keys: layers from fusion_layer on cross-attend
+            config['num_hidden_layers'] = model.text.depth + model.text.num_fusion_layers
+            config['fusion_layer'] = model.text.depth
+            config['encoder_width'] = model.vision.width
+        return config
     if layout == 'vit':
         return {
             'architectures': ['ViTModel'],

@@ -4,18 +4,24 @@ Each layout lists (HF key, vlp_jax param path, transform). Keys are those of the
 the Hub (`BertModel`, `ViTModel`, `CLIPModel` state dicts; transformers >= 5 renames some ViT modules on
 load, the files keep these names). Paths are relative to the params root and written for unscanned
 towers (`encoder/block_{i}`); importers.py stacks them for `model.scan`. Every transform is a transpose
-or reshape (or a sign flip), so a tensor survives import and export bit for bit.
+or reshape (or a sign flip), so a tensor survives import and export bit for bit. A fusion text tower's
+blocks continue BERT's layer numbering, with the cross-attention under `encoder.layer.{i}.crossattention.*`
+(transformers' BertLayer with add_cross_attention, and ALBEF's xbert).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 
 import numpy as np
 
 LAYOUTS = ('bert', 'vit', 'clip')
 TOWER_OF = {'bert': ('text',), 'vit': ('vision',), 'clip': ('text', 'vision')}
+FUSION_BLOCK = '{tower}/fusion/block_{j}'  # fusion block j of a text tower (unscanned path)
+# The cross-attention params of a fusion block (unscanned paths): what a plain BERT file leaves fresh.
+CROSS_PARAM = re.compile(r'/fusion/block_\d+/(xattn|ln_xattn)/')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +80,20 @@ def _linear(hf: str, vlp: str, kind: str = 'linear', bias: str = 'copy', optiona
     return [Entry(f'{hf}.weight', f'{vlp}/kernel', kind, optional), Entry(f'{hf}.bias', f'{vlp}/bias', bias, optional)]
 
 
-def _norm(hf: str, vlp: str, scale: str = 'weight') -> list[Entry]:
-    return [Entry(f'{hf}.{scale}', f'{vlp}/scale', 'copy'), Entry(f'{hf}.bias', f'{vlp}/bias', 'copy')]
+def _norm(hf: str, vlp: str, scale: str = 'weight', optional: str = '') -> list[Entry]:
+    return [
+        Entry(f'{hf}.{scale}', f'{vlp}/scale', 'copy', optional),
+        Entry(f'{hf}.bias', f'{vlp}/bias', 'copy', optional),
+    ]
 
 
-def _attention(hf: dict[str, str], vlp: str) -> list[Entry]:
-    """q/k/v/out of one block: hf maps 'query'|'key'|'value'|'out' to module names."""
+def _attention(hf: dict[str, str], vlp: str, module: str = 'attn', optional: str = '') -> list[Entry]:
+    """q/k/v/out of one block's `module` ('attn' or the cross-attention 'xattn'): hf maps
+    'query'|'key'|'value'|'out' to module names."""
     entries = []
     for part in ('query', 'key', 'value'):
-        entries += _linear(hf[part], f'{vlp}/attn/{part}', 'heads_in', 'heads_bias')
-    return entries + _linear(hf['out'], f'{vlp}/attn/out', 'heads_out')
+        entries += _linear(hf[part], f'{vlp}/{module}/{part}', 'heads_in', 'heads_bias', optional)
+    return entries + _linear(hf['out'], f'{vlp}/{module}/out', 'heads_out', optional=optional)
 
 
 def bert(tower: str = 'text') -> tuple[list[Entry], list[Entry]]:
@@ -96,15 +106,30 @@ def bert(tower: str = 'text') -> tuple[list[Entry], list[Entry]]:
         *_norm('embeddings.LayerNorm', f'{tower}/ln_embed'),
         *_linear('pooler.dense', f'{tower}/pooler', optional='model'),
     ]
+    return top, _bert_layer(block_hf, block)
+
+
+def _bert_layer(block_hf: str, block: str) -> list[Entry]:
+    """One BertLayer without cross-attention: self-attention, its LayerNorm, MLP, its LayerNorm."""
     names = {p: f'{block_hf}.attention.self.{p}' for p in ('query', 'key', 'value')}
-    layer = [
+    return [
         *_attention({**names, 'out': f'{block_hf}.attention.output.dense'}, block),
         *_norm(f'{block_hf}.attention.output.LayerNorm', f'{block}/ln_attn'),
         *_linear(f'{block_hf}.intermediate.dense', f'{block}/mlp/fc1'),
         *_linear(f'{block_hf}.output.dense', f'{block}/mlp/fc2'),
         *_norm(f'{block_hf}.output.LayerNorm', f'{block}/ln_mlp'),
     ]
-    return top, layer
+
+
+def _bert_cross(block_hf: str, block: str) -> list[Entry]:
+    """The cross-attention of a BertLayer built with add_cross_attention (and of ALBEF's xbert fusion layers),
+    under transformers' names; optional='file': a plain BERT file leaves it fresh."""
+    names = {p: f'{block_hf}.crossattention.self.{p}' for p in ('query', 'key', 'value')}
+    out = f'{block_hf}.crossattention.output'
+    return [
+        *_attention({**names, 'out': f'{out}.dense'}, block, 'xattn', 'file'),
+        *_norm(f'{out}.LayerNorm', f'{block}/ln_xattn', optional='file'),
+    ]
 
 
 def vit(tower: str = 'vision') -> tuple[list[Entry], list[Entry]]:
@@ -165,11 +190,38 @@ def clip(tower: str) -> tuple[list[Entry], list[Entry]]:
     return top, _clip_layer('vision_model', block)
 
 
-def entries(layout: str, tower: str, depth: int) -> list[Entry]:
-    """Every entry of `tower` in `layout`, the block entries expanded over `depth` layers."""
+def entries(layout: str, tower: str, depth: int, fusion: int = 0) -> list[Entry]:
+    """Every entry of `tower` in `layout`, the block entries expanded over `depth` layers.
+
+    `fusion` > 0 (BERT only) continues the file's layers into the fusion blocks, as ALBEF initialises its
+    fusion layers from BERT's upper layers: file layer depth + j is fusion block j (self-attention, MLP, their
+    LayerNorms and, when the file has it, the cross-attention)."""
     top, layer = {'bert': bert, 'vit': vit, 'clip': clip}[layout](tower)
     blocks = [Entry(e.hf.format(i=i), e.vlp.format(i=i), e.kind, e.optional) for i in range(depth) for e in layer]
+    if fusion:
+        assert layout == 'bert', f'fusion layers have no {layout} layout'
+        for j in range(fusion):
+            block_hf, block = f'encoder.layer.{depth + j}', FUSION_BLOCK.format(tower=tower, j=j)
+            blocks += [*_bert_layer(block_hf, block), *_bert_cross(block_hf, block)]
     return top + blocks
+
+
+# Older BERT checkpoints name their LayerNorms' params as TF did, gamma and beta: bert-base-uncased's
+# model.safetensors on the Hub among them (huggingface/candle#1887). transformers renames them on load,
+# and so does the importer; exports write today's names.
+LEGACY_SUFFIXES = {'.LayerNorm.weight': '.LayerNorm.gamma', '.LayerNorm.bias': '.LayerNorm.beta'}
+
+
+def legacy_names(layout: str, keys: set[str]) -> dict[str, str]:
+    """{today's key: the file's key} for the keys a file holds under an older name (BERT's gamma/beta)."""
+    if layout != 'bert':
+        return {}
+    out = {}
+    for key in keys:
+        for name, old in LEGACY_SUFFIXES.items():
+            if key.endswith(old) and key[: -len(old)] + name not in keys:
+                out[key[: -len(old)] + name] = key
+    return out
 
 
 # Keys that identify a layout (after a prefix such as 'bert.' or 'vit.' that task models add), and the

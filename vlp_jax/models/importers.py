@@ -10,6 +10,12 @@ config.json field beside the file) is one ImportWeightsError sentence naming the
 while only the file's header is read. safetensors only: no torch, no pickle.
 
 `model.scan=True` towers import too: the per-layer tensors are stacked on the 'layers' axis.
+
+A fusion text tower (ALBEF) takes a BERT file of depth + fusion_layers layers as ALBEF takes bert-base-uncased:
+file layers [0, depth) fill the text layers, [depth, depth + fusion_layers) the fusion layers' self-attention,
+MLP and LayerNorms; their cross-attention comes from the file's `crossattention.*` tensors when it has them
+(an exported fusion tower), else it keeps its fresh init and the summary lists it as left fresh. A file of
+`depth` layers fills the text layers alone and leaves the fusion layers fresh.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class Plan:
     pairs: tuple[tuple[str, Entry], ...]
     unused: tuple[str, ...]  # the file's keys for this tower that are not imported
     fresh: tuple[str, ...]  # optional params the file has no tensor for
+    layers: str = ''  # how the file's layers map onto a fusion tower's text and fusion blocks
+    left_fresh: tuple[str, ...] = ()  # fusion params that keep their init (cross-attention, or whole layers)
+    left_fresh_what: str = ''  # the same in words, for the summary
 
     def summary(self, tower: str) -> str:
         def names(items: tuple[str, ...]) -> str:
@@ -58,8 +67,12 @@ class Plan:
         text = f'imported {len(self.pairs)} tensors ({self.layout} layout) into the {tower} tower from {self.path}'
         if self.unused:
             text += f'; not imported: {names(self.unused)}'
+        if self.layers:
+            text += f'; {self.layers}'
         if self.fresh:
             text += f'; fresh: {names(self.fresh)}'
+        if self.left_fresh:
+            text += f'; left fresh: {self.left_fresh_what} ({len(self.left_fresh)} arrays)'
         return text
 
 
@@ -124,9 +137,37 @@ def _depth_in_file(keys: set[str], entries: list[Entry]) -> int:
     return depth
 
 
+def _spans(what: str, first: int, count: int) -> str:
+    """'file layer 3' or 'file layers 0-5': layers first .. first + count - 1."""
+    return f'{what} layer {first}' if count == 1 else f'{what} layers {first}-{first + count - 1}'
+
+
+def _file_fusion_layers(layers: int, cfg: Any, layout: str, tower: str, what: str, path: str) -> int:
+    """How many of the file's layers go to fusion blocks: 0 when they fill the text layers alone (a plain
+    import), num_fusion_layers when they fill text + fusion layers (ALBEF's BERT-base split)."""
+    fusion = getattr(cfg, 'num_fusion_layers', 0)
+    if layers == cfg.depth:
+        return 0
+    if fusion and layout == 'bert' and layers == cfg.depth + fusion:
+        return fusion
+    if not fusion or layout != 'bert':
+        raise ImportWeightsError(f'{what} = {path!r} holds {layers} layers; set model.{tower}.depth={layers}.')
+    split = ''
+    if layers >= 2:
+        text_layers = layers - fusion if layers > fusion else layers - layers // 2
+        split = f' (e.g. depth={text_layers} and fusion_layers={layers - text_layers})'
+    raise ImportWeightsError(
+        f'{what} = {path!r} holds {layers} layers but the text tower has {cfg.depth} text + {fusion} fusion '
+        f'layers; set model.text.depth={layers} to fill the text layers alone, or model.text.depth and '
+        f'model.text.fusion_layers to add up to {layers}{split}.'
+    )
+
+
 def _shape_hint(path: str, shape: tuple[int, ...], want: tuple[int, ...]) -> str:
     """The option that sets the differing dimension of a tensor, as 'set KEY=VALUE'."""
     tower = path.split('/')[0]
+    if '/xattn/' in path and path.endswith(('key/kernel', 'value/kernel')) and shape[:1] == want[:1]:
+        return f"set model.vision.width={shape[1]} (the checkpoint's encoder_width)"
     rows_differ = bool(shape) and len(shape) == len(want) and shape[0] != want[0] and shape[1:] == want[1:]
     if rows_differ and path.endswith('token_embed/embedding'):
         return f'set model.text.vocab_size={shape[0]}'
@@ -173,14 +214,16 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
     if any(problems):
         raise ImportWeightsError(f'{what} = {path!r}: {next(p for p in problems if p)}.')
 
+    file_keys = set(header)
+    legacy = hf_layouts.legacy_names(layout, file_keys)  # {current name: the file's older name}
+    header = {**header, **{name: header[old] for name, old in legacy.items()}}
     keys = set(header)
     layer_entries = hf_layouts.entries(layout, tower, 1)
     layer_entries = [Entry(prefix + e.hf, e.vlp, e.kind, e.optional) for e in layer_entries]
-    depth = _depth_in_file(keys, layer_entries)
-    if depth != cfg.depth:
-        raise ImportWeightsError(f'{what} = {path!r} holds {depth} layers; set model.{tower}.depth={depth}.')
-    pairs, fresh, covered = [], [], set()
-    for entry in hf_layouts.entries(layout, tower, depth):
+    layers = _depth_in_file(keys, layer_entries)
+    fusion = _file_fusion_layers(layers, cfg, layout, tower, what, path)
+    pairs, fresh, covered, cross_fresh = [], [], set(), []
+    for entry in hf_layouts.entries(layout, tower, cfg.depth, fusion):
         key = prefix + entry.hf
         in_file, in_model = key in keys, entry.vlp in target
         if in_file and in_model:
@@ -194,7 +237,7 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
                     f'{what} = {path!r}: tensor {key} has shape {shape} but model param {entry.vlp} '
                     f'needs {want}; {hint}.'
                 )
-            pairs.append((key, entry))
+            pairs.append((legacy.get(key, key), entry))
             covered.add(entry.vlp)
         elif in_file and entry.optional != 'model':
             rows = header[key][0][0] if header[key][0] else None
@@ -202,6 +245,8 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
                 f'{what} = {path!r} has {key} but the model has no param {entry.vlp}; '
                 f'{hf_layouts.option_hint(entry.vlp, True, rows)}.'
             )
+        elif in_model and hf_layouts.CROSS_PARAM.search(entry.vlp):
+            cross_fresh.append(entry.vlp)
         elif in_model and entry.optional == 'file':
             fresh.append(entry.vlp)
         elif in_model:
@@ -217,12 +262,30 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
                     f'{what} = {path!r} ({layout} layout) has no tensor for model param {param}; '
                     f'{hf_layouts.option_hint(param, False)}.'
                 )
+    cross_imported = sorted(p for p in covered if hf_layouts.CROSS_PARAM.search(p))
+    if cross_fresh and cross_imported:
+        raise ImportWeightsError(
+            f'{what} = {path!r} has cross-attention tensors for {cross_imported[0]} but none for '
+            f'{cross_fresh[0]}; name a file with the cross-attention of every fusion layer or of none.'
+        )
+    mapping, left_fresh, left_fresh_what = '', tuple(cross_fresh), ''
+    total_fusion = getattr(cfg, 'num_fusion_layers', 0)
+    if fusion:
+        mapping = (
+            f'{_spans("file", 0, cfg.depth)} -> {_spans("text", 0, cfg.depth)}, '
+            f'{_spans("file", cfg.depth, fusion)} -> {_spans("fusion", 0, fusion)} (self-attention, MLP, their '
+            f'LayerNorms{", cross-attention" if cross_imported else ""})'
+        )
+        left_fresh_what = f'the cross-attention of {_spans("fusion", 0, fusion)} (xattn, ln_xattn)'
+    elif total_fusion:
+        left_fresh = tuple(sorted(p for p in target if p.startswith(f'{tower}/fusion/')))
+        left_fresh_what = f'{_spans("fusion", 0, total_fusion)} ({tower}/fusion/)'
     tower_prefix = {'bert': prefix, 'vit': prefix, 'clip': f'{tower}_model.'}[layout]
     used = {key for key, _ in pairs}
-    unused = tuple(sorted(k for k in keys if k.startswith(tower_prefix) and k not in used))
+    unused = tuple(sorted(k for k in file_keys if k.startswith(tower_prefix) and k not in used))
     if layout != 'clip':
-        unused = tuple(sorted(k for k in keys if k not in used))
-    return Plan(path, layout, tuple(pairs), unused, tuple(fresh))
+        unused = tuple(sorted(k for k in file_keys if k not in used))
+    return Plan(path, layout, tuple(pairs), unused, tuple(fresh), mapping, left_fresh, left_fresh_what)
 
 
 def load(plan_: Plan, target: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
