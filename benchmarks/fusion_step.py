@@ -102,7 +102,7 @@ def main() -> None:
     from vlp_jax import setup as setup_lib
     from vlp_jax.data import batch as batch_spec
     from vlp_jax.objectives.albef import split_rng
-    from vlp_jax.objectives.matching import caption_pairs, mask_tokens
+    from vlp_jax.objectives.matching import caption_pairs, mask_tokens, prediction_positions
     from vlp_jax.objectives.momentum import MOMENTUM_PARAMS
 
     overrides = list(rest) + ([f'--config.batch_size={args.batch_size}'] if args.batch_size else [])
@@ -132,6 +132,7 @@ def main() -> None:
             'fusion_config': args.fusion_config,
             'fusion_layers': fusion_config.model.text.fusion_layers,
             'queue_size': fusion_config.loss.queue_size,
+            'mlm_max_predictions': fusion_config.loss.mlm.max_predictions,
             'same_towers': not differences,
             'tower_differences': differences,  # key: [dual, fusion]
         }
@@ -188,9 +189,16 @@ def main() -> None:
         momentum_params = ex[MOMENTUM_PARAMS]
         ids, mask = b['text_ids'], b['text_mask']
         out_m = model.apply({'params': momentum_params}, *(b[k] for k in batch_spec.MODEL_INPUT_KEYS))
-        masked_ids, _ = mask_tokens(split_rng(key)['mask'], ids, mask, with_momentum.mask_ratio, with_momentum.special)
+        objective = with_momentum
+        masked_ids, selected = mask_tokens(
+            split_rng(key)['mask'], ids, mask, objective.mask_ratio, objective.special, objective.max_predictions
+        )
         pairs = caption_pairs(ids.shape[0])
-        logits = with_momentum._momentum_mlm_logits(momentum_params, masked_ids, mask, out_m, pairs)
+        fused = objective._momentum_fused(momentum_params, masked_ids, mask, out_m, pairs)
+        if objective.max_predictions:  # the word logits of the predicted positions only, as the loss
+            positions, _ = prediction_positions(selected, objective.max_predictions)
+            fused = jnp.take_along_axis(fused, positions[..., None], axis=1)
+        logits = model.apply({'params': momentum_params}, fused, method='mlm_logits')
         return out_m['image_embed'], out_m['text_embed'], logits
 
     flops = {}

@@ -151,7 +151,11 @@ def get_config(arg=None):
     # ALBEF (model.kind='fusion'): loss = itc * ITC + itm * ITM + mlm * MLM.
     config.loss.weights = ml_collections.ConfigDict(dict(itc=1.0, itm=1.0, mlm=1.0))
     config.loss.itm = ml_collections.ConfigDict(dict(negatives='sample'))  # 'sample' (ALBEF) | 'hardest' (GRIT-VLP)
-    config.loss.mlm = ml_collections.ConfigDict(dict(mask_ratio=0.15))  # 0.15 ALBEF/SRCL, 0.5 GRIT-VLP/MAFA
+    # mask_ratio: 0.15 ALBEF/SRCL, 0.5 GRIT-VLP/MAFA. max_predictions: at most this many predicted tokens per
+    # caption reach the word logits (BERT's max_predictions_per_seq); -1 derives it from mask_ratio and
+    # max_text_len so that a caption exceeds it with probability < 1e-4 (objectives/matching.py); 0 scores
+    # every position.
+    config.loss.mlm = ml_collections.ConfigDict(dict(mask_ratio=0.15, max_predictions=-1))
     # ALBEF's momentum model (fusion only): EMA copies of all params; ITC's candidates become the momentum
     # embeddings of the batch and of a queue of past batches, and targets mix in the momentum model's
     # softmax (distillation, ITC and MLM): y = alpha * softmax(sim_m) + (1 - alpha) * y.

@@ -8,6 +8,7 @@ seed 0). Stage 2 trains each recipe's `:tiny` config on the same noisy data, ste
 and seeds; the reference serves all three methods that need a frozen model:
 
 - 'ALBEF': configs/albef.py:tiny (momentum model, queue, sampled ITM negatives, MLM 15%);
+- 'ALBEF (no momentum)': the same without the momentum model, its queue and distillation;
 - 'GRIT-VLP': configs/grit_vlp.py:tiny (grouped batches, key-side stop-gradient ITC, the
   consistency term, hardest ITM negatives, MLM 50%);
 - 'MAFA (cosine)': configs/mafa.py:tiny with loss.cosmo.discriminator=cosine: q is the
@@ -49,6 +50,11 @@ from common import REPO, mean_of, save_json, step_milliseconds, train, write_tab
 COSINE_HIGH, COSINE_LOW = 0.8, 0.5  # configs/shapes_cosmo.py's thresholds, in cosine units
 METHODS = {  # name -> (config spec with {steps} and {reference}, method-specific overrides)
     'ALBEF': ('configs/albef.py:tiny,{steps}', ('momentum',)),
+    # The same recipe without its momentum model, queue and distillation: the reading's first suspect.
+    'ALBEF (no momentum)': (
+        'configs/albef.py:tiny,{steps}',
+        ('--config.loss.momentum.enabled=False', '--config.loss.queue_size=0'),
+    ),
     'GRIT-VLP': ('configs/grit_vlp.py:tiny,{steps}', ()),
     'MAFA (cosine)': (
         'configs/mafa.py:tiny,{steps},{reference}',
@@ -237,7 +243,7 @@ def main() -> None:
             extra = [*shared, *method_overrides(method, args.batch_size), *args.extra]
             commands[method] = f'--config {spec} {" ".join(extra)}'
             print(f'stage 2: {method}, seed {seed}', flush=True)
-            slug = method.replace(' (', '_').replace(')', '')
+            slug = method.replace(' (', '_').replace(')', '').replace(' ', '_')
             workdir = os.path.join(args.workdir, f'{slug}_seed{seed}')
             folders.append(os.path.basename(workdir))
             results[method].append(summarise(run(spec, workdir, args.steps, args.batch_size, seed, extra), args.steps))

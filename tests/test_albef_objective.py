@@ -14,7 +14,8 @@ from vlp_jax.data.pipeline import TrainPipeline
 from vlp_jax.data.sources import build_source
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import AlbefObjective, split_rng
-from vlp_jax.objectives.matching import mask_tokens
+from vlp_jax.objectives.matching import mask_tokens, selection_draws
+from vlp_jax.objectives.momentum import MOMENTUM_PARAMS
 
 FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 
@@ -88,7 +89,9 @@ def test_itm_and_mlm_terms_match_a_recomputation(fusion_batch, negatives):
     np.testing.assert_allclose(float(metrics['train/itm']), np.mean(itm_losses), rtol=2e-5)
     assert float(metrics['train/itm_accuracy']) == pytest.approx(np.mean(itm_hits))
     # MLM, from the same masking key: the caption's own image, masked positions only.
-    masked_ids, predicted = mask_tokens(keys['mask'], b['text_ids'], b['text_mask'], 0.5, objective.special)
+    masked_ids, predicted = mask_tokens(
+        keys['mask'], b['text_ids'], b['text_mask'], 0.5, objective.special, objective.max_predictions
+    )
     predicted = np.asarray(predicted)
     assert predicted.sum() > 0
     tokens = apply(masked_ids, b['text_mask'], method=VLPModel.text_tokens)
@@ -97,6 +100,53 @@ def test_itm_and_mlm_terms_match_a_recomputation(fusion_batch, negatives):
     np.testing.assert_allclose(float(metrics['train/mlm']), per_token[predicted].mean(), rtol=2e-5)
     want = float(metrics['train/itc']) + 2.0 * np.mean(itm_losses) + 3.0 * per_token[predicted].mean()
     np.testing.assert_allclose(float(loss), want, rtol=2e-5)
+
+
+def test_capped_mlm_and_its_momentum_distillation_match_full_position_scoring(fusion_batch):
+    """With max_predictions=2 the objective scores 2 gathered positions per caption; the result must
+    equal scoring every position and averaging over the capped selection, for the hard MLM loss and
+    for the momentum model's distillation targets (ALBEF's MLM distillation)."""
+    alpha = 0.4
+    config = _config(
+        '--config.loss.mlm.mask_ratio=0.5',
+        '--config.loss.mlm.max_predictions=2',
+        '--config.loss.momentum.enabled=True',
+        f'--config.loss.momentum.distill_alpha={alpha}',
+        '--config.loss.momentum.alpha_ramp_steps=0',
+        f'--config.loss.queue_size={fusion_batch["image"].shape[0]}',
+    )
+    run_setup = setup_lib.build(config, jax.devices()[:1])
+    objective = run_setup.objective
+    assert objective.max_predictions == 2
+    params = run_setup.init_state()['params']
+    momentum = setup_lib.build(_config('--config.seed=9'), jax.devices()[:1]).init_state()['params']
+    extra = {**objective.init_extra(params, jax.random.key(0)), MOMENTUM_PARAMS: momentum}
+    rng = jax.random.key(11)
+    _, metrics, _ = objective.loss(params, extra, {}, fusion_batch, rng, jnp.int32(0))
+
+    b, key = fusion_batch, split_rng(rng)['mask']
+    masked_ids, selected = mask_tokens(key, b['text_ids'], b['text_mask'], 0.5, objective.special, 2)
+    drawn = np.asarray(selection_draws(key, b['text_ids'], b['text_mask'], 0.5, objective.special)[0])
+    selected = np.asarray(selected)
+    assert selected.sum(1).max() == 2 and (drawn.sum(1) > 2).any()  # the cap acted on some captions
+
+    def word_logits(p):
+        apply = lambda *args, method=None: run_setup.model.apply({'params': p}, *args, method=method)
+        image_tokens = apply(b['image'], b['text_ids'], b['text_mask'])['image_tokens']
+        tokens = apply(masked_ids, b['text_mask'], method=VLPModel.text_tokens)
+        fused = apply(tokens, b['text_mask'], image_tokens, method=VLPModel.fuse)
+        return np.asarray(apply(fused, method=VLPModel.mlm_logits), np.float64)[selected]  # [n, V]
+
+    online, teacher = word_logits(params), word_logits(momentum)
+    log_p = online - online.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    soft = np.exp(teacher - teacher.max(-1, keepdims=True))
+    soft /= soft.sum(-1, keepdims=True)
+    hard = -np.take_along_axis(log_p, np.asarray(b['text_ids'])[selected][:, None], -1).mean()
+    distill = -(soft * log_p).sum(-1).mean()
+    np.testing.assert_allclose(float(metrics['train/mlm_distill']), distill, rtol=2e-5)
+    np.testing.assert_allclose(float(metrics['train/mlm']), (1 - alpha) * hard + alpha * distill, rtol=2e-5)
+    np.testing.assert_allclose(float(metrics['train/mlm_capped']), 1 - selected.sum() / drawn.sum(), rtol=1e-6)
 
 
 def test_every_term_trains_its_part_of_the_model(fusion_batch):

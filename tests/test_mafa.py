@@ -124,7 +124,9 @@ def test_mafa_itm_mlm_and_itc_match_a_recomputation(world):
 
     # MLM: each caption with its image, plus each converted pair (caption j1 with image i; caption i with image j1).
     keys = split_rng(rng)
-    masked_ids, predicted = mask_tokens(keys['mask'], batch['text_ids'], batch['text_mask'], 0.5, objective.special)
+    masked_ids, predicted = mask_tokens(
+        keys['mask'], batch['text_ids'], batch['text_mask'], 0.5, objective.special, objective.max_predictions
+    )
     masked_tokens = np.asarray(apply(params, masked_ids, batch['text_mask'], method=VLPModel.text_tokens))
     mlm_pairs = [(i, i) for i in rows] + [(i, j1_text[i]) for i in rows[conv_i2t]]
     mlm_pairs += [(j1_image[i], i) for i in rows[conv_t2i]]

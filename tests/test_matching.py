@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from vlp_jax.objectives.matching import SpecialTokens, choose_negatives, mask_tokens
+from vlp_jax.objectives.matching import (
+    MAX_PREDICTIONS_OVERFLOW,
+    SpecialTokens,
+    auto_max_predictions,
+    choose_negatives,
+    mask_tokens,
+    prediction_positions,
+    resolve_max_predictions,
+    selection_draws,
+)
 
 BERT = SpecialTokens(cls_id=101, sep_id=102, pad_id=0, mask_id=103, vocab_size=30522)
 
@@ -54,6 +63,51 @@ def test_masking_ratio_follows_config(ratio):
     _, selected = mask_tokens(jax.random.key(1), jnp.asarray(ids), jnp.asarray(mask), ratio, BERT)
     maskable = ((mask > 0) & (ids != 101) & (ids != 102)).sum()
     assert abs(float(np.asarray(selected).sum()) / maskable - ratio) < 0.04
+
+
+def test_capped_masking_keeps_the_k_smallest_draws_and_leaves_the_rest_untouched():
+    ids, mask = _captions(np.random.default_rng(5), 256, 24)
+    key, k = jax.random.key(2), 3
+    _, uncapped = mask_tokens(key, jnp.asarray(ids), jnp.asarray(mask), 0.5, BERT)
+    corrupted, capped = mask_tokens(key, jnp.asarray(ids), jnp.asarray(mask), 0.5, BERT, max_predictions=k)
+    drawn, draws = selection_draws(key, jnp.asarray(ids), jnp.asarray(mask), 0.5, BERT)
+    uncapped, capped, drawn, draws = (np.asarray(x) for x in (uncapped, capped, drawn, draws))
+    corrupted = np.asarray(corrupted)
+    np.testing.assert_array_equal(drawn, uncapped)  # without a cap, the draws are the selection
+    counts = uncapped.sum(1)
+    assert (counts > k).any() and (counts <= k).any()
+    for row in range(len(ids)):
+        if counts[row] <= k:
+            np.testing.assert_array_equal(capped[row], uncapped[row])
+        else:  # exactly the k drawn positions with the smallest draws
+            order = np.argsort(np.where(uncapped[row], draws[row], np.inf), kind='stable')[:k]
+            np.testing.assert_array_equal(np.flatnonzero(capped[row]), np.sort(order))
+    np.testing.assert_array_equal(corrupted[~capped], ids[~capped])  # dropped positions are not corrupted
+    # the cap keeps early and late positions alike: keep rate of drawn positions in each half of the caption
+    first = np.arange(24) < (mask.sum(1, keepdims=True) // 2)
+    over = counts > k
+    rate = lambda part: capped[over][part[over] & uncapped[over]].mean()
+    assert abs(rate(first) - rate(~first)) < 0.08, (rate(first), rate(~first))
+
+
+def test_auto_max_predictions_is_the_binomial_tail_bound():
+    from scipy.stats import binom
+
+    for maskable in (1, 5, 22, 23, 62, 126):
+        for ratio in (0.15, 0.5):
+            k = auto_max_predictions(maskable, ratio)
+            assert binom.sf(k, maskable, ratio) < MAX_PREDICTIONS_OVERFLOW
+            assert k == 0 or binom.sf(k - 1, maskable, ratio) >= MAX_PREDICTIONS_OVERFLOW
+    assert resolve_max_predictions(-1, 24, 0.15) == 11  # the tiny configs: 11 of 24 positions
+    assert resolve_max_predictions(0, 24, 0.15) == 0 and resolve_max_predictions(24, 24, 0.15) == 0
+    assert resolve_max_predictions(5, 24, 0.15) == 5
+
+
+def test_prediction_positions_gather_each_rows_predictions_first():
+    predicted = np.array([[0, 1, 0, 1, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], bool)
+    positions, valid = prediction_positions(jnp.asarray(predicted), 2)
+    np.testing.assert_array_equal(np.asarray(valid), [[1, 1], [1, 0], [0, 0]])
+    np.testing.assert_array_equal(np.asarray(positions)[np.asarray(valid)], [1, 3, 0])
 
 
 def test_hardest_negative_is_the_argmax_off_the_diagonal():

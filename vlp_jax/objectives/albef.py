@@ -7,7 +7,8 @@
   argmax, GRIT-VLP); the 3B pairs (positives, image negatives, text negatives) go through
   the fusion layers and the 2-way head.
 - MLM: BERT masking (objectives/matching.py) of each caption, predicted from the fusion
-  output with the caption's own image.
+  output with the caption's own image. Only the predicted positions reach the tied word
+  logits (`loss.mlm.max_predictions` per caption, derived by default), not all L.
 - Momentum model (`loss.momentum.enabled`, objectives/momentum.py): EMA params in
   `extra`; ITC's keys are its embeddings of the batch plus a queue, targets distilled
   from its softmax; MLM's loss mixes in its word distribution on the same masked input:
@@ -33,6 +34,7 @@ from vlp_jax.objectives.base import REGULATION
 from vlp_jax.objectives.dual_encoder import DualEncoderContrastive
 from vlp_jax.objectives.frozen import image_text_cosines
 from vlp_jax.objectives.matching import (
+    MAX_PREDICTIONS_AUTO,
     Pairs,
     SpecialTokens,
     caption_pairs,
@@ -40,6 +42,9 @@ from vlp_jax.objectives.matching import (
     itm_pairs,
     mafa_pairs,
     mask_tokens,
+    prediction_positions,
+    resolve_max_predictions,
+    selection_draws,
 )
 from vlp_jax.objectives.momentum import (
     MOMENTUM_PARAMS,
@@ -88,6 +93,8 @@ class AlbefObjective:
         self.frozen_roles = self.itc.frozen_roles
         self.negative_choice = str(config.loss.itm.negatives)
         self.mask_ratio = float(config.loss.mlm.mask_ratio)
+        setting = int(config.loss.mlm.get('max_predictions', MAX_PREDICTIONS_AUTO))  # configs older than the key
+        self.max_predictions = resolve_max_predictions(setting, int(config.model.max_text_len), self.mask_ratio)
         self.weights = {term: float(config.loss.weights[term]) for term in ('itc', 'itm', 'mlm')}
         self.special = SpecialTokens(BERT_CLS_ID, BERT_SEP_ID, BERT_PAD_ID, BERT_MASK_ID, model.config.text.vocab_size)
         self.momentum = MomentumSettings.from_config(config)
@@ -150,21 +157,33 @@ class AlbefObjective:
         labels = itm_set.label
         itm = weighted_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
 
-        masked_ids, predicted = mask_tokens(keys['mask'], ids, mask, self.mask_ratio, self.special)
+        masked_ids, selected = mask_tokens(keys['mask'], ids, mask, self.mask_ratio, self.special, self.max_predictions)
         masked_tokens = self._apply(params, masked_ids, mask, method='text_tokens', rng=keys['mlm_text'])
         rows = mlm_set.text
         fused_masked = self._apply(
             params, masked_tokens[rows], mask[rows], images[mlm_set.image], method='fuse', rng=keys['mlm_fusion']
         )
-        mlm_logits = self._apply(params, fused_masked, method='mlm_logits')
-        targets, predicted = ids[rows], predicted[rows] & (mlm_set.weight[:, None] > 0)
+        targets, predicted = ids[rows], selected[rows] & (mlm_set.weight[:, None] > 0)
+        scored = lambda tokens: tokens  # [P, L, ...]: every position
+        if self.max_predictions:  # only the (at most K) predicted positions of each caption reach the word logits
+            positions, predicted = prediction_positions(predicted, self.max_predictions)
+            scored = lambda x: jnp.take_along_axis(x, positions.reshape(positions.shape + (1,) * (x.ndim - 2)), axis=1)
+            targets = scored(targets)
+        mlm_logits = self._apply(params, scored(fused_masked), method='mlm_logits')
         mlm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(mlm_logits, targets), predicted)
         if self.momentum is not None:
-            soft = jax.nn.softmax(self._momentum_mlm_logits(momentum_params, masked_ids, mask, out_m, mlm_set), -1)
-            distill = masked_mean(optax.softmax_cross_entropy(mlm_logits, jax.lax.stop_gradient(soft)), predicted)
+            momentum_fused = self._momentum_fused(momentum_params, masked_ids, mask, out_m, mlm_set)
+            momentum_logits = jax.lax.stop_gradient(
+                self._apply(momentum_params, scored(momentum_fused), method='mlm_logits')
+            )
+            soft = jax.nn.softmax(momentum_logits, -1)
+            distill = masked_mean(optax.softmax_cross_entropy(mlm_logits, soft), predicted)
             metrics['train/mlm_distill'] = distill
             mlm = (1.0 - alpha) * mlm + alpha * distill
             outputs[ENQUEUE] = (out_m['image_embed'], out_m['text_embed'])
+        if self.max_predictions:
+            drawn, _ = selection_draws(keys['mask'], ids, mask, self.mask_ratio, self.special)
+            metrics['train/mlm_capped'] = 1.0 - jnp.sum(selected) / jnp.maximum(jnp.sum(drawn), 1)
 
         w = self.weights
         loss = w['itc'] * itc + w['itm'] * itm + w['mlm'] * mlm
@@ -180,7 +199,7 @@ class AlbefObjective:
         )
         return loss, metrics, outputs
 
-    def _momentum_mlm_logits(
+    def _momentum_fused(
         self,
         momentum_params: PyTree,
         masked_ids: jax.Array,
@@ -188,12 +207,12 @@ class AlbefObjective:
         out_m: Mapping[str, jax.Array],
         pairs: Pairs,
     ) -> jax.Array:
-        """The momentum model's word logits for the same masked captions with the same images."""
+        """The momentum model's fusion output for the same masked captions with the same images."""
         tokens = self._apply(momentum_params, masked_ids, mask, method='text_tokens')[pairs.text]
         fused = self._apply(
             momentum_params, tokens, mask[pairs.text], out_m['image_tokens'][pairs.image], method='fuse'
         )
-        return jax.lax.stop_gradient(self._apply(momentum_params, fused, method='mlm_logits'))
+        return jax.lax.stop_gradient(fused)
 
     def after_update(
         self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array

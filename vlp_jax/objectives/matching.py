@@ -3,6 +3,13 @@
 MLM (BERT, as ALBEF): each maskable token is selected with probability `mask_ratio`; a
 selected token becomes [MASK] with probability 0.8, a random word with 0.1, and stays
 itself with 0.1; it is predicted either way. [CLS], [SEP] and padding are never selected.
+With `max_predictions` K (BERT's max_predictions_per_seq), a caption keeps at most K of its
+selected tokens, those with the smallest selection draws (so every selected position is
+equally likely to be kept); the rest stay unmasked and unpredicted. The MLM head then scores
+K gathered positions per caption instead of every position: with 15% masking of 24-token
+captions that is 11 word-logit rows instead of 24. `auto_max_predictions` picks the smallest K
+a caption exceeds with probability below MAX_PREDICTIONS_OVERFLOW, so the cap almost never acts
+(the objective logs how often it did: `train/mlm_capped`).
 
 ITM negatives (METHODS.md): per anchor one in-batch negative, never the positive, either
 sampled with probability softmax(similarity) over the negatives (ALBEF, 'sample') or the
@@ -17,6 +24,7 @@ fixed slots with weight 0 where nothing was converted.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -25,6 +33,29 @@ import jax.numpy as jnp
 
 MASK_PROBABILITY, RANDOM_PROBABILITY = 0.8, 0.1  # of selected tokens; the remaining 0.1 keep their id
 NEGATIVE_CHOICES = ('sample', 'hardest')
+MAX_PREDICTIONS_AUTO, MAX_PREDICTIONS_ALL = -1, 0  # loss.mlm.max_predictions: derived bound / every position
+MAX_PREDICTIONS_OVERFLOW = 1e-4  # auto: P(a caption draws more than K tokens) stays below this
+
+
+def auto_max_predictions(maskable: int, mask_ratio: float, overflow: float = MAX_PREDICTIONS_OVERFLOW) -> int:
+    """The smallest K with P(Binomial(maskable, mask_ratio) > K) < overflow."""
+    assert maskable >= 0 and 0.0 < mask_ratio < 1.0, (maskable, mask_ratio)
+    tail = 1.0  # P(X > k - 1), for k = 0 first
+    for k in range(maskable + 1):
+        tail -= math.comb(maskable, k) * mask_ratio**k * (1.0 - mask_ratio) ** (maskable - k)
+        if tail < overflow:
+            return k
+    return maskable
+
+
+def resolve_max_predictions(setting: int, max_len: int, mask_ratio: float) -> int:
+    """loss.mlm.max_predictions -> K per caption, or 0 when every position is scored (K would be >= max_len).
+
+    A caption of max_len tokens has at most max_len - 2 maskable ones ([CLS] and [SEP] never are).
+    """
+    maskable = max(max_len - 2, 0)
+    k = auto_max_predictions(maskable, mask_ratio) if setting == MAX_PREDICTIONS_AUTO else int(setting)
+    return 0 if k <= 0 or k >= max_len else max(k, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +69,36 @@ class SpecialTokens:
     vocab_size: int
 
 
-def mask_tokens(
+def selection_draws(
     rng: jax.Array, text_ids: jax.Array, text_mask: jax.Array, mask_ratio: float, special: SpecialTokens
 ) -> tuple[jax.Array, jax.Array]:
-    """(input ids with BERT's 80/10/10 corruption, bool [B, L] which positions are predicted)."""
-    select_key, action_key, word_key = jax.random.split(rng, 3)
+    """(bool [B, L] positions drawn for prediction before any cap, float [B, L] their uniform draws)."""
+    select_key = jax.random.split(rng, 3)[0]
     maskable = (
         (text_mask > 0) & (text_ids != special.cls_id) & (text_ids != special.sep_id) & (text_ids != special.pad_id)
     )
-    selected = maskable & jax.random.bernoulli(select_key, mask_ratio, text_ids.shape)
+    draws = jax.random.uniform(select_key, text_ids.shape)  # the draws jax.random.bernoulli would compare
+    return maskable & (draws < mask_ratio), draws
+
+
+def mask_tokens(
+    rng: jax.Array,
+    text_ids: jax.Array,
+    text_mask: jax.Array,
+    mask_ratio: float,
+    special: SpecialTokens,
+    max_predictions: int = MAX_PREDICTIONS_ALL,
+) -> tuple[jax.Array, jax.Array]:
+    """(input ids with BERT's 80/10/10 corruption, bool [B, L] which positions are predicted).
+
+    `max_predictions` K > 0 keeps at most K selected positions per caption (the smallest draws).
+    """
+    _, action_key, word_key = jax.random.split(rng, 3)
+    selected, draws = selection_draws(rng, text_ids, text_mask, mask_ratio, special)
+    if 0 < max_predictions < text_ids.shape[1]:
+        _, kept = jax.lax.top_k(jnp.where(selected, -draws, -jnp.inf), max_predictions)  # [B, K]
+        keep = jnp.zeros_like(selected).at[jnp.arange(selected.shape[0])[:, None], kept].set(True)
+        selected = selected & keep
     action = jax.random.uniform(action_key, text_ids.shape)
     random_words = jax.random.randint(word_key, text_ids.shape, 0, special.vocab_size, dtype=text_ids.dtype)
     corrupted = jnp.where(action < MASK_PROBABILITY, special.mask_id, text_ids)
@@ -54,6 +106,13 @@ def mask_tokens(
         (action >= MASK_PROBABILITY) & (action < MASK_PROBABILITY + RANDOM_PROBABILITY), random_words, corrupted
     )
     return jnp.where(selected, corrupted, text_ids), selected
+
+
+def prediction_positions(predicted: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """(int32 [P, count] positions, bool [P, count] valid): the predicted positions of each row first,
+    in position order, then filler (position 0, not valid). Rows must hold at most `count` predictions."""
+    order = jnp.argsort(~predicted, axis=1, stable=True)[:, :count].astype(jnp.int32)
+    return order, jnp.take_along_axis(predicted, order, axis=1)
 
 
 def choose_negatives(rng: jax.Array | None, similarity: jax.Array, choice: str) -> jax.Array:

@@ -24,6 +24,12 @@ def validate_fusion_loss(config: ml_collections.ConfigDict) -> None:
     _require(
         0.0 < loss.mlm.mask_ratio < 1.0, f'config key loss.mlm.mask_ratio must be in (0, 1), got {loss.mlm.mask_ratio}.'
     )
+    max_predictions = loss.mlm.get('max_predictions', -1)
+    _require(
+        isinstance(max_predictions, int) and max_predictions >= -1,
+        'config key loss.mlm.max_predictions must be -1 (derived from mask_ratio), 0 (every position) or a count '
+        f'of tokens per caption, got {max_predictions!r}.',
+    )
     _require(
         loss.negatives == 'global',
         "config key loss.negatives must be 'global' with model.kind='fusion' "
