@@ -40,15 +40,16 @@ Pretrained init, as ALBEF (the keys below are overrides; the defaults above do n
       --config.model.text.pre_norm=False --config.model.text.type_vocab_size=2 \
       --config.model.text.max_positions=512 --config.model.text.vocab_size=30522 \
       --config.model.text.ln_eps=1e-12 --config.model.text.activation=gelu \
-      --config.model.vision.init=PATH/vit/model.safetensors --config.model.vision.ln_eps=1e-12 \
-      --config.model.image_size=224 --config.data.image_size=224
+      --config.model.vision.init=PATH/vit/model.safetensors --config.model.vision.ln_eps=1e-12
 
 - Text: bert-base-uncased's 12 layers fill the 6 text layers (file layers 0-5) and the 6 fusion
   layers' self-attention, MLP and LayerNorms (file layers 6-11); the fusion layers'
   cross-attention starts fresh, as in ALBEF. The Hub's file (BertForMaskedLM: 'bert.' prefix,
-  LayerNorm gamma/beta) is read as is; its pooler and MLM head (cls.*) are listed as not
-  imported (ALBEF also loads the MLM head; vlp_jax's starts fresh), and the run prints the
-  mapping and 'left fresh: the cross-attention of fusion layers 0-5'. Post-LN (pre_norm=False),
+  LayerNorm gamma/beta) is read as is; its MLM head (cls.predictions.*: transform.dense,
+  transform.LayerNorm, bias) fills the fusion model's MLM head, as in ALBEF (the decoder stays
+  tied to the word embeddings; the bias is padded as the word table is), and its pooler is
+  listed as not imported. The run prints the mapping, 'left fresh: the cross-attention of fusion
+  layers 0-5' and 'MLM head from cls.predictions.*'. Post-LN (pre_norm=False),
   token types, 512 positions, the vocabulary, eps 1e-12 and exact GELU are what BERT's weights
   compute with (ln_eps and activation are the defaults already); a file or config.json that
   disagrees is one line naming the key to set. A file of 6 layers fills the text layers alone;
@@ -56,9 +57,11 @@ Pretrained init, as ALBEF (the keys below are overrides; the defaults above do n
 - Image: a Hugging Face ViT file (ViTModel, or ViTForImageClassification's 'vit.' prefix), e.g.
   google/vit-base-patch16-224-in21k, or facebook/deit-base-patch16-224 (non-distilled DeiT,
   which the Hub stores in the ViT layout; ALBEF's DeiT-B/16). The distilled DeiT (DeiTModel,
-  with a distillation token) has no layout here. Position embeddings are not interpolated, so
-  the model runs at the file's 224 px (ALBEF interpolates DeiT's to 256); ln_eps is the one the
-  file's config.json gives (the import names it when it differs).
+  with a distillation token) has no layout here. The model stays at 256 px: the file's 224-px
+  position embeddings (14x14 patches + [CLS]) are interpolated to 16x16 as ALBEF does (class row
+  kept, patch grid resized bicubically as torch's F.interpolate), and the run prints 'position
+  embeddings interpolated from 14x14 to 16x16 (bicubic)'. The patch size must match (16); ln_eps
+  is the one the file's config.json gives (the import names it when it differs).
 
 Tiny (`:tiny`), the same recipe on the synthetic world's NOISY regime (configs/shapes_noisy.py),
 minutes on 2 CPU cores: configs/shapes_albef.py's tiny fusion model (2 text layers + 1 fusion

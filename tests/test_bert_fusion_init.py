@@ -258,20 +258,27 @@ def test_a_file_with_cross_attention_for_every_fusion_layer_imports_it(tmp_path)
 
 def test_bert_base_uncased_naming_bert_prefix_gamma_beta_and_mlm_head_imports_the_same(bert_file, tmp_path):
     """bert-base-uncased's model.safetensors (BertForMaskedLM) has a 'bert.' prefix, LayerNorm gamma/beta
-    instead of weight/bias, and the MLM head's cls.* tensors: the same params come in, cls.* is listed."""
+    instead of weight/bias, and the MLM head's cls.* tensors outside the prefix: the same text params come in,
+    and the MLM head fills the fusion model's (tests/test_pos_interp_and_mlm_head.py checks its forward)."""
     tensors, path = bert_file
     renamed = {
         'bert.' + k.replace('LayerNorm.weight', 'LayerNorm.gamma').replace('LayerNorm.bias', 'LayerNorm.beta'): v
         for k, v in tensors.items()
     }
     head = {
-        'cls.predictions.bias': np.zeros(VOCAB, np.float32),
+        'cls.predictions.bias': np.arange(VOCAB, dtype=np.float32),
+        'cls.predictions.transform.dense.weight': tensors['encoder.layer.0.output.dense.weight'][:, :WIDTH],
         'cls.predictions.transform.dense.bias': tensors['encoder.layer.0.output.dense.bias'],
+        'cls.predictions.transform.LayerNorm.gamma': tensors['encoder.layer.0.output.LayerNorm.weight'],
+        'cls.predictions.transform.LayerNorm.beta': tensors['encoder.layer.0.output.LayerNorm.bias'],
+        'cls.predictions.decoder.weight': tensors['embeddings.word_embeddings.weight'],
     }
     legacy_path = write(tmp_path / 'bert_base_uncased_like', {**renamed, **head}, hf_bert_config())
     model, fresh = init_params(fusion_config())
     want, _ = import_into(fresh, path, 'text', model.config)
     got, plan = import_into(fresh, legacy_path, 'text', model.config)
     assert_same_params(got, want, 'text/')
-    assert plan.unused == tuple(sorted(head)), plan.unused
-    assert 'not imported: cls.predictions.bias, cls.predictions.transform.dense.bias' in plan.summary('text')
+    assert plan.unused == () and plan.tied == ('cls.predictions.decoder.weight',) and plan.untied == ()
+    assert 'MLM head from cls.predictions.* (decoder tied to the word embeddings)' in plan.summary('text')
+    np.testing.assert_array_equal(got['mlm_norm']['scale'], head['cls.predictions.transform.LayerNorm.gamma'])
+    np.testing.assert_array_equal(np.asarray(got['mlm_bias'])[:VOCAB], head['cls.predictions.bias'])

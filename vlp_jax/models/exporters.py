@@ -13,7 +13,9 @@ config.json adds ALBEF xbert's `fusion_layer` (= depth: the first layer with cro
 `encoder_width` (the image tokens' width). transformers' BertModel reads such a file as a plain BERT of
 depth + fusion_layers layers (it reports the crossattention tensors as unexpected: its add_cross_attention
 puts cross-attention in every layer and needs is_decoder, a causal mask); importing it into the same
-fusion tower restores every param, the cross-attention included.
+fusion tower restores every param, the cross-attention included. A fusion model's MLM head is written as
+BertForMaskedLM's `cls.predictions.*` (transform.dense, transform.LayerNorm, bias; the decoder is tied to the
+word embeddings, so it has no tensor of its own). A ViT is written at the model's own patch grid.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
                 if entry.vlp.endswith('type_embedding'):  # no token types: a zero row adds nothing, as in vlp_jax
                     out[entry.hf] = np.zeros((1, model.text.width), np.float32)
                     continue
-                if entry.optional == 'model':
+                if entry.optional in ('model', 'head'):  # no pooler; no MLM head (a dual model)
                     continue
                 raise ImportWeightsError(
                     f'the {tower} tower cannot be written in the {layout} layout: it has no param {entry.vlp}; '

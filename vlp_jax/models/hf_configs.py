@@ -80,6 +80,8 @@ def config_problem(hf: dict, model: VLPConfig, layout: str, tower: str, source: 
     for field, (ours, key) in tower_fields(model, layout, tower).items():
         if field not in section or (field == 'num_hidden_layers' and fusion):  # fusion: the tensors' count decides
             continue
+        if field == 'image_size':  # the position table's grid decides; another one is interpolated (importers.py)
+            continue
         theirs = _value_for(field, section[field])
         ours = _value_for(field, ours)
         same = math.isclose(theirs, ours, rel_tol=EPS_RTOL) if field == 'layer_norm_eps' else theirs == ours

@@ -60,8 +60,8 @@ TRANSFORMS: dict[str, Transform] = {
     ),
     # CLIP's logit_scale = log(1 / temperature) <-> vlp_jax's log_temperature
     'neg': Transform(lambda a, s: (-a).reshape(s), lambda a: -a, lambda s: s),
-    # word embeddings [vocab, w] <-> the table padded to a multiple of 128 rows (text.VOCAB_MULTIPLE):
-    # imports fill the first rows (importers.py keeps the padding rows), exports drop the padding
+    # word embeddings [vocab, w] (and the MLM bias [vocab]) <-> the table padded to a multiple of 128 rows
+    # (text.VOCAB_MULTIPLE): imports fill the first rows (importers.py keeps the padding rows), exports drop them
     'vocab': Transform(lambda a, s: a, lambda a: a, lambda s: s),
 }
 
@@ -72,7 +72,8 @@ class Entry:
     vlp: str  # param path from the root; '{i}' = layer index
     kind: str  # TRANSFORMS key
     # '': both sides must hold it; 'model': a model without the param skips it (a pooler the config leaves
-    # out); 'file': a file without the tensor leaves the param fresh (CLIP's projections, logit_scale)
+    # out); 'file': a file without the tensor leaves the param fresh (CLIP's projections, logit_scale);
+    # 'head': either (BERT's MLM head: a dual model has none, a BertModel file has none); all of it or none
     optional: str = ''
 
 
@@ -105,8 +106,30 @@ def bert(tower: str = 'text') -> tuple[list[Entry], list[Entry]]:
         Entry('embeddings.token_type_embeddings.weight', f'{tower}/type_embedding', 'copy'),
         *_norm('embeddings.LayerNorm', f'{tower}/ln_embed'),
         *_linear('pooler.dense', f'{tower}/pooler', optional='model'),
+        *mlm_head(),
     ]
     return top, _bert_layer(block_hf, block)
+
+
+# BertForMaskedLM's head (BertLMPredictionHead: dense -> GELU -> LayerNorm -> decoder + bias) -> a fusion model's
+# MLM head (vlp.py: mlm_dense, mlm_norm, mlm_bias), as ALBEF loads it from bert-base-uncased. Task models keep
+# its keys outside their 'bert.' prefix. The decoder is tied to the word embeddings (and its bias to
+# cls.predictions.bias) in both, so vlp_jax has no param for it: a file's copies are checked, not imported.
+MLM_HEAD = 'cls.predictions.'
+UNPREFIXED = ('cls.',)  # keys a task model's file holds outside its 'bert.' prefix
+MLM_TIED = {  # a file's tied copy -> the key whose tensor the model uses instead (before any 'bert.' prefix)
+    f'{MLM_HEAD}decoder.weight': 'embeddings.word_embeddings.weight',
+    f'{MLM_HEAD}decoder.bias': f'{MLM_HEAD}bias',
+}
+
+
+def mlm_head() -> list[Entry]:
+    """BERT's MLM head: transform.dense, transform.LayerNorm and the output bias (padded like the word table)."""
+    return [
+        *_linear(f'{MLM_HEAD}transform.dense', 'mlm_dense', optional='head'),
+        *_norm(f'{MLM_HEAD}transform.LayerNorm', 'mlm_norm', optional='head'),
+        Entry(f'{MLM_HEAD}bias', 'mlm_bias', 'vocab', 'head'),
+    ]
 
 
 def _bert_layer(block_hf: str, block: str) -> list[Entry]:

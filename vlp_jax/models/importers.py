@@ -11,17 +11,24 @@ while only the file's header is read. safetensors only: no torch, no pickle.
 
 `model.scan=True` towers import too: the per-layer tensors are stacked on the 'layers' axis.
 
+A ViT or CLIP image tower whose file has another square grid of patches (e.g. DeiT's 224 px into ALBEF's
+256 px, same patch size) gets the file's position embeddings interpolated to the model's grid as ALBEF does
+(class row kept, patch rows resized bicubically as torch does; models/pos_embed.py); the summary says so.
+
 A fusion text tower (ALBEF) takes a BERT file of depth + fusion_layers layers as ALBEF takes bert-base-uncased:
 file layers [0, depth) fill the text layers, [depth, depth + fusion_layers) the fusion layers' self-attention,
 MLP and LayerNorms; their cross-attention comes from the file's `crossattention.*` tensors when it has them
 (an exported fusion tower), else it keeps its fresh init and the summary lists it as left fresh. A file of
-`depth` layers fills the text layers alone and leaves the fusion layers fresh.
+`depth` layers fills the text layers alone and leaves the fusion layers fresh. A fusion model also takes
+BertForMaskedLM's MLM head (`cls.predictions.*`: transform.dense, transform.LayerNorm, bias) into its own
+(mlm_dense, mlm_norm, mlm_bias), as ALBEF does; the decoder stays tied to the word embeddings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -31,8 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlp_jax.models import hf_configs, hf_layouts
+from vlp_jax.models import hf_configs, hf_layouts, pos_embed
 from vlp_jax.models.hf_layouts import TRANSFORMS, Entry
+from vlp_jax.models.text import BERT_LN_EPS
 from vlp_jax.models.vlp import VLPConfig
 
 PyTree = Any
@@ -40,6 +48,14 @@ SCANNED = re.compile(r'^(.*)/layers/block/(.*)$')
 UNSCANNED = re.compile(r'^(.*)/block_(\d+)/(.*)$')
 LIST_AT_MOST = 4  # names shown in a summary before '... and N more'
 PARAM_DTYPE = np.float32
+POS_EMBEDDING = 'vision/pos_embedding'  # the table whose patch grid an import may interpolate
+WORD_TABLE = 'text/token_embed/embedding'
+MLM_ACTIVATION = 'gelu'  # what vlp_jax's MLM head computes with (vlp.py), as BERT's
+UNTIED = {  # what the summary says of a file's decoder copy that differs from the tensor the tied head uses
+    'cls.predictions.decoder.weight': 'differs from the word embeddings (untied): the MLM head decodes with the '
+    'tied word embeddings',
+    'cls.predictions.decoder.bias': 'differs from cls.predictions.bias: the MLM head adds cls.predictions.bias',
+}
 
 
 class ImportWeightsError(Exception):
@@ -58,6 +74,10 @@ class Plan:
     layers: str = ''  # how the file's layers map onto a fusion tower's text and fusion blocks
     left_fresh: tuple[str, ...] = ()  # fusion params that keep their init (cross-attention, or whole layers)
     left_fresh_what: str = ''  # the same in words, for the summary
+    pos_grids: tuple[int, int] | None = None  # (file, model) patch grid sides when the position table is resized
+    mlm: str = ''  # the MLM head imported from the file, in words
+    tied: tuple[str, ...] = ()  # the file's tied copies of the decoder (checked by import_tower, not imported)
+    untied: tuple[str, ...] = ()  # those of them that differ from what the tied head uses (set by import_tower)
 
     def summary(self, tower: str) -> str:
         def names(items: tuple[str, ...]) -> str:
@@ -73,6 +93,13 @@ class Plan:
             text += f'; fresh: {names(self.fresh)}'
         if self.left_fresh:
             text += f'; left fresh: {self.left_fresh_what} ({len(self.left_fresh)} arrays)'
+        if self.pos_grids:
+            (old, new) = self.pos_grids
+            text += f'; position embeddings interpolated from {old}x{old} to {new}x{new} (bicubic)'
+        if self.mlm:
+            text += f'; {self.mlm}'
+        for key in self.untied:
+            text += f'; {key} {UNTIED[key]}'
         return text
 
 
@@ -169,12 +196,14 @@ def _shape_hint(path: str, shape: tuple[int, ...], want: tuple[int, ...]) -> str
     if '/xattn/' in path and path.endswith(('key/kernel', 'value/kernel')) and shape[:1] == want[:1]:
         return f"set model.vision.width={shape[1]} (the checkpoint's encoder_width)"
     rows_differ = bool(shape) and len(shape) == len(want) and shape[0] != want[0] and shape[1:] == want[1:]
-    if rows_differ and path.endswith('token_embed/embedding'):
+    if rows_differ and (path.endswith('token_embed/embedding') or path == 'mlm_bias'):
         return f'set model.text.vocab_size={shape[0]}'
     if rows_differ and path == 'text/pos_embedding':
         return f'set model.text.max_positions={shape[0]}'
     if rows_differ and path.endswith('type_embedding'):
         return f'set model.text.type_vocab_size={shape[0]}'
+    if path == 'vision/patch_embed/kernel' and shape[:2] == want[:2]:  # HF's [width, 3, p, p]
+        return f"set model.vision.patch_size={shape[2]} (the checkpoint's; any model.image_size it divides works)"
     if path.startswith(('vision/pos_embedding', 'vision/patch_embed')):
         return "set model.image_size and model.vision.patch_size to the checkpoint's"
     if path.endswith('_proj/kernel'):
@@ -222,24 +251,28 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
     layer_entries = [Entry(prefix + e.hf, e.vlp, e.kind, e.optional) for e in layer_entries]
     layers = _depth_in_file(keys, layer_entries)
     fusion = _file_fusion_layers(layers, cfg, layout, tower, what, path)
-    pairs, fresh, covered, cross_fresh = [], [], set(), []
+    pairs, fresh, covered, cross_fresh, head_in, head_out, pos_grids = [], [], set(), [], [], [], None
     for entry in hf_layouts.entries(layout, tower, cfg.depth, fusion):
-        key = prefix + entry.hf
+        key = entry.hf if entry.hf.startswith(hf_layouts.UNPREFIXED) else prefix + entry.hf
         in_file, in_model = key in keys, entry.vlp in target
+        if in_model and entry.optional == 'head':
+            (head_in if in_file else head_out).append((key, entry.vlp))
         if in_file and in_model:
             shape = header[key][0]
             want = TRANSFORMS[entry.kind].hf_shape(target[entry.vlp])
             if entry.kind == 'vocab':
-                want = (model.text.vocab_size, target[entry.vlp][1])
+                want = (model.text.vocab_size, *target[entry.vlp][1:])
             if tuple(shape) != tuple(want):
-                hint = _shape_hint(entry.vlp, tuple(shape), tuple(want))
-                raise ImportWeightsError(
-                    f'{what} = {path!r}: tensor {key} has shape {shape} but model param {entry.vlp} '
-                    f'needs {want}; {hint}.'
-                )
+                pos_grids = _pos_grids(entry.vlp, key, tuple(shape), tuple(want), what, path)
+                if pos_grids is None:
+                    hint = _shape_hint(entry.vlp, tuple(shape), tuple(want))
+                    raise ImportWeightsError(
+                        f'{what} = {path!r}: tensor {key} has shape {shape} but model param {entry.vlp} '
+                        f'needs {want}; {hint}.'
+                    )
             pairs.append((legacy.get(key, key), entry))
             covered.add(entry.vlp)
-        elif in_file and entry.optional != 'model':
+        elif in_file and entry.optional not in ('model', 'head'):
             rows = header[key][0][0] if header[key][0] else None
             raise ImportWeightsError(
                 f'{what} = {path!r} has {key} but the model has no param {entry.vlp}; '
@@ -249,11 +282,20 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
             cross_fresh.append(entry.vlp)
         elif in_model and entry.optional == 'file':
             fresh.append(entry.vlp)
-        elif in_model:
+        elif in_model and entry.optional != 'head':
             raise ImportWeightsError(
                 f'{what} = {path!r} has no tensor {key} for model param {entry.vlp}; '
                 f'{hf_layouts.option_hint(entry.vlp, False)} or name a file that has it.'
             )
+    if head_in and head_out:
+        raise ImportWeightsError(
+            f'{what} = {path!r} has {head_in[0][0]} but no {head_out[0][0]} for model param {head_out[0][1]}; '
+            f'name a file with the whole MLM head ({hf_layouts.MLM_HEAD}*) or none of it.'
+        )
+    mlm, tied = '', ()
+    if head_in:
+        mlm = _mlm_words(cfg)
+        tied = tuple(sorted(k for k in hf_layouts.MLM_TIED if k in file_keys))
     groups = {tower} | {p.split('/')[0] for p in covered}
     for param in sorted(target):
         if param.split('/')[0] in groups and not param.startswith('text/fusion/') and param not in covered:
@@ -281,11 +323,42 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
         left_fresh = tuple(sorted(p for p in target if p.startswith(f'{tower}/fusion/')))
         left_fresh_what = f'{_spans("fusion", 0, total_fusion)} ({tower}/fusion/)'
     tower_prefix = {'bert': prefix, 'vit': prefix, 'clip': f'{tower}_model.'}[layout]
-    used = {key for key, _ in pairs}
+    used = {key for key, _ in pairs} | set(tied)
     unused = tuple(sorted(k for k in file_keys if k.startswith(tower_prefix) and k not in used))
     if layout != 'clip':
         unused = tuple(sorted(k for k in file_keys if k not in used))
-    return Plan(path, layout, tuple(pairs), unused, tuple(fresh), mapping, left_fresh, left_fresh_what)
+    return Plan(
+        path, layout, tuple(pairs), unused, tuple(fresh), mapping, left_fresh, left_fresh_what, pos_grids, mlm, tied
+    )
+
+
+def _pos_grids(
+    param: str, key: str, shape: tuple[int, ...], want: tuple[int, ...], what: str, path: str
+) -> tuple[int, int] | None:
+    """(file, model) grid sides when a position table differs from the model's only in its square grid of
+    patch rows (rows on axis -2: ViT's [1, 1 + n, w], CLIP's [1 + n, w]), else None; a file grid that is not
+    square is one sentence."""
+    if param != POS_EMBEDDING or len(shape) != len(want) or shape[:-2] + shape[-1:] != want[:-2] + want[-1:]:
+        return None
+    side, model_side = pos_embed.square_grid(shape[-2]), pos_embed.square_grid(want[-2])
+    if side is None:
+        raise ImportWeightsError(
+            f'{what} = {path!r}: tensor {key} has {shape[-2]} rows, not a class row and a square grid of patch '
+            f"rows, so it cannot be interpolated to the model's {model_side}x{model_side} grid; name a ViT file "
+            'of square images (model.image_size is square).'
+        )
+    return side, model_side
+
+
+def _mlm_words(cfg: Any) -> str:
+    """The summary's words for an imported MLM head, naming what its forward differs in from the file's."""
+    words = f'MLM head from {hf_layouts.MLM_HEAD}* (decoder tied to the word embeddings)'
+    if cfg.activation != MLM_ACTIVATION or not math.isclose(cfg.ln_eps, BERT_LN_EPS, rel_tol=hf_configs.EPS_RTOL):
+        words += (
+            f" (vlp_jax's head computes with exact GELU and LayerNorm eps {BERT_LN_EPS:g}, the file's with "
+            f'{cfg.activation} and {cfg.ln_eps:g})'
+        )
+    return words
 
 
 def load(plan_: Plan, target: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -296,8 +369,27 @@ def load(plan_: Plan, target: dict[str, tuple[int, ...]]) -> dict[str, np.ndarra
     with safe_open(plan_.path, framework='numpy') as handle:
         for key, entry in plan_.pairs:
             array = np.asarray(handle.get_tensor(key)).astype(PARAM_DTYPE)
+            if entry.vlp == POS_EMBEDDING and plan_.pos_grids:
+                table = array.reshape(array.shape[-2], array.shape[-1])
+                array = pos_embed.interpolate_pos_embedding(table, plan_.pos_grids[1])
             out[entry.vlp] = TRANSFORMS[entry.kind].to_vlp(array, target[entry.vlp])
     return out
+
+
+def untied(plan_: Plan, arrays: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The file's decoder copies (plan_.tied) that differ from what the tied MLM head uses (`arrays`, from
+    `load`): a BertForMaskedLM saved with untied weights, which the summary then names."""
+    from safetensors import safe_open
+
+    used = {entry.hf: arrays[entry.vlp] for _, entry in plan_.pairs if entry.vlp in (WORD_TABLE, 'mlm_bias')}
+    out = []
+    with safe_open(plan_.path, framework='numpy') as handle:
+        for key in plan_.tied:
+            copy = np.asarray(handle.get_tensor(key)).astype(PARAM_DTYPE)
+            want = used[hf_layouts.MLM_TIED[key]]
+            if copy.shape != want.shape or not np.array_equal(copy, want):
+                out.append(key)
+    return tuple(out)
 
 
 def import_tower(
@@ -310,7 +402,10 @@ def import_tower(
     shapes = {k: tuple(np.shape(v)) for k, v in flat(params).items()}
     target = unscanned_shapes(shapes)
     plan_ = plan(path, tower, model, target, what)
-    return rescan(load(plan_, target), set(shapes)), plan_
+    arrays = load(plan_, target)
+    if plan_.tied:
+        plan_ = dataclasses.replace(plan_, untied=untied(plan_, arrays))
+    return rescan(arrays, set(shapes)), plan_
 
 
 def place(params: PyTree, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -326,13 +421,15 @@ def place(params: PyTree, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]
             assert array.shape[1:] == leaf.shape[1:] and rows < leaf.shape[0], (path, array.shape, leaf.shape)
             array = np.concatenate([array, np.zeros((leaf.shape[0] - rows, *leaf.shape[1:]), array.dtype)])
         sharding = getattr(leaf, 'sharding', None)
+        column = (-1,) + (1,) * (array.ndim - 1)  # the row index, broadcast over the other axes
         if sharding is None:  # host params (numpy)
-            out[path] = array if rows is None else np.where(np.arange(len(array))[:, None] < rows, array, leaf)
+            out[path] = array if rows is None else np.where(np.arange(len(array)).reshape(column) < rows, array, leaf)
             continue
         new = jax.make_array_from_callback(array.shape, sharding, lambda index, a=array: a[index])
         if rows is not None:
             keep = jax.jit(
-                lambda n, o, r=rows: jnp.where(jnp.arange(o.shape[0])[:, None] < r, n, o), out_shardings=sharding
+                lambda n, o, r=rows, c=column: jnp.where(jnp.arange(o.shape[0]).reshape(c) < r, n, o),
+                out_shardings=sharding,
             )
             new = keep(new, leaf)
         out[path] = new
