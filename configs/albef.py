@@ -23,9 +23,10 @@ Full size (no arg), the paper's pretraining recipe:
   (data.train_size): 4,000,000 // 512 = 7,812 steps, 234,360 in all. ALBEF's annotation
   lists hold ~5.1M captions for the 4.0M images (COCO, VG, CC3M, SBU), so its literal epoch
   is ~1.28x longer; set data.train_size to the real source's length.
-- Data: only the synthetic 'shapes' source exists today, so this recipe runs on the shapes
-  world rendered at 256 px; real pairs will come from a data source (data.name) once one
-  exists.
+- Data: by default the synthetic shapes world rendered at 256 px. Real pairs: records
+  prepared by `python -m vlp_jax.data.prepare` (--config.data.name=records
+  --config.data.path=DIR) or a TFDS set (--config.data.name=tfds, e.g. coco_captions); see the
+  README's "Real data".
 - Init: by default both towers start from scratch (or from model.init_checkpoint, a vlp_jax
   checkpoint of this architecture). ALBEF initialises them from DeiT-B/16 and bert-base-uncased;
   the pretrained-weights importer (models/importers.py) does the same from Hugging Face
