@@ -82,12 +82,7 @@ def validate_loss(config: ml_collections.ConfigDict) -> None:
             "config key loss.itm.negatives must be 'hardest' with loss.regulators 'cosmo' on a fusion model: "
             "MAFA's ITM negatives are the mined j1 or j2 (METHODS.md).",
         )
-        _require(0.0 <= cosmo.eps <= 1.0, f'config key loss.cosmo.eps must be in [0, 1], got {cosmo.eps}.')
-        _require(
-            cosmo.smoothing_start_step >= -1,
-            'config key loss.cosmo.smoothing_start_step must be >= 0 '
-            f'(or -1 = the first step of epoch 1), got {cosmo.smoothing_start_step}.',
-        )
+        _require_smoothing('cosmo', cosmo.eps, 'smoothing_start_step', cosmo.smoothing_start_step)
         _require(
             bool(cosmo.reference_checkpoint),
             'config key loss.cosmo.reference_checkpoint is empty but the '
@@ -105,14 +100,18 @@ def validate_loss(config: ml_collections.ConfigDict) -> None:
         )
     if 'smoothing' in regulators:
         smoothing = loss.smoothing
-        _require(0.0 <= smoothing.eps <= 1.0, f'config key loss.smoothing.eps must be in [0, 1], got {smoothing.eps}.')
-        _require(
-            smoothing.start_step >= -1,
-            'config key loss.smoothing.start_step must be >= 0 '
-            f'(or -1 = the first step of epoch 1), got {smoothing.start_step}.',
-        )
+        _require_smoothing('smoothing', smoothing.eps, 'start_step', smoothing.start_step)
         _require(
             not sigmoid,
             "config key loss.regulators has 'smoothing', which the sigmoid loss cannot take "
             "(it treats every target > 0 as a positive); use loss.form='softmax'.",
         )
+
+
+def _require_smoothing(group: str, eps: float, start_key: str, start: int) -> None:
+    """loss.GROUP's smoothing weight in [0, 1] and its start step (>= 0, or -1 = epoch 1's first step)."""
+    _require(0.0 <= eps <= 1.0, f'config key loss.{group}.eps must be in [0, 1], got {eps}.')
+    _require(
+        start >= -1,
+        f'config key loss.{group}.{start_key} must be >= 0 (or -1 = the first step of epoch 1), got {start}.',
+    )
