@@ -29,7 +29,8 @@ import numpy as np
 
 from vlp_jax.models import hf_configs, hf_layouts
 from vlp_jax.models.hf_layouts import TRANSFORMS
-from vlp_jax.models.importers import SCANNED, ImportWeightsError, flat
+from vlp_jax.models.import_checks import ImportWeightsError
+from vlp_jax.models.param_paths import SCANNED, flat
 from vlp_jax.models.vlp import VLPConfig
 
 WEIGHTS_FILE = 'model.safetensors'

@@ -22,15 +22,16 @@ MLP and LayerNorms; their cross-attention comes from the file's `crossattention.
 `depth` layers fills the text layers alone and leaves the fusion layers fresh. A fusion model also takes
 BertForMaskedLM's MLM head (`cls.predictions.*`: transform.dense, transform.LayerNorm, bias) into its own
 (mlm_dense, mlm_norm, mlm_bias), as ALBEF does; the decoder stays tied to the word embeddings.
+
+The header-only checks and the summary's words are in models/import_checks.py; the flat and
+scanned param naming shared with the exporter is in models/param_paths.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import re
 import sys
 from typing import Any
 
@@ -40,26 +41,26 @@ import numpy as np
 
 from vlp_jax.models import hf_configs, hf_layouts, pos_embed
 from vlp_jax.models.hf_layouts import TRANSFORMS, Entry
-from vlp_jax.models.text import BERT_LN_EPS
+from vlp_jax.models.import_checks import (
+    POS_EMBEDDING,
+    UNTIED,
+    ImportWeightsError,
+    depth_in_file,
+    file_fusion_layers,
+    mlm_words,
+    read_header,
+    resized_grids,
+    shape_hint,
+    spans,
+    tower_cfg,
+)
+from vlp_jax.models.param_paths import flat, path_key, rescan, unscanned_shapes
 from vlp_jax.models.vlp import VLPConfig
 
 PyTree = Any
-SCANNED = re.compile(r'^(.*)/layers/block/(.*)$')
-UNSCANNED = re.compile(r'^(.*)/block_(\d+)/(.*)$')
 LIST_AT_MOST = 4  # names shown in a summary before '... and N more'
 PARAM_DTYPE = np.float32
-POS_EMBEDDING = 'vision/pos_embedding'  # the table whose patch grid an import may interpolate
 WORD_TABLE = 'text/token_embed/embedding'
-MLM_ACTIVATION = 'gelu'  # what vlp_jax's MLM head computes with (vlp.py), as BERT's
-UNTIED = {  # what the summary says of a file's decoder copy that differs from the tensor the tied head uses
-    'cls.predictions.decoder.weight': 'differs from the word embeddings (untied): the MLM head decodes with the '
-    'tied word embeddings',
-    'cls.predictions.decoder.bias': 'differs from cls.predictions.bias: the MLM head adds cls.predictions.bias',
-}
-
-
-class ImportWeightsError(Exception):
-    """A weights file that does not fit the configured model; the message is one sentence."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,117 +104,9 @@ class Plan:
         return text
 
 
-def _path_key(path: tuple) -> str:
-    return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
-
-
-def flat(tree: PyTree) -> dict[str, Any]:
-    """'a/b/c' -> leaf."""
-    return {_path_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def unscanned_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Scanned params ('.../layers/block/x', leading depth axis) listed as their per-layer '.../block_{i}/x'."""
-    out = {}
-    for path, shape in shapes.items():
-        match = SCANNED.match(path)
-        if match:
-            out.update({f'{match[1]}/block_{i}/{match[2]}': tuple(shape[1:]) for i in range(shape[0])})
-        else:
-            out[path] = tuple(shape)
-    return out
-
-
-def rescan(arrays: dict[str, np.ndarray], target: set[str]) -> dict[str, np.ndarray]:
-    """Per-layer arrays stacked into the scanned params of `target` (unchanged where it is unscanned)."""
-    out, stacks = {}, {}
-    for path, array in arrays.items():
-        match = UNSCANNED.match(path)
-        scanned = match and f'{match[1]}/layers/block/{match[3]}'
-        if scanned in target:
-            stacks.setdefault(scanned, {})[int(match[2])] = array
-        else:
-            out[path] = array
-    for path, layers in stacks.items():
-        out[path] = np.stack([layers[i] for i in range(len(layers))])
-    return out
-
-
-def _header(path: str, what: str) -> dict[str, tuple[tuple[int, ...], str]]:
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise ImportWeightsError(f'{what} = {path!r} does not exist; name a Hugging Face model.safetensors file.')
-    try:
-        with safe_open(path, framework='numpy') as handle:
-            return {k: (tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype()) for k in handle.keys()}
-    except Exception as error:  # safetensors raises several types for a file that is not its format
-        raise ImportWeightsError(f'{what} = {path!r} is not a readable safetensors file ({error}).') from error
-
-
-def _tower_cfg(model: VLPConfig, tower: str) -> Any:
-    return model.text if tower == 'text' else model.vision
-
-
-def _depth_in_file(keys: set[str], entries: list[Entry]) -> int:
-    """Layers the file holds: the count of consecutive layer indices with a block's first key."""
-    first = next(e for e in entries if '/block_0/' in e.vlp)
-    depth = 0
-    while first.hf.replace('.0.', f'.{depth}.', 1) in keys:
-        depth += 1
-    return depth
-
-
-def _spans(what: str, first: int, count: int) -> str:
-    """'file layer 3' or 'file layers 0-5': layers first .. first + count - 1."""
-    return f'{what} layer {first}' if count == 1 else f'{what} layers {first}-{first + count - 1}'
-
-
-def _file_fusion_layers(layers: int, cfg: Any, layout: str, tower: str, what: str, path: str) -> int:
-    """How many of the file's layers go to fusion blocks: 0 when they fill the text layers alone (a plain
-    import), num_fusion_layers when they fill text + fusion layers (ALBEF's BERT-base split)."""
-    fusion = getattr(cfg, 'num_fusion_layers', 0)
-    if layers == cfg.depth:
-        return 0
-    if fusion and layout == 'bert' and layers == cfg.depth + fusion:
-        return fusion
-    if not fusion or layout != 'bert':
-        raise ImportWeightsError(f'{what} = {path!r} holds {layers} layers; set model.{tower}.depth={layers}.')
-    split = ''
-    if layers >= 2:
-        text_layers = layers - fusion if layers > fusion else layers - layers // 2
-        split = f' (e.g. depth={text_layers} and fusion_layers={layers - text_layers})'
-    raise ImportWeightsError(
-        f'{what} = {path!r} holds {layers} layers but the text tower has {cfg.depth} text + {fusion} fusion '
-        f'layers; set model.text.depth={layers} to fill the text layers alone, or model.text.depth and '
-        f'model.text.fusion_layers to add up to {layers}{split}.'
-    )
-
-
-def _shape_hint(path: str, shape: tuple[int, ...], want: tuple[int, ...]) -> str:
-    """The option that sets the differing dimension of a tensor, as 'set KEY=VALUE'."""
-    tower = path.split('/')[0]
-    if '/xattn/' in path and path.endswith(('key/kernel', 'value/kernel')) and shape[:1] == want[:1]:
-        return f"set model.vision.width={shape[1]} (the checkpoint's encoder_width)"
-    rows_differ = bool(shape) and len(shape) == len(want) and shape[0] != want[0] and shape[1:] == want[1:]
-    if rows_differ and (path.endswith('token_embed/embedding') or path == 'mlm_bias'):
-        return f'set model.text.vocab_size={shape[0]}'
-    if rows_differ and path == 'text/pos_embedding':
-        return f'set model.text.max_positions={shape[0]}'
-    if rows_differ and path.endswith('type_embedding'):
-        return f'set model.text.type_vocab_size={shape[0]}'
-    if path == 'vision/patch_embed/kernel' and shape[:2] == want[:2]:  # HF's [width, 3, p, p]
-        return f"set model.vision.patch_size={shape[2]} (the checkpoint's; any model.image_size it divides works)"
-    if path.startswith(('vision/pos_embedding', 'vision/patch_embed')):
-        return "set model.image_size and model.vision.patch_size to the checkpoint's"
-    if path.endswith('_proj/kernel'):
-        return "set model.embed_dim to the checkpoint's projection size"
-    return f"set model.{tower}.width, num_heads and mlp_dim to the checkpoint's"
-
-
 def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, ...]], what: str) -> Plan:
     """Checks `path` against a model's param shapes (`target`, unscanned paths) reading only its header."""
-    header = _header(path, what)
+    header = read_header(path, what)
     detected = hf_layouts.detect(list(header))
     if detected is None:
         raise ImportWeightsError(
@@ -226,7 +119,7 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
         raise ImportWeightsError(
             f'{what} = {path!r} is a {layout} file, which has no {tower} tower; name another file.'
         )
-    cfg = _tower_cfg(model, tower)
+    cfg = tower_cfg(model, tower)
     for option, value in hf_layouts.REQUIRED[(layout, tower)].items():
         if getattr(cfg, option) != value:
             raise ImportWeightsError(
@@ -249,8 +142,8 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
     keys = set(header)
     layer_entries = hf_layouts.entries(layout, tower, 1)
     layer_entries = [Entry(prefix + e.hf, e.vlp, e.kind, e.optional) for e in layer_entries]
-    layers = _depth_in_file(keys, layer_entries)
-    fusion = _file_fusion_layers(layers, cfg, layout, tower, what, path)
+    layers = depth_in_file(keys, layer_entries)
+    fusion = file_fusion_layers(layers, cfg, layout, tower, what, path)
     pairs, fresh, covered, cross_fresh, head_in, head_out, pos_grids = [], [], set(), [], [], [], None
     for entry in hf_layouts.entries(layout, tower, cfg.depth, fusion):
         key = entry.hf if entry.hf.startswith(hf_layouts.UNPREFIXED) else prefix + entry.hf
@@ -263,9 +156,9 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
             if entry.kind == 'vocab':
                 want = (model.text.vocab_size, *target[entry.vlp][1:])
             if tuple(shape) != tuple(want):
-                pos_grids = _pos_grids(entry.vlp, key, tuple(shape), tuple(want), what, path)
+                pos_grids = resized_grids(entry.vlp, key, tuple(shape), tuple(want), what, path)
                 if pos_grids is None:
-                    hint = _shape_hint(entry.vlp, tuple(shape), tuple(want))
+                    hint = shape_hint(entry.vlp, tuple(shape), tuple(want))
                     raise ImportWeightsError(
                         f'{what} = {path!r}: tensor {key} has shape {shape} but model param {entry.vlp} '
                         f'needs {want}; {hint}.'
@@ -294,7 +187,7 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
         )
     mlm, tied = '', ()
     if head_in:
-        mlm = _mlm_words(cfg)
+        mlm = mlm_words(cfg)
         tied = tuple(sorted(k for k in hf_layouts.MLM_TIED if k in file_keys))
     groups = {tower} | {p.split('/')[0] for p in covered}
     for param in sorted(target):
@@ -314,14 +207,14 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
     total_fusion = getattr(cfg, 'num_fusion_layers', 0)
     if fusion:
         mapping = (
-            f'{_spans("file", 0, cfg.depth)} -> {_spans("text", 0, cfg.depth)}, '
-            f'{_spans("file", cfg.depth, fusion)} -> {_spans("fusion", 0, fusion)} (self-attention, MLP, their '
+            f'{spans("file", 0, cfg.depth)} -> {spans("text", 0, cfg.depth)}, '
+            f'{spans("file", cfg.depth, fusion)} -> {spans("fusion", 0, fusion)} (self-attention, MLP, their '
             f'LayerNorms{", cross-attention" if cross_imported else ""})'
         )
-        left_fresh_what = f'the cross-attention of {_spans("fusion", 0, fusion)} (xattn, ln_xattn)'
+        left_fresh_what = f'the cross-attention of {spans("fusion", 0, fusion)} (xattn, ln_xattn)'
     elif total_fusion:
         left_fresh = tuple(sorted(p for p in target if p.startswith(f'{tower}/fusion/')))
-        left_fresh_what = f'{_spans("fusion", 0, total_fusion)} ({tower}/fusion/)'
+        left_fresh_what = f'{spans("fusion", 0, total_fusion)} ({tower}/fusion/)'
     tower_prefix = {'bert': prefix, 'vit': prefix, 'clip': f'{tower}_model.'}[layout]
     used = {key for key, _ in pairs} | set(tied)
     unused = tuple(sorted(k for k in file_keys if k.startswith(tower_prefix) and k not in used))
@@ -330,35 +223,6 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
     return Plan(
         path, layout, tuple(pairs), unused, tuple(fresh), mapping, left_fresh, left_fresh_what, pos_grids, mlm, tied
     )
-
-
-def _pos_grids(
-    param: str, key: str, shape: tuple[int, ...], want: tuple[int, ...], what: str, path: str
-) -> tuple[int, int] | None:
-    """(file, model) grid sides when a position table differs from the model's only in its square grid of
-    patch rows (rows on axis -2: ViT's [1, 1 + n, w], CLIP's [1 + n, w]), else None; a file grid that is not
-    square is one sentence."""
-    if param != POS_EMBEDDING or len(shape) != len(want) or shape[:-2] + shape[-1:] != want[:-2] + want[-1:]:
-        return None
-    side, model_side = pos_embed.square_grid(shape[-2]), pos_embed.square_grid(want[-2])
-    if side is None:
-        raise ImportWeightsError(
-            f'{what} = {path!r}: tensor {key} has {shape[-2]} rows, not a class row and a square grid of patch '
-            f"rows, so it cannot be interpolated to the model's {model_side}x{model_side} grid; name a ViT file "
-            'of square images (model.image_size is square).'
-        )
-    return side, model_side
-
-
-def _mlm_words(cfg: Any) -> str:
-    """The summary's words for an imported MLM head, naming what its forward differs in from the file's."""
-    words = f'MLM head from {hf_layouts.MLM_HEAD}* (decoder tied to the word embeddings)'
-    if cfg.activation != MLM_ACTIVATION or not math.isclose(cfg.ln_eps, BERT_LN_EPS, rel_tol=hf_configs.EPS_RTOL):
-        words += (
-            f" (vlp_jax's head computes with exact GELU and LayerNorm eps {BERT_LN_EPS:g}, the file's with "
-            f'{cfg.activation} and {cfg.ln_eps:g})'
-        )
-    return words
 
 
 def load(plan_: Plan, target: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -443,7 +307,7 @@ def import_into(
     temperature) replaced from the file at `path`: the library form of `model.<tower>.init`."""
     arrays, plan_ = import_tower(path, tower, model, params, what)
     placed = place(params, arrays)
-    new = jax.tree_util.tree_map_with_path(lambda p, leaf: placed.get(_path_key(p), leaf), params)
+    new = jax.tree_util.tree_map_with_path(lambda p, leaf: placed.get(path_key(p), leaf), params)
     return new, plan_
 
 
