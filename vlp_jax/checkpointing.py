@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vlp_jax.models.param_paths import path_key
 from vlp_jax.paths import as_path
 
 PyTree = Any
@@ -43,13 +44,6 @@ class _CorruptCheckpoint(Exception):
     """Internal: this step directory exists but cannot be read."""
 
 
-def _key_str(entry: Any) -> str:
-    for attr in ('key', 'name', 'idx'):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
     """'a/b/0/c' -> shape, for live/abstract trees and orbax metadata trees alike.
 
@@ -57,7 +51,7 @@ def _flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
     and lists by index, so both sides produce the same key paths.
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {'/'.join(_key_str(k) for k in path): tuple(getattr(leaf, 'shape', np.shape(leaf))) for path, leaf in flat}
+    return {path_key(path): tuple(getattr(leaf, 'shape', np.shape(leaf))) for path, leaf in flat}
 
 
 def _first_mismatch(stored: dict[str, tuple], wanted: dict[str, tuple]) -> str | None:

@@ -15,6 +15,8 @@ import jax
 import ml_collections
 from flax import linen as nn
 
+from vlp_jax.models.param_paths import path_key
+
 # logical axis -> the config keys that set such a dimension (for the error message)
 AXIS_KEYS = {
     'heads': 'model.{tower}.num_heads',
@@ -46,7 +48,7 @@ def layout_problem(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]
     for path, leaf in flat:
         if not isinstance(leaf, nn.Partitioned):
             continue
-        name = '/'.join(str(getattr(entry, 'key', entry)) for entry in path)
+        name = path_key(path)
         for size, logical in zip(leaf.value.shape, leaf.names):
             axes = _mesh_axes(rules, logical)
             ways = 1

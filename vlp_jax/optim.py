@@ -34,6 +34,7 @@ import optax
 from flax import linen as nn
 
 from vlp_jax.config import DEFAULT_KEYS  # config.py adds the `optim` group's keys to every loaded config
+from vlp_jax.models.param_paths import path_key
 
 MIN_DECAYED_NDIM = 2  # parameters with fewer dims (biases, norm scales, temperature) are not decayed
 FROZEN, TRAINED = 'frozen', 'trained'  # multi_transform labels
@@ -57,9 +58,7 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= MIN_DECAYED_NDIM, params)
 
 
-def path_name(path: Sequence[Any]) -> str:
-    """'vision/encoder/.../kernel' for a jax key path into a params dict."""
-    return '/'.join(str(getattr(entry, 'key', getattr(entry, 'name', entry))) for entry in path)
+path_name = path_key  # 'vision/encoder/.../kernel' for a jax key path into a params dict
 
 
 def _is_param(leaf: Any) -> bool:

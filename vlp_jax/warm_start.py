@@ -14,17 +14,14 @@ from typing import Any
 
 import jax
 
-from vlp_jax.checkpointing import CheckpointError, _key_str, restore_params_from, stored_param_shapes
+from vlp_jax.checkpointing import CheckpointError, restore_params_from, stored_param_shapes
+from vlp_jax.models.param_paths import path_key
 
 PyTree = Any
 
 
 class WarmStartError(Exception):
     """model.init_checkpoint cannot be used; the message names the key and what to do."""
-
-
-def _path_key(path) -> str:
-    return '/'.join(_key_str(entry) for entry in path)
 
 
 def load_warm_start(path: str, abstract_params: PyTree) -> tuple[dict[str, jax.Array], int, int]:
@@ -34,7 +31,7 @@ def load_warm_start(path: str, abstract_params: PyTree) -> tuple[dict[str, jax.A
     except CheckpointError as error:
         raise WarmStartError(f'config key model.init_checkpoint = {path!r}: {error}') from error
     flat, _ = jax.tree_util.tree_flatten_with_path(abstract_params)
-    wanted = {_path_key(p): leaf for p, leaf in flat}
+    wanted = {path_key(p): leaf for p, leaf in flat}
     matched = {key: leaf for key, leaf in wanted.items() if tuple(stored.get(key, ())) == tuple(leaf.shape)}
     if not any(len(leaf.shape) > 0 for leaf in matched.values()):  # a shared temperature alone is no warm start
         raise WarmStartError(
@@ -52,10 +49,10 @@ def load_warm_start(path: str, abstract_params: PyTree) -> tuple[dict[str, jax.A
         restored = restore_params_from(path, subtree, subset=True)
     except CheckpointError as error:
         raise WarmStartError(f'config key model.init_checkpoint = {path!r}: {error}') from error
-    arrays = {_path_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
+    arrays = {path_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
     return arrays, len(matched), len(wanted)
 
 
 def warm_start(params: PyTree, arrays: dict[str, jax.Array]) -> PyTree:
     """`params` with every leaf named in `arrays` replaced (same sharding: they were restored into it)."""
-    return jax.tree_util.tree_map_with_path(lambda p, leaf: arrays.get(_path_key(p), leaf), params)
+    return jax.tree_util.tree_map_with_path(lambda p, leaf: arrays.get(path_key(p), leaf), params)

@@ -7,6 +7,7 @@ importers and exporters speak per-layer names ('.../block_{i}/x'), as the files 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -17,8 +18,18 @@ SCANNED = re.compile(r'^(.*)/layers/block/(.*)$')
 UNSCANNED = re.compile(r'^(.*)/block_(\d+)/(.*)$')
 
 
-def path_key(path: tuple) -> str:
-    return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+def key_str(entry: Any) -> str:
+    """One entry of a jax key path: a dict key, an attribute name or a sequence index."""
+    for attr in ('key', 'name', 'idx'):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def path_key(path: Sequence[Any]) -> str:
+    """'vision/encoder/block_0/attn/query/kernel' for a jax key path: the one param naming of the project
+    (optim.frozen patterns, checkpoints, warm start, imports and exports all use it)."""
+    return '/'.join(key_str(entry) for entry in path)
 
 
 def flat(tree: PyTree) -> dict[str, Any]:
