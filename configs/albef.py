@@ -1,6 +1,6 @@
 """ALBEF (Li et al., "Align before Fuse", NeurIPS 2021): ITC with a momentum model, a feature
-queue and momentum distillation, + ITM + MLM on a fusion model. The base recipe of
-configs/srcl_albef.py (and, without momentum, of configs/grit_vlp.py and configs/mafa.py).
+queue and momentum distillation, + ITM + MLM on a fusion model (objective 'albef'). The base
+recipe of configs/srcl_albef.py (and, without momentum, of configs/grit_vlp.py and configs/mafa.py).
 
 Full size (no arg), the paper's pretraining recipe:
 
@@ -13,20 +13,21 @@ Full size (no arg), the paper's pretraining recipe:
   About 210M params (tests/test_recipe_configs.py counts them). Text dropout 0.1 (BERT's);
   no dropout in the ViT (ALBEF's). Captions truncated to 25 tokens (ALBEF's Pretrain.py).
 - Momentum model (EMA 0.995), a 65,536-entry queue (128 global batches), distillation
-  alpha 0.4 ramped up over the first epoch; ITM negatives sampled from softmax(sim); MLM 15%.
+  alpha 0.4 ramped up over the first epoch; ITM negatives sampled from softmax(sim / temp) at the
+  learned temperature (ALBEF's code); MLM 15%.
 - Batch 512 (ALBEF: 8 GPUs x 64), AdamW lr 1e-4, weight decay 0.02 (matrices only, as
   ALBEF's timm optimizer), no gradient clipping, Adam b2 0.999 (torch's default).
   ALBEF warms up from 1e-5 over 2,000 iterations in the first epoch and decays per epoch by
   cosine to 1e-5 over 30 epochs; here: linear warmup from 0 over 2,000 steps, per-step cosine
   to lr * 0.1 = 1e-5 at the last step.
 - 30 epochs of ALBEF's "4M" set. Steps per epoch assume 4,000,000 pairs
-  (data.train_size): 4,000,000 // 512 = 7,812 steps, 234,360 in all. ALBEF's annotation
+  (data.shapes.train_size): 4,000,000 // 512 = 7,812 steps, 234,360 in all. ALBEF's annotation
   lists hold ~5.1M captions for the 4.0M images (COCO, VG, CC3M, SBU), so its literal epoch
-  is ~1.28x longer; set data.train_size to the real source's length.
-- Data: by default the synthetic shapes world rendered at 256 px. Real pairs: records
-  prepared by `python -m vlp_jax.data.prepare` (--config.data.name=records
-  --config.data.path=DIR) or a TFDS set (--config.data.name=tfds, e.g. coco_captions); see the
-  README's "Real data".
+  is ~1.28x longer; on a real source the epoch is that source's length.
+- Data: by default the synthetic shapes world rendered at 256 px (data.shapes.train_size is the
+  4M pairs, so epochs have ALBEF's length). Real pairs: records prepared by
+  `python -m vlp_jax.data.prepare` (--config.data.name=records --config.data.records.path=DIR) or a
+  TFDS set (--config.data.name=tfds, e.g. coco_captions); see docs/data.md.
 - Init: by default both towers start from scratch (or from model.init_checkpoint, a vlp_jax
   checkpoint of this architecture). ALBEF initialises them from DeiT-B/16 and bert-base-uncased;
   the pretrained-weights importer (models/importers.py) does the same from Hugging Face
@@ -71,13 +72,12 @@ queue of 1,280 (10 batches); ITM re-ranks the top 16.
 
     python -m vlp_jax.train --config configs/albef.py:tiny --workdir workdirs/albef_tiny
 
-Arg: comma-separated tokens, any order: 'tiny' selects the tiny variant; a number sets
-total_steps (e.g. `:tiny,300`). No arg = full size.
+Arg: `tiny` selects the tiny variant; `steps=N` sets total_steps (e.g. `:tiny,steps=300`).
+No arg = full size.
 """
 
-import ml_collections
-
-from vlp_jax.config import ConfigError, sibling_config
+from vlp_jax.config import default_config, parse_arg
+from vlp_jax.config_files import from_sibling
 
 BATCH_SIZE = 512
 TRAIN_PAIRS = 4_000_000  # ALBEF's "4M": COCO + VG + CC3M + SBU (see the docstring)
@@ -87,83 +87,58 @@ QUEUE_SIZE = 65_536
 TINY_QUEUE_SIZE = 1280
 
 
-def parse_arg(arg):
-    """'tiny' and a number of steps, comma-separated, any order -> (tiny, steps)."""
-    tokens = [token.strip() for token in (arg or '').split(',') if token.strip()]
-    unknown = [token for token in tokens if token != 'tiny' and not token.isdigit()]
-    if unknown:
-        raise ConfigError(f'config arg {arg!r} has unknown parts {unknown}; write tiny and/or a number of steps.')
-    return 'tiny' in tokens, next((int(token) for token in tokens if token.isdigit()), None)
-
-
-def enable_momentum(config: ml_collections.ConfigDict, queue_size: int) -> None:
-    """ALBEF's momentum model, queue and distillation (the keys documented in configs/shapes_tiny.py)."""
+def enable_momentum(config, queue_size: int):
+    """ALBEF's momentum model, queue and distillation."""
     config.loss.momentum.enabled = True
     config.loss.momentum.decay = 0.995
     config.loss.momentum.distill_alpha = 0.4
     config.loss.momentum.alpha_ramp_steps = -1  # the first epoch, as ALBEF
-    config.loss.queue_size = queue_size
+    config.loss.momentum.queue_size = queue_size
+    return config
 
 
-def full_config(steps=None) -> ml_collections.ConfigDict:
-    """ALBEF's pretraining recipe at full size (every key of configs/shapes_tiny.py, resized)."""
-    config = sibling_config(__file__, 'shapes_tiny.py')
+def full_config(steps: int):
+    """ALBEF's pretraining recipe at full size: every value that differs from the schema's defaults."""
+    config = default_config()
+    config.objective = 'albef'
     config.batch_size = BATCH_SIZE
-    config.total_steps = steps or EPOCHS * STEPS_PER_EPOCH  # 234,360
+    config.total_steps = steps
     config.log_every = 100
     config.eval_every = STEPS_PER_EPOCH
     config.checkpoint_every = 1000
-    config.keep_checkpoints = 3
-    config.lr = 1e-4
-    config.warmup_steps = 2000  # ALBEF: 20 warmup stages of 100 iterations
-    config.min_lr_ratio = 0.1  # min_lr 1e-5
-    config.weight_decay = 0.02
-    config.grad_clip = 0.0
-    config.adam_b2 = 0.999
+
+    optim = config.optim
+    optim.lr = 1e-4
+    optim.warmup_steps = 2000  # ALBEF: 20 warmup stages of 100 iterations
+    optim.min_lr_ratio = 0.1  # min_lr 1e-5
+    optim.weight_decay = 0.02
+    optim.grad_clip = 0.0
+    optim.adam_b2 = 0.999
 
     model = config.model
+    model.kind = 'fusion'
     model.image_size = 256
     model.max_text_len = 25
     model.embed_dim = 256
-    model.temperature_init = 0.07
     model.dtype = 'bfloat16'
-    model.kind = 'fusion'
     model.vision.update(dict(variant='B', patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072))
-    model.vision.dropout = 0.0
     # 'custom', not 'base': BERT-base's 12 layers = 6 text layers + 6 fusion layers.
     model.text.update(dict(variant='custom', width=768, depth=6, num_heads=12, mlp_dim=3072, dropout=0.1))
     model.text.fusion_layers = 6
-    model.init_checkpoint = ''
 
-    data = config.data
-    data.name = 'shapes'  # the only source today; real pairs come from a data source (data.name)
-    data.image_size = model.image_size
-    data.max_text_len = model.max_text_len
-    data.train_size = TRAIN_PAIRS
-    data.crop_scale = (0.2, 1.0)  # ALBEF's RandomResizedCrop(256, scale=(0.2, 1.0))
-    data.flip = 'auto'  # ALBEF flips every image; 'auto' keeps captions with left/right words true
-    data.workers = 8
+    config.data.shapes.train_size = TRAIN_PAIRS
+    config.data.crop_scale = (0.2, 1.0)  # ALBEF's RandomResizedCrop(256, scale=(0.2, 1.0))
+    config.data.workers = 8
 
-    loss = config.loss
-    loss.form = 'softmax'
-    loss.regulators = ()
-    loss.weights.update(dict(itc=1.0, itm=1.0, mlm=1.0))
-    loss.itm.negatives = 'sample'
-    loss.mlm.mask_ratio = 0.15
+    config.loss.itm.negatives = 'sample'
+    config.loss.mlm.mask_ratio = 0.15
     enable_momentum(config, QUEUE_SIZE)
-
-    config.sampling.name = 'random'
     config.eval.rerank_k = 256  # ALBEF's k_test on COCO (128 on Flickr30K)
     return config
 
 
-def tiny_config(steps=None) -> ml_collections.ConfigDict:
-    """configs/shapes_albef.py (tiny fusion model, noisy regime) + the momentum model and a 10-batch queue."""
-    config = sibling_config(__file__, 'shapes_albef.py', str(steps) if steps else None)
-    enable_momentum(config, TINY_QUEUE_SIZE)
-    return config
-
-
 def get_config(arg=None):
-    tiny, steps = parse_arg(arg)
-    return tiny_config(steps) if tiny else full_config(steps)
+    args = parse_arg(arg, tiny=False, steps=0)
+    if args.tiny:  # configs/shapes_albef.py (tiny fusion model, noisy regime) + the momentum model
+        return enable_momentum(from_sibling(__file__, 'shapes_albef.py', f'steps={args.steps or 600}'), TINY_QUEUE_SIZE)
+    return full_config(args.steps or EPOCHS * STEPS_PER_EPOCH)  # 234,360

@@ -9,12 +9,12 @@ Full size (no arg): configs/albef.py's model, data and optimizer without the mom
 - Paper: 4 GPUs x 128 = 512, each GPU grouping its own entries with a queue of 48,000 and
   search spaces of 1,920 (15 of its batches of 128), 20 epochs, AdamW lr 1e-4, wd 0.02,
   ALBEF's 2,000-iteration warmup, captions truncated to 25 tokens.
-- sampling.search_space must be a multiple of the global batch_size (512), which 1,920 is
+- sampling.grit.search_space must be a multiple of the global batch_size (512), which 1,920 is
   not. Here the sizes are global totals: search_space 7,680 = 4 x 1,920 = 15 global
   batches (the paper's search-space-to-batch ratio, which sets how hard the batches are)
   and queue_size 192,000 = 4 x 48,000 (a fill every 375 steps, as in the paper), grouped
-  over the global batch (METHODS.md's choice). The paper's exact per-GPU grouping is
-  `--config.sampling.scope=local --config.mesh.local_shards=4`: 4 shards of 128, each
+  over the global batch (vlp_jax's choice, docs/methods.md). The paper's exact per-GPU grouping is
+  `--config.sampling.grit.scope=local --config.mesh.local_shards=4`: 4 shards of 128, each
   grouping 48,000 entries in search spaces of 1,920, on any device count.
 - ITC negatives are the global batch of 512 (vlp_jax requires it for fusion models); the
   paper's ITC and ITM use each GPU's 128.
@@ -28,11 +28,12 @@ batch 128, queue 6,400, search space 1,280) with configs/shapes_albef.py's tiny 
 
     python -m vlp_jax.train --config configs/grit_vlp.py:tiny --workdir workdirs/grit_vlp_tiny
 
-Arg: comma-separated tokens, any order: 'tiny' selects the tiny variant; a number sets
-total_steps (e.g. `:tiny,300`). No arg = full size.
+Arg: `tiny` selects the tiny variant; `steps=N` sets total_steps (e.g. `:tiny,steps=300`).
+No arg = full size.
 """
 
-from vlp_jax.config import ConfigError, sibling_config
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
 
 EPOCHS = 20
 STEPS_PER_EPOCH = 4_000_000 // 512  # configs/albef.py's assumption: 7,812
@@ -41,32 +42,28 @@ QUEUE_SIZE = GPUS * 48_000  # 192,000
 SEARCH_SPACE = GPUS * 1920  # 7,680 = 15 x 512
 
 
-def parse_arg(arg):
-    """'tiny' and a number of steps, comma-separated, any order -> (tiny, steps)."""
-    tokens = [token.strip() for token in (arg or '').split(',') if token.strip()]
-    unknown = [token for token in tokens if token != 'tiny' and not token.isdigit()]
-    if unknown:
-        raise ConfigError(f'config arg {arg!r} has unknown parts {unknown}; write tiny and/or a number of steps.')
-    return 'tiny' in tokens, next((int(token) for token in tokens if token.isdigit()), None)
-
-
-def get_config(arg=None):
-    tiny, steps = parse_arg(arg)
-    if tiny:
-        config = sibling_config(__file__, 'shapes_grit.py', str(steps) if steps else None)
-        fusion = sibling_config(__file__, 'shapes_albef.py')
-        config.model = fusion.model  # the tiny fusion model: 2 text layers + 1 fusion layer
-        config.eval.rerank_k = fusion.eval.rerank_k
-    else:
-        config = sibling_config(__file__, 'albef.py', str(steps or EPOCHS * STEPS_PER_EPOCH))
-        config.loss.momentum.enabled = False
-        config.loss.queue_size = 0
-        config.sampling.name = 'grit'
-        config.sampling.scope = 'global'
-        config.sampling.queue_size = QUEUE_SIZE
-        config.sampling.search_space = SEARCH_SPACE
+def grit_vlp(config):
+    """GRIT-VLP's ITC, ITM and MLM options on an ALBEF-style config."""
     config.loss.stop_grad_keys = True
     config.loss.consistency_weight = 0.2
     config.loss.itm.negatives = 'hardest'
     config.loss.mlm.mask_ratio = 0.5
     return config
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, tiny=False, steps=0)
+    if args.tiny:  # configs/shapes_grit.py's sampling and data with configs/shapes_albef.py's tiny fusion model
+        config = from_sibling(__file__, 'shapes_albef.py', f'steps={args.steps or 600}')
+        grit = from_sibling(__file__, 'shapes_grit.py')
+        config.data.shapes.train_size = grit.data.shapes.train_size
+        config.sampling = grit.sampling
+        return grit_vlp(config)
+    config = from_sibling(__file__, 'albef.py', f'steps={args.steps or EPOCHS * STEPS_PER_EPOCH}')
+    config.loss.momentum.enabled = False
+    config.loss.momentum.queue_size = 0
+    config.sampling.name = 'grit'
+    config.sampling.grit.scope = 'global'
+    config.sampling.grit.queue_size = QUEUE_SIZE
+    config.sampling.grit.search_space = SEARCH_SPACE
+    return grit_vlp(config)

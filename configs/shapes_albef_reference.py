@@ -10,14 +10,16 @@ one, and has their architecture:
 
     python -m vlp_jax.train --config configs/shapes_albef_reference.py --workdir workdirs/shapes_albef_reference
 
-Arg (optional): a number of training steps, as for shapes_tiny.
+Arg (optional): steps=N (default 600).
 """
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
 
 
 def get_config(arg=None):
-    config = sibling_config(__file__, 'shapes_albef.py', arg)
-    config.data.detail = 'fine'
-    config.data.caption_noise = 0.0
+    args = parse_arg(arg, steps=600)
+    config = from_sibling(__file__, 'shapes_albef.py', f'steps={args.steps}')
+    config.data.shapes.detail = 'fine'
+    config.data.shapes.caption_noise = 0.0
     return config

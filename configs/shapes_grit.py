@@ -7,20 +7,26 @@ at batch 128) so a short CPU run sees several grouped epochs.
 
     python -m vlp_jax.train --config configs/shapes_grit.py --workdir workdirs/shapes_grit
 
-Arg (optional): a number of training steps, as for shapes_tiny.
+Arg (optional): steps=N (default 600).
 """
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
 
 TRAIN_SIZE = 12_800
 
 
-def get_config(arg=None):
-    config = sibling_config(__file__, 'shapes_noisy.py', arg)
-    config.data.train_size = TRAIN_SIZE
+def grit(config):
+    """GRIT-VLP's sampling and ITC options on any config (the tiny world cut to 100 steps an epoch)."""
+    config.data.shapes.train_size = TRAIN_SIZE
     config.sampling.name = 'grit'
-    config.sampling.queue_size = 6400
-    config.sampling.search_space = 1280
+    config.sampling.grit.queue_size = 6400
+    config.sampling.grit.search_space = 1280
     config.loss.stop_grad_keys = True
     config.loss.consistency_weight = 0.2
     return config
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, steps=600)
+    return grit(from_sibling(__file__, 'shapes_noisy.py', f'steps={args.steps}'))

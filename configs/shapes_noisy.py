@@ -8,16 +8,23 @@ config plus regulators, so they compare against it on the same data, steps and s
 
     python -m vlp_jax.train --config configs/shapes_noisy.py --workdir workdirs/shapes_noisy
 
-Arg (optional): a number of training steps, as for shapes_tiny.
+Arg (optional): steps=N (default 600).
 """
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import default_config, parse_arg
 
 NOISE = 0.2
 
 
-def get_config(arg=None):
-    config = sibling_config(__file__, 'shapes_tiny.py', arg)
-    config.data.detail = 'coarse'
-    config.data.caption_noise = NOISE
+def noisy(config):
+    """The noisy regime's data keys on any config."""
+    config.data.shapes.detail = 'coarse'
+    config.data.shapes.caption_noise = NOISE
     return config
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, steps=600)
+    config = default_config()
+    config.total_steps = args.steps
+    return noisy(config)

@@ -4,18 +4,21 @@ Plain InfoNCE on the CLEAN regime: fine captions (every object's shape, colour, 
 and position) and no caption noise, so almost no caption is true of another image in
 the batch (~0.2% of in-batch negatives are false negatives at batch 128) and every
 positive is correct, the synthetic stand-in for human-annotated COCO pairs.
-Same architecture as configs/shapes_tiny.py, which a reference must match.
+The architecture of configs/shapes_tiny.py (a frozen model needs only the same image
+size and text length as the run that reads it).
 
     python -m vlp_jax.train --config configs/shapes_reference.py --workdir workdirs/shapes_reference
 
-Arg (optional): a number of training steps, as for shapes_tiny.
+Arg (optional): steps=N (default 600).
 """
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import default_config, parse_arg
 
 
 def get_config(arg=None):
-    config = sibling_config(__file__, 'shapes_tiny.py', arg)
-    config.data.detail = 'fine'
-    config.data.caption_noise = 0.0
+    args = parse_arg(arg, steps=600)
+    config = default_config()
+    config.total_steps = args.steps
+    config.data.shapes.detail = 'fine'
+    config.data.shapes.caption_noise = 0.0
     return config

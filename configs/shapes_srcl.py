@@ -3,22 +3,23 @@
 Needs the reference model of configs/shapes_reference.py (train it first):
 
     python -m vlp_jax.train --config configs/shapes_srcl.py --workdir workdirs/shapes_srcl
-    python -m vlp_jax.train --config configs/shapes_srcl.py:path/to/reference --workdir ...
-    # or --config.loss.srcl.reference_checkpoint=path/to/reference
+    python -m vlp_jax.train --config configs/shapes_srcl.py:reference=path/to/reference --workdir ...
 
-Arg (optional): the reference run (a workdir, its checkpoints/ or one step dir); default
-workdirs/shapes_reference. The reference is loaded from that path at every (re)start;
-it is not copied into this run's checkpoints, so keep it in place until the run ends.
-Steps: --config.total_steps=N (alpha decays over the whole run by default).
+Arg (optional): reference=PATH (a workdir, its checkpoints/ or one step dir; default
+workdirs/shapes_reference) and steps=N (default 600). The reference is loaded from that path
+at every (re)start; it is not copied into this run's checkpoints, so keep it in place until
+the run ends. A path with a comma: set the loss.<regulator>.reference_checkpoint key instead.
 """
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
 
 DEFAULT_REFERENCE = 'workdirs/shapes_reference'
 
 
 def get_config(arg=None):
-    config = sibling_config(__file__, 'shapes_noisy.py')
+    args = parse_arg(arg, steps=600, reference=DEFAULT_REFERENCE)
+    config = from_sibling(__file__, 'shapes_noisy.py', f'steps={args.steps}')
     config.loss.regulators = ('srcl',)
-    config.loss.srcl.reference_checkpoint = arg or DEFAULT_REFERENCE
+    config.loss.srcl.reference_checkpoint = args.reference
     return config

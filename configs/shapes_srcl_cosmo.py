@@ -1,23 +1,26 @@
-"""SRCL weights and COSMO/MAFA converted + smoothed targets in one run, on the noisy regime.
+"""SRCL weights and COSMO conversion together on the noisy regime (one frozen reference serves both).
 
-Both read the same frozen reference (configs/shapes_reference.py), loaded once and run
-once per step:
+Needs the reference model of configs/shapes_reference.py (train it first):
 
     python -m vlp_jax.train --config configs/shapes_srcl_cosmo.py --workdir workdirs/shapes_srcl_cosmo
-    # other reference: configs/shapes_srcl_cosmo.py:path/to/reference
+    python -m vlp_jax.train --config configs/shapes_srcl_cosmo.py:reference=path/to/reference --workdir ...
 
-Arg (optional): the reference run for both; default workdirs/shapes_reference. Set
-loss.srcl.reference_checkpoint / loss.cosmo.reference_checkpoint to use two models.
+Arg (optional): reference=PATH (a workdir, its checkpoints/ or one step dir; default
+workdirs/shapes_reference) and steps=N (default 600). The reference is loaded from that path
+at every (re)start; it is not copied into this run's checkpoints, so keep it in place until
+the run ends. A path with a comma: set the loss.<regulator>.reference_checkpoint key instead.
 """
 
-from vlp_jax.config import sibling_config
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
 
 DEFAULT_REFERENCE = 'workdirs/shapes_reference'
 
 
 def get_config(arg=None):
-    config = sibling_config(__file__, 'shapes_noisy.py')
+    args = parse_arg(arg, steps=600, reference=DEFAULT_REFERENCE)
+    config = from_sibling(__file__, 'shapes_noisy.py', f'steps={args.steps}')
     config.loss.regulators = ('srcl', 'cosmo')
-    config.loss.srcl.reference_checkpoint = arg or DEFAULT_REFERENCE
-    config.loss.cosmo.reference_checkpoint = arg or DEFAULT_REFERENCE
+    config.loss.srcl.reference_checkpoint = args.reference
+    config.loss.cosmo.reference_checkpoint = args.reference
     return config

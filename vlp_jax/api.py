@@ -7,16 +7,15 @@
     classifier = model.zero_shot_classifier(['circle', 'square'], ['a photo of a {}.'])
     labels = classifier.classify(images)
 
-The checkpoint's own model config (saved beside every checkpoint) builds the model, so no config
-file is needed. Embeddings come from the same jitted encoders and batching the evaluator uses
-(steps.make_encoders, evaluators.suite.embed_in_batches). Images get the eval preprocessing:
+The run's own config (its workdir's config.json, else the model config saved beside every
+checkpoint) builds the model, so no config file is needed. Embeddings come from the same jitted encoders and batching the evaluator uses
+(steps.make_encoders, evaluators.embedding.embed_in_batches). Images get the eval preprocessing:
 aspect-preserving resize of the shorter side to the model's image size (PIL bilinear, antialiased)
 and a centre crop, in PIL/numpy so this module works without TensorFlow.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -27,20 +26,14 @@ import numpy as np
 
 from vlp_jax import parallel, steps
 from vlp_jax import state as state_lib
-from vlp_jax.checkpointing import (
-    CHECKPOINTS_SUBDIR,
-    CheckpointError,
-    read_model_config,
-    resolve_step_dir,
-    restore_params_from,
-)
+from vlp_jax.checkpointing import CheckpointError, resolve_step_dir, restore_params_from
+from vlp_jax.config_files import model_config_of
 from vlp_jax.data.batch import normalise_images
 from vlp_jax.evaluators.classification import class_embeddings
-from vlp_jax.evaluators.suite import embed_in_batches
+from vlp_jax.evaluators.embedding import embed_in_batches
 from vlp_jax.models.vlp import VLPModel, model_config_from_dict
 
 DEFAULT_BATCH_SIZE = 64  # rows per encoder call (rounded up to a multiple of the local device count)
-CONFIG_FILE = 'config.json'  # what train writes in the workdir: read for data.vocab_dir when present
 CLASS_PLACEHOLDER = '{}'
 
 Images = Any  # uint8 array [N, H, W, 3] or [H, W, 3], a PIL image, or a sequence of PIL images / arrays
@@ -110,7 +103,7 @@ class LoadedModel:
     """A trained model's encoders: host numpy in, unit-norm float32 numpy embeddings out."""
 
     def __init__(self, step_dir: pathlib.Path, batch_size: int = DEFAULT_BATCH_SIZE):
-        model_config = read_model_config(step_dir)
+        model_config = model_config_of(step_dir)
         if model_config is None:
             raise CheckpointError(
                 f'checkpoint {step_dir} records no model config (written by an older vlp_jax); '
@@ -129,7 +122,6 @@ class LoadedModel:
         self._encode_images, self._encode_texts = steps.make_encoders(
             self.model, self.mesh, rules, jax.tree.map(lambda leaf: leaf.sharding, abstract)
         )
-        self._vocab_dir = _vocab_dir(step_dir)
         with jax.set_mesh(self.mesh):
             scale = self.model.apply({'params': self.params}, method=VLPModel.logit_scale)
         self.logit_scale = float(scale)
@@ -146,7 +138,7 @@ class LoadedModel:
 
         if isinstance(texts, str) or not len(texts) or not all(isinstance(text, str) for text in texts):
             raise ValueError('texts must be a non-empty list of strings (wrap a single text in a list).')
-        tokens = shared_tokenizer(self.max_text_len, self._vocab_dir or SHIPPED_VOCAB_DIR)(texts)
+        tokens = shared_tokenizer(self.max_text_len, SHIPPED_VOCAB_DIR)(texts)
         encode = lambda ids, mask: self._encode_texts(self.params, ids, mask)
         return embed_in_batches(encode, (tokens['text_ids'], tokens['text_mask']), self.batch_size, self.mesh)
 
@@ -160,16 +152,6 @@ class LoadedModel:
         prompts = [template.format(name) for name in class_names for template in templates]
         embed = self.encode_texts(prompts).reshape(len(class_names), len(templates), -1)
         return ZeroShotClassifier(self, class_names, class_embeddings(embed))
-
-
-def _vocab_dir(step_dir: pathlib.Path) -> str | None:
-    """data.vocab_dir from the run's config.json (workdir/checkpoints/<step>/..), if the run set one."""
-    path = step_dir.parent.parent / CONFIG_FILE
-    if step_dir.parent.name != CHECKPOINTS_SUBDIR or not path.is_file():
-        return None
-    with open(path) as handle:
-        value = json.load(handle).get('data', {}).get('vocab_dir')
-    return str(value) if value else None
 
 
 def load(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE) -> LoadedModel:

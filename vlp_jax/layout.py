@@ -9,10 +9,10 @@ compilation; here it is one sentence naming the config keys. Only shapes are bui
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import ml_collections
 from flax import linen as nn
 
 from vlp_jax.models.param_paths import path_key
@@ -37,13 +37,13 @@ def _mesh_axes(rules: dict[str, Any], logical: str | None) -> tuple[str, ...]:
     return tuple(target) if isinstance(target, (tuple, list)) else (target,)
 
 
-def layout_problem(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> str | None:
-    """The first param dimension the rules split over mesh axes that do not divide it, as a sentence."""
-    from vlp_jax import state as state_lib
+def layout_problem(boxed_params: Any, mesh_rules: Sequence[Sequence[Any]], mesh_sizes: dict[str, int]) -> str | None:
+    """The first param dimension the rules split over mesh axes that do not divide it, as a sentence.
 
-    model = state_lib.create_model(config)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *state_lib.dummy_inputs(config))['params'])
-    rules = {name: target for name, target in config.mesh.rules}
+    `boxed_params`: the model's params under `jax.eval_shape` (nn.Partitioned leaves: shapes and names).
+    """
+    boxed = boxed_params
+    rules = {name: target for name, target in mesh_rules}
     flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
     for path, leaf in flat:
         if not isinstance(leaf, nn.Partitioned):

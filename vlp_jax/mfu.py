@@ -94,16 +94,17 @@ def plain_config(config):
     return plain
 
 
-def model_flops_per_step(config) -> float | None:
-    """FLOPs of one global train step of `config`'s model, from XLA's cost analysis of the plain step."""
+def model_flops_per_step(config, derived=None) -> float | None:
+    """FLOPs of one global train step of `config`'s model, from XLA's cost analysis of the plain step.
+    `derived`: the run's derived values (checks.check_config), when at hand."""
     from vlp_jax import parallel
     from vlp_jax import setup as setup_lib
     from vlp_jax.data import batch as batch_spec
 
-    run_setup = setup_lib.build(plain_config(config))
+    run_setup = setup_lib.build(plain_config(config), derived=derived)
     step = run_setup.train_step()
     mesh = run_setup.mesh
-    host = batch_spec.example_batch(1, int(config.data.image_size), int(config.data.max_text_len))
+    host = batch_spec.example_batch(1, int(config.model.image_size), int(config.model.max_text_len))
     batch = {
         key: jax.ShapeDtypeStruct(
             (int(config.batch_size), *value.shape[1:]), value.dtype, sharding=parallel.batch_sharding(mesh, value.ndim)

@@ -29,11 +29,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import ml_collections
 import optax
 from flax import linen as nn
 
-from vlp_jax.config import DEFAULT_KEYS  # config.py adds the `optim` group's keys to every loaded config
+from vlp_jax.config import OptimSettings
 from vlp_jax.models.param_paths import path_key
 
 MIN_DECAYED_NDIM = 2  # parameters with fewer dims (biases, norm scales, temperature) are not decayed
@@ -42,23 +41,20 @@ FROZEN, TRAINED = 'frozen', 'trained'  # multi_transform labels
 Multipliers = tuple[tuple[str, float], ...]
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate_schedule(settings: OptimSettings, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`."""
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=config.lr,
-        warmup_steps=config.warmup_steps,
-        decay_steps=max(config.total_steps, config.warmup_steps + 1),
-        end_value=config.lr * config.min_lr_ratio,
+        peak_value=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        decay_steps=max(total_steps, settings.warmup_steps + 1),
+        end_value=settings.lr * settings.min_lr_ratio,
     )
 
 
 def weight_decay_mask(params: Any) -> Any:
     """True for the leaves that get weight decay (matrices), False for vectors and scalars."""
     return jax.tree.map(lambda p: p.ndim >= MIN_DECAYED_NDIM, params)
-
-
-path_name = path_key  # 'vision/encoder/.../kernel' for a jax key path into a params dict
 
 
 def _is_param(leaf: Any) -> bool:
@@ -69,15 +65,11 @@ def _is_param(leaf: Any) -> bool:
 def param_names(params: Any) -> list[str]:
     """Every param's path name, in tree order (boxed or plain params)."""
     flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_param)[0]
-    return [path_name(path) for path, _ in flat]
+    return [path_key(path) for path, _ in flat]
 
 
-def optim_settings(config: ml_collections.ConfigDict) -> tuple[str, Multipliers]:
-    """(frozen pattern, multipliers) from `config.optim`, defaults where the group or a key is absent."""
-    group = config.get('optim') or {}
-    frozen = str(group.get('frozen', DEFAULT_KEYS['optim.frozen']) or '')
-    pairs = tuple(group.get('lr_multipliers', DEFAULT_KEYS['optim.lr_multipliers']) or ())
-    return frozen, tuple((str(pattern), float(multiplier)) for pattern, multiplier in pairs)
+def _multipliers(settings: OptimSettings) -> Multipliers:
+    return tuple((str(pattern), float(multiplier)) for pattern, multiplier in settings.lr_multipliers)
 
 
 def multiplier_for(name: str, multipliers: Multipliers) -> float:
@@ -90,17 +82,17 @@ def multiplier_for(name: str, multipliers: Multipliers) -> float:
 
 def param_labels(params: Any, frozen: str) -> Any:
     """FROZEN or TRAINED per param (a prefix tree of boxed params, the same tree for plain ones)."""
-    label = lambda path, _: FROZEN if frozen and re.fullmatch(frozen, path_name(path)) else TRAINED
+    label = lambda path, _: FROZEN if frozen and re.fullmatch(frozen, path_key(path)) else TRAINED
     return jax.tree_util.tree_map_with_path(label, params, is_leaf=_is_param)
 
 
-def stop_locked_gradients(config: ml_collections.ConfigDict) -> Callable[[Any], Any]:
+def stop_locked_gradients(settings: OptimSettings) -> Callable[[Any], Any]:
     """params -> params with `jax.lax.stop_gradient` on the params `optim.frozen` locks (identity if none).
 
     Applied inside the differentiated function, so JAX emits no backward pass for a locked
     param: its gradient is an exact zero, not one computed and then discarded by the optimizer.
     """
-    frozen, _ = optim_settings(config)
+    frozen = settings.frozen
     if not frozen:
         return lambda params: params
 
@@ -123,7 +115,7 @@ def scale_by_multipliers(multipliers: Multipliers) -> optax.GradientTransformati
         del params
 
         def scale(path, update):
-            multiplier = multiplier_for(path_name(path), multipliers)
+            multiplier = multiplier_for(path_key(path), multipliers)
             return update if multiplier == 1.0 else update * multiplier
 
         return jax.tree_util.tree_map_with_path(scale, updates), state
@@ -131,17 +123,17 @@ def scale_by_multipliers(multipliers: Multipliers) -> optax.GradientTransformati
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(settings: OptimSettings, total_steps: int) -> optax.GradientTransformation:
     """clip -> AdamW(schedule, decay mask) [-> lr multipliers], on the trained params only."""
-    frozen, multipliers = optim_settings(config)
+    frozen, multipliers = settings.frozen, _multipliers(settings)
     parts = []
-    if config.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(config.grad_clip))
+    if settings.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(settings.grad_clip))
     parts.append(
         optax.adamw(
-            learning_rate=learning_rate_schedule(config),
-            b2=config.adam_b2,
-            weight_decay=config.weight_decay,
+            learning_rate=learning_rate_schedule(settings, total_steps),
+            b2=settings.adam_b2,
+            weight_decay=settings.weight_decay,
             mask=weight_decay_mask,
         )
     )
@@ -154,10 +146,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.multi_transform({TRAINED: trained, FROZEN: optax.set_to_zero()}, labels)
 
 
-def optim_problem(config: ml_collections.ConfigDict, names: Sequence[str]) -> str | None:
+def optim_problem(settings: OptimSettings, names: Sequence[str]) -> str | None:
     """One sentence on what is wrong with `optim.frozen` / `optim.lr_multipliers` for params `names`, or None."""
-    group = config.get('optim') or {}
-    frozen = group.get('frozen', '')
+    frozen = settings.frozen
     if not isinstance(frozen, str):
         return f"config key optim.frozen must be a regex string ('' = nothing locked), got {frozen!r}."
     try:
@@ -174,7 +165,7 @@ def optim_problem(config: ml_collections.ConfigDict, names: Sequence[str]) -> st
     if frozen and len(locked) == len(names):
         return f'config key optim.frozen = {frozen!r} locks every param, so nothing would train; narrow the pattern.'
     trained = [name for name in names if name not in set(locked)]
-    pairs = group.get('lr_multipliers', ())
+    pairs = settings.lr_multipliers
     if not isinstance(pairs, (tuple, list)):
         return f'config key optim.lr_multipliers must be a tuple of (regex, multiplier) pairs, got {pairs!r}.'
     for entry in pairs:

@@ -1,7 +1,9 @@
-"""Config -> mesh, rules, model, optimizer, objective, shardings, state: the one place a run is built.
+"""Config -> mesh, rules, model, optimizer, objective, sampler, shardings, state: the one place a run is built.
 
-train, evaluate, the benchmarks and the experiments all start here, so a new objective,
-a new layout rule or a new piece of state is wired once.
+train, evaluate, the benchmarks and the experiments all start here, so a new objective, a new
+layout rule or a new piece of state is wired once. `build` runs the checks that need the
+model's parameter shapes (the layout, the optimizer's patterns, imported files' headers) once,
+where those shapes are computed, and raises ConfigError before anything is compiled or written.
 """
 
 from __future__ import annotations
@@ -15,34 +17,40 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from vlp_jax import config as config_lib
 from vlp_jax import optim, parallel, steps
 from vlp_jax import state as state_lib
+from vlp_jax.checks import check_config, regulator_context
+from vlp_jax.config import ConfigError, DataSettings, OptimSettings, settings_of
+from vlp_jax.data.pipeline import TrainPipeline
+from vlp_jax.data.sources import Source, SourcePlugin
+from vlp_jax.derived import Derived, source_plugin
+from vlp_jax.layout import layout_problem
+from vlp_jax.models import importers
+from vlp_jax.models.import_checks import ImportWeightsError
 from vlp_jax.models.vlp import VLPModel
-from vlp_jax.objectives.albef import AlbefObjective
-from vlp_jax.objectives.base import Objective
-from vlp_jax.objectives.dual_encoder import DualEncoderContrastive
-from vlp_jax.objectives.frozen import FrozenModel, frozen_models, frozen_roles, load_frozen
-from vlp_jax.probes import GroundTruthProbe
+from vlp_jax.objectives.base import Objective, ObjectiveParts
+from vlp_jax.objectives.frozen import FrozenModel, frozen_models, load_frozen
+from vlp_jax.objectives.regulators import RegulatorChain
+from vlp_jax.registry import OBJECTIVES, SAMPLERS
+from vlp_jax.sampling.base import Sampler, SamplerContext
 
 PyTree = Any
+SAMPLER_STATE = 'sampler'  # the sampler's packed state, beside the train state in every checkpoint
 
 
-def build_objective(
-    config: ml_collections.ConfigDict, model: VLPModel, mesh: Mesh, frozen: dict[str, FrozenModel] | None = None
-) -> Objective:
-    """The objective the model asks for: the regulated contrastive loss of a dual encoder, or
-    ALBEF's ITC + ITM + MLM of a fusion model. `frozen`: each role's model (default: the trained one's)."""
-    local_shards = config_lib.local_shards(config, parallel.batch_shards(mesh))
-    frozen_modules = {role: spec.model for role, spec in (frozen or {}).items()}
-    if model.config.kind == 'fusion':
-        return AlbefObjective(config, model, local_shards, frozen_modules)
-    return DualEncoderContrastive(config, model, local_shards, frozen_modules)
+@dataclasses.dataclass(frozen=True)
+class TrainInputs:
+    """What feeds the loop: the training source, its sampler and the pipeline over both."""
+
+    source: Source
+    sampler: Sampler
+    pipeline: TrainPipeline
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
     config: ml_collections.ConfigDict
+    derived: Derived
     mesh: Mesh
     rules: tuple
     model: VLPModel
@@ -52,15 +60,14 @@ class Setup:
     abstract_state: PyTree  # ShapeDtypeStructs carrying their shardings: the restore target
     shardings: PyTree
     frozen: dict[str, FrozenModel]  # role -> its architecture and restore target
+    frozen_roles: tuple  # objectives.frozen.FrozenRole of every role the regulators read
 
     def init_state(self) -> PyTree:
         """A fresh state, created directly in its shardings, with the towers that `model.<tower>.init`
-        names imported from their safetensors files (models/importers.py; validate checked them)."""
+        names imported from their safetensors files (models/importers.py; build checked their headers)."""
         state = state_lib.init_state(
-            self.config, self.model, self.optimizer, self.objective, self.mesh, self.rules, self.shardings
+            self.config.seed, self.model, self.optimizer, self.objective, self.mesh, self.rules, self.shardings
         )
-        from vlp_jax.models import importers
-
         if not importers.configured_inits(self.config):
             return state
         arrays, lines = importers.imported_params(self.config, self.model.config, state['params'])
@@ -81,9 +88,9 @@ class Setup:
 
     def load_frozen(self) -> dict[str, PyTree]:
         """{role: params} of the frozen models the objective reads (FrozenModelError names a bad path)."""
-        return load_frozen(frozen_roles(self.config), self.frozen, self.model)
+        return load_frozen(self.frozen_roles, self.frozen, self.model)
 
-    def train_step(self, probe: GroundTruthProbe | None = None, keep_feedback: bool = False) -> Callable:
+    def train_step(self, probe: Any = None, keep_feedback: bool = False) -> steps.TrainStep:
         return steps.make_train_step(
             self.objective,
             self.optimizer,
@@ -94,33 +101,115 @@ class Setup:
             frozen_shardings={role: spec.abstract_params for role, spec in self.frozen.items()},
             probe=probe,
             keep_feedback=keep_feedback,
-            lock=optim.stop_locked_gradients(self.config),
+            lock=optim.stop_locked_gradients(settings_of(self.config, OptimSettings)),
         )
 
     def encoders(self) -> tuple[Callable, Callable]:
         return steps.make_encoders(self.model, self.mesh, self.rules, self.shardings['params'])
 
+    def source_plugin(self, name: str) -> SourcePlugin:
+        return source_plugin(self.config, name)
 
-def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Setup:
-    """Everything but the state itself (see Setup.init_state), allocating nothing on the devices."""
+    def sampler(self, source: Source) -> Sampler:
+        """The configured sampler over `source` (registry SAMPLERS, `sampling.name`)."""
+        cls = SAMPLERS.get(str(self.config.sampling.name))
+        settings = settings_of(self.config, cls.Settings) if cls.Settings is not None else None
+        context = SamplerContext(
+            seed=int(self.config.seed),
+            batch_size=int(self.config.batch_size),
+            dataset_size=len(source),
+            steps_per_epoch=len(source) // int(self.config.batch_size),
+            embed_dim=int(self.config.model.embed_dim),
+            local_shards=self.derived.local_shards,
+        )
+        return cls(settings, context)
+
+    def train_inputs(self, process_index: int = 0, process_count: int = 1) -> TrainInputs:
+        """The training source, its sampler and this process's pipeline."""
+        source = self.source_plugin(str(self.config.data.name)).open('train')
+        sampler = self.sampler(source)
+        return TrainInputs(source, sampler, pipeline(self.config, source, sampler, process_index, process_count))
+
+    def checkpoint_target(self, sampler: Sampler) -> PyTree:
+        """The abstract state a checkpoint restores into: the train state and the sampler's state."""
+        return {**self.abstract_state, SAMPLER_STATE: sampler.abstract_state()}
+
+
+def pipeline(
+    config: ml_collections.ConfigDict, source: Source, sampler: Sampler, process_index: int = 0, process_count: int = 1
+) -> TrainPipeline:
+    """The training pipeline of `config` over `source` in `sampler`'s order."""
+    return TrainPipeline(
+        source,
+        sampler,
+        settings_of(config, DataSettings),
+        seed=int(config.seed),
+        batch_size=int(config.batch_size),
+        image_size=int(config.model.image_size),
+        max_text_len=int(config.model.max_text_len),
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def _check_shapes(config: ml_collections.ConfigDict, model: VLPModel, boxed: PyTree, derived: Derived) -> None:
+    """The checks that need the params' shapes: the layout, the optimizer's patterns, imported files."""
+    problem = layout_problem(boxed, config.mesh.rules, derived.mesh_sizes)
+    if problem is None:
+        names = optim.param_names(boxed)
+        problem = optim.optim_problem(settings_of(config, OptimSettings), names)
+    if problem is not None:
+        raise ConfigError(problem)
+    inits = importers.configured_inits(config)
+    if inits:
+        try:
+            importers.check_inits(inits, model.config, boxed)
+        except ImportWeightsError as error:
+            raise ConfigError(str(error)) from error
+
+
+def build(
+    config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None, derived: Derived | None = None
+) -> Setup:
+    """Everything but the state itself (see Setup.init_state), allocating nothing on the devices.
+
+    Runs the config checks first (checks.check_config) unless `derived` says they ran.
+    """
     devices = list(devices if devices is not None else jax.devices())
-    mesh = parallel.make_mesh(config_lib.mesh_shape(config, len(devices)), devices)
+    derived = derived if derived is not None else check_config(config, len(devices))
+    mesh = parallel.make_mesh(derived.mesh_sizes, devices)
     rules = parallel.logical_rules(config.mesh.rules)
     model = state_lib.create_model(config)
-    optimizer = optim.make_optimizer(config)
-    trained = FrozenModel(model, state_lib.abstract_params(model, mesh, rules))
-    frozen = frozen_models(frozen_roles(config), trained, config.model.to_dict(), mesh, rules)
-    objective = build_objective(config, model, mesh, frozen)
-    abstract_state, shardings = state_lib.state_shardings(config, model, optimizer, objective, mesh, rules)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *state_lib.dummy_inputs(model.config))['params'])
+    _check_shapes(config, model, boxed, derived)
+    optim_settings = settings_of(config, OptimSettings)
+    optimizer = optim.make_optimizer(optim_settings, int(config.total_steps))
+    chain = RegulatorChain.from_config(config, regulator_context(config, derived))
+    roles = chain.frozen_roles()
+    trained = FrozenModel(model, state_lib.abstract_from_boxed(boxed, mesh, rules))
+    frozen = frozen_models(roles, trained, config.model.to_dict(), mesh, rules)
+    parts = ObjectiveParts(
+        model=model,
+        regulators=chain,
+        frozen_models={role: spec.model for role, spec in frozen.items()},
+        local_shards=derived.local_shards,
+        batch_size=int(config.batch_size),
+        total_steps=int(config.total_steps),
+        steps_per_epoch=derived.steps_per_epoch,
+    )
+    objective = OBJECTIVES.get(str(config.objective)).build(config, parts)
+    abstract_state, shardings = state_lib.state_shardings(config.seed, model, optimizer, objective, mesh, rules)
     return Setup(
         config,
+        derived,
         mesh,
         rules,
         model,
         optimizer,
-        optim.learning_rate_schedule(config),
+        optim.learning_rate_schedule(optim_settings, int(config.total_steps)),
         objective,
         abstract_state,
         shardings,
         frozen,
+        roles,
     )

@@ -20,7 +20,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from vlp_jax import parallel
-from vlp_jax.models.vlp import VLPModel, model_config_from_dict
+from vlp_jax.models.vlp import VLPConfig, VLPModel, model_config_from_dict
 from vlp_jax.objectives.base import Objective
 
 PARAMS_INIT_STREAM = 0  # fold_in ids separate the init key from the training key
@@ -32,8 +32,9 @@ def create_model(config: ml_collections.ConfigDict) -> VLPModel:
     return VLPModel(model_config_from_dict(config.model))
 
 
-def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
-    size, length = config.model.image_size, config.model.max_text_len
+def dummy_inputs(model: VLPConfig, batch: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Inputs of the model's shapes: what init traces."""
+    size, length = model.vision.image_size, model.text.max_len
     return (
         jnp.zeros((batch, size, size, 3), jnp.float32),
         jnp.zeros((batch, length), jnp.int32),
@@ -41,15 +42,8 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[jax
     )
 
 
-def abstract_params(model: VLPModel, mesh: Mesh, rules) -> Any:
-    """A model's params as ShapeDtypeStructs carrying their shardings (a frozen model's restore target)."""
-    cfg = model.config
-    inputs = (
-        jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32),
-        jnp.zeros((1, cfg.text.max_len), jnp.int32),
-        jnp.ones((1, cfg.text.max_len), jnp.int32),
-    )
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs)['params'])
+def abstract_from_boxed(boxed: Any, mesh: Mesh, rules) -> Any:
+    """Boxed params under eval_shape -> ShapeDtypeStructs carrying their shardings."""
     shardings = parallel.shardings_from_logical(boxed, mesh, rules)
     return jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -58,11 +52,15 @@ def abstract_params(model: VLPModel, mesh: Mesh, rules) -> Any:
     )
 
 
-def _boxed_state(
-    config: ml_collections.ConfigDict, model: VLPModel, optimizer: optax.GradientTransformation, objective: Objective
-) -> Any:
-    root = jax.random.key(config.seed)
-    variables = model.init(jax.random.fold_in(root, PARAMS_INIT_STREAM), *dummy_inputs(config))
+def abstract_params(model: VLPModel, mesh: Mesh, rules) -> Any:
+    """A model's params as ShapeDtypeStructs carrying their shardings (a frozen model's restore target)."""
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))['params'])
+    return abstract_from_boxed(boxed, mesh, rules)
+
+
+def _boxed_state(seed: int, model: VLPModel, optimizer: optax.GradientTransformation, objective: Objective) -> Any:
+    root = jax.random.key(int(seed))
+    variables = model.init(jax.random.fold_in(root, PARAMS_INIT_STREAM), *dummy_inputs(model.config))
     params = variables['params']
     return {
         'params': params,
@@ -74,7 +72,7 @@ def _boxed_state(
 
 
 def state_shardings(
-    config: ml_collections.ConfigDict,
+    seed: int,
     model: VLPModel,
     optimizer: optax.GradientTransformation,
     objective: Objective,
@@ -82,7 +80,7 @@ def state_shardings(
     rules,
 ) -> tuple[Any, Any]:
     """(abstract state with shardings, sharding tree) without allocating anything."""
-    boxed = jax.eval_shape(lambda: _boxed_state(config, model, optimizer, objective))
+    boxed = jax.eval_shape(lambda: _boxed_state(seed, model, optimizer, objective))
     shardings = parallel.shardings_from_logical(boxed, mesh, rules)
     abstract = jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -93,7 +91,7 @@ def state_shardings(
 
 
 def init_state(
-    config: ml_collections.ConfigDict,
+    seed: int,
     model: VLPModel,
     optimizer: optax.GradientTransformation,
     objective: Objective,
@@ -104,5 +102,5 @@ def init_state(
     """The initial state, created inside jit directly in its target shardings."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         return jax.jit(
-            lambda: nn.meta.unbox(_boxed_state(config, model, optimizer, objective)), out_shardings=shardings
+            lambda: nn.meta.unbox(_boxed_state(seed, model, optimizer, objective)), out_shardings=shardings
         )()

@@ -8,6 +8,7 @@ by the loop every `log_every` steps.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,8 +21,8 @@ from jax.sharding import Mesh
 from vlp_jax import parallel
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.models.vlp import VLPModel
-from vlp_jax.objectives.base import FEEDBACK, REGULATION, Objective
-from vlp_jax.probes import GroundTruthProbe
+from vlp_jax.objectives.base import FEEDBACK, Objective
+from vlp_jax.probes import GroundTruthProbe, false_negative_metrics
 
 # metrics[SKIPPED] = 1 when the step's update was skipped (non-finite loss, gradient or params).
 SKIPPED = 'train/skipped'
@@ -32,6 +33,36 @@ OBJECTIVE_RNG, NUM_RNG_USES = 0, 1
 def step_rng(state_rng: jax.Array, step: jax.Array) -> jax.Array:
     """The key of step `step`: a pure function of the run's key and the step, so a resume reproduces it."""
     return jax.random.fold_in(jax.random.wrap_key_data(state_rng), step)
+
+
+@dataclasses.dataclass
+class TrainStep:
+    """The jitted step: `step(state, batch, frozen) -> (state, metrics, feedback)`, compiled ahead of time at
+    its first call; `lower` gives XLA's cost analysis without compiling, `executable` the compiled step."""
+
+    batch_keys: tuple[str, ...]
+    _compiled: Any
+    _mesh: Mesh
+    _frozen_roles: tuple[str, ...]
+    _executable: Any = None
+
+    def __call__(self, state, batch: Mapping[str, jax.Array], frozen: Mapping[str, Any] | None = None):
+        frozen = dict(frozen or {})
+        assert set(frozen) == set(self._frozen_roles), f'the step needs frozen models {self._frozen_roles}'
+        args = (state, batch_spec.select(batch, self.batch_keys), frozen)
+        with jax.set_mesh(self._mesh):
+            if self._executable is None:
+                self._executable = self._compiled.lower(*args).compile()
+            return self._executable(*args)
+
+    def lower(self, state, batch: Mapping[str, Any], frozen: Mapping[str, Any] | None = None):
+        """The step lowered for (possibly abstract) arguments: XLA's cost analysis without compiling."""
+        with jax.set_mesh(self._mesh):
+            return self._compiled.lower(state, batch_spec.select(batch, self.batch_keys), dict(frozen or {}))
+
+    def executable(self):
+        """The compiled step once it has run (benchmarks read its memory analysis), else None."""
+        return self._executable
 
 
 def make_train_step(
@@ -45,8 +76,8 @@ def make_train_step(
     probe: GroundTruthProbe | None = None,
     keep_feedback: bool = False,
     lock: Callable[[Any], Any] = lambda params: params,
-) -> Callable:
-    """run(state, batch, frozen) -> (state, metrics, feedback).
+) -> TrainStep:
+    """step(state, batch, frozen) -> (state, metrics, feedback).
 
     `batch` holds exactly `objective.batch_keys` plus the probe's keys; `frozen` is
     {role: params} for `objective.frozen_roles`, in `frozen_shardings` (a tree of shardings or of
@@ -62,15 +93,7 @@ def make_train_step(
         (objective_rng,) = jax.random.split(step_rng(state['rng'], step), NUM_RNG_USES)
         with nn.logical_axis_rules(rules):
             args = (state['extra'], frozen, batch, objective_rng, step)
-            if hasattr(objective, 'value_and_grad'):  # e.g. GradCache accumulation (objectives/grad_cache.py)
-                (loss, (metrics, outputs)), grads = objective.value_and_grad(state['params'], *args, lock=lock)
-            else:
-
-                def loss_fn(params):
-                    loss, metrics, outputs = objective.loss(lock(params), *args)
-                    return loss, (metrics, outputs)
-
-                (loss, (metrics, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+            (loss, (metrics, outputs)), grads = objective.value_and_grad(state['params'], *args, lock=lock)
         updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
         params, extra = objective.after_update(
             optax.apply_updates(state['params'], updates), state['extra'], outputs, step
@@ -90,7 +113,9 @@ def make_train_step(
             **metrics,
         }
         if probe is not None:
-            metrics.update(probe(batch, outputs.get(REGULATION, {})))
+            false_negatives = probe.false_negatives(batch)
+            metrics.update(false_negative_metrics(false_negatives))
+            metrics.update(objective.ground_truth_metrics(false_negatives, outputs))
         new_state = {**state, 'params': params, 'opt_state': opt_state, 'extra': extra, 'step': step + 1}
         return new_state, metrics, (outputs[FEEDBACK] if keep_feedback else None)
 
@@ -109,26 +134,7 @@ def make_train_step(
         donate_argnums=(0,),
     )
 
-    executable: dict[str, Any] = {}  # compiled ahead of time at the first call: its memory analysis is at hand
-
-    def run(state, batch: Mapping[str, jax.Array], frozen: Mapping[str, Any] | None = None):
-        frozen = dict(frozen or {})
-        assert set(frozen) == set(objective.frozen_roles), f'the step needs frozen models {objective.frozen_roles}'
-        args = (state, batch_spec.select(batch, keys), frozen)
-        with jax.set_mesh(mesh):
-            if 'step' not in executable:
-                executable['step'] = compiled.lower(*args).compile()
-            return executable['step'](*args)
-
-    def lower(state, batch: Mapping[str, Any], frozen: Mapping[str, Any] | None = None):
-        """The step lowered for (possibly abstract) arguments: XLA's cost analysis without compiling."""
-        with jax.set_mesh(mesh):
-            return compiled.lower(state, batch_spec.select(batch, keys), dict(frozen or {}))
-
-    run.batch_keys = keys
-    run.lower = lower
-    run.executable = lambda: executable.get('step')  # the compiled step (benchmarks read its memory analysis)
-    return run
+    return TrainStep(keys, compiled, mesh, tuple(objective.frozen_roles))
 
 
 def make_encoders(model: VLPModel, mesh: Mesh, rules, params_shardings: Any) -> tuple[Callable, Callable]:

@@ -1,7 +1,8 @@
 """Train a vision-language model: `python -m vlp_jax.train --config configs/NAME.py[:ARG] --workdir DIR`.
 
-Re-running the same command resumes from the newest complete checkpoint in DIR.
-Config errors exit with status 2 and one line before anything is compiled or written.
+Re-running the same command resumes from the newest complete checkpoint in DIR; with no
+--config it resumes with the run's own DIR/config.json. Config errors exit with status 2 and
+one line before anything is compiled or written. `--config_help[=GROUP]` lists every config key.
 """
 
 from __future__ import annotations
@@ -14,18 +15,26 @@ from typing import Any
 
 from absl import flags
 
-from vlp_jax import config as config_lib
+from vlp_jax import config_files
+from vlp_jax.config import ConfigError, help_text, split_overrides
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', None, 'Config file, `path/to/config.py[:arg]`; override keys with --config.KEY=VALUE.')
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard files.')
+flags.DEFINE_string(
+    'config',
+    None,
+    'Config file `path/to/config.py[:ARG]` (ARG: comma-separated key=value or flags); override any key with '
+    '--config.KEY=VALUE. Optional when --workdir holds a run: its config.json is used.',
+)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, config.json, metrics.jsonl and TensorBoard files.')
 flags.DEFINE_integer(
     'stop_at_step',
     None,
     'Checkpoint and exit at this step (e.g. before a pre-emption); '
     're-running without it continues exactly where it stopped.',
 )
-
+flags.DEFINE_string(
+    'config_help', None, 'Print every config key (or one group\'s: --config_help=optim) with type, default and help.'
+)
 flags.DEFINE_string(
     'coordinator_address',
     None,
@@ -39,6 +48,8 @@ flags.DEFINE_integer(
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+HELP_FLAGS = ('--help', '-h', '--helpshort', '-?')
+OUR_FLAG_MODULES = ('vlp_jax.train', 'vlp_jax.evaluate', '__main__')
 
 
 def fail(message: str) -> None:
@@ -47,33 +58,95 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
-def parse_command_line(argv: list[str], need_workdir: bool = True):
-    """absl flags + config overrides -> (validated config, flags); exits on user errors."""
+def print_usage(doc: str) -> None:
+    """The module's docstring and its flags, for --help."""
+    lines = [doc.strip(), '', 'flags:']
+    for module in OUR_FLAG_MODULES:
+        for flag in FLAGS.get_flags_for_module(module) if module in FLAGS.flags_by_module_dict() else ():
+            default = '' if flag.default is None else f' (default: {flag.default!r})'
+            lines.append(f'  --{flag.name}: {flag.help}{default}')
+    lines.append('  --config.KEY=VALUE: set any config key (python -m vlp_jax.train --config_help lists them)')
+    print('\n'.join(lines), flush=True)
+
+
+def parse_flags(argv: list[str], doc: str) -> list[tuple[str, str]]:
+    """absl flags (exits 0 after --help / --config_help) -> the config overrides; exits 2 on a bad flag."""
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print_usage(doc)
+        sys.exit(0)
+    argv = [f'{arg}=' if arg == '--config_help' else arg for arg in argv]
     try:
-        rest, overrides = config_lib.split_overrides(argv)
+        rest, overrides = split_overrides(argv)
         FLAGS(rest)
-    except (config_lib.ConfigError, flags.Error) as error:
+    except (ConfigError, flags.Error) as error:
         fail(str(error).splitlines()[0])
-    if not FLAGS.config:
-        fail('--config is required, e.g. --config configs/shapes_tiny.py.')
+    if FLAGS.config_help is not None:
+        from vlp_jax import builtin_plugins  # noqa: F401  (their groups are part of the schema)
+
+        try:
+            print(help_text(FLAGS.config_help), end='', flush=True)
+        except ConfigError as error:
+            fail(str(error))
+        sys.exit(0)
+    return overrides
+
+
+def load_config(overrides: list[tuple[str, str]], workdir: str | None):
+    """The config of --config (+ overrides), else the workdir's own config.json (+ overrides)."""
+    if FLAGS.config:
+        return config_files.load_config_file(FLAGS.config, overrides)
+    if workdir and config_files.has_saved_config(workdir):
+        return config_files.saved_config(workdir, overrides)
+    fail('--config is required (or a --workdir holding a run), e.g. --config configs/shapes_tiny.py.')
+
+
+def initialize_and_check(config):
+    """Starts multi-process JAX if the environment says so, then runs the config checks (exit 2 on a problem)."""
+    import jax  # after flag parsing: a typo must not wait for backend start-up
+
+    from vlp_jax import checks, parallel
+
+    parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    return checks.check_config(config, jax.device_count())
+
+
+def resume_changes(config, workdir: str) -> list[str]:
+    """Keys a re-run changes: refused (exit 2, nothing written) unless the schema lets them change on resume."""
+    from vlp_jax.checkpointing import Checkpointer
+    from vlp_jax.paths import as_path
+
+    if not config_files.has_saved_config(workdir) or Checkpointer(as_path(workdir) / 'checkpoints', 1).latest_step() is None:
+        return []
+    saved = config_files.saved_config(workdir)
+    refused, allowed = config_files.conflicts(saved, config)
+    if refused:
+        fail(
+            f'{workdir} holds a run whose config.json differs in {config_files.describe(saved, refused)} '
+            f'(given: {config_files.describe(config, refused)}); these cannot change on resume: drop the overrides '
+            'or start a fresh --workdir.'
+        )
+    return allowed
+
+
+def parse_command_line(argv: list[str], need_workdir: bool = True, doc: str = __doc__):
+    """Flags + config (file or the workdir's config.json) + overrides -> (checked config, derived values)."""
+    overrides = parse_flags(argv, doc)
     if need_workdir and not FLAGS.workdir:
         fail('--workdir is required: the directory for checkpoints and metrics.')
     try:
-        config = config_lib.load_config_file(FLAGS.config)
-        config_lib.apply_overrides(config, overrides)
-        import jax  # after flag parsing: a typo must not wait for backend start-up
-
-        from vlp_jax import parallel
-
-        parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        config_lib.validate(config, jax.device_count())
-    except config_lib.ConfigError as error:
+        config = load_config(overrides, FLAGS.workdir)
+        derived = initialize_and_check(config)
+    except ConfigError as error:
         fail(str(error))
-    return config
+    return config, derived
 
 
-def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
-    """Trains to config.total_steps (resuming if possible); returns the final metrics."""
+def run(config, workdir: str, stop_at_step: int | None = None, derived=None, changed: tuple[str, ...] = ()) -> dict:
+    """Trains to config.total_steps (resuming if possible); returns the final metrics.
+
+    `changed`: keys that differ from the workdir's config.json and may (resume_changes); they are
+    recorded in config_changes.jsonl when the run resumes.
+    """
     import jax
 
     from vlp_jax import metrics as metrics_lib
@@ -81,20 +154,20 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import Checkpointer, CheckpointError
     from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
-    from vlp_jax.evaluators.suite import make_zero_shot_evaluator
+    from vlp_jax.evaluators.suite import make_evaluator
     from vlp_jax.guards import Diverged, NonFiniteGuard, StopSignals
     from vlp_jax.objectives.frozen import FrozenModelError
     from vlp_jax.paths import as_path
 
-    run_setup = setup_lib.build(config)
-    mesh, abstract_state = run_setup.mesh, run_setup.abstract_state
-    source = build_source(config, 'train')
-    pipeline = TrainPipeline(config, source, jax.process_index(), jax.process_count())
-    probe = source.ground_truth_probe() if hasattr(source, 'ground_truth_probe') else None
+    try:
+        run_setup = setup_lib.build(config, derived=derived)
+        inputs = run_setup.train_inputs(jax.process_index(), jax.process_count())
+        evaluate = make_evaluator(run_setup)
+    except ConfigError as error:
+        fail(str(error))
+    mesh, sampler, pipeline = run_setup.mesh, inputs.sampler, inputs.pipeline
+    probe = inputs.source.ground_truth_probe()
     step_keys = batch_spec.step_keys(probe.batch_keys if probe else ())
-    evaluate = make_zero_shot_evaluator(run_setup)
     is_main = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
 
@@ -102,33 +175,25 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         frozen = run_setup.load_frozen()
     except FrozenModelError as error:
         fail(str(error))
-    sampler = None
-    if config.sampling.name == 'grit':
-        from vlp_jax.sampling.grit_sampler import GritSampler
-
-        sampler = GritSampler(
-            config, pipeline, config.model.embed_dim, config_lib.local_shards(config, parallel.batch_shards(mesh))
-        )
-        abstract_state = {**abstract_state, 'sampler': sampler.abstract_state()}
     checkpointer = Checkpointer(as_path(workdir) / 'checkpoints', keep=config.keep_checkpoints)
     try:  # before anything is written: a mismatching config must leave the workdir as it was
-        restored = checkpointer.restore(abstract_state)
+        restored = checkpointer.restore(run_setup.checkpoint_target(sampler))
     except CheckpointError as error:
         fail(str(error))
     warm = None
-    if restored is None and config.model.get('init_checkpoint'):
+    if restored is None and config.model.init_checkpoint:
         from vlp_jax.warm_start import WarmStartError, load_warm_start
 
         try:  # also before anything is written
-            warm = load_warm_start(config.model.init_checkpoint, abstract_state['params'])
+            warm = load_warm_start(config.model.init_checkpoint, run_setup.abstract_state['params'])
         except WarmStartError as error:
             fail(str(error))
     as_path(workdir).mkdir(parents=True, exist_ok=True)
-    if is_main:
-        (as_path(workdir) / 'config.json').write_text(config.to_json(indent=1))
     skipped_before = 0
     bad_records = [0]  # records replaced because they failed to load, up to the last step taken (train/bad_records)
     if restored is None:
+        if is_main:
+            config_files.write_config(workdir, config)
         state, start_step = run_setup.init_state(), 0
         say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
         if warm is not None:
@@ -140,13 +205,16 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
         assert extra['pipeline']['next_step'] == start_step, extra
         skipped_before = int(extra['pipeline'].get('skipped_steps', 0))
         bad_records[0] = int(extra['pipeline'].get('bad_records', 0))
-        if sampler is not None:
-            sampler.load(state.pop('sampler'))
+        sampler.load(state.pop(setup_lib.SAMPLER_STATE))
+        if changed and is_main:
+            saved = config_files.saved_config(workdir)
+            config_files.record_changes(workdir, start_step, saved, config, changed)
+            say(f'config changed on resume: {config_files.describe(config, changed)} (recorded in config_changes.jsonl)')
         say(f'resumed from checkpoint at step {start_step} in {workdir}/checkpoints')
     if is_main:
         metrics_lib.truncate_after(workdir, start_step)
 
-    train_step = run_setup.train_step(probe=probe, keep_feedback=sampler is not None)
+    train_step = run_setup.train_step(probe=probe, keep_feedback=sampler.needs_feedback)
     # Saved beside every state: the pipeline's position, and the architecture, so this run can serve
     # as another run's frozen model (objectives/frozen.py) whatever that run trains.
     guard = NonFiniteGuard(int(config.nonfinite_patience), skipped_before)
@@ -169,14 +237,14 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     end = total if stop_at_step is None else min(max(stop_at_step, start_step), total)
     final: dict[str, Any] = {}
     peak_flops = mfu.peak_flops_per_device(float(config.peak_flops_per_device))  # train/mfu's denominator
-    model_flops = mfu.model_flops_per_step(config)  # and its numerator's FLOPs (traced, not compiled)
+    model_flops = mfu.model_flops_per_step(config, run_setup.derived)  # its numerator's FLOPs (traced, not compiled)
     throughput = metrics_lib.Throughput(config.batch_size, total, start_step)
-    batches = pipeline.iterate(start_step, end) if sampler is None else pipeline.iterate_by_epoch(start_step, end)
+    batches = pipeline.iterate(start_step, end)
     in_flight = None
-    unseen: list[tuple[int, Any]] = []  # (step, device feedback) not yet given to the sampler
+    unseen: list[tuple[int, Any]] = []  # (step, device feedback) the sampler has not seen yet
 
     def feed_sampler(upto: int) -> None:
-        """Hands the sampler the embeddings of every step <= upto (a device->host copy of [B, E] each)."""
+        """Hands the sampler the feedback of every step <= upto (a device->host copy of [B, E] each)."""
         while unseen and unseen[0][0] <= upto:
             step_done, feedback = unseen.pop(0)
             sampler.observe(step_done, jax.device_get(feedback))
@@ -200,7 +268,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
                 in_flight = step_metrics
                 throughput.step_done()
                 done = step + 1
-                if sampler is not None:  # the one place the sampler hears from the step
+                if sampler.needs_feedback:  # the one place the sampler hears from the step
                     unseen.append((done, feedback))
                     at_boundary = (
                         done % pipeline.steps_per_epoch == 0
@@ -219,11 +287,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
                     record.update(throughput.window(done))
                     record.update(
                         mfu.utilisation(
-                            model_flops,
-                            record['train/steps_per_sec'],
-                            peak_flops,
-                            mesh.devices.size,
-                            config.batch_size,
+                            model_flops, record['train/steps_per_sec'], peak_flops, mesh.devices.size, config.batch_size
                         )
                     )
                     say(metrics_lib.console_line(done, total, record))
@@ -231,14 +295,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
                     paused = throughput.pause()
                     eval_metrics = evaluate(state['params'])
                     record.update(eval_metrics)
-                    say(
-                        f'eval at step {done}: '
-                        + '  '.join(
-                            f'{key.split("/", 1)[1]} {value:.3f}'
-                            for key, value in eval_metrics.items()
-                            if key.endswith(('_r1', 'top1'))
-                        )
-                    )
+                    say(eval_line(done, eval_metrics))
                     throughput.resume(paused)
                 if record:
                     record.pop('eta_seconds', None)
@@ -247,7 +304,7 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
                 if done % config.checkpoint_every == 0 or done in (total, end) or stop:
                     paused = throughput.pause()
                     guard.observe(done, int(jax.device_get(step_metrics[steps.SKIPPED])))
-                    saved = state if sampler is None else {**state, 'sampler': sampler.state()}
+                    saved = {**state, setup_lib.SAMPLER_STATE: sampler.state()}
                     checkpointer.save(done, saved, extra=checkpoint_extra(done))
                     throughput.resume(paused)
             except Diverged as error:
@@ -274,9 +331,18 @@ def run(config, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]
     return final
 
 
+def eval_line(step: int, metrics: dict[str, float]) -> str:
+    """The console line of one evaluation: its R@1 and top-1 figures."""
+    shown = '  '.join(
+        f'{key.split("/", 1)[1]} {value:.3f}' for key, value in metrics.items() if key.endswith(('_r1', 'top1'))
+    )
+    return f'eval at step {step}: {shown}'
+
+
 def main() -> None:
-    config = parse_command_line(sys.argv)
-    final = run(config, FLAGS.workdir, FLAGS.stop_at_step)
+    config, derived = parse_command_line(sys.argv)
+    changed = tuple(resume_changes(config, FLAGS.workdir))
+    final = run(config, FLAGS.workdir, FLAGS.stop_at_step, derived, changed)
     import jax
 
     if final and jax.process_index() == 0:  # one summary line per run, not one per process

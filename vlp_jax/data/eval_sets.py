@@ -3,7 +3,7 @@
 Built once per run, un-augmented, tokenised, as host numpy arrays. On synthetic data
 the retrieval set carries the ground truth of which caption is true of which image;
 real sets carry none (`truth` None), so the semantic metrics are simply absent. Encoded
-images are decoded, resized (shorter side) and centre-cropped to `data.image_size` by TF;
+images are decoded, resized (shorter side) and centre-cropped to `model.image_size` by TF;
 one that does not decode is left out of the set and counted in `dropped`.
 """
 
@@ -12,17 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import ml_collections
 import numpy as np
 
 from vlp_jax.data.batch import normalise_images
 from vlp_jax.data.errors import DataError
-from vlp_jax.data.sources import Source, build_source, shapes_world_config
-from vlp_jax.data.synthetic import CLASSIFICATION_TEMPLATES, classification_set
+from vlp_jax.data.sources import Source
 from vlp_jax.data.tokenizer import shared_tokenizer
 
-CLASSIFICATION_ATTRIBUTES = ('shape', 'colour')
-CLASSIFICATION_SEED_OFFSET = 7919  # keeps the classification images apart from every split's stream
 LOAD_CHUNK = 256  # examples read from a source at a time
 
 
@@ -63,7 +59,7 @@ def load_examples(source: Source, indices: np.ndarray, image_size: int) -> tuple
         'captions': [c for part in parts for c in part['captions']],
         'label': np.concatenate([np.asarray(part.get('label', np.full(len(part['captions']), -1))) for part in parts]),
     }
-    if not getattr(source, 'encoded', False):
+    if not source.encoded:
         examples['image'] = np.concatenate([part['image'] for part in parts])
         examples['probes'] = {k: np.concatenate([p['probes'][k] for p in parts]) for k in parts[0]['probes']}
         return examples, np.arange(len(indices)), 0
@@ -75,19 +71,17 @@ def load_examples(source: Source, indices: np.ndarray, image_size: int) -> tuple
     return examples, kept, len(indices) - len(kept)
 
 
-def source_retrieval_set(source: Source, config: ml_collections.ConfigDict, name: str = '') -> RetrievalSet:
-    """The first `data.test_size` images (spread over the set) with all their captions."""
-    indices = spread_indices(len(source), int(config.data.test_size))
-    examples, kept, dropped = load_examples(source, indices, int(config.data.image_size))
+def source_retrieval_set(source: Source, size: int, image_size: int, max_text_len: int, name: str = '') -> RetrievalSet:
+    """`size` images spread over the set, each with all its captions."""
+    indices = spread_indices(len(source), size)
+    examples, kept, dropped = load_examples(source, indices, image_size)
     keep = [i for i, captions in enumerate(examples['captions']) if captions]
     if not keep:
-        raise DataError(f'evaluation set {getattr(source, "name", name)!r} has no image with a caption to retrieve.')
+        raise DataError(f'evaluation set {source.name or name!r} has no image with a caption to retrieve.')
     captions = [caption for i in keep for caption in examples['captions'][i]]
     text_image = np.concatenate([np.full(len(examples['captions'][i]), n) for n, i in enumerate(keep)])
-    tokens = shared_tokenizer(int(config.data.max_text_len))(captions)
-    truth = None
-    if hasattr(source, 'caption_truth') and len(keep) == len(indices):
-        truth = source.caption_truth(examples)
+    tokens = shared_tokenizer(max_text_len)(captions)
+    truth = source.caption_truth(examples) if len(keep) == len(indices) else None
     return RetrievalSet(
         images=normalise_images(examples['image'][keep]),
         text_ids=tokens['text_ids'],
@@ -99,32 +93,29 @@ def source_retrieval_set(source: Source, config: ml_collections.ConfigDict, name
     )
 
 
-def retrieval_set(config: ml_collections.ConfigDict, split: str = 'test') -> RetrievalSet:
-    """The run's own retrieval set: data.name's evaluation split."""
-    return source_retrieval_set(build_source(config, split), config)
-
-
-def prompt_tokens(config: ml_collections.ConfigDict, class_names: Sequence[str], templates: Sequence[str]):
-    tokenizer = shared_tokenizer(int(config.data.max_text_len))
+def prompt_tokens(max_text_len: int, class_names: Sequence[str], templates: Sequence[str]):
+    tokenizer = shared_tokenizer(max_text_len)
     tokens = tokenizer([template.format(name) for name in class_names for template in templates])
     shape = (len(class_names), len(templates), tokenizer.max_len)
     return tokens['text_ids'].reshape(shape), tokens['text_mask'].reshape(shape)
 
 
-def source_classification_set(source: Source, config: ml_collections.ConfigDict, name: str) -> ClassificationSet:
-    """`eval.classification_size` labelled images (spread over the set), class prompts from eval.prompt_templates."""
-    class_names = getattr(source, 'class_names', None)
+def source_classification_set(
+    source: Source, size: int, image_size: int, max_text_len: int, templates: Sequence[str], name: str
+) -> ClassificationSet:
+    """`size` labelled images spread over the set; class prompts from the source's own templates, else `templates`."""
+    class_names = source.class_names
     if not class_names:
         raise DataError(
             f'evaluation set {name!r} has no class names; prepare it with --class_names FILE or name a TFDS '
             'label feature (data.tfds.label_key).'
         )
-    indices = spread_indices(len(source), int(config.eval.classification_size))
-    examples, _, dropped = load_examples(source, indices, int(config.data.image_size))
+    indices = spread_indices(len(source), size)
+    examples, _, dropped = load_examples(source, indices, image_size)
     labelled = np.flatnonzero(examples['label'] >= 0)
     if not len(labelled):
         raise DataError(f'evaluation set {name!r} has no labelled image; give records a label column.')
-    prompt_ids, prompt_mask = prompt_tokens(config, class_names, tuple(config.eval.prompt_templates))
+    prompt_ids, prompt_mask = prompt_tokens(max_text_len, class_names, tuple(source.prompt_templates or templates))
     return ClassificationSet(
         name=name,
         images=normalise_images(examples['image'][labelled]),
@@ -134,25 +125,3 @@ def source_classification_set(source: Source, config: ml_collections.ConfigDict,
         class_names=list(class_names),
         dropped=dropped + len(examples['label']) - len(labelled),
     )
-
-
-def classification_sets(config: ml_collections.ConfigDict) -> list[ClassificationSet]:
-    """The shapes world's zero-shot sets: one per attribute (keys eval/zeroshot/shape|colour/top1)."""
-    world = shapes_world_config(config.data)
-    sets = []
-    for attribute in CLASSIFICATION_ATTRIBUTES:
-        data = classification_set(
-            world, int(config.seed) + CLASSIFICATION_SEED_OFFSET, int(config.eval.classification_size), attribute
-        )
-        prompt_ids, prompt_mask = prompt_tokens(config, data['class_names'], CLASSIFICATION_TEMPLATES[attribute])
-        sets.append(
-            ClassificationSet(
-                name=attribute,
-                images=normalise_images(data['image']),
-                labels=np.asarray(data['label']),
-                prompt_ids=prompt_ids,
-                prompt_mask=prompt_mask,
-                class_names=list(data['class_names']),
-            )
-        )
-    return sets

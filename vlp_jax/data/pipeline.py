@@ -19,63 +19,65 @@ import queue
 import threading
 from collections.abc import Iterator
 
-import ml_collections
 import numpy as np
 
+from vlp_jax.config import DataSettings
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source
 from vlp_jax.data.tokenizer import shared_tokenizer
+from vlp_jax.sampling.base import Sampler
 
-EPOCH_ORDER_STREAM = 1  # RNG stream ids keep the epoch order and the augmentations independent
-AUGMENT_STREAM = 2
+AUGMENT_STREAM = 2  # RNG stream ids keep the augmentations and stand-ins apart (the sampler's order: 1)
 REPLACE_STREAM = 3  # which record stands in for one that fails to load
 MIN_ASPECT, MAX_ASPECT = 3 / 4, 4 / 3
 FLIP_PROBABILITY = 0.5
 
 
 class TrainPipeline:
-    """The training stream: global batch k, this process's rows only."""
+    """The training stream: global batch k, this process's rows only, in the order the sampler gives."""
 
     def __init__(
-        self, config: ml_collections.ConfigDict, source: Source, process_index: int = 0, process_count: int = 1
+        self,
+        source: Source,
+        sampler: Sampler,
+        data: DataSettings,
+        *,
+        seed: int,
+        batch_size: int,
+        image_size: int,
+        max_text_len: int,
+        process_index: int = 0,
+        process_count: int = 1,
     ):
-        self.seed = int(config.seed)
-        self.global_batch_size = int(config.batch_size)
-        assert self.global_batch_size % process_count == 0, 'validate() checks batch_size against the mesh'
+        self.seed = int(seed)
+        self.global_batch_size = int(batch_size)
+        assert self.global_batch_size % process_count == 0, 'the checks refuse a batch the processes do not divide'
         self.local_batch_size = self.global_batch_size // process_count
         self.process_index = process_index
         self.source = source
-        self.probe_keys = tuple(getattr(source, 'probe_keys', ()))
-        self.encoded = bool(getattr(source, 'encoded', False))
+        self.sampler = sampler
+        self.probe_keys = tuple(source.probe_keys)
+        self.encoded = bool(source.encoded)
         self.loaded_keys = batch_spec.loaded_keys(self.probe_keys, self.encoded)
         self.bad_records: set[int] = set()  # source indices found not to load (grows as they are met)
         self.steps_per_epoch = len(source) // self.global_batch_size
         assert self.steps_per_epoch >= 1
-        self.image_size = int(config.data.image_size)
-        self.crop_scale = tuple(float(s) for s in config.data.crop_scale)
-        self.flip_mode = config.data.flip
-        self.workers = int(config.data.workers)
-        self.prefetch = int(config.data.prefetch)
-        self.tokenizer = shared_tokenizer(int(config.data.max_text_len))
+        self.image_size = int(image_size)
+        self.crop_scale = tuple(float(s) for s in data.crop_scale)
+        self.flip_mode = data.flip
+        self.workers = int(data.workers)
+        self.prefetch = int(data.prefetch)
+        self.tokenizer = shared_tokenizer(int(max_text_len))
         self._order_cache: tuple[int, np.ndarray] | None = None
-        self._given_orders: dict[int, np.ndarray] = {}
 
-    # -- sampler -------------------------------------------------------------------------
-    def set_epoch_order(self, epoch: int, order: np.ndarray) -> None:
-        """Replaces epoch `epoch`'s order (a sampler such as GRIT builds it from the previous epoch)."""
-        order = np.asarray(order, np.int64)
-        assert len(order) >= self.steps_per_epoch * self.global_batch_size, (len(order), self.steps_per_epoch)
-        self._given_orders = {e: o for e, o in self._given_orders.items() if e >= epoch - 1}  # keep memory flat
-        self._given_orders[epoch] = order
-
+    # -- order ---------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The sampler's order if one was given, else a seeded permutation (a tail short of a batch is dropped)."""
-        if epoch in self._given_orders:
-            return self._given_orders[epoch]
+        """The sampler's order of epoch `epoch` (asked once per epoch; a tail short of a batch is dropped)."""
         if self._order_cache is None or self._order_cache[0] != epoch:
-            rng = np.random.default_rng([self.seed, EPOCH_ORDER_STREAM, epoch])
-            self._order_cache = (epoch, rng.permutation(len(self.source)))
+            order = np.asarray(self.sampler.epoch_order(epoch), np.int64)
+            assert len(order) >= self.steps_per_epoch * self.global_batch_size, (len(order), self.steps_per_epoch)
+            self._order_cache = (epoch, order)
         return self._order_cache[1]
 
     def global_indices(self, step: int) -> np.ndarray:
@@ -205,26 +207,22 @@ class TrainPipeline:
         A host thread drains the tf.data iterator into a small queue, so the tensor->numpy
         hand-over happens while the train loop is blocked on the device, not on its critical path.
         When a step fails because an image does not decode, its bad records are marked and
-        loading restarts at that step, where stand-ins now replace them.
+        loading restarts at that step, where stand-ins now replace them. A sampler whose next
+        order is not known ahead (it waits for this epoch's feedback) is asked for it only when
+        that epoch's first batch is: loading stops at each epoch's end.
         """
         step = start_step
         while step < end_step:
+            stop = end_step
+            if not self.sampler.order_known_ahead:
+                stop = min(end_step, (step // self.steps_per_epoch + 1) * self.steps_per_epoch)
             try:
-                for batch in _threaded(self.dataset(step, end_step).as_numpy_iterator(), self.prefetch):
+                for batch in _threaded(self.dataset(step, stop).as_numpy_iterator(), self.prefetch):
                     yield batch
                     step += 1
             except Exception:
                 if self.find_undecodable(step) == 0:  # not a bad image: a real error
                     raise
-
-    def iterate_by_epoch(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
-        """Like iterate, but loading of each epoch starts only when its first batch is asked for,
-        so an order set for that epoch after the previous epoch's last step (GRIT) is the one used."""
-        step = start_step
-        while step < end_step:
-            epoch_end = min(end_step, (step // self.steps_per_epoch + 1) * self.steps_per_epoch)
-            yield from self.iterate(step, epoch_end)
-            step = epoch_end
 
 
 def _loads(examples: dict, row: int, encoded: bool) -> bool:

@@ -6,25 +6,38 @@ stay encoded here; the tf.data graph decodes them (data/tf_augment.py).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from vlp_jax.config import key, positive_int
 from vlp_jax.data.errors import DataError
-from vlp_jax.data.records import RecordSet, decode_record
+from vlp_jax.data.records import RecordSet, decode_record, read_index
+from vlp_jax.data.sources import Source, SourcePlugin
+from vlp_jax.registry import SOURCES
 
 
-class RecordSource:
+@dataclasses.dataclass(frozen=True)
+class RecordsSettings:
+    """Prepared records (`python -m vlp_jax.data.prepare`): the training folder and what evaluates."""
+
+    path: str = key('', "the training folder: prepare's OUTPUT_DIR")
+    eval_path: str = key('', "a prepared folder to evaluate on ('' = hold out the last test_size records of path)")
+    test_size: int = key(1000, 'records of path held out for evaluation when eval_path is empty', check=positive_int)
+
+
+class RecordSource(Source):
     """Random access to a prepared folder, or to a slice of it (`positions`: record numbers in order)."""
 
-    probe_keys: tuple[str, ...] = ()
     encoded = True  # 'image_bytes', not 'image'
 
     def __init__(self, directory: str, positions: Sequence[int] | None = None):
         self.records = RecordSet(directory)
         self.positions = np.arange(len(self.records)) if positions is None else np.asarray(positions, np.int64)
-        self.class_names = self.records.class_names
+        self.class_names = tuple(self.records.class_names or ())
         self.name = directory
 
     def __len__(self) -> int:
@@ -49,7 +62,36 @@ def split_positions(total: int, held_out: int, split: str) -> np.ndarray:
     """Record numbers of `split` when the last `held_out` records are the evaluation slice."""
     if not 0 < held_out < total:
         raise DataError(
-            f'cannot hold out data.test_size={held_out} of {total} prepared records for evaluation; '
-            'lower data.test_size or give a separate set with data.eval_path.'
+            f'cannot hold out data.records.test_size={held_out} of {total} prepared records for evaluation; '
+            'lower data.records.test_size or give a separate set with data.records.eval_path.'
         )
     return np.arange(total - held_out) if split == 'train' else np.arange(total - held_out, total)
+
+
+@SOURCES.register('records')
+class RecordsPlugin(SourcePlugin):
+    """Prepared folders. Training reads `path`; evaluation reads `eval_path` when given (the same path
+    evaluates in-sample), else the last `test_size` records of `path`, which training then leaves out.
+    `where` in an eval spec names any other prepared folder, read whole."""
+
+    Settings = RecordsSettings
+
+    def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
+        settings = self.settings
+        if where:
+            return RecordSource(where)
+        if not settings.path:
+            raise DataError(
+                'data.name=records needs data.records.path: the OUTPUT_DIR of `python -m vlp_jax.data.prepare`.'
+            )
+        if settings.eval_path:
+            return RecordSource(settings.eval_path if split != 'train' else settings.path)
+        total = int(read_index(settings.path)['records'])
+        return RecordSource(settings.path, split_positions(total, settings.test_size, split))
+
+    def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
+        source = self.open('test')
+        sets = [('retrieval', '', '')]
+        if source.class_names:
+            sets.append(('classification', '', os.path.basename(os.path.normpath(source.name))))
+        return tuple(sets)

@@ -8,17 +8,47 @@ negatives are false negatives, from what each caption claims and each image hold
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from vlp_jax.config import at_least, in_range, key, positive_int
 from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.synthetic import ShapesWorld, captions_true_of_scenes
+from vlp_jax.data.errors import DataError
+from vlp_jax.data.sources import Source, SourceContext, SourcePlugin
+from vlp_jax.data.synthetic import (
+    CLASSIFICATION_TEMPLATES,
+    DETAILS,
+    ShapesWorld,
+    ShapesWorldConfig,
+    captions_true_of_scenes,
+    classification_set,
+)
 from vlp_jax.probes import GroundTruthProbe
+from vlp_jax.registry import SOURCES
+
+CLASSIFICATION_ATTRIBUTES = ('shape', 'colour')
+CLASSIFICATION_SEED_OFFSET = 7919  # keeps the classification images apart from every split's stream
 
 
-class ShapesSource:
+@dataclasses.dataclass(frozen=True)
+class ShapesSettings:
+    """The built-in captioned-shapes world: sizes of its splits and how its captions are written."""
+
+    train_size: int = key(50_000, 'training images (an epoch)', check=positive_int)
+    val_size: int = key(500, 'validation images', check=positive_int)
+    test_size: int = key(1000, 'test images (the retrieval eval set; 5 captions each)', check=positive_int)
+    captions_per_image: int = key(2, 'captions per training image (one drawn per epoch)', check=positive_int)
+    caption_noise: float = key(0.0, "fraction of training captions swapped for another image's", check=in_range(0, 1))
+    detail: str = key('mixed', "caption detail: 'coarse' | 'mixed' | 'fine'", choices=DETAILS)
+    classification_size: int = key(
+        500, 'single-object images of each zero-shot set (shape, colour)', check=at_least(1)
+    )
+
+
+class ShapesSource(Source):
     """Random access to one split of the shapes world, in the shape the pipeline reads."""
 
     probe_keys = batch_spec.PROBE_KEYS  # the world knows every probe the spec defines
@@ -47,9 +77,65 @@ class ShapesSource:
         specs = examples['probes']['caption_spec']
         return np.asarray(captions_true_of_scenes(specs.reshape(-1, *specs.shape[2:]), examples['probes']['scene']))
 
-    @staticmethod
-    def ground_truth_probe() -> GroundTruthProbe:
+    def ground_truth_probe(self) -> GroundTruthProbe:
         return GroundTruthProbe(batch_keys=batch_spec.GROUND_TRUTH_KEYS, false_negatives=false_negative_mask_i2t)
+
+
+class ShapesAttributeSource(Source):
+    """A zero-shot classification view of the world: single-object images labelled by one attribute."""
+
+    def __init__(self, world: ShapesWorldConfig, seed: int, size: int, attribute: str):
+        data = classification_set(world, seed + CLASSIFICATION_SEED_OFFSET, size, attribute)
+        self.images, self.labels = data['image'], np.asarray(data['label'])
+        self.class_names = tuple(data['class_names'])
+        self.prompt_templates = tuple(CLASSIFICATION_TEMPLATES[attribute])
+        self.name = attribute
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: np.ndarray) -> dict[str, Any]:
+        indices = np.asarray(indices)
+        return {
+            'image': self.images[indices],
+            'captions': [[] for _ in indices],
+            'label': self.labels[indices],
+            'probes': {},
+        }
+
+
+@SOURCES.register('shapes')
+class ShapesPlugin(SourcePlugin):
+    """The shapes world: splits 'train' / 'val' / 'test'; `where` 'shape' or 'colour' names a zero-shot view."""
+
+    Settings = ShapesSettings
+
+    def __init__(self, settings: ShapesSettings, context: SourceContext):
+        super().__init__(settings, context)
+        self.world = ShapesWorldConfig(
+            image_size=int(context.image_size),
+            captions_per_image=settings.captions_per_image,
+            caption_noise=settings.caption_noise,
+            detail=settings.detail,
+            train_size=settings.train_size,
+            val_size=settings.val_size,
+            test_size=settings.test_size,
+        )
+
+    def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
+        if where in CLASSIFICATION_ATTRIBUTES:
+            return ShapesAttributeSource(self.world, self.context.seed, self.settings.classification_size, where)
+        if where:
+            raise DataError(
+                f'the shapes world has no set {where!r}; name {CLASSIFICATION_ATTRIBUTES} (zero-shot views) or nothing.'
+            )
+        return ShapesSource(ShapesWorld(self.world, seed=self.context.seed, split=split))
+
+    def train_size(self) -> int:
+        return self.settings.train_size
+
+    def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
+        return (('retrieval', '', ''), *(('classification', name, name) for name in CLASSIFICATION_ATTRIBUTES))
 
 
 def false_negative_mask_i2t(batch: Mapping[str, Any]):

@@ -8,11 +8,29 @@ prepares it. TFDS is imported here only, and lazily.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any
 
 import numpy as np
 
+from vlp_jax.config import key
 from vlp_jax.data.errors import DataError
+from vlp_jax.data.sources import Source, SourcePlugin
+from vlp_jax.registry import SOURCES
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSettings:
+    """A TFDS data set read through tfds.data_source (array_record, prepared beforehand: nothing downloads)."""
+
+    name: str = key('coco_captions', 'the TFDS data set (data.name=tfds trains on it)')
+    data_dir: str = key('', "TFDS's data_dir ('' = TFDS's default)")
+    train_split: str = key('train', 'the split training reads')
+    eval_split: str = key('test', 'the split evaluation reads')
+    image_key: str = key('image', 'the image feature')
+    caption_key: str = key('captions/text', 'the caption feature (a nested one as a/b)')
+    label_key: str = key('', "a class-label feature, for zero-shot classification ('' = none)")
 
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:
@@ -44,10 +62,9 @@ def _strings(value: Any) -> list[str]:
     return [item.decode('utf-8') if isinstance(item, bytes) else str(item) for item in items]
 
 
-class TfdsSource:
+class TfdsSource(Source):
     """One split of a TFDS set: images (encoded) with captions and/or class labels."""
 
-    probe_keys: tuple[str, ...] = ()
     encoded = True
 
     def __init__(
@@ -94,7 +111,7 @@ class TfdsSource:
             ) from None
         if length < 1:
             raise DataError(f'TFDS data set {name!r} split {split!r} is empty; choose another split.')
-        self.class_names = list(_nested(features, label_key).names) if label_key else None
+        self.class_names = tuple(_nested(features, label_key).names) if label_key else ()
         self.name = f'{name}:{split}'
 
     def __len__(self) -> int:
@@ -113,3 +130,31 @@ class TfdsSource:
             ),
             'probes': {},
         }
+
+
+@SOURCES.register('tfds')
+class TfdsPlugin(SourcePlugin):
+    """TFDS sets; `where` in an eval spec is NAME[:SPLIT] of another TFDS set (same feature keys)."""
+
+    Settings = TfdsSettings
+
+    def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
+        settings = self.settings
+        name, _, where_split = where.partition(':')
+        default_split = settings.train_split if split == 'train' else settings.eval_split
+        label_key = (settings.label_key or 'label') if labels else ''
+        return TfdsSource(
+            name or settings.name,
+            where_split or default_split,
+            settings.data_dir,
+            settings.image_key,
+            settings.caption_key if captions else None,
+            label_key or None,
+        )
+
+    def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
+        sets = [('retrieval', '', '')]
+        if self.settings.label_key:
+            name = os.path.basename(os.path.normpath(f'{self.settings.name}:{self.settings.eval_split}'))
+            sets.append(('classification', '', name))
+        return tuple(sets)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vlp_jax.config.core import BERT_VOCAB_SIZE  # the schema's default vocabulary size
+
 SHIPPED_VOCAB_DIR = os.path.join(os.path.dirname(__file__), 'vocab', 'bert-base-uncased')
-BERT_VOCAB_SIZE = 30522
 BERT_CLS_ID = 101  # [CLS] in the standard uncased vocabulary; checks the file really is that vocabulary
 BERT_SEP_ID, BERT_PAD_ID, BERT_MASK_ID = 102, 0, 103  # the other ids MLM needs, checked the same way
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlp_jax.data.eval_sets import source_retrieval_set
+from vlp_jax.data.sources import Source
+from vlp_jax.evaluators.base import EvalContext, EvalModel, Evaluator
+from vlp_jax.evaluators.embedding import embed_in_batches
+from vlp_jax.evaluators.specs import EvalSpec
+from vlp_jax.registry import EVALUATORS
+
 RECALL_AT = (1, 5, 10)
 
 
@@ -78,3 +85,32 @@ def chance_recall_at_1(num_images: int, captions_per_image: int) -> dict[str, fl
     """What a random ranking scores: the yardstick for 'beats chance'."""
     num_texts = num_images * captions_per_image
     return {'t2i_r1': 1.0 / num_images, 'i2t_r1': captions_per_image / num_texts}
+
+
+@EVALUATORS.register('retrieval')
+class RetrievalEvaluator(Evaluator):
+    """Image<->text recall@1/5/10 (+ semantic recall where the set knows the truth) by ITC cosine, and
+    re-ranked by ITM (eval/retrieval_itm/...) when the model comes with a re-ranker."""
+
+    def __init__(self, spec: EvalSpec, source: Source, context: EvalContext):
+        super().__init__(spec, source, context)
+        self.data = source_retrieval_set(
+            source, context.settings.retrieval_size, context.image_size, context.max_text_len, spec.name
+        )
+
+    def __call__(self, model: EvalModel) -> dict[str, float]:
+        data = self.data
+        prefix = f'{data.name}/' if data.name else ''
+        image_embed = embed_in_batches(model.encode_images, (data.images,), model.batch_size, model.mesh)
+        text_embed = embed_in_batches(model.encode_texts, (data.text_ids, data.text_mask), model.batch_size, model.mesh)
+        similarity = itc_similarity(image_embed, text_embed)
+        args = (data.text_image, data.truth)
+        metrics = {
+            f'eval/retrieval/{prefix}{key}': value
+            for key, value in retrieval_metrics_from_scores(similarity, similarity.T, *args).items()
+        }
+        if model.rerank is not None:
+            scores = model.rerank(data, similarity)
+            for key, value in retrieval_metrics_from_scores(scores.t2i, scores.i2t, *args, tie_break=similarity).items():
+                metrics[f'eval/retrieval_itm/{prefix}{key}'] = value
+        return metrics

@@ -1,7 +1,7 @@
-"""Zero-shot evaluation wired once: eval sets from the config, encoders from the setup, metrics for params.
+"""Evaluation wired once: the evaluators `eval.sets` names, built from the run's setup, run on params.
 
-train.py (every eval_every steps) and evaluate.py (a checkpoint) both call
-`make_zero_shot_evaluator`, so the two report the same metrics from the same code.
+train.py (every eval_every steps) and evaluate.py (a checkpoint) both call `make_evaluator`,
+so the two report the same metrics from the same code.
 """
 
 from __future__ import annotations
@@ -9,96 +9,64 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-from jax.sharding import Mesh
-
-from vlp_jax import parallel
-from vlp_jax.evaluators.classification import class_embeddings, zero_shot_accuracy
-from vlp_jax.evaluators.retrieval import itc_similarity, retrieval_metrics_from_scores
+from vlp_jax.config import EvalSettings, settings_of
+from vlp_jax.evaluators.base import EvalContext, EvalModel, Evaluator
+from vlp_jax.evaluators.specs import DEFAULT, EvalSpec, parse_all
+from vlp_jax.registry import EVALUATORS
 
 
-def embed_in_batches(encode: Callable, arrays: tuple[np.ndarray, ...], batch_size: int, mesh: Mesh) -> np.ndarray:
-    """Encodes host arrays in fixed-size batches (last one padded) sharded over the mesh's batch axes.
-
-    Every process holds the whole eval set and gets every embedding back, also when the
-    mesh spans several processes.
-    """
-    count = arrays[0].shape[0]
-    outputs = []
-    for start in range(0, count, batch_size):
-        chunk = [a[start : start + batch_size] for a in arrays]
-        real = chunk[0].shape[0]
-        if real < batch_size:  # pad so every call has one static shape (one compilation)
-            chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - real, axis=0)]) for c in chunk]
-        sharded = [parallel.host_to_global(c, parallel.batch_sharding(mesh, c.ndim)) for c in chunk]
-        outputs.append(parallel.to_host(encode(*sharded))[:real])
-    return np.concatenate(outputs)
+def expand(specs: list[EvalSpec], own_source: str, default_sets: Callable[[], tuple]) -> list[EvalSpec]:
+    """'default' replaced by the run's own source's default sets (SourcePlugin.default_eval_sets)."""
+    out = []
+    for spec in specs:
+        if spec.evaluator == DEFAULT:
+            out.extend(EvalSpec(evaluator, own_source, where, name) for evaluator, where, name in default_sets())
+        else:
+            out.append(spec)
+    return out
 
 
-def run_zero_shot(
-    encode_images: Callable,
-    encode_texts: Callable,
-    retrieval,
-    classification,
-    batch_size: int,
-    mesh: Mesh,
-    rerank: Callable | None = None,
-) -> dict[str, float]:
-    """All eval metrics as a flat dict with keys like 'eval/retrieval/i2t_r1'.
-
-    `retrieval` is one retrieval set or a list of them; a set with a name reports
-    'eval/retrieval/<name>/<key>'. With `rerank` ((retrieval set, ITC similarity [Nt, Ni]) ->
-    rerank.RerankedScores), every retrieval metric is also reported re-ranked by ITM, as
-    'eval/retrieval_itm/<same key>'.
-    """
-    metrics = {}
-    for data in retrieval if isinstance(retrieval, (list, tuple)) else [retrieval]:
-        prefix = f'{data.name}/' if getattr(data, 'name', '') else ''
-        image_embed = embed_in_batches(encode_images, (data.images,), batch_size, mesh)
-        text_embed = embed_in_batches(encode_texts, (data.text_ids, data.text_mask), batch_size, mesh)
-        similarity = itc_similarity(image_embed, text_embed)
-        args = (data.text_image, data.truth)
-        for key, value in retrieval_metrics_from_scores(similarity, similarity.T, *args).items():
-            metrics[f'eval/retrieval/{prefix}{key}'] = value
-        if rerank is not None:
-            scores = rerank(data, similarity)
-            for key, value in retrieval_metrics_from_scores(
-                scores.t2i, scores.i2t, *args, tie_break=similarity
-            ).items():
-                metrics[f'eval/retrieval_itm/{prefix}{key}'] = value
-    for task in classification:
-        classes, templates, length = task.prompt_ids.shape
-        prompts = embed_in_batches(
-            encode_texts, (task.prompt_ids.reshape(-1, length), task.prompt_mask.reshape(-1, length)), batch_size, mesh
+def build_evaluators(setup: Any) -> list[Evaluator]:
+    """The evaluators of the config's eval.sets, their sets loaded and tokenised (once)."""
+    config = setup.config
+    context = EvalContext(
+        settings_of(config, EvalSettings), int(config.model.image_size), int(config.model.max_text_len)
+    )
+    own = str(config.data.name)
+    specs = expand(parse_all(config.eval.sets), own, lambda: setup.source_plugin(own).default_eval_sets())
+    evaluators = []
+    for spec in specs:
+        cls = EVALUATORS.get(spec.evaluator)
+        source = setup.source_plugin(spec.source).open(
+            'test', spec.where, captions=cls.reads_captions, labels=cls.reads_labels
         )
-        class_embed = class_embeddings(prompts.reshape(classes, templates, -1))
-        images = embed_in_batches(encode_images, (task.images,), batch_size, mesh)
-        metrics[f'eval/zeroshot/{task.name}/top1'] = zero_shot_accuracy(images, class_embed, task.labels)
-    return metrics
+        evaluators.append(cls(spec, source, context))
+    return evaluators
 
 
-def make_zero_shot_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
-    """params -> eval metrics, for the config's eval sets (eval.sets, built once, here) and the setup's
-    encoders; with eval.rerank_k > 0 (fusion models) also the retrieval metrics re-ranked by ITM."""
-    from vlp_jax.data import eval_specs
+def make_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
+    """params -> eval metrics, for the config's eval sets and the setup's encoders; with eval.rerank_k > 0
+    (fusion models) retrieval is also reported re-ranked by ITM."""
     from vlp_jax.evaluators.rerank import make_reranker
 
     config = setup.config
-    retrieval, classification = eval_specs.build(config)
+    evaluators = build_evaluators(setup)
     encode_images, encode_texts = setup.encoders()
-    rerank_k = int(config.eval.get('rerank_k', 0))
+    rerank_k = int(config.eval.rerank_k)
     reranker = make_reranker(setup, rerank_k) if rerank_k > 0 else None
 
     def evaluate(params) -> dict[str, float]:
-        return run_zero_shot(
-            lambda x: encode_images(params, x),
-            lambda i, m: encode_texts(params, i, m),
-            retrieval,
-            classification,
-            int(config.eval.batch_size),
-            setup.mesh,
-            None if reranker is None else lambda data, similarity: reranker(params, data, similarity),
+        model = EvalModel(
+            encode_images=lambda x: encode_images(params, x),
+            encode_texts=lambda i, m: encode_texts(params, i, m),
+            batch_size=int(config.eval.batch_size),
+            mesh=setup.mesh,
+            rerank=None if reranker is None else lambda data, similarity: reranker(params, data, similarity),
         )
+        metrics: dict[str, float] = {}
+        for evaluator in evaluators:
+            metrics.update(evaluator(model))
+        return metrics
 
     return evaluate
 

@@ -96,10 +96,11 @@ def export_checkpoint(checkpoint: str, out_dir: str, layout: str) -> str:
     import jax
     from safetensors.numpy import save_file
 
-    from vlp_jax.checkpointing import CheckpointError, read_model_config, restore_params_from
+    from vlp_jax.checkpointing import CheckpointError, restore_params_from
+    from vlp_jax.config_files import model_config_of
     from vlp_jax.models.vlp import model_config_from_dict
 
-    model_dict = read_model_config(checkpoint)
+    model_dict = model_config_of(checkpoint)
     if model_dict is None:
         raise ImportWeightsError(
             f'{checkpoint} is not a vlp_jax checkpoint with a model config; pass a workdir, checkpoints/ or step dir.'

@@ -318,20 +318,14 @@ def configured_inits(config: Any) -> list[tuple[str, str]]:
     return [(tower, path) for tower, path in inits if path]
 
 
-def check_inits(config: Any) -> None:
-    """Reads only the headers: every configured file fits the model (ImportWeightsError otherwise)."""
-    inits = configured_inits(config)
-    if not inits:
-        return
+def check_inits(inits: list[tuple[str, str]], model: VLPConfig, boxed_params: PyTree) -> None:
+    """Reads only the headers: every configured file (`configured_inits`) fits the model whose params'
+    shapes `boxed_params` holds (under jax.eval_shape); ImportWeightsError otherwise."""
     from flax import linen as nn
 
-    from vlp_jax import state as state_lib
-
-    model = state_lib.create_model(config)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *state_lib.dummy_inputs(config))['params'])
-    shapes = {k: tuple(v.shape) for k, v in flat(nn.meta.unbox(boxed)).items()}
+    shapes = {k: tuple(v.shape) for k, v in flat(nn.meta.unbox(boxed_params)).items()}
     for tower, path in inits:
-        plan(path, tower, model.config, unscanned_shapes(shapes), f'model.{tower}.init')
+        plan(path, tower, model, unscanned_shapes(shapes), f'model.{tower}.init')
 
 
 def imported_params(config: Any, model: VLPConfig, params: PyTree) -> tuple[dict[str, jax.Array], list[str]]:

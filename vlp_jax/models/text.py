@@ -23,6 +23,7 @@ from vlp_jax.models.layers import (
     ACTIVATIONS,
     EMBED_INIT_STD,
     PARAM_DTYPE,
+    REMAT_POLICIES,
     Encoder,
     layer_norm,
     partitioned,
@@ -76,6 +77,8 @@ class TextConfig:
     ln_eps: float = BERT_LN_EPS
 
     def __post_init__(self) -> None:
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f'config key model.text.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
         if self.width % self.num_heads != 0:
             raise ValueError(f'width ({self.width}) must be divisible by num_heads ({self.num_heads})')
         if self.pool not in TEXT_POOLS:

@@ -20,6 +20,7 @@ from vlp_jax.models.layers import (
     DEFAULT_LN_EPS,
     EMBED_INIT_STD,
     PARAM_DTYPE,
+    REMAT_POLICIES,
     Encoder,
     layer_norm,
     partitioned,
@@ -59,6 +60,8 @@ class ViTConfig:
     pooler: bool = False  # HF ViT's pooler: tanh(dense(pooled))
 
     def __post_init__(self) -> None:
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f'config key model.vision.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
         if self.image_size % self.patch_size != 0:
             raise ValueError(f'image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})')
         if self.pool not in POOL_TYPES:

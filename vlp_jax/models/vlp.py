@@ -11,13 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlp_jax.models import towers
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
-from vlp_jax.models.text import BERT_LN_EPS, BERT_VOCAB_SIZE, TEXT_VARIANTS, TextConfig, TextEncoder, text_config
-from vlp_jax.models.vit import VIT_VARIANTS, ViT, ViTConfig, vit_config
+from vlp_jax.models.text import BERT_LN_EPS, TextConfig
+from vlp_jax.models.vit import ViTConfig
 
 Array = jax.Array
 
-CUSTOM_VARIANT = 'custom'
 MODEL_KINDS = ('dual', 'fusion')
 ITM_CLASSES = 2  # ALBEF's ITM head: (not a match, match)
 DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -41,6 +41,8 @@ class VLPConfig:
     dtype: str = 'float32'
     kind: str = 'dual'  # 'dual': two towers; 'fusion': + fusion layers, ITM and MLM heads (ALBEF)
     proj_bias: bool = True  # biases on image_proj/text_proj (CLIP's projections have none)
+    vision_tower: str = 'vit'  # registered tower names (models/towers.py)
+    text_tower: str = 'transformer'
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -89,8 +91,8 @@ class VLPModel(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         dtype = cfg.compute_dtype
-        self.vision = ViT(cfg.vision, dtype=dtype)
-        self.text = TextEncoder(cfg.text, dtype=dtype)
+        self.vision = towers.tower(cfg.vision_tower, towers.VISION).module(cfg.vision, dtype=dtype)
+        self.text = towers.tower(cfg.text_tower, towers.TEXT).module(cfg.text, dtype=dtype)
 
         def proj(name: str) -> nn.Dense:
             return nn.Dense(
@@ -210,111 +212,38 @@ class VLPModel(nn.Module):
         return self._text(text_ids, text_mask, deterministic)[0]
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Reads ``key`` from a dict-like or attribute-style config (ConfigDict, dict)."""
-    try:
-        return cfg[key]
-    except (KeyError, TypeError, AttributeError, IndexError):
-        pass
-    try:
-        return getattr(cfg, key)
-    except (AttributeError, KeyError):
-        return default
-
-
-def _has(cfg: Any, key: str) -> bool:
-    return _get(cfg, key, _MISSING) is not _MISSING
-
-
-_MISSING = object()
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A ConfigDict or dict (a checkpoint's saved model config) as a plain dict."""
+    return cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
 
 
 def model_config_from_dict(cfg: Any) -> VLPConfig:
-    """Builds a VLPConfig from the ``model`` config section (or a config holding it).
+    """The VLPConfig of a `model` config group (or a config holding one, or a checkpoint's saved dict).
 
-    Named variants (ViT 'Ti'/'S'/'B'/'L', text 'tiny'/'mini'/'base') ignore the
-    custom width/depth/num_heads/mlp_dim keys; 'custom' reads them.
+    Each tower's config comes from its registered builder (models/towers.py), which names the key
+    when a value cannot be built; keys a saved config predates take today's defaults.
     """
-    if not _has(cfg, 'embed_dim') and _has(cfg, 'model'):
-        cfg = _get(cfg, 'model')
-    image_size = int(_get(cfg, 'image_size'))
-    max_len = int(_get(cfg, 'max_text_len'))
-
-    v = _get(cfg, 'vision')
-    v_variant = _get(v, 'variant', CUSTOM_VARIANT)
-    remat = str(_get(cfg, 'remat', 'none'))  # both towers, unless a tower names its own
-    scan = bool(_get(cfg, 'scan', False))
-    v_defaults = ViTConfig.__dataclass_fields__
-    v_extra = dict(
-        dropout=float(_get(v, 'dropout', 0.0)),
-        pool=str(_get(v, 'pool', 'cls')),
-        remat=str(_get(v, 'remat', '') or remat),
-        scan=scan,
-        ln_eps=float(_get(v, 'ln_eps', v_defaults['ln_eps'].default)),
-        activation=str(_get(v, 'activation', 'gelu')),
-        pre_layernorm=bool(_get(v, 'pre_layernorm', False)),
-        patch_bias=bool(_get(v, 'patch_bias', True)),
-        pooler=bool(_get(v, 'pooler', False)),
-    )
-    patch = int(_get(v, 'patch_size'))
-    if v_variant == CUSTOM_VARIANT:
-        vision = ViTConfig(
-            image_size=image_size,
-            patch_size=patch,
-            width=int(_get(v, 'width')),
-            depth=int(_get(v, 'depth')),
-            num_heads=int(_get(v, 'num_heads')),
-            mlp_dim=int(_get(v, 'mlp_dim')),
-            **v_extra,
-        )
-    elif v_variant in VIT_VARIANTS:
-        vision = vit_config(v_variant, image_size, patch, **v_extra)
-    else:
-        raise ValueError(f'unknown vision variant {v_variant!r}')
-
-    t = _get(cfg, 'text')
-    t_variant = _get(t, 'variant', CUSTOM_VARIANT)
-    t_extra = dict(
-        vocab_size=int(_get(t, 'vocab_size', BERT_VOCAB_SIZE)),
-        dropout=float(_get(t, 'dropout', 0.0)),
-        num_fusion_layers=int(_get(t, 'fusion_layers', _get(t, 'num_fusion_layers', 0))),
-        pre_norm=bool(_get(t, 'pre_norm', True)),
-        remat=str(_get(t, 'remat', '') or remat),
-        scan=scan,
-        max_positions=int(_get(t, 'max_positions', 0)),
-        type_vocab_size=int(_get(t, 'type_vocab_size', 0)),
-        pool=str(_get(t, 'pool', 'cls')),
-        pooler=bool(_get(t, 'pooler', False)),
-        embed_norm=bool(_get(t, 'embed_norm', True)),
-        causal=bool(_get(t, 'causal', False)),
-        activation=str(_get(t, 'activation', 'gelu')),
-        ln_eps=float(_get(t, 'ln_eps', BERT_LN_EPS)),
-    )
-    if t_variant == CUSTOM_VARIANT:
-        text = TextConfig(
-            max_len=max_len,
-            width=int(_get(t, 'width')),
-            depth=int(_get(t, 'depth')),
-            num_heads=int(_get(t, 'num_heads')),
-            mlp_dim=int(_get(t, 'mlp_dim')),
-            **t_extra,
-        )
-    elif t_variant in TEXT_VARIANTS:
-        text = text_config(t_variant, max_len, **t_extra)
-    else:
-        raise ValueError(f'unknown text variant {t_variant!r}')
-
+    model = _plain(cfg)
+    if 'embed_dim' not in model and 'model' in model:
+        model = _plain(model['model'])
+    vision_group, text_group = _plain(model['vision']), _plain(model['text'])
+    vision_name = str(vision_group.get('tower', 'vit'))
+    text_name = str(text_group.get('tower', 'transformer'))
+    vision = towers.tower(vision_name, towers.VISION).config_from(vision_group, model)
+    text = towers.tower(text_name, towers.TEXT).config_from(text_group, model)
     defaults = VLPConfig.__dataclass_fields__
     optional = {
-        k: _get(cfg, k, defaults[k].default)
+        k: float(model.get(k, defaults[k].default))
         for k in ('temperature_init', 'temperature_min', 'temperature_max', 'sigmoid_bias_init')
     }
     return VLPConfig(
         vision=vision,
         text=text,
-        embed_dim=int(_get(cfg, 'embed_dim')),
-        dtype=str(_get(cfg, 'dtype', 'float32')),
-        kind=str(_get(cfg, 'kind', 'dual')),
-        proj_bias=bool(_get(cfg, 'proj_bias', True)),
-        **{k: float(val) for k, val in optional.items()},
+        embed_dim=int(model['embed_dim']),
+        dtype=str(model.get('dtype', 'float32')),
+        kind=str(model.get('kind', 'dual')),
+        proj_bias=bool(model.get('proj_bias', True)),
+        vision_tower=vision_name,
+        text_tower=text_name,
+        **optional,
     )

@@ -1,8 +1,9 @@
-"""The dual-encoder objective: the general contrastive loss over the global batch, with regulators.
+"""The dual-encoder objective ('contrastive'): the general contrastive loss over the global batch, with regulators.
 
-Both towers embed the batch; the regulators (SRCL, COSMO/MAFA, smoothing) turn the
+Both towers embed the batch; the configured regulators (objectives/regulators/) turn the
 model's own cosines and the frozen models' answers into weights and targets; the loss
-(objectives/contrastive.py) is the mean of its two directions. GRIT-VLP's options ride
+(objectives/contrastive.py) is the mean of its two directions, dense or in memory-bounded
+chunks (objectives/chunked/), with GradCache accumulation as an option. GRIT-VLP's options ride
 along: key-side stop-gradient, the consistency term and per-shard ('local') negatives.
 """
 
@@ -15,15 +16,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vlp_jax.config import LossSettings, settings_of
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.models.vlp import VLPModel, clamp_temperature
-from vlp_jax.objectives.base import FEEDBACK, REGULATION
-from vlp_jax.objectives.chunked import ask_embeddings, chunked_contrastive_loss
+from vlp_jax.objectives.base import FEEDBACK, REGULATION, Objective, ObjectiveParts
+from vlp_jax.objectives.chunked import chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss, local_contrastive_loss
-from vlp_jax.objectives.frozen import ask, frozen_roles, image_text_cosines, shared_roles
+from vlp_jax.objectives.frozen import ask, image_text_cosines, shared_roles
 from vlp_jax.objectives.grad_cache import grad_cache_value_and_grad
 from vlp_jax.objectives.momentum import Candidates, distilled_regulation
-from vlp_jax.objectives.regulate import RegulatorChain
+from vlp_jax.objectives.regulators import RegulatorChain
+from vlp_jax.registry import OBJECTIVES
 
 PyTree = Any
 # The model outputs the contrastive loss reads: what GradCache caches per micro-batch.
@@ -37,6 +40,7 @@ def hardest_negative_similarity(sims: jax.Array) -> jax.Array:
 
 
 def _results(
+    regulators: RegulatorChain,
     loss: jax.Array,
     parts: Mapping[str, jax.Array],
     aux: dict[str, Any],
@@ -45,6 +49,8 @@ def _results(
 ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
     """(loss, metrics, outputs) as the Objective returns them, for the dense and the chunked loss alike."""
     metrics = {'train/temperature': 1.0 / out['logit_scale']}
+    for regulator in regulators.regulators:
+        metrics.update(regulator.metrics(aux.get(regulator.name, {})))
     for key, value in parts.items():  # loss parts keep their names; momentum metrics come already prefixed
         metrics[key if key.startswith('train/') else f'train/{key}'] = value
     feedback = {
@@ -55,44 +61,52 @@ def _results(
     return loss, metrics, {FEEDBACK: feedback, REGULATION: aux}
 
 
-class DualEncoderContrastive:
-    """Objective (objectives/base.py) of a dual encoder trained with the regulated contrastive loss."""
+@OBJECTIVES.register('contrastive')
+class DualEncoderContrastive(Objective):
+    """A dual encoder trained with the regulated contrastive loss (InfoNCE / SigLIP + regulators)."""
 
+    model_kinds = ('dual',)
+    supports_chunked = True
+    supports_micro_batches = True
+    supports_local_negatives = True
     batch_keys = batch_spec.REQUIRED_KEYS
 
-    def __init__(
-        self,
-        config: ml_collections.ConfigDict,
-        model: VLPModel,
-        local_shards: int,
-        frozen_models: Mapping[str, VLPModel] | None = None,
-    ):
-        self.model = model
-        self.form = str(config.loss.form)
-        self.chunked = config.loss.get('impl', 'dense') == 'chunked'  # memory-bounded (objectives/chunked/)
-        self.stop_grad_keys = bool(config.loss.stop_grad_keys)
-        self.consistency_weight = float(config.loss.consistency_weight)
-        self.local_shards = local_shards if config.loss.negatives == 'local' else None
-        self.micro_batches = int(config.get('micro_batches', 1))  # GradCache accumulation (objectives/grad_cache.py)
-        self.regulators = RegulatorChain.from_config(config)
-        assert self.local_shards is None or not self.regulators.active, 'validate() refuses local + regulators'
-        self.roles = frozen_roles(config)
+    def __init__(self, settings: LossSettings, parts: ObjectiveParts, micro_batches: int = 1):
+        self.model = parts.model
+        self.form = settings.form
+        self.chunked = settings.impl == 'chunked'  # memory-bounded (objectives/chunked/)
+        self.stop_grad_keys = settings.stop_grad_keys
+        self.consistency_weight = float(settings.consistency_weight)
+        self.local_shards = parts.local_shards if settings.negatives == 'local' else None
+        self.micro_batches = int(micro_batches)  # GradCache accumulation (objectives/grad_cache.py)
+        self.regulators: RegulatorChain = parts.regulators
+        assert self.local_shards is None or not self.regulators.active, 'the checks refuse local + regulators'
+        self.roles = self.regulators.frozen_roles()
         self.frozen_roles = tuple(role.role for role in self.roles)
         self._owner = shared_roles(self.roles)
-        self._frozen_models = {role: (frozen_models or {}).get(role, model) for role in self.frozen_roles}
+        self._frozen_models = {role: parts.frozen_models.get(role, parts.model) for role in self.frozen_roles}
 
-    def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
-        return {}
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, parts: ObjectiveParts) -> DualEncoderContrastive:
+        return cls(settings_of(config, LossSettings), parts, int(config.micro_batches))
+
+    @classmethod
+    def check(cls, config: ml_collections.ConfigDict) -> str | None:
+        if config.loss.momentum.enabled or config.loss.momentum.queue_size:
+            return (
+                "config keys loss.momentum.enabled and loss.momentum.queue_size need objective='albef' (ALBEF's "
+                'momentum model on a fusion model); turn them off for a dual encoder.'
+            )
+        return None
 
     def _answers(self, frozen: Mapping[str, PyTree], batch: Mapping[str, jax.Array]) -> dict[str, Any]:
-        """Each role's answer; roles asking one checkpoint the same question share one forward pass.
-        The chunked loss takes a cosine role's embeddings instead of its [B, B] cosines."""
-        answer = ask_embeddings if self.chunked else ask
+        """Each role's answer (objectives.frozen.ask); roles asking one checkpoint the same question share
+        one forward pass."""
         answers: dict[str, Any] = {}
         for role in self.roles:
             owner = self._owner[role.role]
             if owner not in answers:
-                answers[owner] = answer(self._frozen_models[owner], role, frozen[owner], batch)
+                answers[owner] = ask(self._frozen_models[owner], role, frozen[owner], batch)
             answers[role.role] = answers[owner]
         return answers
 
@@ -169,7 +183,7 @@ class DualEncoderContrastive:
         sims = image_text_cosines(image, text)
         (i2t, t2i), aux = (Regulation(), Regulation()), {}
         if self.regulators.active:
-            (i2t, t2i), aux = self.regulators(step, sims, self._answers(frozen, batch))
+            (i2t, t2i), aux = self.regulators.dense(sims, self._answers(frozen, batch), step)
         options = dict(
             form=self.form,
             sigmoid_bias=out['sigmoid_bias'],
@@ -186,7 +200,7 @@ class DualEncoderContrastive:
         else:
             loss, parts = contrastive_loss(image, text, out['logit_scale'], i2t=i2t, t2i=t2i, **options)
         parts = {**parts, 'hardest_negative_similarity': hardest_negative_similarity(sims)}
-        return _results(loss, {**parts, **momentum_metrics}, aux, out, batch)
+        return _results(self.regulators, loss, {**parts, **momentum_metrics}, aux, out, batch)
 
     def _chunked(
         self,
@@ -196,7 +210,7 @@ class DualEncoderContrastive:
         step: jax.Array,
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
         """The same loss, regulators and metrics in column blocks: no [B, B] array is formed (the
-        ground-truth probe's SRCL weight diagnostics, which need one, are left out)."""
+        ground-truth diagnostics that need one, such as SRCL's weights, are left out)."""
         image, text = out['image_embed'], out['text_embed']
         loss, parts, aux = chunked_contrastive_loss(
             image,
@@ -210,9 +224,18 @@ class DualEncoderContrastive:
             stop_grad_keys=self.stop_grad_keys,
             consistency_weight=self.consistency_weight,
         )
-        return _results(loss, parts, aux, out, batch)
+        return _results(self.regulators, loss, parts, aux, out, batch)
 
     def after_update(
         self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array
     ) -> tuple[PyTree, PyTree]:
         return clamp_temperature(params, self.model.config), extra
+
+    def ground_truth_metrics(self, false_negatives: jax.Array, outputs: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """Each regulator's diagnostics against the batch's known false negatives (regulator.probe_metrics)."""
+        aux = outputs.get(REGULATION, {})
+        masks = (false_negatives, false_negatives.T)
+        metrics: dict[str, jax.Array] = {}
+        for regulator in self.regulators.regulators:
+            metrics.update(regulator.probe_metrics(aux.get(regulator.name, {}), masks))
+        return metrics

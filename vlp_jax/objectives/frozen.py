@@ -1,17 +1,18 @@
 """Frozen models by role: resolved from the config once, outside jit; asked inside the step.
 
-A regulator that reads a frozen model names a role: SRCL's 'reference' (its cosines
-are the prior similarity), COSMO/MAFA's 'discriminator' (it scores the hardest
-negatives). Each role is a vlp_jax checkpoint path in the config. Roles naming the same
-path share one model: it is loaded once and asked once per step. Under jit the step
-receives `frozen` = {role: params} and never sees a path.
+A regulator that reads a frozen model declares a role (Regulator.frozen_roles): SRCL's
+'reference' (its cosines are the prior similarity), COSMO/MAFA's 'discriminator' (it scores
+the hardest negatives). Each role is a vlp_jax checkpoint path named by a config key. Roles
+naming the same path share one model: it is loaded once and asked once per step. Under jit
+the step receives `frozen` = {role: params} and never sees a path.
 
 A frozen model has its own architecture: train saves the model config beside every
 checkpoint and `frozen_models` builds that model (a fusion checkpoint can judge a dual
 encoder's batches, and the reverse); a checkpoint without one is taken to have the
-trained model's. A frozen model answers what its role asks: 'cosine' = the [B, B]
-image-text cosines of its own embeddings (any kind); 'itm' = the match probability its
-ITM head gives the pairs a regulator names (a fusion model; MAFA's discriminator).
+trained model's. A frozen model answers what its role asks: 'cosine' = its own unit-norm
+(image, text) embeddings of the batch (any kind; the loss forms their cosines tile by tile);
+'itm' = the match probability its ITM head gives the pairs a regulator names (a fusion model;
+MAFA's discriminator).
 """
 
 from __future__ import annotations
@@ -24,13 +25,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-
-from vlp_jax.config import srcl_needs_reference
 
 PyTree = Any
-REFERENCE = 'reference'
-DISCRIMINATOR = 'discriminator'
 COSINE = 'cosine'
 ITM = 'itm'
 
@@ -53,26 +49,6 @@ class FrozenModel:
 
     model: Any  # VLPModel
     abstract_params: PyTree
-
-
-def frozen_roles(config: ml_collections.ConfigDict) -> tuple[FrozenRole, ...]:
-    """The frozen models the selected regulators read, in a fixed order."""
-    regulators = tuple(config.loss.get('regulators', ()))
-    roles = []
-    if 'srcl' in regulators and srcl_needs_reference(config):
-        roles.append(
-            FrozenRole(REFERENCE, 'loss.srcl.reference_checkpoint', config.loss.srcl.reference_checkpoint, COSINE)
-        )
-    if 'cosmo' in regulators:
-        roles.append(
-            FrozenRole(
-                DISCRIMINATOR,
-                'loss.cosmo.reference_checkpoint',
-                config.loss.cosmo.reference_checkpoint,
-                config.loss.cosmo.discriminator,
-            )
-        )
-    return tuple(roles)
 
 
 def _canonical_checkpoint(path: str) -> str:
@@ -175,17 +151,18 @@ def itm_match_probability(
 
 
 def ask(model, role: FrozenRole, params: PyTree, batch: Mapping[str, jax.Array]) -> Any:
-    """What `role` asks its frozen model about the batch, rows images, no gradient.
+    """What `role` asks its frozen model about the batch, no gradient.
 
-    COSINE: the [B, B] cosines. ITM: a function (j_i2t, j_t2i) -> (q_i2t, q_t2i) scoring, for each
-    image i, the pair (image i, text j_i2t[i]) and, for each text i, (image j_t2i[i], text i): a
-    regulator names the pairs (COSMO: the hardest negatives), so only 2B pairs are fused, not B^2.
+    COSINE: the model's unit-norm (image, text) embeddings [B, E] (float32). ITM: a function
+    (j_i2t, j_t2i) -> (q_i2t, q_t2i) scoring, for each image i, the pair (image i, text j_i2t[i]) and,
+    for each text i, (image j_t2i[i], text i): a regulator names the pairs (COSMO: the hardest
+    negatives), so only 2B pairs are fused, not B^2.
     """
     params = jax.lax.stop_gradient(params)
     if role.answer == COSINE:
         image = model.apply({'params': params}, batch['image'], method='encode_images')
         text = model.apply({'params': params}, batch['text_ids'], batch['text_mask'], method='encode_texts')
-        return image_text_cosines(image, text)
+        return jax.lax.stop_gradient(image.astype(jnp.float32)), jax.lax.stop_gradient(text.astype(jnp.float32))
     assert role.answer == ITM, role.answer
     out = model.apply({'params': params}, batch['image'], batch['text_ids'], batch['text_mask'])
     texts, images, mask = out['text_tokens'], out['image_tokens'], batch['text_mask']

@@ -28,9 +28,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from vlp_jax.config import distill_ramp_steps
+from vlp_jax.config import at_least, in_range, key
 from vlp_jax.objectives.contrastive import Regulation
 from vlp_jax.objectives.regulators import MASKED_LOG_WEIGHT, Pair
 
@@ -44,22 +43,34 @@ QUEUE_COUNT = 'queue_count'  # rows filled so far (saturates at the queue size)
 
 @dataclasses.dataclass(frozen=True)
 class MomentumSettings:
+    """ALBEF's momentum model: EMA copies of all params, their features queued as extra ITC candidates,
+    and distillation: targets y = alpha * softmax(sim_momentum) + (1 - alpha) * y."""
+
+    enabled: bool = key(False, 'use the momentum model (objective albef)')
+    decay: float = key(0.995, 'EMA: m <- decay * m + (1 - decay) * params, after every update',
+                       check=in_range(0, 1, high_open=True))
+    distill_alpha: float = key(0.4, "ALBEF's distillation weight alpha; 0 turns distillation off", check=in_range(0, 1))
+    alpha_ramp_steps: int = key(-1, 'alpha rises linearly from 0 over these steps (-1 = the first epoch, as ALBEF)',
+                                check=at_least(-1))
+    queue_size: int = key(0, 'momentum features of past batches kept as ITC candidates (ALBEF: 65,536; a multiple '
+                          'of batch_size)', check=at_least(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Momentum:
+    """The momentum model as the step runs it: its settings with the ramp resolved."""
+
     decay: float
     distill_alpha: float
     ramp_steps: int
     queue_size: int
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> MomentumSettings | None:
-        block = config.loss.get('momentum', None)
-        if block is None or not block.enabled:
+    def of(cls, settings: MomentumSettings, steps_per_epoch: int) -> Momentum | None:
+        if not settings.enabled:
             return None
-        return cls(
-            decay=float(block.decay),
-            distill_alpha=float(block.distill_alpha),
-            ramp_steps=distill_ramp_steps(config),
-            queue_size=int(config.loss.queue_size),
-        )
+        ramp = steps_per_epoch if settings.alpha_ramp_steps == -1 else settings.alpha_ramp_steps
+        return cls(settings.decay, settings.distill_alpha, ramp, settings.queue_size)
 
     def alpha(self, step: jax.Array) -> jax.Array:
         """ALBEF's distillation weight: alpha * min(1, step / ramp_steps)."""

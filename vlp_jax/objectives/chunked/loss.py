@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,30 +11,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from vlp_jax.objectives.chunked.loss_parts import _loss_parts
-from vlp_jax.objectives.chunked.plan import COMMS, DIRECTIONS, _Plan, _resolve_mesh, default_block_size
+from vlp_jax.objectives.chunked.plan import COMMS, DIRECTIONS, _Plan, _resolve_mesh, default_block_size, role_key
 from vlp_jax.objectives.chunked.statistics import _stats_body
-from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE
-from vlp_jax.objectives.regulate import RegulatorChain
-from vlp_jax.objectives.regulators import (
-    MASKED_LOG_WEIGHT,
-    STATE_CONVERTED,
-    STATE_DROPPED,
-    STATE_KEPT,
-    _srcl_log_s,
-    srcl_alpha,
-)
-
-
-def srcl_log_w_from_rows(
-    sim_cur: jax.Array, sim_ref: jax.Array | None, alpha, log_mean: jax.Array, tau_w: float, w_min: float | None
-) -> jax.Array:
-    """SRCL's [B, B] log-weights of one direction rebuilt from its per-row statistic `log_mean` [B]
-    (aux['srcl']['log_mean'] of the chunked loss): equal to regulators._srcl_log_w. Dense: diagnostics only."""
-    diag = jnp.eye(sim_cur.shape[0], dtype=bool)
-    log_w = jnp.where(diag, 0.0, -_srcl_log_s(sim_cur, sim_ref, alpha, tau_w) - log_mean[:, None])
-    if w_min is not None:
-        log_w = jnp.where(~diag & (log_w < math.log(w_min)), MASKED_LOG_WEIGHT, log_w)
-    return log_w
+from vlp_jax.objectives.regulators.chain import RegulatorChain, full_tiles
 
 
 def chunked_contrastive_loss(
@@ -57,15 +35,17 @@ def chunked_contrastive_loss(
     comm: str = 'ring',
     dense_diagnostics: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-    """`regulators(step, sims, answers)` then `contrastive_loss(...)`, in memory-bounded chunks.
+    """`regulators.dense(...)` then `contrastive_loss(...)`, in memory-bounded chunks.
 
     Returns (loss, metrics, aux): loss and metrics as `contrastive_loss` ('loss_i2t', 'loss_t2i',
     'i2t_accuracy', 't2i_accuracy', 'consistency' when weighted) plus 'hardest_negative_similarity'
-    (dual_encoder's metric); aux as RegulatorChain's, except aux['srcl'] = {'alpha', 'log_mean':
-    (i2t, t2i) [B]} (+ 'log_w' [B, B] pair when `dense_diagnostics`).
+    (dual_encoder's metric); aux as the chain's `decide` gives it (per regulator: what its
+    decisions were), plus each regulator's `dense_aux` when `dense_diagnostics` (a [B, B] rebuild,
+    for the ground-truth probe at small B).
 
-    `answers[role]`: 'reference' -> (image, text) [B, E_r] embeddings of the frozen reference;
-    'discriminator' -> (image, text) embeddings (cosine) or the ITM scoring function (`ask_embeddings`).
+    `answers[role]`: a 'cosine' role's (image, text) [B, E] embeddings (they travel with the
+    candidates, so the role's cosines are formed per tile), other roles' answers as they come (an
+    ITM discriminator's scoring function, called with the [B] indices it is asked about).
     `mesh`: default the context mesh (`jax.set_mesh`), else one device; rows are split over its
     batch axes. `block_size`: columns per tile (divides B / devices), default `default_block_size`.
     `comm`: 'ring' (ppermute) or 'all_gather'.
@@ -85,42 +65,17 @@ def chunked_contrastive_loss(
     per_device = batch // devices
     block = int(block_size) if block_size else default_block_size(per_device)
     assert per_device % block == 0, f'block_size {block} must divide the {per_device} rows per device'
+    for regulator in chain.regulators:
+        assert batch >= regulator.min_batch, f'{regulator.name} needs B >= {regulator.min_batch}, got {batch}'
 
-    emb = {
-        'v': jax.lax.stop_gradient(image_embed.astype(jnp.float32)),
-        't': jax.lax.stop_gradient(text_embed.astype(jnp.float32)),
-    }
-    scalars: dict[str, jax.Array] = {}
-    settings: dict[str, Any] = {}
-    aux: dict[str, Any] = {}
-    alpha: Any = 0.0
-    if chain.srcl is not None:
-        s = chain.srcl
-        assert batch >= 2, f'SRCL needs B >= 2, got {batch}'
-        if s.w_min is not None:
-            assert s.w_min > 0, f'w_min must be positive (None = off), got {s.w_min}'
-        settings.update(srcl=True, srcl_reference=s.uses_reference, tau_w=s.tau_w, w_min=s.w_min)
-        if s.uses_reference:
-            alpha = srcl_alpha(step, s.alpha_start, s.alpha_end, s.decay_start, s.decay_end, s.alpha_shape)
-            scalars['alpha'] = jax.lax.stop_gradient(jnp.asarray(alpha, jnp.float32))
-            ref_image, ref_text = answers[REFERENCE]
-            emb['rv'] = jax.lax.stop_gradient(ref_image.astype(jnp.float32))
-            emb['rt'] = jax.lax.stop_gradient(ref_text.astype(jnp.float32))
-        else:
-            settings['alpha_static'] = 0.0
-    if chain.cosmo is not None:
-        c = chain.cosmo
-        assert batch >= 3, f'COSMO needs two negatives per anchor (B >= 3), got B = {batch}'
-        discriminator = answers[DISCRIMINATOR]
-        settings.update(cosmo=True, cosmo_itm=callable(discriminator), high=c.high, low=c.low, smoothing=True)
-        scalars['eps'] = jnp.where(step >= c.smoothing_start, jnp.asarray(c.eps, jnp.float32), 0.0)
-        if not callable(discriminator):
-            emb['dv'] = jax.lax.stop_gradient(discriminator[0].astype(jnp.float32))
-            emb['dt'] = jax.lax.stop_gradient(discriminator[1].astype(jnp.float32))
-    if chain.smoothing is not None:
-        sm = chain.smoothing
-        settings['smoothing'] = True
-        scalars['eps'] = jnp.where(step >= sm.start, jnp.asarray(sm.eps, jnp.float32), 0.0)
+    sg = lambda x: jax.lax.stop_gradient(x.astype(jnp.float32))
+    emb = {'v': sg(image_embed), 't': sg(text_embed)}
+    roles = tuple(role for role, answer in answers.items() if isinstance(answer, tuple))
+    for role in roles:
+        emb[role_key(role, 'v')], emb[role_key(role, 't')] = sg(answers[role][0]), sg(answers[role][1])
+    chain_scalars = jax.tree.map(jax.lax.stop_gradient, chain.prepare(jnp.asarray(step)))
+    eps = chain.smoothing_eps(chain_scalars)
+    scalars = {'chain': chain_scalars, 'eps': eps if eps is not None else jnp.zeros((), jnp.float32)}
     plan = _Plan(
         form=form,
         batch=batch,
@@ -130,7 +85,9 @@ def chunked_contrastive_loss(
         comm=comm,
         stop_grad_keys=bool(stop_grad_keys),
         consistency=bool(consistency_weight),
-        **settings,
+        chain=chain,
+        roles=roles,
+        smooths=eps is not None,
     )
 
     # Pass 1: per-row statistics, then the regulators' [B] decisions.
@@ -149,43 +106,18 @@ def chunked_contrastive_loss(
         metrics[f'{name}_accuracy'] = jnp.mean(correct)
     metrics['hardest_negative_similarity'] = jnp.mean(stats['i2t']['top']['value'][:, 0])
 
-    regulated_rows: dict[str, dict[str, jax.Array]] = {'i2t': {}, 't2i': {}}
-    if plan.srcl:
-        log_means = tuple(stats[name]['lse'] - math.log(batch - 1) for name, _, _ in DIRECTIONS)
-        for (name, _, _), log_mean in zip(DIRECTIONS, log_means):
-            regulated_rows[name]['log_mean'] = log_mean
-        aux['srcl'] = {'alpha': jnp.asarray(alpha, jnp.float32), 'log_mean': log_means}
-        if dense_diagnostics:
-            sims = jnp.einsum('ie,je->ij', emb['v'], emb['t'])
-            refs = jnp.einsum('ie,je->ij', emb['rv'], emb['rt']) if plan.srcl_reference else None
-            a = alpha if plan.alpha_static is None else plan.alpha_static
-            aux['srcl']['log_w'] = tuple(
-                srcl_log_w_from_rows(s, r, a, m, plan.tau_w, plan.w_min)
-                for s, r, m in zip((sims, sims.T), (refs, None if refs is None else refs.T), log_means)
-            )
-    if plan.cosmo:
-        tops = {name: stats[name]['top'] for name, _, _ in DIRECTIONS}
-        if plan.cosmo_itm:
-            scores = discriminator(tops['i2t']['index'][:, 0], tops['t2i']['index'][:, 0])
-        else:
-            scores = tuple(tops[name]['score'][:, 0] for name, _, _ in DIRECTIONS)
-        aux['cosmo'] = {}
-        for (name, _, _), q in zip(DIRECTIONS, scores):
-            q = jax.lax.stop_gradient(q.astype(jnp.float32))
-            converted = q > plan.high
-            state = jnp.where(converted, STATE_CONVERTED, jnp.where(q >= plan.low, STATE_DROPPED, STATE_KEPT))
-            hardest, second = tops[name]['index'][:, 0], tops[name]['index'][:, 1]
-            regulated_rows[name].update(hardest=hardest, converted=converted)
-            aux['cosmo'][name] = {
-                'hardest': hardest,
-                'second': second,
-                'state': state.astype(jnp.int32),
-                'converted': converted,
-                'hardest_score': q,
-            }
+    decided, aux = chain.decide({name: stats[name]['chain'] for name, _, _ in DIRECTIONS}, chain_scalars, answers)
+    if dense_diagnostics and chain.active:  # one [B, B] tile, as the dense loss sees it
+        tiles = full_tiles(jnp.einsum('ie,je->ij', emb['v'], emb['t']), {r: answers[r] for r in roles})
+        records = {name: {} for name, _, _ in DIRECTIONS}
+        for name, _, _ in DIRECTIONS:
+            chain.targets(tiles[name], decided[name], chain_scalars, records[name])
+        for regulator in chain.regulators:
+            extra = regulator.dense_aux(records['i2t'][regulator.name], records['t2i'][regulator.name])
+            aux[regulator.name] = {**aux[regulator.name], **extra}
 
     # Passes 2 and 3: the loss, and its gradient by recomputation.
-    consts = {'emb': {k: v for k, v in emb.items() if k not in ('v', 't')}, 'rows': regulated_rows, 'scalars': scalars}
+    consts = {'emb': {k: v for k, v in emb.items() if k not in ('v', 't')}, 'rows': decided, 'scalars': scalars}
     bias = jnp.zeros((), jnp.float32) if sigmoid_bias is None else jnp.asarray(sigmoid_bias, jnp.float32)
     diff = {'v': image_embed.astype(jnp.float32), 't': text_embed.astype(jnp.float32), 'scale': scale, 'bias': bias}
     parts = _loss_parts(plan, mesh)(diff, consts)

@@ -1,8 +1,9 @@
-"""What is static about one call of the chunked loss: the tile size, the mesh's batch axes, the regulators' settings."""
+"""What is static about one call of the chunked loss: the tile size, the mesh's batch axes, the regulator chain."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -14,14 +15,15 @@ from vlp_jax.parallel import BATCH_AXES
 # Default size of one [rows, columns] tile: 2^21 float32 = 8 MiB per temporary.
 TILE_ELEMENTS = 1 << 21
 COMMS = ('ring', 'all_gather')
-# Per direction: (name, anchor key, candidate key). Rows of i2t are images, of t2i texts; the
-# reference ('r') and discriminator ('d') embeddings use the same letters with a prefix.
+# Per direction: (name, anchor key, candidate key). Rows of i2t are images, of t2i texts; a frozen
+# model's embeddings use the same letters after its role: 'ROLE:v', 'ROLE:t'.
 DIRECTIONS = (('i2t', 'v', 't'), ('t2i', 't', 'v'))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Plan:
-    """Everything static about one call: shapes, mesh, which regulators, their Python settings."""
+    """Everything static about one call: shapes, mesh, the regulators (applied tile by tile), which frozen
+    models' embeddings travel with the candidates."""
 
     form: str
     batch: int
@@ -31,16 +33,13 @@ class _Plan:
     comm: str
     stop_grad_keys: bool
     consistency: bool
-    srcl: bool = False
-    srcl_reference: bool = False
-    alpha_static: float | None = None  # SRCL's alpha when a Python number (no reference model: 0)
-    tau_w: float = 1.0
-    w_min: float | None = None
-    cosmo: bool = False
-    cosmo_itm: bool = False  # discriminator is a scoring function (j1 only), not embeddings
-    high: float = 0.0
-    low: float = 0.0
-    smoothing: bool = False  # targets smoothed (COSMO's eps or the smoothing regulator)
+    chain: Any  # objectives.regulators.RegulatorChain
+    roles: tuple[str, ...] = ()  # frozen 'cosine' roles whose embeddings ride along
+    smooths: bool = False  # a regulator asks for uniform smoothing of the targets
+
+
+def role_key(role: str, letter: str) -> str:
+    return f'{role}:{letter}'
 
 
 def _resolve_mesh(mesh):

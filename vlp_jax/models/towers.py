@@ -1,0 +1,103 @@
+"""Towers by name (registry TOWERS): 'vit' (vision) and 'transformer' (text, BERT/MiniLM/CLIP layouts).
+
+A tower is a flax module class built as `module(config, dtype=...)` and called as
+`tower(inputs..., deterministic=...) -> (pooled [B, width], tokens [B, N, width])`, plus a
+`config_from(group, model)` that reads its keys from the config group `model.vision` or
+`model.text` (a dict: the saved model config of a checkpoint works too) and the `model` group
+(image_size, max_text_len, remat, scan), raising ValueError naming the key when one is wrong.
+A text tower of a fusion model also provides `fuse` and `attend` (models/text.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vlp_jax.models.text import TEXT_VARIANTS, TextConfig, TextEncoder
+from vlp_jax.models.vit import VIT_VARIANTS, ViT, ViTConfig
+from vlp_jax.registry import TOWERS
+
+CUSTOM_VARIANT = 'custom'
+VISION, TEXT = 'vision', 'text'
+
+
+@dataclasses.dataclass(frozen=True)
+class Tower:
+    kind: str  # VISION | TEXT
+    module: type
+    config_from: Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+
+
+def _sizes(group: Mapping[str, Any], variants: Mapping[str, tuple], path: str) -> dict[str, int]:
+    """width/depth/num_heads/mlp_dim: the group's own ('custom') or a named variant's."""
+    variant = group.get('variant', CUSTOM_VARIANT)
+    if variant == CUSTOM_VARIANT:
+        return {key: int(group[key]) for key in ('width', 'depth', 'num_heads', 'mlp_dim')}
+    if variant not in variants:
+        raise ValueError(f'config key {path}.variant must be one of {(CUSTOM_VARIANT, *variants)}, got {variant!r}')
+    return dict(zip(('width', 'depth', 'num_heads', 'mlp_dim'), variants[variant]))
+
+
+def _options(group: Mapping[str, Any], model: Mapping[str, Any], cls: type, names: tuple[str, ...]) -> dict:
+    """The group's values of `names` (the dataclass default where a saved config predates a key)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {name: group.get(name, fields[name].default) for name in names}
+    out['remat'] = str(group.get('remat', '') or model.get('remat', 'none'))
+    out['scan'] = bool(model.get('scan', False))
+    return out
+
+
+def vit_config_from(group: Mapping[str, Any], model: Mapping[str, Any]) -> ViTConfig:
+    options = _options(
+        group,
+        model,
+        ViTConfig,
+        ('dropout', 'pool', 'ln_eps', 'activation', 'pre_layernorm', 'patch_bias', 'pooler'),
+    )
+    return ViTConfig(
+        image_size=int(model['image_size']),
+        patch_size=int(group['patch_size']),
+        **_sizes(group, VIT_VARIANTS, 'model.vision'),
+        **options,
+    )
+
+
+def text_config_from(group: Mapping[str, Any], model: Mapping[str, Any]) -> TextConfig:
+    options = _options(
+        group,
+        model,
+        TextConfig,
+        (
+            'vocab_size',
+            'dropout',
+            'pre_norm',
+            'max_positions',
+            'type_vocab_size',
+            'pool',
+            'pooler',
+            'embed_norm',
+            'causal',
+            'activation',
+            'ln_eps',
+        ),
+    )
+    fusion = int(group.get('fusion_layers', group.get('num_fusion_layers', 0)))
+    return TextConfig(
+        max_len=int(model['max_text_len']),
+        num_fusion_layers=fusion,
+        **_sizes(group, TEXT_VARIANTS, 'model.text'),
+        **options,
+    )
+
+
+TOWERS.register('vit')(Tower(VISION, ViT, vit_config_from))
+TOWERS.register('transformer')(Tower(TEXT, TextEncoder, text_config_from))
+
+
+def tower(name: str, kind: str) -> Tower:
+    """The registered tower `name`, which must be of `kind` (a vision tower cannot read text)."""
+    found = TOWERS.get(name)
+    if found.kind != kind:
+        raise ValueError(f'config key model.{kind}.tower names {name!r}, a {found.kind} tower; name a {kind} tower')
+    return found
