@@ -58,9 +58,6 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= MIN_DECAYED_NDIM, params)
 
 
-path_name = path_key  # 'vision/encoder/.../kernel' for a jax key path into a params dict
-
-
 def _is_param(leaf: Any) -> bool:
     """Boxed params (nn.Partitioned, under eval_shape and init) are leaves here, not their `.value`."""
     return isinstance(leaf, nn.meta.AxisMetadata)
@@ -69,7 +66,7 @@ def _is_param(leaf: Any) -> bool:
 def param_names(params: Any) -> list[str]:
     """Every param's path name, in tree order (boxed or plain params)."""
     flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_param)[0]
-    return [path_name(path) for path, _ in flat]
+    return [path_key(path) for path, _ in flat]
 
 
 def optim_settings(config: ml_collections.ConfigDict) -> tuple[str, Multipliers]:
@@ -90,7 +87,7 @@ def multiplier_for(name: str, multipliers: Multipliers) -> float:
 
 def param_labels(params: Any, frozen: str) -> Any:
     """FROZEN or TRAINED per param (a prefix tree of boxed params, the same tree for plain ones)."""
-    label = lambda path, _: FROZEN if frozen and re.fullmatch(frozen, path_name(path)) else TRAINED
+    label = lambda path, _: FROZEN if frozen and re.fullmatch(frozen, path_key(path)) else TRAINED
     return jax.tree_util.tree_map_with_path(label, params, is_leaf=_is_param)
 
 
@@ -123,7 +120,7 @@ def scale_by_multipliers(multipliers: Multipliers) -> optax.GradientTransformati
         del params
 
         def scale(path, update):
-            multiplier = multiplier_for(path_name(path), multipliers)
+            multiplier = multiplier_for(path_key(path), multipliers)
             return update if multiplier == 1.0 else update * multiplier
 
         return jax.tree_util.tree_map_with_path(scale, updates), state

@@ -72,9 +72,3 @@ def retrieval_metrics_from_scores(
             metrics[f't2i_semantic_r{k}'] = float(np.mean(np.any(truth[text_ids[:, None], t2i_top[:, :kk]], axis=1)))
             metrics[f'i2t_semantic_r{k}'] = float(np.mean(np.any(truth[i2t_top[:, :kk], image_ids[:, None]], axis=1)))
     return metrics
-
-
-def chance_recall_at_1(num_images: int, captions_per_image: int) -> dict[str, float]:
-    """What a random ranking scores: the yardstick for 'beats chance'."""
-    num_texts = num_images * captions_per_image
-    return {'t2i_r1': 1.0 / num_images, 'i2t_r1': captions_per_image / num_texts}
