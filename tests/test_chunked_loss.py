@@ -262,13 +262,10 @@ def test_chunked_equals_dense_on_eight_devices():
 def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
     """loss.impl switches the dual encoder's objective; the same batch, regulators and frozen models give
     the same loss, metrics and gradients."""
-    from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG
+    from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG, train_batches
 
     from vlp_jax import setup as setup_lib
     from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
-    from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
 
     def build(impl):
         config = load_config_file(TINY_CONFIG)
@@ -283,10 +280,7 @@ def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
 
     config, dense = build('dense')
     _, chunked = build('chunked')
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
-    batch = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-    batch['image'] = batch_spec.normalise_images(raw['image'])
-    batch = {key: jnp.asarray(value) for key, value in batch.items()}
+    batch = train_batches(config, as_jax=True)[0]
     params = dense.init_state()['params']
     reference = jax.tree.map(lambda x: x * 1.5, params)  # another model: its cosines differ from the trained one's
     frozen = {'reference': reference, 'discriminator': reference}

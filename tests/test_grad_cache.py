@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, REPO, TINY_CONFIG
+from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, REPO, TINY_CONFIG, train_batches
 
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.objectives.grad_cache import grad_cache_value_and_grad, join_micro_batches, split_micro_batches
@@ -65,9 +65,6 @@ def test_grad_cache_equals_the_full_batch_gradient_of_a_coupled_loss():
 def compare_accumulated_with_full_batch(device_count: int, micro_batches: int, mesh_overrides=()) -> float:
     """Max relative gradient difference of micro_batches vs 1 through the real objectives (asserts 1e-5)."""
     from vlp_jax import setup as setup_lib
-    from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
 
     def build(micro):
         config = load_config_file(TINY_CONFIG)
@@ -78,9 +75,7 @@ def compare_accumulated_with_full_batch(device_count: int, micro_batches: int, m
 
     config, full = build(1)
     _, accumulated = build(micro_batches)
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
-    batch = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-    batch['image'] = batch_spec.normalise_images(raw['image'])
+    batch = train_batches(config)[0]
     params = full.init_state()['params']
     reference = jax.tree.map(lambda x: x * 1.5, params)  # a frozen model whose cosines differ from the trained one's
     frozen = {'reference': reference, 'discriminator': reference}

@@ -30,9 +30,8 @@ SCRIPT = textwrap.dedent("""
     from vlp_jax import parallel, setup as setup_lib
     from vlp_jax.checkpointing import Checkpointer
     from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
-    from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
+    sys.path.insert(0, 'tests')
+    from conftest import train_batches
     assert jax.device_count() == 8
     base, layouts = sys.argv[1:-1], json.loads(sys.argv[-1])
 
@@ -43,13 +42,7 @@ SCRIPT = textwrap.dedent("""
         return config, setup_lib.build(config, devices)
 
     config, _ = build([], jax.devices()[:1])
-    pipeline = TrainPipeline(config, build_source(config, 'train'))
-    batches = []
-    for i in range(3):
-        raw = pipeline.raw_batch(i)
-        host = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-        host['image'] = batch_spec.normalise_images(raw['image'])
-        batches.append(host)
+    batches = train_batches(config, 3)
 
     def train(run_setup):
         state, step, losses = run_setup.init_state(), run_setup.train_step(), []

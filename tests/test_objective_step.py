@@ -5,13 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG
+from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
 from vlp_jax import parallel, steps
 from vlp_jax import setup as setup_lib
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.pipeline import TrainPipeline
 from vlp_jax.data.sources import build_source
 from vlp_jax.data.synthetic import captions_true_of_scenes
 from vlp_jax.objectives.base import REGULATION
@@ -36,9 +35,7 @@ def world():
     other.seed = 1
     frozen_params = setup_lib.build(other, ONE_DEVICE).init_state()['params']
     source = build_source(config, 'train')
-    raw = TrainPipeline(config, source).raw_batch(0)
-    host = batch_spec.select(raw, batch_spec.step_keys(batch_spec.GROUND_TRUTH_KEYS))
-    host['image'] = batch_spec.normalise_images(raw['image'])
+    host = train_batches(config, probe_keys=batch_spec.GROUND_TRUTH_KEYS, source=source)[0]
     return host, frozen_params, source.ground_truth_probe()
 
 
