@@ -100,6 +100,26 @@ def train_batches(config, count=1, *, probe_keys=(), source=None, as_jax=False):
     return batches
 
 
+def run_on_devices(code, *args, devices=8, timeout=300):
+    """`python -c code *args` in a fresh process with `devices` fake CPU devices (XLA_FLAGS counts only
+    before jax is imported, hence the process); the repository and tests/ are importable there.
+    The CompletedProcess, text output captured; the caller asserts on it."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+        JAX_PLATFORMS='cpu',
+        PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.path.join(REPO, 'tests'), os.environ.get('PYTHONPATH')])),
+    )
+    return subprocess.run(
+        [sys.executable, '-c', code, *map(str, args)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def kill_after_checkpoint(args, workdir, step, devices=1, timeout=300):
     """Starts `vlp_jax.train args`, SIGKILLs it a little after checkpoint `step` is committed."""
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', PYTHONPATH=REPO)

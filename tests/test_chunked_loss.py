@@ -4,9 +4,6 @@ Every regulator combination, softmax and sigmoid, on 1 device (several column ch
 CPU devices (a subprocess; data=4 x fsdp=2, ring and all-gather), to 1e-5.
 """
 
-import os
-import subprocess
-import sys
 import time
 
 import jax
@@ -19,7 +16,6 @@ from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE, image_text_cosines
 from vlp_jax.objectives.regulate import CosmoSettings, RegulatorChain, SmoothingSettings, SrclSettings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, EMBED, STEP = 32, 8, 5
 TOLERANCE = 1e-5
 
@@ -244,16 +240,9 @@ def _eight_devices():
 
 
 def test_chunked_equals_dense_on_eight_devices():
-    env = dict(
-        os.environ,
-        XLA_FLAGS='--xla_force_host_platform_device_count=8',
-        JAX_PLATFORMS='cpu',
-        PYTHONPATH=os.pathsep.join((REPO, os.path.join(REPO, 'tests'))),
-    )
-    code = 'import test_chunked_loss as t; t._eight_devices()'
-    result = subprocess.run(
-        [sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    from conftest import run_on_devices
+
+    result = run_on_devices('import test_chunked_loss as t; t._eight_devices()', timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert 'EIGHT DEVICES OK' in result.stdout
 

@@ -229,6 +229,11 @@ def _has(cfg: Any, key: str) -> bool:
 _MISSING = object()
 
 
+def _custom_sizes(tower: Any) -> dict[str, int]:
+    """The sizes a 'custom' tower reads from its config (a named variant fixes them)."""
+    return {key: int(_get(tower, key)) for key in ('width', 'depth', 'num_heads', 'mlp_dim')}
+
+
 def model_config_from_dict(cfg: Any) -> VLPConfig:
     """Builds a VLPConfig from the ``model`` config section (or a config holding it).
 
@@ -258,15 +263,7 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
     )
     patch = int(_get(v, 'patch_size'))
     if v_variant == CUSTOM_VARIANT:
-        vision = ViTConfig(
-            image_size=image_size,
-            patch_size=patch,
-            width=int(_get(v, 'width')),
-            depth=int(_get(v, 'depth')),
-            num_heads=int(_get(v, 'num_heads')),
-            mlp_dim=int(_get(v, 'mlp_dim')),
-            **v_extra,
-        )
+        vision = ViTConfig(image_size=image_size, patch_size=patch, **_custom_sizes(v), **v_extra)
     elif v_variant in VIT_VARIANTS:
         vision = vit_config(v_variant, image_size, patch, **v_extra)
     else:
@@ -291,14 +288,7 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         ln_eps=float(_get(t, 'ln_eps', BERT_LN_EPS)),
     )
     if t_variant == CUSTOM_VARIANT:
-        text = TextConfig(
-            max_len=max_len,
-            width=int(_get(t, 'width')),
-            depth=int(_get(t, 'depth')),
-            num_heads=int(_get(t, 'num_heads')),
-            mlp_dim=int(_get(t, 'mlp_dim')),
-            **t_extra,
-        )
+        text = TextConfig(max_len=max_len, **_custom_sizes(t), **t_extra)
     elif t_variant in TEXT_VARIANTS:
         text = text_config(t_variant, max_len, **t_extra)
     else:
