@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny config, and a runner for the CLI in a subprocess.
+"""Shared fixtures: the tiny config, a runner for the CLI in a subprocess, and the training pipeline's
+batches as a train step takes them.
 
 Subprocesses keep JAX's device count per test (XLA_FLAGS must be set before jax is
 imported) and exercise the exact commands users run.
@@ -72,6 +73,51 @@ def run_cli(module, args, devices=1, timeout=600, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f'{module} {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}')
     return result
+
+
+def train_batches(config, count=1, *, probe_keys=(), source=None, as_jax=False):
+    """The first `count` batches of `config`'s training pipeline, model-ready: raw batch -> the step's keys
+    (the required ones plus `probe_keys`) -> images normalised to the model's range (no augmentation).
+
+    `source`: the train source when the caller needs it too (default: built from the config).
+    Host numpy arrays, or jax arrays with `as_jax`.
+    """
+    from vlp_jax.data import batch as batch_spec
+    from vlp_jax.data.pipeline import TrainPipeline
+    from vlp_jax.data.sources import build_source
+
+    pipeline = TrainPipeline(config, build_source(config, 'train') if source is None else source)
+    batches = []
+    for step in range(count):
+        raw = pipeline.raw_batch(step)
+        batch = batch_spec.select(raw, batch_spec.step_keys(probe_keys))
+        batch['image'] = batch_spec.normalise_images(raw['image'])
+        if as_jax:
+            import jax.numpy as jnp
+
+            batch = {key: jnp.asarray(value) for key, value in batch.items()}
+        batches.append(batch)
+    return batches
+
+
+def run_on_devices(code, *args, devices=8, timeout=300):
+    """`python -c code *args` in a fresh process with `devices` fake CPU devices (XLA_FLAGS counts only
+    before jax is imported, hence the process); the repository and tests/ are importable there.
+    The CompletedProcess, text output captured; the caller asserts on it."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+        JAX_PLATFORMS='cpu',
+        PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.path.join(REPO, 'tests'), os.environ.get('PYTHONPATH')])),
+    )
+    return subprocess.run(
+        [sys.executable, '-c', code, *map(str, args)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def kill_after_checkpoint(args, workdir, step, devices=1, timeout=300):

@@ -4,14 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli, train_batches
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import Checkpointer
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
-from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.pipeline import TrainPipeline
-from vlp_jax.data.sources import build_source
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import AlbefObjective, split_rng
 from vlp_jax.objectives.matching import mask_tokens, selection_draws
@@ -30,10 +27,7 @@ def _config(*overrides):
 @pytest.fixture(scope='module')
 def fusion_batch():
     config = _config()
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
-    host = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-    host['image'] = batch_spec.normalise_images(raw['image'])
-    return {key: jnp.asarray(value) for key, value in host.items()}
+    return train_batches(config, as_jax=True)[0]
 
 
 def _np_cross_entropy(logits, labels):

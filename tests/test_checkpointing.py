@@ -1,9 +1,6 @@
 """Tests for vlp_jax.checkpointing: round trip, keep-K, resume, corruption fallback, sharding."""
 
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -11,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import run_on_devices
 
 from vlp_jax.checkpointing import Checkpointer, CheckpointError, restore_params_from
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # orbax/tensorstore leave an 'Event loop is closed' callback behind after a failed read.
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -231,15 +227,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 def test_sharded_save_restore_across_device_counts(tmp_path):
     d = tmp_path / 'checkpoints'
-    env = dict(
-        os.environ,
-        XLA_FLAGS='--xla_force_host_platform_device_count=8',
-        JAX_PLATFORMS='cpu',
-        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
-    )
-    proc = subprocess.run(
-        [sys.executable, '-c', SHARDED_SCRIPT, str(d)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    proc = run_on_devices(SHARDED_SCRIPT, d, timeout=120)
     assert proc.returncode == 0 and 'SHARDED_OK' in proc.stdout, proc.stderr[-3000:]
     # This process: restore the 8-way sharded checkpoint onto one device.
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])

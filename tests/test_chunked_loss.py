@@ -4,9 +4,6 @@ Every regulator combination, softmax and sigmoid, on 1 device (several column ch
 CPU devices (a subprocess; data=4 x fsdp=2, ring and all-gather), to 1e-5.
 """
 
-import os
-import subprocess
-import sys
 import time
 
 import jax
@@ -19,7 +16,6 @@ from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE, image_text_cosines
 from vlp_jax.objectives.regulate import CosmoSettings, RegulatorChain, SmoothingSettings, SrclSettings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, EMBED, STEP = 32, 8, 5
 TOLERANCE = 1e-5
 
@@ -244,16 +240,9 @@ def _eight_devices():
 
 
 def test_chunked_equals_dense_on_eight_devices():
-    env = dict(
-        os.environ,
-        XLA_FLAGS='--xla_force_host_platform_device_count=8',
-        JAX_PLATFORMS='cpu',
-        PYTHONPATH=os.pathsep.join((REPO, os.path.join(REPO, 'tests'))),
-    )
-    code = 'import test_chunked_loss as t; t._eight_devices()'
-    result = subprocess.run(
-        [sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    from conftest import run_on_devices
+
+    result = run_on_devices('import test_chunked_loss as t; t._eight_devices()', timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert 'EIGHT DEVICES OK' in result.stdout
 
@@ -262,13 +251,10 @@ def test_chunked_equals_dense_on_eight_devices():
 def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
     """loss.impl switches the dual encoder's objective; the same batch, regulators and frozen models give
     the same loss, metrics and gradients."""
-    from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG
+    from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG, train_batches
 
     from vlp_jax import setup as setup_lib
     from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
-    from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
 
     def build(impl):
         config = load_config_file(TINY_CONFIG)
@@ -283,10 +269,7 @@ def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
 
     config, dense = build('dense')
     _, chunked = build('chunked')
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
-    batch = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-    batch['image'] = batch_spec.normalise_images(raw['image'])
-    batch = {key: jnp.asarray(value) for key, value in batch.items()}
+    batch = train_batches(config, as_jax=True)[0]
     params = dense.init_state()['params']
     reference = jax.tree.map(lambda x: x * 1.5, params)  # another model: its cosines differ from the trained one's
     frozen = {'reference': reference, 'discriminator': reference}

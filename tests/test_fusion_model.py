@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import TINY_CONFIG
-from test_models import _numpy_attention, tiny_inputs
+from test_models import _numpy_attention, assert_every_param_has_logical_names, tiny_inputs
 
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, validate
 from vlp_jax.models.layers import TransformerBlock
@@ -123,12 +123,7 @@ def test_itm_and_mlm_heads_match_numpy(fusion_model):
 
 def test_fusion_params_have_logical_names_and_a_dual_model_has_none(fusion_model):
     _, boxed, variables = fusion_model
-    specs = nn.get_partition_spec(boxed)
-    leaves, _ = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
-    params = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
-    assert len(leaves) == len(params)
-    for path, spec in leaves:
-        assert len(spec) == params[path].ndim, (path, spec)
+    assert_every_param_has_logical_names(boxed, variables)
     names = set(variables['params'])
     assert {'itm_head', 'mlm_dense', 'mlm_norm', 'mlm_bias'} <= names and 'fusion' in variables['params']['text']
     assert len(variables['params']['text']['fusion']) == 2 + 1  # two blocks and the final LayerNorm

@@ -5,15 +5,11 @@ COSMO reading a frozen reference: the loss, metrics and gradients of micro_batch
 one pass over the whole batch to 1e-5.
 """
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, REPO, TINY_CONFIG
+from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG, run_on_devices, train_batches
 
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.objectives.grad_cache import grad_cache_value_and_grad, join_micro_batches, split_micro_batches
@@ -65,9 +61,6 @@ def test_grad_cache_equals_the_full_batch_gradient_of_a_coupled_loss():
 def compare_accumulated_with_full_batch(device_count: int, micro_batches: int, mesh_overrides=()) -> float:
     """Max relative gradient difference of micro_batches vs 1 through the real objectives (asserts 1e-5)."""
     from vlp_jax import setup as setup_lib
-    from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
 
     def build(micro):
         config = load_config_file(TINY_CONFIG)
@@ -78,9 +71,7 @@ def compare_accumulated_with_full_batch(device_count: int, micro_batches: int, m
 
     config, full = build(1)
     _, accumulated = build(micro_batches)
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
-    batch = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-    batch['image'] = batch_spec.normalise_images(raw['image'])
+    batch = train_batches(config)[0]
     params = full.init_state()['params']
     reference = jax.tree.map(lambda x: x * 1.5, params)  # a frozen model whose cosines differ from the trained one's
     frozen = {'reference': reference, 'discriminator': reference}
@@ -117,14 +108,10 @@ def test_accumulated_gradient_equals_the_full_batch_on_one_device():
 
 def test_accumulated_gradient_equals_the_full_batch_on_eight_devices():
     code = (
-        'import sys; sys.path.insert(0, "tests"); '
         'from test_grad_cache import compare_accumulated_with_full_batch as c; '
         'print("worst", c(8, 4, ("--config.mesh.data=4", "--config.mesh.fsdp=2")))'
     )
-    env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
-    result = subprocess.run(
-        [sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = run_on_devices(code, timeout=600)
     assert result.returncode == 0 and 'worst' in result.stdout, result.stderr[-3000:]
 
 

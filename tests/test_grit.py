@@ -52,21 +52,30 @@ def test_chain_under_vmap_with_traced_start():
         assert (got[s] - 12 * s).tolist() == reference_chain(v[rows], t[rows], int(starts[s]))
 
 
-def test_group_queue_is_reference_chain_after_the_shuffle():
-    queue, space = 48, 16
+@pytest.mark.parametrize('shards', [1, 2])
+def test_grouping_is_reference_chain_after_the_shuffle(shards):
+    """GritQueue's grouping of one full queue: per shard, shuffle, cut into spaces, chain each (reference)."""
+    queue, space, batch = 48, 16, 8
     v, t = exact_embeddings(np.random.default_rng(1), queue, 8)
     indices = np.random.default_rng(2).choice(10_000, size=queue, replace=False)
     key = jax.random.key(7)
-    got = np.asarray(grit.group_queue(v, t, indices, space, key))
-    assert sorted(got.tolist()) == sorted(indices.tolist())
-    np.testing.assert_array_equal(got, np.asarray(grit.group_queue(v, t, indices, space, key)))
-    assert not np.array_equal(got, np.asarray(grit.group_queue(v, t, indices, space, jax.random.key(8))))
-    perm, starts = (np.asarray(a) for a in grit.search_plan(key, queue, space))
-    expected = []
-    for s in range(queue // space):
-        rows = perm[s * space : (s + 1) * space]
-        expected += indices[rows[reference_chain(v[rows], t[rows], int(starts[s]))]].tolist()
-    assert got.tolist() == expected
+    group = lambda key: grit.group_queue_local(v, t, indices, space, key, shards, batch)
+    got = group(key)
+    assert got.shape == (shards, queue // shards)
+    assert sorted(got.reshape(-1).tolist()) == sorted(indices.tolist())
+    np.testing.assert_array_equal(got, group(key))
+    assert not np.array_equal(got, group(jax.random.key(8)))
+    local_space = space // shards
+    for shard in range(shards):
+        owned = np.flatnonzero((np.arange(queue) % batch) // (batch // shards) == shard)  # its slots of each batch
+        perm, starts = (
+            np.asarray(a) for a in grit.search_plan(jax.random.fold_in(key, shard), len(owned), local_space)
+        )
+        expected = []
+        for s in range(len(owned) // local_space):
+            rows = owned[perm[s * local_space : (s + 1) * local_space]]
+            expected += indices[rows[reference_chain(v[rows], t[rows], int(starts[s]))]].tolist()
+        assert got[shard].tolist() == expected, shard
 
 
 def test_remainder_is_one_smaller_search_space():
@@ -93,13 +102,6 @@ def test_next_epoch_order_shuffles_whole_batches():
     np.testing.assert_array_equal(order, grit.next_epoch_order(grouped, 10, seed=0, epoch=1))
     assert not np.array_equal(order, grit.next_epoch_order(grouped, 10, seed=1, epoch=1))
     assert not np.array_equal(order, grit.next_epoch_order(grouped, 10, seed=0, epoch=2))
-
-
-def test_random_epoch_order_is_a_seeded_permutation():
-    order = grit.random_epoch_order(50, seed=3, epoch=0)
-    assert sorted(order.tolist()) == list(range(50))
-    np.testing.assert_array_equal(order, grit.random_epoch_order(50, seed=3, epoch=0))
-    assert not np.array_equal(order, grit.random_epoch_order(50, seed=3, epoch=1))
 
 
 def test_grouped_batches_are_more_similar_than_random_ones():

@@ -5,15 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, read_metrics, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, read_metrics, run_cli, train_batches
 
 from vlp_jax import setup as setup_lib
 from vlp_jax import steps
 from vlp_jax.checkpointing import restore_params_from
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
-from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.pipeline import TrainPipeline
-from vlp_jax.data.sources import build_source
 from vlp_jax.guards import Diverged, NonFiniteGuard
 
 
@@ -23,13 +20,10 @@ def test_a_non_finite_batch_leaves_the_state_as_it_was():
     apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.warmup_steps=0'])[1])
     validate(config, 1)
     run_setup = setup_lib.build(config, jax.devices()[:1])
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
-    batch = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-    batch['image'] = batch_spec.normalise_images(raw['image'])
+    good = train_batches(config, as_jax=True)[0]
     step = run_setup.train_step()
     state = run_setup.init_state()
     before = jax.device_get(state)
-    good = {key: jnp.asarray(value) for key, value in batch.items()}
     bad = {**good, 'image': good['image'].at[0, 0, 0, 0].set(jnp.nan)}
     state, metrics, _ = step(state, bad)
     after = jax.device_get(state)

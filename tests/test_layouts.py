@@ -1,13 +1,10 @@
 """Sharding from config: data parallel, FSDP, both, and tensor parallel train like 1 device; a checkpoint
 moves between meshes; a layout the model cannot take is a one-line config error before compilation."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG
+from conftest import FAST_OVERRIDES, TINY_CONFIG, run_on_devices
 
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
 
@@ -30,9 +27,7 @@ SCRIPT = textwrap.dedent("""
     from vlp_jax import parallel, setup as setup_lib
     from vlp_jax.checkpointing import Checkpointer
     from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
-    from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
+    from conftest import train_batches
     assert jax.device_count() == 8
     base, layouts = sys.argv[1:-1], json.loads(sys.argv[-1])
 
@@ -43,13 +38,7 @@ SCRIPT = textwrap.dedent("""
         return config, setup_lib.build(config, devices)
 
     config, _ = build([], jax.devices()[:1])
-    pipeline = TrainPipeline(config, build_source(config, 'train'))
-    batches = []
-    for i in range(3):
-        raw = pipeline.raw_batch(i)
-        host = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-        host['image'] = batch_spec.normalise_images(raw['image'])
-        batches.append(host)
+    batches = train_batches(config, 3)
 
     def train(run_setup):
         state, step, losses = run_setup.init_state(), run_setup.train_step(), []
@@ -85,15 +74,7 @@ def test_four_mesh_layouts_train_like_one_device_and_checkpoints_move_between_me
 
     import numpy as np
 
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-    result = subprocess.run(
-        [sys.executable, '-c', SCRIPT, TINY_CONFIG, *FAST_OVERRIDES, *FOUR_HEADS, json.dumps(LAYOUTS)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_on_devices(SCRIPT, TINY_CONFIG, *FAST_OVERRIDES, *FOUR_HEADS, json.dumps(LAYOUTS), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.split('RESULTS ', 1)[1])
     reference = np.array(out['losses'].pop('1 device'))

@@ -19,6 +19,7 @@ from lit_workdir import LIT, STEPS, lit_workdir
 
 from vlp_jax import optim
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.models.param_paths import path_key
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
@@ -273,9 +274,7 @@ def test_locked_params_get_exact_zero_gradients_and_no_backward_pass():
 
     def grads(transform):
         loss = lambda p: run_setup.objective.loss(transform(p), {}, {}, batch, jax.random.key(0), jnp.int32(0))[0]
-        return {
-            optim.path_name(path): g for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(state['params']))
-        }
+        return {path_key(path): g for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(state['params']))}
 
     locked, full = grads(lock), grads(lambda p: p)
     is_locked = lambda name: name.startswith(('vision/', 'image_proj/'))

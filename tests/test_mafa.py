@@ -8,13 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli
+from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli, train_batches
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
-from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.pipeline import TrainPipeline
-from vlp_jax.data.sources import build_source
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import split_rng
 from vlp_jax.objectives.base import REGULATION
@@ -49,10 +46,7 @@ def _np_log_softmax(z):
 @pytest.fixture(scope='module')
 def world():
     config = _config(*MAFA)
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
-    host = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-    host['image'] = batch_spec.normalise_images(raw['image'])
-    batch = {key: jnp.asarray(value) for key, value in host.items()}
+    batch = train_batches(config, as_jax=True)[0]
     trained = setup_lib.build(config, jax.devices()[:1])
     params = trained.init_state()['params']
     judge = setup_lib.build(_config(*MAFA, '--config.seed=7'), jax.devices()[:1]).init_state()['params']

@@ -127,8 +127,8 @@ def test_attention_matches_numpy(cross):
     np.testing.assert_allclose(got, _numpy_attention(x, ctx, mask, p, heads), atol=1e-5, rtol=1e-5)
 
 
-def test_every_param_has_logical_names(model_and_vars):
-    _, boxed, variables = model_and_vars
+def assert_every_param_has_logical_names(boxed, variables):
+    """Each param of `variables` has a PartitionSpec in `boxed` (the boxed init) naming each of its dims."""
     specs = nn.get_partition_spec(boxed)
     leaves, _ = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
     params = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
@@ -136,6 +136,11 @@ def test_every_param_has_logical_names(model_and_vars):
     for path, spec in leaves:
         assert isinstance(spec, jax.sharding.PartitionSpec), path
         assert len(spec) == params[path].ndim, (path, spec)
+
+
+def test_every_param_has_logical_names(model_and_vars):
+    _, boxed, variables = model_and_vars
+    assert_every_param_has_logical_names(boxed, variables)
     assert all(
         isinstance(leaf, nn.LogicallyPartitioned)
         for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))

@@ -4,13 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG
+from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
-from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.pipeline import TrainPipeline
-from vlp_jax.data.sources import build_source
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.momentum import (
     IMAGE_QUEUE,
@@ -112,13 +109,7 @@ def momentum_run():
         f'--config.loss.queue_size={2 * BATCH}',
     )
     run_setup = setup_lib.build(config, jax.devices()[:1])
-    pipeline = TrainPipeline(config, build_source(config, 'train'))
-    batches = []
-    for index in range(2):
-        raw = pipeline.raw_batch(index)
-        host = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
-        host['image'] = batch_spec.normalise_images(raw['image'])
-        batches.append({key: jnp.asarray(value) for key, value in host.items()})
+    batches = train_batches(config, 2, as_jax=True)
     step = run_setup.train_step()
     states = [jax.device_get(run_setup.init_state())]
     metrics = []

@@ -5,13 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG
+from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
 from vlp_jax import parallel, steps
 from vlp_jax import setup as setup_lib
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.pipeline import TrainPipeline
 from vlp_jax.data.sources import build_source
 from vlp_jax.data.synthetic import captions_true_of_scenes
 from vlp_jax.objectives.base import REGULATION
@@ -36,9 +35,7 @@ def world():
     other.seed = 1
     frozen_params = setup_lib.build(other, ONE_DEVICE).init_state()['params']
     source = build_source(config, 'train')
-    raw = TrainPipeline(config, source).raw_batch(0)
-    host = batch_spec.select(raw, batch_spec.step_keys(batch_spec.GROUND_TRUTH_KEYS))
-    host['image'] = batch_spec.normalise_images(raw['image'])
+    host = train_batches(config, probe_keys=batch_spec.GROUND_TRUTH_KEYS, source=source)[0]
     return host, frozen_params, source.ground_truth_probe()
 
 
@@ -106,36 +103,38 @@ def test_step_rng_is_folded_by_step():
     assert not np.array_equal(keys[0], keys[1]) and np.array_equal(keys[0], keys[2])
 
 
-@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
-def test_two_steps_at_the_same_params_with_different_rngs_differ(world):
-    """Through the jitted step: the state's rng (not the params) changes the dropout masks."""
-    host, _, _ = world
+def _dropout_step_loss(host):
+    """A model with dropout 0.2, and state -> the loss of its jitted train step on `host`."""
     run_setup = setup_lib.build(
         _config('--config.model.vision.dropout=0.2', '--config.model.text.dropout=0.2'), ONE_DEVICE
     )
     train_step = run_setup.train_step()
     batch = parallel.global_batch(batch_spec.select(host, batch_spec.REQUIRED_KEYS), run_setup.mesh)
+    return run_setup, lambda state: float(steps.scalar_metrics(train_step(state, batch)[1])['train/loss'])
+
+
+@pytest.mark.slow  # budget: make test stays under 20 min on 2 cores
+def test_two_steps_at_the_same_params_with_different_rngs_differ(world):
+    """Through the jitted step: the state's rng (not the params) changes the dropout masks."""
+    host, _, _ = world
+    run_setup, step_loss = _dropout_step_loss(host)
     losses = []
     for seed in (0, 0, 7):
         state = run_setup.init_state()  # same params every time (params come from config.seed)
         state['rng'] = jax.random.key_data(jax.random.key(seed))
-        losses.append(float(steps.scalar_metrics(train_step(state, batch)[1])['train/loss']))
+        losses.append(step_loss(state))
     assert losses[0] == losses[1] and losses[0] != losses[2], losses
 
 
 def test_the_jitted_step_folds_the_step_number_into_its_rng(world):
     """Same params, same run key, steps 0 and 1: different dropout masks, so different losses."""
     host, _, _ = world
-    run_setup = setup_lib.build(
-        _config('--config.model.vision.dropout=0.2', '--config.model.text.dropout=0.2'), ONE_DEVICE
-    )
-    train_step = run_setup.train_step()
-    batch = parallel.global_batch(batch_spec.select(host, batch_spec.REQUIRED_KEYS), run_setup.mesh)
+    run_setup, step_loss = _dropout_step_loss(host)
     losses = {}
     for step in (0, 1, 1):
         state = run_setup.init_state()
         state['step'] = jnp.int32(step)
-        losses.setdefault(step, []).append(float(steps.scalar_metrics(train_step(state, batch)[1])['train/loss']))
+        losses.setdefault(step, []).append(step_loss(state))
     assert losses[1][0] == losses[1][1] and losses[0][0] != losses[1][0], losses
 
 

@@ -1,11 +1,8 @@
 """Host <-> global array helpers and the encoders' output layout, on 8 fake CPU devices."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG
+from conftest import FAST_OVERRIDES, TINY_CONFIG, run_on_devices
 
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
@@ -34,14 +31,5 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_global_arrays_and_replicated_encoder_outputs_on_eight_devices():
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-    script = 'import sys\n' + EIGHT_DEVICE_SCRIPT
-    result = subprocess.run(
-        [sys.executable, '-c', script, TINY_CONFIG, *FAST_OVERRIDES],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_on_devices('import sys\n' + EIGHT_DEVICE_SCRIPT, TINY_CONFIG, *FAST_OVERRIDES)
     assert result.returncode == 0 and 'EIGHT_OK' in result.stdout, result.stderr[-3000:]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG
+from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
 from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE, frozen_roles, shared_roles
@@ -170,7 +170,6 @@ def step_setup():
     """A fast config, its params (seed 0) and a different model of the same shape as the reference (seed 1)."""
     from vlp_jax import setup as setup_lib
     from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
     from vlp_jax.data.sources import build_source
 
     config = _config('--config.data.detail=coarse')
@@ -178,9 +177,7 @@ def step_setup():
     reference_config.seed = 1
     reference = setup_lib.build(reference_config, jax.devices()[:1]).init_state()['params']
     source = build_source(config, 'train')
-    raw = TrainPipeline(config, source).raw_batch(0)
-    batch = batch_spec.select(raw, batch_spec.step_keys(batch_spec.GROUND_TRUTH_KEYS))
-    batch['image'] = batch_spec.normalise_images(raw['image'])
+    batch = train_batches(config, probe_keys=batch_spec.GROUND_TRUTH_KEYS, source=source)[0]
     return config, source.ground_truth_probe(), reference, batch
 
 

@@ -1,16 +1,13 @@
 """ITM re-ranking of ITC retrieval (ALBEF k_test): against a pair-by-pair reference, top k, 1 vs 8 devices, CLI."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import types
 
 import jax
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli, run_on_devices
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
@@ -183,16 +180,8 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 def test_one_and_eight_devices_give_the_same_reranked_scores_and_metrics(fusion, tmp_path):
     f = fusion
     np.save(tmp_path / 'similarity.npy', f.similarity)
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
     overrides = [*FAST_OVERRIDES, *FUSION, *SMALL, f'--config.eval.rerank_k={K}']
-    result = subprocess.run(
-        [sys.executable, '-c', EIGHT_DEVICE_SCRIPT, str(tmp_path), str(K), TINY_CONFIG, *overrides],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_on_devices(EIGHT_DEVICE_SCRIPT, tmp_path, K, TINY_CONFIG, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     eight = np.load(tmp_path / 'scores.npz')
     one = make_reranker(f.setup, K)(f.params, f.data, f.similarity)

@@ -3,14 +3,12 @@ refusal, and the export CLI on a checkpoint (generated BERT file -> run -> check
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli, run_on_devices
 from hf_numpy import bert_tensors
 from safetensors.numpy import load_file, save_file
 
@@ -81,7 +79,6 @@ def test_a_new_runs_setup_imports_the_text_tower(imported_run):
 
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
-    sys.path.insert(0, 'tests')
     from test_weights_init import assert_text_tower_is, bert_file
     from vlp_jax import setup as setup_lib
     from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
@@ -111,24 +108,7 @@ def test_the_import_lands_in_the_param_shardings_on_eight_devices(tmp_path):
         "--config.mesh.rules=(('batch',('data','fsdp')),('embed','fsdp'),('mlp','model'),('heads','model'),"
         "('kv',None),('vocab','model'),('length',None),('patch',None),('proj',None))",
     )
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-    result = subprocess.run(
-        [
-            sys.executable,
-            '-c',
-            EIGHT_DEVICE_SCRIPT,
-            str(tmp_path / 'bert'),
-            TINY_CONFIG,
-            *FAST_OVERRIDES,
-            *BERT_OPTIONS,
-            *mesh,
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_on_devices(EIGHT_DEVICE_SCRIPT, tmp_path / 'bert', TINY_CONFIG, *FAST_OVERRIDES, *BERT_OPTIONS, *mesh)
     assert result.returncode == 0 and 'EIGHT_OK' in result.stdout, result.stderr[-3000:]
 
 

@@ -19,7 +19,6 @@ from typing import Any
 from vlp_jax.data.errors import DataError
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'gif')
-CAPTION_EXTENSIONS = ('txt', 'json')
 TABLE_SUFFIXES = {'.csv': ',', '.tsv': '\t'}
 TEXT_ERRORS = 'surrogateescape'  # undecodable bytes survive reading as lone surrogates
 

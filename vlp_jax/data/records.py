@@ -8,21 +8,18 @@ tf.data graph, see data/tf_augment.py). No pickle: a record is
 
 where the header is `{"id": str, "captions": [str, ...], "format": "jpeg"|"png"|..., "label": int}`
 ("label" only in labelled sets) and the image bytes are the file as it was given (JPEG,
-PNG, WebP, GIF or BMP: the formats tf.io.decode_image reads). Decoded arrays are stored
-as uncompressed BMP (raw pixels behind a 54-byte header), so one decode op serves all.
+PNG, WebP, GIF or BMP: the formats tf.io.decode_image reads); `prepare` re-encodes any other
+format as PNG, so one decode op serves all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import struct
 from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from vlp_jax.data.errors import DataError
 
@@ -69,18 +66,6 @@ def decode_record(data: bytes) -> Record:
         format=str(header['format']),
         label=header.get('label'),
     )
-
-
-def array_to_bmp(image: np.ndarray) -> bytes:
-    """A uint8 [H, W] or [H, W, 1|3|4] array as uncompressed BMP bytes (RGB)."""
-    from PIL import Image
-
-    array = np.asarray(image, np.uint8)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    buffer = io.BytesIO()
-    Image.fromarray(array).convert('RGB').save(buffer, format='BMP')
-    return buffer.getvalue()
 
 
 def write_index(directory: str, shards: Sequence[dict[str, Any]], class_names: Sequence[str] | None) -> None:

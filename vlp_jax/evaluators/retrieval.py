@@ -81,12 +81,6 @@ def retrieval_metrics_from_scores(
     return metrics
 
 
-def chance_recall_at_1(num_images: int, captions_per_image: int) -> dict[str, float]:
-    """What a random ranking scores: the yardstick for 'beats chance'."""
-    num_texts = num_images * captions_per_image
-    return {'t2i_r1': 1.0 / num_images, 'i2t_r1': captions_per_image / num_texts}
-
-
 @EVALUATORS.register('retrieval')
 class RetrievalEvaluator(Evaluator):
     """Image<->text recall@1/5/10 (+ semantic recall where the set knows the truth) by ITC cosine, and

@@ -29,7 +29,6 @@ from jax import lax
 
 GRIT_KEY_STREAM = 3  # fold_in stream id: keeps grouping keys apart from other uses of the seed
 GRIT_ORDER_STREAM = 4  # numpy stream id for the mini-batch shuffle
-RANDOM_ORDER_STREAM = 1  # == data.pipeline.EPOCH_ORDER_STREAM, so epoch 0 equals the random sampler's
 SIM_PRECISION = lax.Precision.HIGHEST  # full fp32 similarities: the chain is an argmax, bf16 ties reorder it
 
 
@@ -104,18 +103,6 @@ def _group_positions(image_embed: jax.Array, text_embed: jax.Array, search_space
     return perm[chain_spaces(image_embed[perm], text_embed[perm], search_space, starts)]
 
 
-@functools.partial(jax.jit, static_argnames='search_space')
-def group_queue(
-    image_embed: jax.Array, text_embed: jax.Array, indices: jax.Array, search_space: int, key: jax.Array
-) -> jax.Array:
-    """Grouped dataset indices [L] of one full queue: shuffle, cut into L/M spaces, chain each.
-
-    Under jit indices are int32 unless jax_enable_x64; GritQueue indexes its int64 indices on the host.
-    """
-    assert image_embed.shape[0] % search_space == 0, 'queue length must be a multiple of search_space'
-    return jnp.asarray(indices)[_group_positions(image_embed, text_embed, search_space, key)]
-
-
 def group_positions(image_embed: np.ndarray, text_embed: np.ndarray, search_space: int, key: jax.Array) -> np.ndarray:
     """Host wrapper: chain order (positions) for any n; a remainder n % M is one smaller space.
 
@@ -182,11 +169,6 @@ def next_epoch_order(grouped_indices: np.ndarray, batch_size: int, seed: int, ep
     batches = grouped[:, : num_batches * local_batch].reshape(num_shards, num_batches, local_batch)
     rng = np.random.default_rng([seed, GRIT_ORDER_STREAM, epoch])
     return batches[:, rng.permutation(num_batches)].transpose(1, 0, 2).reshape(-1)
-
-
-def random_epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """Epoch 0 (no features yet): the same seeded permutation as the random sampler."""
-    return np.random.default_rng([seed, RANDOM_ORDER_STREAM, epoch]).permutation(num_examples)
 
 
 class GritQueue:
