@@ -68,11 +68,9 @@ def split_rng(rng: jax.Array) -> dict[str, jax.Array]:
 
 
 def masked_mean(values: jax.Array, where: jax.Array) -> jax.Array:
+    """sum(values * where) / sum(where): a mean over the selected (bool) or weighted (float) entries."""
     where = where.astype(jnp.float32)
     return jnp.sum(values * where) / jnp.maximum(jnp.sum(where), 1.0)
-
-
-weighted_mean = masked_mean  # the same sum(v * w) / sum(w), read as weights
 
 
 class AlbefObjective:
@@ -155,7 +153,7 @@ class AlbefObjective:
         )
         itm_logits = self._apply(params, fused, method='itm_logits')
         labels = itm_set.label
-        itm = weighted_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
+        itm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
 
         masked_ids, selected = mask_tokens(keys['mask'], ids, mask, self.mask_ratio, self.special, self.max_predictions)
         masked_tokens = self._apply(params, masked_ids, mask, method='text_tokens', rng=keys['mlm_text'])
@@ -192,7 +190,7 @@ class AlbefObjective:
                 'train/itc': itc,
                 'train/itm': itm,
                 'train/mlm': mlm,
-                'train/itm_accuracy': weighted_mean(jnp.argmax(itm_logits, axis=-1) == labels, itm_set.weight),
+                'train/itm_accuracy': masked_mean(jnp.argmax(itm_logits, axis=-1) == labels, itm_set.weight),
                 'train/mlm_accuracy': masked_mean(jnp.argmax(mlm_logits, axis=-1) == targets, predicted),
                 'train/mlm_pairs': jnp.sum(mlm_set.weight),
             }
