@@ -39,12 +39,17 @@ def _captions(rng, batch, length):
 def test_masking_statistics_and_exclusions():
     rng = np.random.default_rng(0)
     ids, mask = _captions(rng, 512, 24)
-    maskable = (mask > 0) & (ids != 101) & (ids != 102)
+    # The official mask(): "masked_indices[input_ids == self.tokenizer.pad_token_id] = False;
+    # masked_indices[input_ids == self.tokenizer.cls_token_id] = False": [SEP] stays maskable.
+    maskable = (mask > 0) & (ids != 101)
     corrupted, selected = jax.jit(lambda key: mask_tokens(key, jnp.asarray(ids), jnp.asarray(mask), 0.15, BERT))(
         jax.random.key(0)
     )
     corrupted, selected = np.asarray(corrupted), np.asarray(selected)
-    assert not selected[~maskable].any()  # never [CLS], [SEP] or padding
+    assert not selected[~maskable].any()  # never [CLS] or padding
+    sep = ids == 102
+    sep_rate = selected[sep].mean()  # [SEP] is selected at the mask ratio like any word
+    assert abs(sep_rate - 0.15) < 4 * np.sqrt(0.15 * 0.85 / sep.sum()), sep_rate
     np.testing.assert_array_equal(corrupted[~selected], ids[~selected])  # what is not selected is untouched
     n = maskable.sum()
     assert abs(selected.sum() / n - 0.15) < 3 * np.sqrt(0.15 * 0.85 / n)
@@ -61,7 +66,7 @@ def test_masking_statistics_and_exclusions():
 def test_masking_ratio_follows_config(ratio):
     ids, mask = _captions(np.random.default_rng(1), 256, 16)
     _, selected = mask_tokens(jax.random.key(1), jnp.asarray(ids), jnp.asarray(mask), ratio, BERT)
-    maskable = ((mask > 0) & (ids != 101) & (ids != 102)).sum()
+    maskable = ((mask > 0) & (ids != 101)).sum()
     assert abs(float(np.asarray(selected).sum()) / maskable - ratio) < 0.04
 
 
@@ -99,6 +104,13 @@ def test_auto_max_predictions_is_the_binomial_tail_bound():
             assert binom.sf(k, maskable, ratio) < MAX_PREDICTIONS_OVERFLOW
             assert k == 0 or binom.sf(k - 1, maskable, ratio) >= MAX_PREDICTIONS_OVERFLOW
     assert resolve_max_predictions(-1, 24, 0.15) == 11  # the tiny configs: 11 of 24 positions
+    # auto: the bound for max_len - 1 maskable tokens (all but [CLS]; [SEP] is maskable, official mask())
+    for max_len in range(4, 80):
+        for ratio in (0.15, 0.5):
+            k = resolve_max_predictions(-1, max_len, ratio)
+            k = k or max_len  # 0: the bound reaches max_len, every position is scored
+            assert k >= max_len or binom.sf(k, max_len - 1, ratio) < MAX_PREDICTIONS_OVERFLOW, (max_len, ratio)
+            assert k >= max_len or binom.sf(k - 1, max_len - 1, ratio) >= MAX_PREDICTIONS_OVERFLOW, (max_len, ratio)
     assert resolve_max_predictions(0, 24, 0.15) == 0 and resolve_max_predictions(24, 24, 0.15) == 0
     assert resolve_max_predictions(5, 24, 0.15) == 5
 

@@ -2,7 +2,10 @@
 
 MLM (BERT, as ALBEF): each maskable token is selected with probability `mask_ratio`; a
 selected token becomes [MASK] with probability 0.8, a random word with 0.1, and stays
-itself with 0.1; it is predicted either way. [CLS], [SEP] and padding are never selected.
+itself with 0.1; it is predicted either way. [CLS] and padding are never selected; [SEP]
+may be, as in the official ALBEF / GRIT-VLP / MAFA `mask()` ("masked_indices[input_ids ==
+self.tokenizer.pad_token_id] = False; masked_indices[input_ids == self.tokenizer.cls_token_id]
+= False", nothing for [SEP]).
 With `max_predictions` K (BERT's max_predictions_per_seq), a caption keeps at most K of its
 selected tokens, those with the smallest selection draws (so every selected position is
 equally likely to be kept); the rest stay unmasked and unpredicted. The MLM head then scores
@@ -51,16 +54,17 @@ def auto_max_predictions(maskable: int, mask_ratio: float, overflow: float = MAX
 def resolve_max_predictions(setting: int, max_len: int, mask_ratio: float) -> int:
     """loss.mlm.max_predictions -> K per caption, or 0 when every position is scored (K would be >= max_len).
 
-    A caption of max_len tokens has at most max_len - 2 maskable ones ([CLS] and [SEP] never are).
+    A caption of max_len tokens has at most max_len - 1 maskable ones ([CLS] never is; [SEP] may be).
     """
-    maskable = max(max_len - 2, 0)
+    maskable = max(max_len - 1, 0)
     k = auto_max_predictions(maskable, mask_ratio) if setting == MAX_PREDICTIONS_AUTO else int(setting)
     return 0 if k <= 0 or k >= max_len else max(k, 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class SpecialTokens:
-    """Ids the masking must know: which tokens are never selected, what a mask is, how many words exist."""
+    """Ids the masking must know: which tokens are never selected ([CLS], [PAD]), what a mask is, how many
+    words exist. `sep_id` is kept for callers that need it; the masking may select [SEP] (official rule)."""
 
     cls_id: int
     sep_id: int
@@ -72,11 +76,13 @@ class SpecialTokens:
 def selection_draws(
     rng: jax.Array, text_ids: jax.Array, text_mask: jax.Array, mask_ratio: float, special: SpecialTokens
 ) -> tuple[jax.Array, jax.Array]:
-    """(bool [B, L] positions drawn for prediction before any cap, float [B, L] their uniform draws)."""
+    """(bool [B, L] positions drawn for prediction before any cap, float [B, L] their uniform draws).
+
+    Every real token but [CLS] is maskable, [SEP] included, as the official `mask()` (it zeroes only
+    the pad and cls positions of its Bernoulli draw).
+    """
     select_key = jax.random.split(rng, 3)[0]
-    maskable = (
-        (text_mask > 0) & (text_ids != special.cls_id) & (text_ids != special.sep_id) & (text_ids != special.pad_id)
-    )
+    maskable = (text_mask > 0) & (text_ids != special.cls_id) & (text_ids != special.pad_id)
     draws = jax.random.uniform(select_key, text_ids.shape)  # the draws jax.random.bernoulli would compare
     return maskable & (draws < mask_ratio), draws
 
