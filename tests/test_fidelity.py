@@ -1,0 +1,92 @@
+"""Fidelity to the official ALBEF / GRIT-VLP / MAFA code: each test's reference is written from the
+official PyTorch lines it quotes, in plain numpy (never by calling the function under test)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlp_jax.objectives.chunked import chunked_contrastive_loss
+from vlp_jax.objectives.contrastive import consistency_loss, contrastive_loss
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _np_log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+# ------------------------------------------------------------------ GRIT-VLP's consistency term
+
+
+def _grit_consistency(sim_i2t, sim_t2i):
+    """models/model_pretrain_GRIT_VLP.py, line by line:
+    loss_c_i2t = -torch.sum(F.log_softmax(sim_i2t, dim=1)* F.softmax(sim_t2i_sg, dim=1),  dim=1).mean()
+    loss_c_t2i = -torch.sum(F.log_softmax(sim_t2i, dim=1)* F.softmax(sim_i2t_sg, dim=1),  dim=1).mean()
+    ... + 0.2* (loss_c_i2t+loss_c_t2i)/2"""
+    loss_c_i2t = -np.mean(np.sum(_np_log_softmax(sim_i2t) * np.exp(_np_log_softmax(sim_t2i)), axis=1))
+    loss_c_t2i = -np.mean(np.sum(_np_log_softmax(sim_t2i) * np.exp(_np_log_softmax(sim_i2t)), axis=1))
+    return (loss_c_i2t + loss_c_t2i) / 2
+
+
+def _kl_consistency(logits_i2t, logits_t2i):
+    """The previous (KL) form of the term: its gradient is the one the cross-entropy must keep."""
+    log_p_i2t, log_p_t2i = jax.nn.log_softmax(logits_i2t, -1), jax.nn.log_softmax(logits_t2i, -1)
+
+    def kl(target_log_p, log_p):
+        target_log_p = jax.lax.stop_gradient(target_log_p)
+        return jnp.mean(jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_p), axis=-1))
+
+    return 0.5 * (kl(log_p_t2i, log_p_i2t) + kl(log_p_i2t, log_p_t2i))
+
+
+def _grit_embeddings(seed=0, batch=16, width=8):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(batch, width))
+    text = image + 0.8 * rng.normal(size=(batch, width))
+    return jnp.asarray(_unit(image), jnp.float32), jnp.asarray(_unit(text), jnp.float32)
+
+
+def test_consistency_value_is_grit_vlps_cross_entropy_and_its_gradient_the_kls():
+    image, text = _grit_embeddings()
+    scale = 1.0 / 0.07
+    v, t = np.asarray(image, np.float64), np.asarray(text, np.float64)
+    want = _grit_consistency(scale * v @ t.T, scale * t @ v.T)
+    logits = lambda i, x: (scale * i @ x.T, scale * x @ jax.lax.stop_gradient(i).T)  # GRIT's sg keys
+    got = consistency_loss(*logits(image, text))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    # The value differs from the KL by the targets' entropy (> 0 here), the gradient does not.
+    assert float(got) - float(_kl_consistency(*logits(image, text))) > 0.1
+    new = jax.grad(lambda i, x: consistency_loss(*logits(i, x)), argnums=(0, 1))(image, text)
+    old = jax.grad(lambda i, x: _kl_consistency(*logits(i, x)), argnums=(0, 1))(image, text)
+    for a, b in zip(new, old):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_consistency_reports_the_official_value_with_the_kl_gradient():
+    image, text = _grit_embeddings(1, batch=32)
+    scale = jnp.float32(1.0 / 0.07)
+    v, t = np.asarray(image, np.float64), np.asarray(text, np.float64)
+    want = _grit_consistency(float(scale) * v @ t.T, float(scale) * t @ v.T)
+
+    def chunked(i, x):
+        loss, metrics, _ = chunked_contrastive_loss(
+            i, x, scale, stop_grad_keys=True, consistency_weight=0.2, block_size=8
+        )
+        return loss, metrics
+
+    def dense_kl(i, x):
+        base, _ = contrastive_loss(i, x, scale, stop_grad_keys=True)
+        logits_i2t = scale * i @ jax.lax.stop_gradient(x).T
+        logits_t2i = scale * x @ jax.lax.stop_gradient(i).T
+        return base + 0.2 * _kl_consistency(logits_i2t, logits_t2i)
+
+    (loss, metrics), grads = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(image, text)
+    np.testing.assert_allclose(float(metrics['consistency']), want, rtol=1e-5)
+    base = 0.5 * (float(metrics['loss_i2t']) + float(metrics['loss_t2i']))
+    np.testing.assert_allclose(float(loss), base + 0.2 * want, rtol=1e-5)
+    for a, b in zip(grads, jax.grad(dense_kl, argnums=(0, 1))(image, text)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
