@@ -1,12 +1,19 @@
 """Fidelity to the official ALBEF / GRIT-VLP / MAFA code: each test's reference is written from the
-official PyTorch lines it quotes, in plain numpy (never by calling the function under test)."""
+official PyTorch lines it quotes, in plain numpy, never by calling the function under test (gradient
+checks compare with the previous form of a term, written out in jax here)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from conftest import FAST_OVERRIDES, TINY_CONFIG
 
+from vlp_jax import setup as setup_lib
+from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.objectives.chunked import chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import consistency_loss, contrastive_loss
+
+FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 
 
 def _unit(x):
@@ -90,3 +97,83 @@ def test_chunked_consistency_reports_the_official_value_with_the_kl_gradient():
     np.testing.assert_allclose(float(loss), base + 0.2 * want, rtol=1e-5)
     for a, b in zip(grads, jax.grad(dense_kl, argnums=(0, 1))(image, text)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ ALBEF's ITM negatives
+
+
+def _albef_config(*overrides):
+    config = load_config_file(TINY_CONFIG)
+    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *FUSION, *overrides])[1])
+    validate(config, 1)
+    return config
+
+
+def _pooled_chi_square(counts, probabilities):
+    """Pearson's statistic and degrees of freedom, bins expected below 5 draws pooled into one."""
+    expected = counts.sum() * probabilities
+    small = expected < 5
+    observed = np.append(counts[~small], counts[small].sum())
+    expected = np.append(expected[~small], expected[small].sum())
+    keep = expected > 0
+    return np.sum((observed[keep] - expected[keep]) ** 2 / expected[keep]), keep.sum() - 1
+
+
+def _albef_negative_probabilities(anchors, keys, temp):
+    """ALBEF (models/model_pretrain.py): "sim_i2t = image_feat @ text_feat_all / self.temp",
+    "weights_i2t = F.softmax(sim_i2t[:,:bs],dim=1)", "weights_i2t.fill_diagonal_(0)", torch.multinomial."""
+    sim = np.asarray(anchors, np.float64) @ np.asarray(keys, np.float64).T / temp
+    weights = np.exp(sim - sim.max(1, keepdims=True))
+    weights /= weights.sum(1, keepdims=True)
+    np.fill_diagonal(weights, 0.0)
+    return weights / weights.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize('momentum', [False, True])
+def test_albef_objective_samples_negatives_from_itc_logits_against_its_keys(momentum):
+    """The objective's sampled ITM negatives follow ALBEF's weights at the model's learned temperature,
+    with the online anchors against the batch's momentum keys when the momentum model runs
+    ("text_feat_all = torch.cat([text_feat_m.t(),self.text_queue...])", "sim_i2t[:,:bs]")."""
+    from scipy.stats import chi2
+
+    n, width, draws, temp = 8, 64, 20_000, 0.07
+    overrides = ['--config.loss.itm.negatives=sample']
+    if momentum:
+        overrides += ['--config.loss.momentum.enabled=True', '--config.loss.queue_size=32']
+    objective = setup_lib.build(_albef_config(*overrides), jax.devices()[:1]).objective
+    rng = np.random.default_rng(4)
+    unit = lambda x: jnp.asarray(_unit(x), jnp.float32)
+    image = rng.normal(size=(n, width))
+    out = {'image_embed': unit(image), 'text_embed': unit(image + rng.normal(size=(n, width)))}
+    out['logit_scale'] = jnp.float32(1.0 / temp)
+    out_m = {'image_embed': unit(rng.normal(size=(n, width))), 'text_embed': unit(rng.normal(size=(n, width)))}
+    keys_of = out_m if momentum else out
+
+    def negatives(key):
+        a, b = jax.random.split(key)
+        itm, _ = objective.choose_pairs(
+            out, {}, {'text_negatives': a, 'image_negatives': b}, out_m if momentum else None
+        )
+        return itm.text[2 * n :], itm.image[n : 2 * n]  # per image its negative text; per text its image
+
+    text_negative, image_negative = (
+        np.asarray(x) for x in jax.jit(jax.vmap(negatives))(jax.random.split(jax.random.key(1), draws))
+    )
+    for chosen, anchors, cand, online_keys in (
+        (text_negative, out['image_embed'], keys_of['text_embed'], out['text_embed']),
+        (image_negative, out['text_embed'], keys_of['image_embed'], out['image_embed']),
+    ):
+        official = _albef_negative_probabilities(anchors, cand, temp)
+        temperature_one = _albef_negative_probabilities(anchors, cand, 1.0)
+        online = _albef_negative_probabilities(anchors, online_keys, temp)
+        worst_online = 0.0
+        for row in range(n):
+            counts = np.bincount(chosen[:, row], minlength=n)
+            assert counts[row] == 0
+            statistic, dof = _pooled_chi_square(counts, official[row])
+            assert statistic < chi2.isf(1e-4, dof), (row, counts, draws * official[row])
+            statistic, dof = _pooled_chi_square(counts, temperature_one[row])
+            assert statistic > 20 * chi2.isf(1e-4, dof), (row, counts)
+            worst_online = max(worst_online, _pooled_chi_square(counts, online[row])[0])
+        if momentum:  # the momentum keys, not the online ones
+            assert worst_online > 1000, worst_online

@@ -3,8 +3,9 @@
 - ITC: the dual encoder's regulated contrastive loss on the unimodal embeddings, so every
   regulator (SRCL, COSMO, smoothing) and GRIT's feedback work unchanged.
 - ITM: per image one negative text and per text one negative image, chosen from the
-  global batch by the model's own similarities ('sample': softmax, ALBEF; 'hardest':
-  argmax, GRIT-VLP); the 3B pairs (positives, image negatives, text negatives) go through
+  global batch by the model's own ITC logits ('sample': softmax at the learned temperature,
+  against the momentum keys when the momentum model runs, ALBEF; 'hardest': argmax,
+  GRIT-VLP); the 3B pairs (positives, image negatives, text negatives) go through
   the fusion layers and the 2-way head.
 - MLM: BERT masking (objectives/matching.py) of each caption, predicted from the fusion
   output with the caption's own image. Only the predicted positions reach the tied word
@@ -108,16 +109,31 @@ class AlbefObjective:
         return self.model.apply({'params': params}, *args, method=method, rngs=rngs, **kwargs)
 
     def choose_pairs(
-        self, out: Mapping[str, jax.Array], outputs: Mapping[str, Any], keys: Mapping[str, jax.Array]
+        self,
+        out: Mapping[str, jax.Array],
+        outputs: Mapping[str, Any],
+        keys: Mapping[str, jax.Array],
+        out_m: Mapping[str, jax.Array] | None = None,
     ) -> tuple[Pairs, Pairs]:
-        """(ITM pairs, MLM pairs): ALBEF's / GRIT-VLP's negatives from the model's similarities, or
-        MAFA's from COSMO's mining when the cosmo regulator runs."""
+        """(ITM pairs, MLM pairs): ALBEF's / GRIT-VLP's negatives from the model's ITC logits, or
+        MAFA's from COSMO's mining when the cosmo regulator runs.
+
+        The logits are ITC's: ALBEF samples from "F.softmax(sim_i2t[:,:bs],dim=1)" with "sim_i2t =
+        image_feat @ text_feat_all / self.temp" and "text_feat_all = torch.cat([text_feat_m.t(), ...])",
+        so the online anchors against the batch's momentum keys when the momentum model runs (`out_m`),
+        at the learned temperature; without it, the online embeddings on both sides.
+        """
         cosmo = outputs.get(REGULATION, {}).get('cosmo')
         if cosmo is not None:
             return mafa_pairs(cosmo['i2t'], cosmo['t2i'])
         sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images, no gradient
-        negative_text = choose_negatives(keys['text_negatives'], sims, self.negative_choice)  # per image
-        negative_image = choose_negatives(keys['image_negatives'], sims.T, self.negative_choice)  # per text
+        sims_t2i = sims.T
+        if out_m is not None:  # rows: online anchors; columns: the momentum keys (ITC's first B candidates)
+            sims = image_text_cosines(out['image_embed'], out_m['text_embed'])
+            sims_t2i = image_text_cosines(out['text_embed'], out_m['image_embed'])  # a plain dot product
+        scale = out['logit_scale']
+        negative_text = choose_negatives(keys['text_negatives'], sims, self.negative_choice, scale)  # per image
+        negative_image = choose_negatives(keys['image_negatives'], sims_t2i, self.negative_choice, scale)  # per text
         return itm_pairs(negative_image, negative_text), caption_pairs(sims.shape[0])
 
     def loss(
@@ -141,7 +157,7 @@ class AlbefObjective:
             momentum = (candidates(extra, out_m['image_embed'], out_m['text_embed']), alpha)
         itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step, momentum)
 
-        itm_set, mlm_set = self.choose_pairs(out, outputs, keys)
+        itm_set, mlm_set = self.choose_pairs(out, outputs, keys, out_m)
         images, texts = out['image_tokens'], out['text_tokens']
         fused = self._apply(
             params,

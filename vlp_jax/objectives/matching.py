@@ -15,9 +15,9 @@ a caption exceeds with probability below MAX_PREDICTIONS_OVERFLOW, so the cap al
 (the objective logs how often it did: `train/mlm_capped`).
 
 ITM negatives (METHODS.md): per anchor one in-batch negative, never the positive, either
-sampled with probability softmax(similarity) over the negatives (ALBEF, 'sample') or the
-most similar one (GRIT-VLP, 'hardest'). Both run on the global [B, B] similarities, so
-every device agrees on the choice.
+sampled as ALBEF does ('sample': weights softmax(sim / temp) over the row, the learned ITC
+temperature, diagonal zeroed, `negative_sampling_logits`) or the most similar one (GRIT-VLP,
+'hardest'). Both run on the global [B, B] similarities, so every device agrees on the choice.
 
 Pairs are index arrays into the batch (image row, text row, label, weight) with static
 sizes: 3B for ALBEF/GRIT-VLP's ITM, 5B and 3B MLM for MAFA, whose converted pairs sit in
@@ -121,20 +121,44 @@ def prediction_positions(predicted: jax.Array, count: int) -> tuple[jax.Array, j
     return order, jnp.take_along_axis(predicted, order, axis=1)
 
 
-def choose_negatives(rng: jax.Array | None, similarity: jax.Array, choice: str) -> jax.Array:
+def negative_sampling_logits(similarity: jax.Array, logit_scale: jax.Array | float, floor: float = 0.0) -> jax.Array:
+    """[B, B] log of ALBEF's negative-sampling weights (unnormalised; -inf on the diagonal).
+
+    ALBEF (models/model_pretrain.py): "weights_i2t = F.softmax(sim_i2t[:,:bs],dim=1)",
+    "weights_i2t.fill_diagonal_(0)", then "torch.multinomial(weights_i2t[b], 1)", where "sim_i2t =
+    image_feat @ text_feat_all / self.temp": the ITC logits at the learned temperature (1 / logit_scale),
+    not plain cosines (temperature 1 samples nearly uniformly). The softmax's normaliser includes the
+    diagonal; with `floor` = 0 (ALBEF) that cancels in multinomial's renormalisation. `floor` > 0 is
+    BLIP's variant (models/blip_pretrain.py: "F.softmax(sim_i2t[:,:bs],dim=1)+1e-4"), where it does not.
+    """
+    n = similarity.shape[0]
+    assert similarity.shape == (n, n) and n >= 2, similarity.shape
+    logits = jax.lax.stop_gradient(similarity).astype(jnp.float32) * jax.lax.stop_gradient(
+        jnp.asarray(logit_scale, jnp.float32)
+    )
+    log_weights = jax.nn.log_softmax(logits, axis=1)
+    if floor:
+        log_weights = jnp.logaddexp(log_weights, math.log(floor))
+    return jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, log_weights)
+
+
+def choose_negatives(
+    rng: jax.Array | None, similarity: jax.Array, choice: str, logit_scale: jax.Array | float, floor: float = 0.0
+) -> jax.Array:
     """[B] int32: for each row (anchor) of `similarity` [B, B] a column that is not its own (the diagonal).
 
-    'sample' draws it with probability softmax over the row's negatives (needs `rng`);
-    'hardest' takes the row's largest negative.
+    'sample' draws it as ALBEF, with weights `negative_sampling_logits(similarity, logit_scale, floor)`
+    (needs `rng`); 'hardest' takes the row's largest negative (GRIT-VLP's top-1; the scale is irrelevant).
     """
     assert choice in NEGATIVE_CHOICES, choice
     n = similarity.shape[0]
     assert similarity.shape == (n, n) and n >= 2, similarity.shape
-    negatives = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, jax.lax.stop_gradient(similarity).astype(jnp.float32))
     if choice == 'hardest':
+        negatives = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, jax.lax.stop_gradient(similarity).astype(jnp.float32))
         return jnp.argmax(negatives, axis=1).astype(jnp.int32)
     assert rng is not None, "choice 'sample' needs an rng"
-    return jax.random.categorical(rng, negatives, axis=1).astype(jnp.int32)
+    logits = negative_sampling_logits(similarity, logit_scale, floor)
+    return jax.random.categorical(rng, logits, axis=1).astype(jnp.int32)
 
 
 class Pairs(NamedTuple):
