@@ -12,6 +12,7 @@ from vlp_jax import setup as setup_lib
 from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
 from vlp_jax.objectives.chunked import chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import consistency_loss, contrastive_loss
+from vlp_jax.objectives.matching import mafa_pairs
 
 FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 
@@ -177,3 +178,81 @@ def test_albef_objective_samples_negatives_from_itc_logits_against_its_keys(mome
             worst_online = max(worst_online, _pooled_chi_square(counts, online[row])[0])
         if momentum:  # the momentum keys, not the online ones
             assert worst_online > 1000, worst_online
+
+
+# ------------------------------------------------------------------ MAFA's ITM and MLM pair sets
+
+
+def _official_mafa_pairs(j1_i2t, j2_i2t, q_i2t, j1_t2i, j2_t2i, q_t2i, high, low, converted_negative=False):
+    """MAFA models/model_pretrain_MAFA.py, anchor by anchor: ([(image, text, label)] ITM, [(image, text)] MLM).
+
+    T2I (text i; images neg_idxs_t2i = j1, sec_hard_idxs = j2; itm_neg_wrttxt_score = q):
+      image_embeds_neg = image_embeds[neg_idxs_t2i][itm_neg_wrttxt_score < low_threshold]        -> label 0
+      image_embeds_pos = image_embeds[neg_idxs_t2i][itm_neg_wrttxt_score > high_threshold]       -> label 1
+      image_embeds_sechard = image_embeds[sec_hard_idxs][(score > low_threshold)*(score < high_threshold)] -> 0
+    I2T the same with texts. MLM: add_pos_input_ids = torch.cat([text.input_ids,
+    text.input_ids[neg_idxs_i2t][itm_neg_wrtimg_score > high_threshold], text.input_ids[itm_neg_wrttxt_score
+    > high_threshold]]) with add_pos_images = torch.cat([image_embeds, image_embeds[itm_neg_wrtimg_score >
+    high_threshold], image_embeds[neg_idxs_t2i][itm_neg_wrttxt_score > high_threshold]]).
+    `converted_negative` adds (anchor, j2, 0) for q > high: not official, the documented option."""
+    bs = len(q_i2t)
+    itm = [(i, i, 1) for i in range(bs)]
+    for i in range(bs):  # T2I: anchor text i, candidate images
+        if q_t2i[i] < low:
+            itm.append((j1_t2i[i], i, 0))
+        if q_t2i[i] > high:
+            itm.append((j1_t2i[i], i, 1))
+        if low < q_t2i[i] < high or (converted_negative and q_t2i[i] > high):
+            itm.append((j2_t2i[i], i, 0))
+    for i in range(bs):  # I2T: anchor image i, candidate texts
+        if q_i2t[i] < low:
+            itm.append((i, j1_i2t[i], 0))
+        if q_i2t[i] > high:
+            itm.append((i, j1_i2t[i], 1))
+        if low < q_i2t[i] < high or (converted_negative and q_i2t[i] > high):
+            itm.append((i, j2_i2t[i], 0))
+    mlm = [(i, i) for i in range(bs)]
+    mlm += [(i, j1_i2t[i]) for i in range(bs) if q_i2t[i] > high]
+    mlm += [(j1_t2i[i], i) for i in range(bs) if q_t2i[i] > high]
+    return itm, mlm
+
+
+def _mining(rng, q):
+    """One direction of regulators.cosmo_regulation's info: j1 != j2, neither the anchor; q as given."""
+    n = len(q)
+    picks = np.array([rng.choice([j for j in range(n) if j != i], 2, replace=False) for i in range(n)])
+    return {
+        'hardest': jnp.asarray(picks[:, 0], jnp.int32),
+        'second': jnp.asarray(picks[:, 1], jnp.int32),
+        'hardest_score': jnp.asarray(q, jnp.float32),
+        'converted': jnp.asarray(np.asarray(q) > HIGH),
+    }
+
+
+HIGH, LOW = 0.75, 0.25  # exact in float32, as are the scores below
+
+
+@pytest.mark.parametrize('converted_negative', [False, True])
+def test_mafa_pairs_are_the_official_pair_sets_with_strict_thresholds(converted_negative):
+    """Every case in both directions, scores exactly at high and at low included (official: no ITM pair)."""
+    rng = np.random.default_rng(0)
+    q_i2t = np.array([0.1, 0.25, 0.5, 0.75, 0.9, 0.1, 0.5, 0.9, 0.3, 0.6, 0.25, 0.75], np.float32)
+    q_t2i = rng.permutation(q_i2t)
+    i2t, t2i = _mining(rng, q_i2t), _mining(rng, q_t2i)
+    kwargs = {'converted_negative': True} if converted_negative else {}
+    itm, mlm = mafa_pairs(i2t, t2i, HIGH, LOW, **kwargs)
+    itm, mlm = (tuple(np.asarray(x) for x in pairs) for pairs in (itm, mlm))
+    want_itm, want_mlm = _official_mafa_pairs(
+        *(np.asarray(i2t[k]) for k in ('hardest', 'second', 'hardest_score')),
+        *(np.asarray(t2i[k]) for k in ('hardest', 'second', 'hardest_score')),
+        HIGH,
+        LOW,
+        converted_negative,
+    )
+    present = itm[3] > 0
+    assert set(np.unique(itm[3])) <= {0.0, 1.0}
+    got_itm = sorted(zip(itm[0][present].tolist(), itm[1][present].tolist(), itm[2][present].tolist()))
+    assert got_itm == sorted(want_itm)
+    present = mlm[3] > 0
+    assert list(zip(mlm[0][present].tolist(), mlm[1][present].tolist())) == want_mlm  # the official order
+    assert np.all(mlm[2] == 1)

@@ -125,7 +125,8 @@ class AlbefObjective:
         """
         cosmo = outputs.get(REGULATION, {}).get('cosmo')
         if cosmo is not None:
-            return mafa_pairs(cosmo['i2t'], cosmo['t2i'])
+            settings = self.itc.regulators.cosmo
+            return mafa_pairs(cosmo['i2t'], cosmo['t2i'], settings.high, settings.low)
         sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images, no gradient
         sims_t2i = sims.T
         if out_m is not None:  # rows: online anchors; columns: the momentum keys (ITC's first B candidates)

@@ -20,8 +20,8 @@ temperature, diagonal zeroed, `negative_sampling_logits`) or the most similar on
 'hardest'). Both run on the global [B, B] similarities, so every device agrees on the choice.
 
 Pairs are index arrays into the batch (image row, text row, label, weight) with static
-sizes: 3B for ALBEF/GRIT-VLP's ITM, 5B and 3B MLM for MAFA, whose converted pairs sit in
-fixed slots with weight 0 where nothing was converted.
+sizes: 3B for ALBEF/GRIT-VLP's ITM, 5B and 3B MLM for MAFA, whose pairs sit in fixed slots
+with weight 0 where the official code forms no pair (nothing converted, no negative).
 """
 
 from __future__ import annotations
@@ -188,26 +188,41 @@ def caption_pairs(n: int) -> Pairs:
     return Pairs(rows, rows, jnp.ones((n,), jnp.int32), jnp.ones((n,), jnp.float32))
 
 
-def mafa_pairs(i2t: Mapping[str, jax.Array], t2i: Mapping[str, jax.Array]) -> tuple[Pairs, Pairs]:
-    """MAFA's ITM pairs (5B) and MLM pairs (3B) from COSMO's per-direction mining (regulators.cosmo_regulation).
+def mafa_pairs(
+    i2t: Mapping[str, jax.Array],
+    t2i: Mapping[str, jax.Array],
+    high: float,
+    low: float,
+    converted_negative: bool = False,
+) -> tuple[Pairs, Pairs]:
+    """MAFA's ITM pairs (5B slots) and MLM pairs (3B) from COSMO's per-direction mining (regulators.cosmo_regulation).
 
-    For image i (i2t: j1, j2 are texts) and text i (t2i: j1, j2 are images), by the
-    discriminator's state: kept -> j1 is the ITM negative; dropped -> j2 is; converted ->
-    (anchor, j1) is an extra ITM positive and an extra MLM pair, and j2 is the ITM
-    negative (**choice**: METHODS.md leaves the converted anchor's negative open; the next
-    hardest keeps one negative per anchor). Extra pairs sit in fixed slots, weight 0 when
-    not converted.
+    For image i (i2t: j1, j2 are texts) and text i (t2i: j1, j2 are images), q = the discriminator's
+    score of (anchor, j1), with the official strict inequalities (MAFA models/model_pretrain_MAFA.py):
+    q < low -> (anchor, j1) negative ("text_embeds[neg_idxs_i2t][itm_neg_wrtimg_score < low_threshold]");
+    low < q < high -> (anchor, j2) negative ("(itm_neg_wrtimg_score > low_threshold)*(itm_neg_wrtimg_score
+    < high_threshold)"); q > high -> (anchor, j1) an extra ITM positive and an extra MLM pair, and NO
+    negative; q exactly at low or at high -> no ITM pair. Slots without a pair have weight 0.
+    `converted_negative` (not official; this codebase's earlier choice) also gives a converted anchor
+    the negative (anchor, j2), keeping one negative per converted anchor.
     """
-    from vlp_jax.objectives.regulators import STATE_KEPT
 
     def negative(info):
-        return jnp.where(info['state'] == STATE_KEPT, info['hardest'], info['second']).astype(jnp.int32)
+        q = info['hardest_score']
+        kept, dropped = q < low, (q > low) & (q < high)
+        if converted_negative:
+            dropped = dropped | (q > high)
+        index = jnp.where(kept, info['hardest'], info['second']).astype(jnp.int32)
+        return index, (kept | dropped).astype(jnp.float32)
 
-    base = itm_pairs(negative(t2i), negative(i2t))
+    negative_image, weight_t2i = negative(t2i)  # per text
+    negative_text, weight_i2t = negative(i2t)  # per image
+    base = itm_pairs(negative_image, negative_text)
     n = i2t['hardest'].shape[0]
+    base = base._replace(weight=jnp.concatenate([jnp.ones((n,), jnp.float32), weight_t2i, weight_i2t]))
     rows = jnp.arange(n, dtype=jnp.int32)
-    convert_i2t = i2t['converted'].astype(jnp.float32)
-    convert_t2i = t2i['converted'].astype(jnp.float32)
+    convert_i2t = (i2t['hardest_score'] > high).astype(jnp.float32)  # = info['converted']
+    convert_t2i = (t2i['hardest_score'] > high).astype(jnp.float32)
     j1_text, j1_image = i2t['hardest'].astype(jnp.int32), t2i['hardest'].astype(jnp.int32)
     extra = Pairs(
         image=jnp.concatenate([rows, j1_image]),
