@@ -256,3 +256,105 @@ def test_mafa_pairs_are_the_official_pair_sets_with_strict_thresholds(converted_
     present = mlm[3] > 0
     assert list(zip(mlm[0][present].tolist(), mlm[1][present].tolist())) == want_mlm  # the official order
     assert np.all(mlm[2] == 1)
+
+
+# ------------------------------------------------------------------ MLM rows masked independently
+
+
+MAFA_ALL_CONVERTED = (
+    '--config.loss.regulators=cosmo',
+    '--config.loss.cosmo.discriminator=itm',
+    '--config.loss.cosmo.reference_checkpoint=unused-in-process',
+    '--config.loss.cosmo.smoothing_start_step=1000',
+    '--config.loss.cosmo.high=0.0',  # every hardest negative the judge scores above 0 is converted
+    '--config.loss.cosmo.low=0.0',
+    '--config.loss.itm.negatives=hardest',
+    '--config.loss.mlm.mask_ratio=0.15',
+    '--config.loss.momentum.enabled=True',
+    '--config.loss.queue_size=32',
+)
+
+
+def test_mafa_mlm_rows_are_masked_independently_and_the_momentum_model_sees_the_same_rows(monkeypatch):
+    """MAFA masks all its MLM rows at once, each by its own draw: "add_pos_input_ids = torch.cat([text.input_ids,
+    text.input_ids[neg_idxs_i2t][...], text.input_ids[itm_neg_wrttxt_score > high_threshold]])" then
+    "self.mask(add_pos_input_ids, ...)" with "probability_matrix = torch.full(add_pos_labels.shape, ...)".
+    An extra (converted) row's mask is therefore not its caption's: identical masks only as often as two
+    independent 15% draws coincide. Each row keeps BERT's 15% / 80-10-10 rule, and ALBEF's momentum
+    distillation reads the very masked rows the online model reads."""
+    import vlp_jax.objectives.albef as albef
+    from vlp_jax.data import batch as batch_spec
+    from vlp_jax.data.pipeline import TrainPipeline
+    from vlp_jax.data.sources import build_source
+    from vlp_jax.data.tokenizer import BERT_CLS_ID, BERT_MASK_ID
+    from vlp_jax.objectives.base import REGULATION
+    from vlp_jax.objectives.frozen import DISCRIMINATOR
+    from vlp_jax.objectives.momentum import MOMENTUM_PARAMS
+
+    config = _albef_config(*MAFA_ALL_CONVERTED)
+    run_setup = setup_lib.build(config, jax.devices()[:1])
+    objective, params = run_setup.objective, run_setup.init_state()['params']
+    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
+    batch = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
+    batch['image'] = batch_spec.normalise_images(raw['image'])
+    batch = {key: jnp.asarray(value) for key, value in batch.items()}
+    extra = {**objective.init_extra(params, jax.random.key(0)), MOMENTUM_PARAMS: params}
+
+    masking, text_inputs = [], []
+    mask_tokens, apply = albef.mask_tokens, objective._apply
+
+    def recording_mask_tokens(*args, **kwargs):
+        result = mask_tokens(*args, **kwargs)
+        masking.append((np.asarray(args[1]), np.asarray(args[2]), *(np.asarray(x) for x in result)))
+        return result
+
+    def recording_apply(p, *args, method=None, rng=None):
+        if method == 'text_tokens':
+            text_inputs.append(np.asarray(args[0]))
+        return apply(p, *args, method=method, rng=rng)
+
+    monkeypatch.setattr(albef, 'mask_tokens', recording_mask_tokens)
+    monkeypatch.setattr(objective, '_apply', recording_apply)
+    _, metrics, outputs = objective.loss(params, extra, {DISCRIMINATOR: params}, batch, jax.random.key(3), 0)
+
+    ids, mask = np.asarray(batch['text_ids']), np.asarray(batch['text_mask'])
+    n = ids.shape[0]
+    cosmo = outputs[REGULATION]['cosmo']
+    converted = {name: np.asarray(cosmo[name]['converted']) for name in ('i2t', 't2i')}
+    assert converted['i2t'].sum() + converted['t2i'].sum() > n  # many extra rows
+    # The MLM rows, in MAFA's slots: the captions, caption j1 of each image (i2t), each caption again (t2i).
+    slot_texts = np.concatenate([np.arange(n), np.asarray(cosmo['i2t']['hardest']), np.arange(n)])
+    in_use = np.concatenate([np.ones(n, bool), converted['i2t'], converted['t2i']])
+    assert len(masking) == 1
+    row_ids, row_mask, masked_ids, selected = masking[0]
+    np.testing.assert_array_equal(row_ids, ids[slot_texts])  # one masking draw per MLM row, not per caption
+    np.testing.assert_array_equal(row_mask, mask[slot_texts])
+    assert len(text_inputs) == 2  # the online and the momentum model's MLM rows: the same masked ids
+    for seen in text_inputs:
+        np.testing.assert_array_equal(seen, masked_ids)
+
+    # Extra rows against their caption's row (slot t holds caption t): identical masks as rare as chance.
+    maskable = (row_mask > 0) & (row_ids != BERT_CLS_ID)
+    extra_rows = np.flatnonzero(in_use & (np.arange(3 * n) >= n))
+    same = np.array([np.array_equal(selected[p], selected[slot_texts[p]]) for p in extra_rows])
+    ratio = 0.15
+    p_same = np.array([(ratio**2 + (1 - ratio) ** 2) ** maskable[p].sum() for p in extra_rows])
+    bound = p_same.sum() + 5 * np.sqrt(np.sum(p_same * (1 - p_same))) + 1
+    assert same.sum() <= bound, (same.sum(), p_same.sum(), len(extra_rows))
+
+    # BERT's rule in the caption rows and in the extra rows alike.
+    vocab = objective.special.vocab_size
+    for rows in (np.arange(n), extra_rows):
+        pool, chosen = maskable[rows], selected[rows]
+        assert not chosen[~pool].any()
+        rate = chosen.sum() / pool.sum()
+        assert abs(rate - ratio) < 4 * np.sqrt(ratio * (1 - ratio) / pool.sum()), rate
+        corrupted, original = masked_ids[rows][chosen], row_ids[rows][chosen]
+        to_mask = corrupted == BERT_MASK_ID
+        kept = ~to_mask & (corrupted == original)
+        random_word = ~to_mask & ~kept
+        shares = ((to_mask, 0.8), (random_word, 0.1 * (1 - 1 / vocab)), (kept, 0.1 + 0.1 / vocab))
+        for hits, want in shares:
+            share = hits.mean()
+            assert abs(share - want) < 4 * np.sqrt(want * (1 - want) / chosen.sum()) + 1e-9, (share, want)
+    assert 'train/mlm_capped' in metrics

@@ -131,18 +131,21 @@ def test_mafa_itm_mlm_and_itc_match_a_recomputation(world):
     log_p = _np_log_softmax(apply(params, fused, method=VLPModel.itm_logits))
     np.testing.assert_allclose(float(metrics['train/itm']), -log_p[np.arange(len(pairs)), labels].mean(), rtol=1e-5)
 
-    # MLM: each caption with its image, plus each converted pair (caption j1 with image i; caption i with image j1).
+    # MLM: each caption with its image, plus each converted pair (caption j1 with image i; caption i with image
+    # j1), in 3B fixed slots; every slot's row masked by its own draw (one [3B, L] draw from the mask key).
     keys = split_rng(rng)
+    slot_images = np.concatenate([rows, rows, j1_image])
+    slot_texts = np.concatenate([rows, j1_text, rows])
+    in_use = np.concatenate([np.ones(n, bool), conv_i2t, conv_t2i])
     masked_ids, predicted = mask_tokens(
-        keys['mask'], batch['text_ids'], batch['text_mask'], 0.5, objective.special, objective.max_predictions
+        keys['mask'], batch['text_ids'][slot_texts], mask[slot_texts], 0.5, objective.special, objective.max_predictions
     )
-    masked_tokens = np.asarray(apply(params, masked_ids, batch['text_mask'], method=VLPModel.text_tokens))
-    mlm_pairs = [(i, i) for i in rows] + [(i, j1_text[i]) for i in rows[conv_i2t]]
-    mlm_pairs += [(j1_image[i], i) for i in rows[conv_t2i]]
-    image_rows, text_rows = (np.array(c) for c in zip(*mlm_pairs))
-    fused = apply(params, masked_tokens[text_rows], mask[text_rows], images[image_rows], method=VLPModel.fuse)
+    masked_ids, predicted = np.asarray(masked_ids)[in_use], np.asarray(predicted)[in_use]
+    image_rows, text_rows = slot_images[in_use], slot_texts[in_use]
+    masked_tokens = np.asarray(apply(params, masked_ids, mask[text_rows], method=VLPModel.text_tokens))
+    fused = apply(params, masked_tokens, mask[text_rows], images[image_rows], method=VLPModel.fuse)
     log_p = _np_log_softmax(apply(params, fused, method=VLPModel.mlm_logits))
-    ids, chosen = np.asarray(batch['text_ids'])[text_rows], np.asarray(predicted)[text_rows]
+    ids, chosen = np.asarray(batch['text_ids'])[text_rows], predicted
     token_loss = -np.take_along_axis(log_p, ids[..., None], -1)[..., 0]
     np.testing.assert_allclose(float(metrics['train/mlm']), token_loss[chosen].mean(), rtol=1e-5)
     assert float(metrics['train/mlm_pairs']) == n + conv_i2t.sum() + conv_t2i.sum()

@@ -7,8 +7,9 @@
   against the momentum keys when the momentum model runs, ALBEF; 'hardest': argmax,
   GRIT-VLP); the 3B pairs (positives, image negatives, text negatives) go through
   the fusion layers and the 2-way head.
-- MLM: BERT masking (objectives/matching.py) of each caption, predicted from the fusion
-  output with the caption's own image. Only the predicted positions reach the tied word
+- MLM: BERT masking (objectives/matching.py) of each MLM row (each caption with its own
+  image; MAFA adds its converted pairs, each row masked by its own draw), predicted from
+  the fusion output. Only the predicted positions reach the tied word
   logits (`loss.mlm.max_predictions` per caption, derived by default), not all L.
 - Momentum model (`loss.momentum.enabled`, objectives/momentum.py): EMA params in
   `extra`; ITC's keys are its embeddings of the batch plus a queue, targets distilled
@@ -172,13 +173,19 @@ class AlbefObjective:
         labels = itm_set.label
         itm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
 
-        masked_ids, selected = mask_tokens(keys['mask'], ids, mask, self.mask_ratio, self.special, self.max_predictions)
-        masked_tokens = self._apply(params, masked_ids, mask, method='text_tokens', rng=keys['mlm_text'])
-        rows = mlm_set.text
-        fused_masked = self._apply(
-            params, masked_tokens[rows], mask[rows], images[mlm_set.image], method='fuse', rng=keys['mlm_fusion']
+        # Every MLM row is masked by its own draw, as MAFA's "self.mask(add_pos_input_ids, ...)" masks the
+        # concatenated input ids of all its rows: an extra (converted) pair does not reuse its caption's mask.
+        # With ALBEF's B caption rows (in order) this is the draw over the captions themselves.
+        rows, in_use = mlm_set.text, mlm_set.weight[:, None] > 0
+        mlm_ids, mlm_mask = ids[rows], mask[rows]
+        masked_ids, selected = mask_tokens(
+            keys['mask'], mlm_ids, mlm_mask, self.mask_ratio, self.special, self.max_predictions
         )
-        targets, predicted = ids[rows], selected[rows] & (mlm_set.weight[:, None] > 0)
+        masked_tokens = self._apply(params, masked_ids, mlm_mask, method='text_tokens', rng=keys['mlm_text'])
+        fused_masked = self._apply(
+            params, masked_tokens, mlm_mask, images[mlm_set.image], method='fuse', rng=keys['mlm_fusion']
+        )
+        targets, predicted = mlm_ids, selected & in_use
         scored = lambda tokens: tokens  # [P, L, ...]: every position
         if self.max_predictions:  # only the (at most K) predicted positions of each caption reach the word logits
             positions, predicted = prediction_positions(predicted, self.max_predictions)
@@ -187,7 +194,7 @@ class AlbefObjective:
         mlm_logits = self._apply(params, scored(fused_masked), method='mlm_logits')
         mlm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(mlm_logits, targets), predicted)
         if self.momentum is not None:
-            momentum_fused = self._momentum_fused(momentum_params, masked_ids, mask, out_m, mlm_set)
+            momentum_fused = self._momentum_fused(momentum_params, masked_ids, mlm_mask, out_m, mlm_set)
             momentum_logits = jax.lax.stop_gradient(
                 self._apply(momentum_params, scored(momentum_fused), method='mlm_logits')
             )
@@ -196,9 +203,10 @@ class AlbefObjective:
             metrics['train/mlm_distill'] = distill
             mlm = (1.0 - alpha) * mlm + alpha * distill
             outputs[ENQUEUE] = (out_m['image_embed'], out_m['text_embed'])
-        if self.max_predictions:
-            drawn, _ = selection_draws(keys['mask'], ids, mask, self.mask_ratio, self.special)
-            metrics['train/mlm_capped'] = 1.0 - jnp.sum(selected) / jnp.maximum(jnp.sum(drawn), 1)
+        if self.max_predictions:  # of the rows in use, the share of drawn positions the cap left out
+            drawn, _ = selection_draws(keys['mask'], mlm_ids, mlm_mask, self.mask_ratio, self.special)
+            kept, drawn = jnp.sum(selected & in_use), jnp.sum(drawn & in_use)
+            metrics['train/mlm_capped'] = 1.0 - kept / jnp.maximum(drawn, 1)
 
         w = self.weights
         loss = w['itc'] * itc + w['itm'] * itm + w['mlm'] * mlm
@@ -222,11 +230,10 @@ class AlbefObjective:
         out_m: Mapping[str, jax.Array],
         pairs: Pairs,
     ) -> jax.Array:
-        """The momentum model's fusion output for the same masked captions with the same images."""
-        tokens = self._apply(momentum_params, masked_ids, mask, method='text_tokens')[pairs.text]
-        fused = self._apply(
-            momentum_params, tokens, mask[pairs.text], out_m['image_tokens'][pairs.image], method='fuse'
-        )
+        """The momentum model's fusion output for the online model's masked MLM rows [P, L] (the same
+        masked ids, row by row) with the same images."""
+        tokens = self._apply(momentum_params, masked_ids, mask, method='text_tokens')
+        fused = self._apply(momentum_params, tokens, mask, out_m['image_tokens'][pairs.image], method='fuse')
         return jax.lax.stop_gradient(fused)
 
     def after_update(
