@@ -204,14 +204,15 @@ def mafa_pairs(
     < high_threshold)"); q > high -> (anchor, j1) an extra ITM positive and an extra MLM pair, and NO
     negative; q exactly at low or at high -> no ITM pair. Slots without a pair have weight 0.
     `converted_negative` (not official; this codebase's earlier choice) also gives a converted anchor
-    the negative (anchor, j2), keeping one negative per converted anchor.
+    the negative (anchor, j2), keeping one negative per converted anchor. Info keys read: 'hardest',
+    'second', 'hardest_score' and 'converted' (q > high, what COSMO's ITC targets convert).
     """
 
     def negative(info):
         q = info['hardest_score']
         kept, dropped = q < low, (q > low) & (q < high)
         if converted_negative:
-            dropped = dropped | (q > high)
+            dropped = dropped | info['converted']
         index = jnp.where(kept, info['hardest'], info['second']).astype(jnp.int32)
         return index, (kept | dropped).astype(jnp.float32)
 
@@ -221,8 +222,8 @@ def mafa_pairs(
     n = i2t['hardest'].shape[0]
     base = base._replace(weight=jnp.concatenate([jnp.ones((n,), jnp.float32), weight_t2i, weight_i2t]))
     rows = jnp.arange(n, dtype=jnp.int32)
-    convert_i2t = (i2t['hardest_score'] > high).astype(jnp.float32)  # = info['converted']
-    convert_t2i = (t2i['hardest_score'] > high).astype(jnp.float32)
+    convert_i2t = i2t['converted'].astype(jnp.float32)  # q > high: the ITC conversions, the same rule
+    convert_t2i = t2i['converted'].astype(jnp.float32)
     j1_text, j1_image = i2t['hardest'].astype(jnp.int32), t2i['hardest'].astype(jnp.int32)
     extra = Pairs(
         image=jnp.concatenate([rows, j1_image]),
