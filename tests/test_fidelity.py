@@ -358,3 +358,22 @@ def test_mafa_mlm_rows_are_masked_independently_and_the_momentum_model_sees_the_
             share = hits.mean()
             assert abs(share - want) < 4 * np.sqrt(want * (1 - want) / chosen.sum()) + 1e-9, (share, want)
     assert 'train/mlm_capped' in metrics
+
+
+def test_hardest_negatives_stay_grit_vlps_argmax_of_the_online_cosines_with_the_momentum_model():
+    """GRIT-VLP: "top_k= torch.topk(weights_i2t[b],1)" over its online "sim_i2t = image_feat @ text_feat_sg /
+    self.temp" (diagonal zeroed); the momentum model, which GRIT-VLP does not have, changes nothing."""
+    n, width = 8, 16
+    overrides = ('--config.loss.itm.negatives=hardest', '--config.loss.momentum.enabled=True')
+    objective = setup_lib.build(_albef_config(*overrides, '--config.loss.queue_size=32'), jax.devices()[:1]).objective
+    rng = np.random.default_rng(5)
+    unit = lambda x: jnp.asarray(_unit(x), jnp.float32)
+    out = {'image_embed': unit(rng.normal(size=(n, width))), 'text_embed': unit(rng.normal(size=(n, width)))}
+    out['logit_scale'] = jnp.float32(1.0 / 0.07)
+    out_m = {'image_embed': unit(rng.normal(size=(n, width))), 'text_embed': unit(rng.normal(size=(n, width)))}
+    keys = {'text_negatives': jax.random.key(0), 'image_negatives': jax.random.key(1)}
+    itm, _ = objective.choose_pairs(out, {}, keys, out_m)
+    sims = np.asarray(out['image_embed'], np.float64) @ np.asarray(out['text_embed'], np.float64).T
+    np.fill_diagonal(sims, -np.inf)
+    np.testing.assert_array_equal(np.asarray(itm.text[2 * n :]), sims.argmax(1))  # per image
+    np.testing.assert_array_equal(np.asarray(itm.image[n : 2 * n]), sims.T.argmax(1))  # per text

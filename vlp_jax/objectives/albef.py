@@ -122,7 +122,8 @@ class AlbefObjective:
         The logits are ITC's: ALBEF samples from "F.softmax(sim_i2t[:,:bs],dim=1)" with "sim_i2t =
         image_feat @ text_feat_all / self.temp" and "text_feat_all = torch.cat([text_feat_m.t(), ...])",
         so the online anchors against the batch's momentum keys when the momentum model runs (`out_m`),
-        at the learned temperature; without it, the online embeddings on both sides.
+        at the learned temperature; without it, the online embeddings on both sides. 'hardest' (GRIT-VLP,
+        which has no momentum model) keeps the online cosines on both sides either way.
         """
         cosmo = outputs.get(REGULATION, {}).get('cosmo')
         if cosmo is not None:
@@ -130,7 +131,7 @@ class AlbefObjective:
             return mafa_pairs(cosmo['i2t'], cosmo['t2i'], settings.high, settings.low)
         sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images, no gradient
         sims_t2i = sims.T
-        if out_m is not None:  # rows: online anchors; columns: the momentum keys (ITC's first B candidates)
+        if out_m is not None and self.negative_choice == 'sample':  # columns: the momentum keys (ITC's first B)
             sims = image_text_cosines(out['image_embed'], out_m['text_embed'])
             sims_t2i = image_text_cosines(out['text_embed'], out_m['image_embed'])  # a plain dot product
         scale = out['logit_scale']
