@@ -61,13 +61,11 @@ def test_itm_and_mlm_terms_match_a_recomputation(fusion_batch, negatives):
     if negatives == 'hardest':
         off = np.where(np.eye(n, dtype=bool), -np.inf, sims)
         negative_text, negative_image = off.argmax(1), off.T.argmax(1)
-    else:
-        negative_text = np.asarray(
-            jax.random.categorical(keys['text_negatives'], np.where(np.eye(n, dtype=bool), -np.inf, sims), axis=1)
-        )
-        negative_image = np.asarray(
-            jax.random.categorical(keys['image_negatives'], np.where(np.eye(n, dtype=bool), -np.inf, sims.T), axis=1)
-        )
+    else:  # ALBEF: softmax of the ITC logits (learned temperature) over the row, diagonal zeroed, multinomial
+        scale = float(out['logit_scale'])
+        weights = lambda s: np.where(np.eye(n, dtype=bool), -np.inf, jax.nn.log_softmax(scale * s, axis=1))
+        negative_text = np.asarray(jax.random.categorical(keys['text_negatives'], weights(sims), axis=1))
+        negative_image = np.asarray(jax.random.categorical(keys['image_negatives'], weights(sims.T), axis=1))
     assert not np.any(negative_text == np.arange(n)) and not np.any(negative_image == np.arange(n))
     images, texts, mask = np.asarray(out['image_tokens']), np.asarray(out['text_tokens']), np.asarray(b['text_mask'])
     itm_losses, itm_hits = [], []

@@ -167,12 +167,16 @@ def test_stop_grad_keys_keeps_value_and_cuts_key_gradients():
 
 
 def test_consistency_term_matches_numpy():
+    """GRIT-VLP's official value (models/model_pretrain_GRIT_VLP.py): "loss_c_i2t = -torch.sum(
+    F.log_softmax(sim_i2t, dim=1)* F.softmax(sim_t2i_sg, dim=1), dim=1).mean()", the same for t2i,
+    and "loss_ita = (loss_i2t+loss_t2i)/2 + 0.2* (loss_c_i2t+loss_c_t2i)/2": cross-entropies, not KLs."""
     rng = np.random.default_rng(6)
     v, t = _normalised(rng, B, E), _normalised(rng, B, E)
     z = 5.0 * v @ t.T
     log_p_i2t, log_p_t2i = _np_log_softmax(z), _np_log_softmax(z.T)
-    kl = lambda target, log_p: np.mean(np.sum(np.exp(target) * (target - log_p), axis=1))
-    consistency = 0.5 * (kl(log_p_t2i, log_p_i2t) + kl(log_p_i2t, log_p_t2i))
+    loss_c_i2t = -np.mean(np.sum(log_p_i2t * np.exp(log_p_t2i), axis=1))
+    loss_c_t2i = -np.mean(np.sum(log_p_t2i * np.exp(log_p_i2t), axis=1))
+    consistency = (loss_c_i2t + loss_c_t2i) / 2
     base = 0.5 * (-np.mean(np.diag(log_p_i2t)) - np.mean(np.diag(log_p_t2i)))
     loss, metrics = contrastive_loss(jnp.asarray(v), jnp.asarray(t), jnp.float32(5.0), consistency_weight=0.2)
     np.testing.assert_allclose(float(metrics['consistency']), consistency, rtol=1e-5)

@@ -102,32 +102,44 @@ def test_mafa_itm_mlm_and_itc_match_a_recomputation(world):
         np.testing.assert_array_equal(np.asarray(cosmo[name]['state']), state)
         assert {STATE_KEPT, STATE_DROPPED, STATE_CONVERTED} <= set(state.tolist()), (name, state)
 
-    # ITM: positives; each text with a negative image and each image with a negative text (j1 if kept,
-    # else j2); each converted (anchor, j1) as an extra positive.
+    # ITM, MAFA's official pair set (models/model_pretrain_MAFA.py, strict thresholds): the positives; per
+    # anchor by the score q of (anchor, j1): q < low -> j1 negative, low < q < high -> j2 negative, q > high
+    # -> (anchor, j1) an extra positive and no negative; q exactly at a threshold (low and high are two of
+    # the judge's scores here) -> no pair. q as the objective computed it, so ulps decide nothing.
     conv_i2t, conv_t2i = want_state(q_i2t) == STATE_CONVERTED, want_state(q_t2i) == STATE_CONVERTED
-    neg_text = np.where(want_state(q_i2t) == STATE_KEPT, j1_text, j2_text)
-    neg_image = np.where(want_state(q_t2i) == STATE_KEPT, j1_image, j2_image)
     pairs = [(i, i, 1) for i in rows]
-    pairs += [(neg_image[i], i, 0) for i in rows] + [(i, neg_text[i], 0) for i in rows]
-    pairs += [(i, j1_text[i], 1) for i in rows[conv_i2t]] + [(j1_image[i], i, 1) for i in rows[conv_t2i]]
+    for name, j1, j2 in (('t2i', j1_image, j2_image), ('i2t', j1_text, j2_text)):
+        q = np.asarray(cosmo[name]['hardest_score'])
+        for i in rows:
+            pair = (lambda j: (j, i)) if name == 't2i' else (lambda j: (i, j))
+            if q[i] < low:
+                pairs.append((*pair(j1[i]), 0))
+            elif low < q[i] < high:
+                pairs.append((*pair(j2[i]), 0))
+            elif q[i] > high:
+                pairs.append((*pair(j1[i]), 1))
+    assert len(pairs) < 3 * n + conv_i2t.sum() + conv_t2i.sum()  # some anchors have no negative
     images, texts = np.asarray(out['image_tokens']), np.asarray(out['text_tokens'])
     image_rows, text_rows, labels = (np.array(c) for c in zip(*pairs))
     fused = apply(params, texts[text_rows], mask[text_rows], images[image_rows], method=VLPModel.fuse)
     log_p = _np_log_softmax(apply(params, fused, method=VLPModel.itm_logits))
     np.testing.assert_allclose(float(metrics['train/itm']), -log_p[np.arange(len(pairs)), labels].mean(), rtol=1e-5)
 
-    # MLM: each caption with its image, plus each converted pair (caption j1 with image i; caption i with image j1).
+    # MLM: each caption with its image, plus each converted pair (caption j1 with image i; caption i with image
+    # j1), in 3B fixed slots; every slot's row masked by its own draw (one [3B, L] draw from the mask key).
     keys = split_rng(rng)
+    slot_images = np.concatenate([rows, rows, j1_image])
+    slot_texts = np.concatenate([rows, j1_text, rows])
+    in_use = np.concatenate([np.ones(n, bool), conv_i2t, conv_t2i])
     masked_ids, predicted = mask_tokens(
-        keys['mask'], batch['text_ids'], batch['text_mask'], 0.5, objective.special, objective.max_predictions
+        keys['mask'], batch['text_ids'][slot_texts], mask[slot_texts], 0.5, objective.special, objective.max_predictions
     )
-    masked_tokens = np.asarray(apply(params, masked_ids, batch['text_mask'], method=VLPModel.text_tokens))
-    mlm_pairs = [(i, i) for i in rows] + [(i, j1_text[i]) for i in rows[conv_i2t]]
-    mlm_pairs += [(j1_image[i], i) for i in rows[conv_t2i]]
-    image_rows, text_rows = (np.array(c) for c in zip(*mlm_pairs))
-    fused = apply(params, masked_tokens[text_rows], mask[text_rows], images[image_rows], method=VLPModel.fuse)
+    masked_ids, predicted = np.asarray(masked_ids)[in_use], np.asarray(predicted)[in_use]
+    image_rows, text_rows = slot_images[in_use], slot_texts[in_use]
+    masked_tokens = np.asarray(apply(params, masked_ids, mask[text_rows], method=VLPModel.text_tokens))
+    fused = apply(params, masked_tokens, mask[text_rows], images[image_rows], method=VLPModel.fuse)
     log_p = _np_log_softmax(apply(params, fused, method=VLPModel.mlm_logits))
-    ids, chosen = np.asarray(batch['text_ids'])[text_rows], np.asarray(predicted)[text_rows]
+    ids, chosen = np.asarray(batch['text_ids'])[text_rows], predicted
     token_loss = -np.take_along_axis(log_p, ids[..., None], -1)[..., 0]
     np.testing.assert_allclose(float(metrics['train/mlm']), token_loss[chosen].mean(), rtol=1e-5)
     assert float(metrics['train/mlm_pairs']) == n + conv_i2t.sum() + conv_t2i.sum()

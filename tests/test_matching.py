@@ -17,6 +17,7 @@ from vlp_jax.objectives.matching import (
     auto_max_predictions,
     choose_negatives,
     mask_tokens,
+    negative_sampling_logits,
     prediction_positions,
     resolve_max_predictions,
     selection_draws,
@@ -39,12 +40,17 @@ def _captions(rng, batch, length):
 def test_masking_statistics_and_exclusions():
     rng = np.random.default_rng(0)
     ids, mask = _captions(rng, 512, 24)
-    maskable = (mask > 0) & (ids != 101) & (ids != 102)
+    # The official mask(): "masked_indices[input_ids == self.tokenizer.pad_token_id] = False;
+    # masked_indices[input_ids == self.tokenizer.cls_token_id] = False": [SEP] stays maskable.
+    maskable = (mask > 0) & (ids != 101)
     corrupted, selected = jax.jit(lambda key: mask_tokens(key, jnp.asarray(ids), jnp.asarray(mask), 0.15, BERT))(
         jax.random.key(0)
     )
     corrupted, selected = np.asarray(corrupted), np.asarray(selected)
-    assert not selected[~maskable].any()  # never [CLS], [SEP] or padding
+    assert not selected[~maskable].any()  # never [CLS] or padding
+    sep = ids == 102
+    sep_rate = selected[sep].mean()  # [SEP] is selected at the mask ratio like any word
+    assert abs(sep_rate - 0.15) < 4 * np.sqrt(0.15 * 0.85 / sep.sum()), sep_rate
     np.testing.assert_array_equal(corrupted[~selected], ids[~selected])  # what is not selected is untouched
     n = maskable.sum()
     assert abs(selected.sum() / n - 0.15) < 3 * np.sqrt(0.15 * 0.85 / n)
@@ -61,7 +67,7 @@ def test_masking_statistics_and_exclusions():
 def test_masking_ratio_follows_config(ratio):
     ids, mask = _captions(np.random.default_rng(1), 256, 16)
     _, selected = mask_tokens(jax.random.key(1), jnp.asarray(ids), jnp.asarray(mask), ratio, BERT)
-    maskable = ((mask > 0) & (ids != 101) & (ids != 102)).sum()
+    maskable = ((mask > 0) & (ids != 101)).sum()
     assert abs(float(np.asarray(selected).sum()) / maskable - ratio) < 0.04
 
 
@@ -99,6 +105,13 @@ def test_auto_max_predictions_is_the_binomial_tail_bound():
             assert binom.sf(k, maskable, ratio) < MAX_PREDICTIONS_OVERFLOW
             assert k == 0 or binom.sf(k - 1, maskable, ratio) >= MAX_PREDICTIONS_OVERFLOW
     assert resolve_max_predictions(-1, 24, 0.15) == 11  # the tiny configs: 11 of 24 positions
+    # auto: the bound for max_len - 1 maskable tokens (all but [CLS]; [SEP] is maskable, official mask())
+    for max_len in range(4, 80):
+        for ratio in (0.15, 0.5):
+            k = resolve_max_predictions(-1, max_len, ratio)
+            k = k or max_len  # 0: the bound reaches max_len, every position is scored
+            assert k >= max_len or binom.sf(k, max_len - 1, ratio) < MAX_PREDICTIONS_OVERFLOW, (max_len, ratio)
+            assert k >= max_len or binom.sf(k - 1, max_len - 1, ratio) >= MAX_PREDICTIONS_OVERFLOW, (max_len, ratio)
     assert resolve_max_predictions(0, 24, 0.15) == 0 and resolve_max_predictions(24, 24, 0.15) == 0
     assert resolve_max_predictions(5, 24, 0.15) == 5
 
@@ -113,27 +126,61 @@ def test_prediction_positions_gather_each_rows_predictions_first():
 def test_hardest_negative_is_the_argmax_off_the_diagonal():
     sims = np.random.default_rng(2).normal(size=(6, 6)).astype(np.float32)
     np.fill_diagonal(sims, 10.0)  # the positive is the most similar: must still never be chosen
-    got = np.asarray(choose_negatives(None, jnp.asarray(sims), 'hardest'))
+    got = np.asarray(choose_negatives(None, jnp.asarray(sims), 'hardest', 1.0 / 0.07))
     want = [max((j for j in range(6) if j != i), key=lambda j: sims[i, j]) for i in range(6)]
     np.testing.assert_array_equal(got, want)
 
 
-def test_sampled_negatives_follow_softmax_over_negatives_and_never_the_positive():
-    rng = np.random.default_rng(3)
-    n, draws = 5, 20_000
-    sims = rng.normal(size=(n, n)).astype(np.float32) * 2
-    np.fill_diagonal(sims, 5.0)
+def _albef_weights(sims, temp, floor=0.0):
+    """ALBEF's models/model_pretrain.py in numpy: "weights_i2t = F.softmax(sim_i2t[:,:bs],dim=1)" with
+    "sim_i2t = image_feat @ text_feat_all / self.temp", "weights_i2t.fill_diagonal_(0)", then
+    "torch.multinomial(weights_i2t[b], 1)" (which renormalises the row). `floor`: BLIP's "+1e-4"."""
+    z = np.asarray(sims, np.float64) / temp
+    weights = np.exp(z - z.max(1, keepdims=True))
+    weights = weights / weights.sum(1, keepdims=True) + floor
+    np.fill_diagonal(weights, 0.0)
+    return weights / weights.sum(1, keepdims=True)
+
+
+def _clustered_sims(n=8, seed=3):
+    """Cosines of a batch in two clusters (0.35 within, 0.05 across, small noise); positives at 0.9."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n) % 2
+    sims = np.where(cluster[:, None] == cluster[None, :], 0.35, 0.05) + 0.03 * rng.normal(size=(n, n))
+    np.fill_diagonal(sims, 0.9)
+    return sims.astype(np.float32)
+
+
+@pytest.mark.parametrize('floor', [0.0, 1e-4])
+def test_negative_sampling_logits_are_albefs_weights(floor):
+    """Exact, in probability: the floor case (BLIP) shows the softmax normaliser includes the diagonal."""
+    sims = _clustered_sims()
+    np.fill_diagonal(sims, 1.0)  # the positive dominates the row's softmax at temp 0.07
+    logits = np.asarray(negative_sampling_logits(jnp.asarray(sims), 1.0 / 0.07, floor), np.float64)
+    assert np.all(np.isneginf(np.diag(logits)))
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(p / p.sum(1, keepdims=True), _albef_weights(sims, 0.07, floor), rtol=1e-4, atol=1e-7)
+
+
+def test_sampled_negatives_follow_albefs_weights_at_the_learned_temperature():
+    """20,000 draws per row of a clustered batch: chi-square against ALBEF's weights at temp 0.07, and far
+    from the temperature-1 distribution (softmax over plain cosines, nearly uniform)."""
+    from scipy.stats import chi2
+
+    n, draws, temp = 8, 20_000, 0.07
+    sims = _clustered_sims(n)
     keys = jax.random.split(jax.random.key(0), draws)
-    chosen = np.asarray(jax.jit(jax.vmap(lambda k: choose_negatives(k, jnp.asarray(sims), 'sample')))(keys))
+    sample = jax.jit(jax.vmap(lambda k: choose_negatives(k, jnp.asarray(sims), 'sample', 1.0 / temp)))
+    chosen = np.asarray(sample(keys))
+    official, temperature_one = _albef_weights(sims, temp), _albef_weights(sims, 1.0)
+    bound = chi2.isf(1e-4, n - 2)
     for row in range(n):
         counts = np.bincount(chosen[:, row], minlength=n)
-        assert counts[row] == 0
+        assert counts[row] == 0  # never the positive
         others = [j for j in range(n) if j != row]
-        p = np.exp(sims[row, others] - sims[row, others].max())
-        p /= p.sum()
-        expected = draws * p
-        chi2 = np.sum((counts[others] - expected) ** 2 / expected)
-        assert chi2 < 18.5, (row, counts, expected)  # chi-square, 3 dof: p ~ 0.0003
+        statistic = lambda p: np.sum((counts[others] - draws * p[row, others]) ** 2 / (draws * p[row, others]))
+        assert statistic(official) < bound, (row, counts, draws * official[row])
+        assert statistic(temperature_one) > 20 * bound, (row, counts, draws * temperature_one[row])
 
 
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
@@ -142,12 +189,12 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     from vlp_jax.objectives.matching import choose_negatives
     sims = jnp.asarray(np.random.default_rng(4).normal(size=(16, 16)), jnp.float32)
     key = jax.random.key(7)
-    one = [np.asarray(jax.jit(lambda s, c=c: choose_negatives(key, s, c))(sims)) for c in ('sample', 'hardest')]
+    one = [np.asarray(jax.jit(lambda s, c=c: choose_negatives(key, s, c, 14.0))(sims)) for c in ('sample', 'hardest')]
     if jax.device_count() == 8:
         mesh = Mesh(np.array(jax.devices()), ('batch',))
         sharded = jax.device_put(sims, NamedSharding(mesh, P('batch', None)))
         with jax.set_mesh(mesh):
-            eight = [np.asarray(jax.jit(lambda s, c=c: choose_negatives(key, s, c))(sharded))
+            eight = [np.asarray(jax.jit(lambda s, c=c: choose_negatives(key, s, c, 14.0))(sharded))
                      for c in ('sample', 'hardest')]
         for a, b in zip(one, eight):
             np.testing.assert_array_equal(a, b)

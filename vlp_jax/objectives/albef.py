@@ -3,11 +3,13 @@
 - ITC: the dual encoder's regulated contrastive loss on the unimodal embeddings, so every
   regulator (SRCL, COSMO, smoothing) and GRIT's feedback work unchanged.
 - ITM: per image one negative text and per text one negative image, chosen from the
-  global batch by the model's own similarities ('sample': softmax, ALBEF; 'hardest':
-  argmax, GRIT-VLP); the 3B pairs (positives, image negatives, text negatives) go through
+  global batch by the model's own ITC logits ('sample': softmax at the learned temperature,
+  against the momentum keys when the momentum model runs, ALBEF; 'hardest': argmax,
+  GRIT-VLP); the 3B pairs (positives, image negatives, text negatives) go through
   the fusion layers and the 2-way head.
-- MLM: BERT masking (objectives/matching.py) of each caption, predicted from the fusion
-  output with the caption's own image. Only the predicted positions reach the tied word
+- MLM: BERT masking (objectives/matching.py) of each MLM row (each caption with its own
+  image; MAFA adds its converted pairs, each row masked by its own draw), predicted from
+  the fusion output. Only the predicted positions reach the tied word
   logits (`loss.mlm.max_predictions` per caption, derived by default), not all L.
 - Momentum model (`loss.momentum.enabled`, objectives/momentum.py): EMA params in
   `extra`; ITC's keys are its embeddings of the batch plus a queue, targets distilled
@@ -68,11 +70,9 @@ def split_rng(rng: jax.Array) -> dict[str, jax.Array]:
 
 
 def masked_mean(values: jax.Array, where: jax.Array) -> jax.Array:
+    """sum(values * where) / sum(where): a mean over the selected (bool) or weighted (float) entries."""
     where = where.astype(jnp.float32)
     return jnp.sum(values * where) / jnp.maximum(jnp.sum(where), 1.0)
-
-
-weighted_mean = masked_mean  # the same sum(v * w) / sum(w), read as weights
 
 
 class AlbefObjective:
@@ -110,16 +110,33 @@ class AlbefObjective:
         return self.model.apply({'params': params}, *args, method=method, rngs=rngs, **kwargs)
 
     def choose_pairs(
-        self, out: Mapping[str, jax.Array], outputs: Mapping[str, Any], keys: Mapping[str, jax.Array]
+        self,
+        out: Mapping[str, jax.Array],
+        outputs: Mapping[str, Any],
+        keys: Mapping[str, jax.Array],
+        out_m: Mapping[str, jax.Array] | None = None,
     ) -> tuple[Pairs, Pairs]:
-        """(ITM pairs, MLM pairs): ALBEF's / GRIT-VLP's negatives from the model's similarities, or
-        MAFA's from COSMO's mining when the cosmo regulator runs."""
+        """(ITM pairs, MLM pairs): ALBEF's / GRIT-VLP's negatives from the model's ITC logits, or
+        MAFA's from COSMO's mining when the cosmo regulator runs.
+
+        The logits are ITC's: ALBEF samples from "F.softmax(sim_i2t[:,:bs],dim=1)" with "sim_i2t =
+        image_feat @ text_feat_all / self.temp" and "text_feat_all = torch.cat([text_feat_m.t(), ...])",
+        so the online anchors against the batch's momentum keys when the momentum model runs (`out_m`),
+        at the learned temperature; without it, the online embeddings on both sides. 'hardest' (GRIT-VLP,
+        which has no momentum model) keeps the online cosines on both sides either way.
+        """
         cosmo = outputs.get(REGULATION, {}).get('cosmo')
         if cosmo is not None:
-            return mafa_pairs(cosmo['i2t'], cosmo['t2i'])
+            settings = self.itc.regulators.cosmo
+            return mafa_pairs(cosmo['i2t'], cosmo['t2i'], settings.high, settings.low)
         sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images, no gradient
-        negative_text = choose_negatives(keys['text_negatives'], sims, self.negative_choice)  # per image
-        negative_image = choose_negatives(keys['image_negatives'], sims.T, self.negative_choice)  # per text
+        sims_t2i = sims.T
+        if out_m is not None and self.negative_choice == 'sample':  # columns: the momentum keys (ITC's first B)
+            sims = image_text_cosines(out['image_embed'], out_m['text_embed'])
+            sims_t2i = image_text_cosines(out['text_embed'], out_m['image_embed'])  # a plain dot product
+        scale = out['logit_scale']
+        negative_text = choose_negatives(keys['text_negatives'], sims, self.negative_choice, scale)  # per image
+        negative_image = choose_negatives(keys['image_negatives'], sims_t2i, self.negative_choice, scale)  # per text
         return itm_pairs(negative_image, negative_text), caption_pairs(sims.shape[0])
 
     def loss(
@@ -143,7 +160,7 @@ class AlbefObjective:
             momentum = (candidates(extra, out_m['image_embed'], out_m['text_embed']), alpha)
         itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step, momentum)
 
-        itm_set, mlm_set = self.choose_pairs(out, outputs, keys)
+        itm_set, mlm_set = self.choose_pairs(out, outputs, keys, out_m)
         images, texts = out['image_tokens'], out['text_tokens']
         fused = self._apply(
             params,
@@ -155,15 +172,21 @@ class AlbefObjective:
         )
         itm_logits = self._apply(params, fused, method='itm_logits')
         labels = itm_set.label
-        itm = weighted_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
+        itm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
 
-        masked_ids, selected = mask_tokens(keys['mask'], ids, mask, self.mask_ratio, self.special, self.max_predictions)
-        masked_tokens = self._apply(params, masked_ids, mask, method='text_tokens', rng=keys['mlm_text'])
-        rows = mlm_set.text
-        fused_masked = self._apply(
-            params, masked_tokens[rows], mask[rows], images[mlm_set.image], method='fuse', rng=keys['mlm_fusion']
+        # Every MLM row is masked by its own draw, as MAFA's "self.mask(add_pos_input_ids, ...)" masks the
+        # concatenated input ids of all its rows: an extra (converted) pair does not reuse its caption's mask.
+        # With ALBEF's B caption rows (in order) this is the draw over the captions themselves.
+        rows, in_use = mlm_set.text, mlm_set.weight[:, None] > 0
+        mlm_ids, mlm_mask = ids[rows], mask[rows]
+        masked_ids, selected = mask_tokens(
+            keys['mask'], mlm_ids, mlm_mask, self.mask_ratio, self.special, self.max_predictions
         )
-        targets, predicted = ids[rows], selected[rows] & (mlm_set.weight[:, None] > 0)
+        masked_tokens = self._apply(params, masked_ids, mlm_mask, method='text_tokens', rng=keys['mlm_text'])
+        fused_masked = self._apply(
+            params, masked_tokens, mlm_mask, images[mlm_set.image], method='fuse', rng=keys['mlm_fusion']
+        )
+        targets, predicted = mlm_ids, selected & in_use
         scored = lambda tokens: tokens  # [P, L, ...]: every position
         if self.max_predictions:  # only the (at most K) predicted positions of each caption reach the word logits
             positions, predicted = prediction_positions(predicted, self.max_predictions)
@@ -172,7 +195,7 @@ class AlbefObjective:
         mlm_logits = self._apply(params, scored(fused_masked), method='mlm_logits')
         mlm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(mlm_logits, targets), predicted)
         if self.momentum is not None:
-            momentum_fused = self._momentum_fused(momentum_params, masked_ids, mask, out_m, mlm_set)
+            momentum_fused = self._momentum_fused(momentum_params, masked_ids, mlm_mask, out_m, mlm_set)
             momentum_logits = jax.lax.stop_gradient(
                 self._apply(momentum_params, scored(momentum_fused), method='mlm_logits')
             )
@@ -181,9 +204,10 @@ class AlbefObjective:
             metrics['train/mlm_distill'] = distill
             mlm = (1.0 - alpha) * mlm + alpha * distill
             outputs[ENQUEUE] = (out_m['image_embed'], out_m['text_embed'])
-        if self.max_predictions:
-            drawn, _ = selection_draws(keys['mask'], ids, mask, self.mask_ratio, self.special)
-            metrics['train/mlm_capped'] = 1.0 - jnp.sum(selected) / jnp.maximum(jnp.sum(drawn), 1)
+        if self.max_predictions:  # of the rows in use, the share of drawn positions the cap left out
+            drawn, _ = selection_draws(keys['mask'], mlm_ids, mlm_mask, self.mask_ratio, self.special)
+            kept, drawn = jnp.sum(selected & in_use), jnp.sum(drawn & in_use)
+            metrics['train/mlm_capped'] = 1.0 - kept / jnp.maximum(drawn, 1)
 
         w = self.weights
         loss = w['itc'] * itc + w['itm'] * itm + w['mlm'] * mlm
@@ -192,7 +216,7 @@ class AlbefObjective:
                 'train/itc': itc,
                 'train/itm': itm,
                 'train/mlm': mlm,
-                'train/itm_accuracy': weighted_mean(jnp.argmax(itm_logits, axis=-1) == labels, itm_set.weight),
+                'train/itm_accuracy': masked_mean(jnp.argmax(itm_logits, axis=-1) == labels, itm_set.weight),
                 'train/mlm_accuracy': masked_mean(jnp.argmax(mlm_logits, axis=-1) == targets, predicted),
                 'train/mlm_pairs': jnp.sum(mlm_set.weight),
             }
@@ -207,11 +231,10 @@ class AlbefObjective:
         out_m: Mapping[str, jax.Array],
         pairs: Pairs,
     ) -> jax.Array:
-        """The momentum model's fusion output for the same masked captions with the same images."""
-        tokens = self._apply(momentum_params, masked_ids, mask, method='text_tokens')[pairs.text]
-        fused = self._apply(
-            momentum_params, tokens, mask[pairs.text], out_m['image_tokens'][pairs.image], method='fuse'
-        )
+        """The momentum model's fusion output for the online model's masked MLM rows [P, L] (the same
+        masked ids, row by row) with the same images."""
+        tokens = self._apply(momentum_params, masked_ids, mask, method='text_tokens')
+        fused = self._apply(momentum_params, tokens, mask, out_m['image_tokens'][pairs.image], method='fuse')
         return jax.lax.stop_gradient(fused)
 
     def after_update(

@@ -78,7 +78,7 @@ def contrastive_loss(
     Embeddings are the global [B, E] arrays (sharded over the batch); jit inserts the
     collectives. `i2t` regulates rows = images, `t2i` rows = texts. GRIT-VLP's options:
     `stop_grad_keys` (i2t logits see sg(texts), t2i logits sg(images)) and
-    `consistency_weight` (softmax(i2t)_i pulled towards sg softmax(t2i)_i and back, as KL).
+    `consistency_weight` (softmax(i2t)_i pulled towards sg softmax(t2i)_i and back: `consistency_loss`).
     ALBEF's momentum model: `text_candidates` / `image_candidates` [C, E] replace the
     batch as the i2t / t2i keys (row i's positive is candidate i), C = B + queue.
     """
@@ -120,15 +120,21 @@ def contrastive_loss(
 
 
 def consistency_loss(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:
-    """GRIT-VLP's ITC consistency: mean_i KL(sg p_t2i_i || p_i2t_i) + KL(sg p_i2t_i || p_t2i_i), halved."""
+    """GRIT-VLP's ITC consistency, the value its official code reports: the mean of two cross-entropies,
+    0.5 * (mean_i H(sg p_t2i_i, p_i2t_i) + mean_i H(sg p_i2t_i, p_t2i_i)), H(q, p) = -sum_j q_j log p_j.
+
+    Official (models/model_pretrain_GRIT_VLP.py): "loss_c_i2t = -torch.sum(F.log_softmax(sim_i2t, dim=1)*
+    F.softmax(sim_t2i_sg, dim=1), dim=1).mean()", the same for t2i, and "loss_ita = (loss_i2t+loss_t2i)/2
+    + 0.2* (loss_c_i2t+loss_c_t2i)/2". The gradient is that of the KL (the targets' entropy is a constant).
+    """
     log_p_i2t = jax.nn.log_softmax(logits_i2t.astype(jnp.float32), axis=-1)
     log_p_t2i = jax.nn.log_softmax(logits_t2i.astype(jnp.float32), axis=-1)
 
-    def kl(target_log_p, log_p):
-        target_log_p = jax.lax.stop_gradient(target_log_p)
-        return jnp.mean(jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_p), axis=-1))
+    def cross_entropy(target_log_p, log_p):
+        target = jnp.exp(jax.lax.stop_gradient(target_log_p))
+        return -jnp.mean(jnp.sum(target * log_p, axis=-1))
 
-    return 0.5 * (kl(log_p_t2i, log_p_i2t) + kl(log_p_i2t, log_p_t2i))
+    return 0.5 * (cross_entropy(log_p_t2i, log_p_i2t) + cross_entropy(log_p_i2t, log_p_t2i))
 
 
 def local_contrastive_loss(

@@ -2,7 +2,10 @@
 
 MLM (BERT, as ALBEF): each maskable token is selected with probability `mask_ratio`; a
 selected token becomes [MASK] with probability 0.8, a random word with 0.1, and stays
-itself with 0.1; it is predicted either way. [CLS], [SEP] and padding are never selected.
+itself with 0.1; it is predicted either way. [CLS] and padding are never selected; [SEP]
+may be, as in the official ALBEF / GRIT-VLP / MAFA `mask()` ("masked_indices[input_ids ==
+self.tokenizer.pad_token_id] = False; masked_indices[input_ids == self.tokenizer.cls_token_id]
+= False", nothing for [SEP]).
 With `max_predictions` K (BERT's max_predictions_per_seq), a caption keeps at most K of its
 selected tokens, those with the smallest selection draws (so every selected position is
 equally likely to be kept); the rest stay unmasked and unpredicted. The MLM head then scores
@@ -12,13 +15,13 @@ a caption exceeds with probability below MAX_PREDICTIONS_OVERFLOW, so the cap al
 (the objective logs how often it did: `train/mlm_capped`).
 
 ITM negatives (METHODS.md): per anchor one in-batch negative, never the positive, either
-sampled with probability softmax(similarity) over the negatives (ALBEF, 'sample') or the
-most similar one (GRIT-VLP, 'hardest'). Both run on the global [B, B] similarities, so
-every device agrees on the choice.
+sampled as ALBEF does ('sample': weights softmax(sim / temp) over the row, the learned ITC
+temperature, diagonal zeroed, `negative_sampling_logits`) or the most similar one (GRIT-VLP,
+'hardest'). Both run on the global [B, B] similarities, so every device agrees on the choice.
 
 Pairs are index arrays into the batch (image row, text row, label, weight) with static
-sizes: 3B for ALBEF/GRIT-VLP's ITM, 5B and 3B MLM for MAFA, whose converted pairs sit in
-fixed slots with weight 0 where nothing was converted.
+sizes: 3B for ALBEF/GRIT-VLP's ITM, 5B and 3B MLM for MAFA, whose pairs sit in fixed slots
+with weight 0 where the official code forms no pair (nothing converted, no negative).
 """
 
 from __future__ import annotations
@@ -51,16 +54,17 @@ def auto_max_predictions(maskable: int, mask_ratio: float, overflow: float = MAX
 def resolve_max_predictions(setting: int, max_len: int, mask_ratio: float) -> int:
     """loss.mlm.max_predictions -> K per caption, or 0 when every position is scored (K would be >= max_len).
 
-    A caption of max_len tokens has at most max_len - 2 maskable ones ([CLS] and [SEP] never are).
+    A caption of max_len tokens has at most max_len - 1 maskable ones ([CLS] never is; [SEP] may be).
     """
-    maskable = max(max_len - 2, 0)
+    maskable = max(max_len - 1, 0)
     k = auto_max_predictions(maskable, mask_ratio) if setting == MAX_PREDICTIONS_AUTO else int(setting)
     return 0 if k <= 0 or k >= max_len else max(k, 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class SpecialTokens:
-    """Ids the masking must know: which tokens are never selected, what a mask is, how many words exist."""
+    """Ids the masking must know: which tokens are never selected ([CLS], [PAD]), what a mask is, how many
+    words exist. `sep_id` is kept for callers that need it; the masking may select [SEP] (official rule)."""
 
     cls_id: int
     sep_id: int
@@ -72,11 +76,13 @@ class SpecialTokens:
 def selection_draws(
     rng: jax.Array, text_ids: jax.Array, text_mask: jax.Array, mask_ratio: float, special: SpecialTokens
 ) -> tuple[jax.Array, jax.Array]:
-    """(bool [B, L] positions drawn for prediction before any cap, float [B, L] their uniform draws)."""
+    """(bool [B, L] positions drawn for prediction before any cap, float [B, L] their uniform draws).
+
+    Every real token but [CLS] is maskable, [SEP] included, as the official `mask()` (it zeroes only
+    the pad and cls positions of its Bernoulli draw).
+    """
     select_key = jax.random.split(rng, 3)[0]
-    maskable = (
-        (text_mask > 0) & (text_ids != special.cls_id) & (text_ids != special.sep_id) & (text_ids != special.pad_id)
-    )
+    maskable = (text_mask > 0) & (text_ids != special.cls_id) & (text_ids != special.pad_id)
     draws = jax.random.uniform(select_key, text_ids.shape)  # the draws jax.random.bernoulli would compare
     return maskable & (draws < mask_ratio), draws
 
@@ -115,20 +121,44 @@ def prediction_positions(predicted: jax.Array, count: int) -> tuple[jax.Array, j
     return order, jnp.take_along_axis(predicted, order, axis=1)
 
 
-def choose_negatives(rng: jax.Array | None, similarity: jax.Array, choice: str) -> jax.Array:
+def negative_sampling_logits(similarity: jax.Array, logit_scale: jax.Array | float, floor: float = 0.0) -> jax.Array:
+    """[B, B] log of ALBEF's negative-sampling weights (unnormalised; -inf on the diagonal).
+
+    ALBEF (models/model_pretrain.py): "weights_i2t = F.softmax(sim_i2t[:,:bs],dim=1)",
+    "weights_i2t.fill_diagonal_(0)", then "torch.multinomial(weights_i2t[b], 1)", where "sim_i2t =
+    image_feat @ text_feat_all / self.temp": the ITC logits at the learned temperature (1 / logit_scale),
+    not plain cosines (temperature 1 samples nearly uniformly). The softmax's normaliser includes the
+    diagonal; with `floor` = 0 (ALBEF) that cancels in multinomial's renormalisation. `floor` > 0 is
+    BLIP's variant (models/blip_pretrain.py: "F.softmax(sim_i2t[:,:bs],dim=1)+1e-4"), where it does not.
+    """
+    n = similarity.shape[0]
+    assert similarity.shape == (n, n) and n >= 2, similarity.shape
+    logits = jax.lax.stop_gradient(similarity).astype(jnp.float32) * jax.lax.stop_gradient(
+        jnp.asarray(logit_scale, jnp.float32)
+    )
+    log_weights = jax.nn.log_softmax(logits, axis=1)
+    if floor:
+        log_weights = jnp.logaddexp(log_weights, math.log(floor))
+    return jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, log_weights)
+
+
+def choose_negatives(
+    rng: jax.Array | None, similarity: jax.Array, choice: str, logit_scale: jax.Array | float, floor: float = 0.0
+) -> jax.Array:
     """[B] int32: for each row (anchor) of `similarity` [B, B] a column that is not its own (the diagonal).
 
-    'sample' draws it with probability softmax over the row's negatives (needs `rng`);
-    'hardest' takes the row's largest negative.
+    'sample' draws it as ALBEF, with weights `negative_sampling_logits(similarity, logit_scale, floor)`
+    (needs `rng`); 'hardest' takes the row's largest negative (GRIT-VLP's top-1; the scale is irrelevant).
     """
     assert choice in NEGATIVE_CHOICES, choice
     n = similarity.shape[0]
     assert similarity.shape == (n, n) and n >= 2, similarity.shape
-    negatives = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, jax.lax.stop_gradient(similarity).astype(jnp.float32))
     if choice == 'hardest':
+        negatives = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, jax.lax.stop_gradient(similarity).astype(jnp.float32))
         return jnp.argmax(negatives, axis=1).astype(jnp.int32)
     assert rng is not None, "choice 'sample' needs an rng"
-    return jax.random.categorical(rng, negatives, axis=1).astype(jnp.int32)
+    logits = negative_sampling_logits(similarity, logit_scale, floor)
+    return jax.random.categorical(rng, logits, axis=1).astype(jnp.int32)
 
 
 class Pairs(NamedTuple):
@@ -158,25 +188,41 @@ def caption_pairs(n: int) -> Pairs:
     return Pairs(rows, rows, jnp.ones((n,), jnp.int32), jnp.ones((n,), jnp.float32))
 
 
-def mafa_pairs(i2t: Mapping[str, jax.Array], t2i: Mapping[str, jax.Array]) -> tuple[Pairs, Pairs]:
-    """MAFA's ITM pairs (5B) and MLM pairs (3B) from COSMO's per-direction mining (regulators.cosmo_regulation).
+def mafa_pairs(
+    i2t: Mapping[str, jax.Array],
+    t2i: Mapping[str, jax.Array],
+    high: float,
+    low: float,
+    converted_negative: bool = False,
+) -> tuple[Pairs, Pairs]:
+    """MAFA's ITM pairs (5B slots) and MLM pairs (3B) from COSMO's per-direction mining (regulators.cosmo_regulation).
 
-    For image i (i2t: j1, j2 are texts) and text i (t2i: j1, j2 are images), by the
-    discriminator's state: kept -> j1 is the ITM negative; dropped -> j2 is; converted ->
-    (anchor, j1) is an extra ITM positive and an extra MLM pair, and j2 is the ITM
-    negative (**choice**: METHODS.md leaves the converted anchor's negative open; the next
-    hardest keeps one negative per anchor). Extra pairs sit in fixed slots, weight 0 when
-    not converted.
+    For image i (i2t: j1, j2 are texts) and text i (t2i: j1, j2 are images), q = the discriminator's
+    score of (anchor, j1), with the official strict inequalities (MAFA models/model_pretrain_MAFA.py):
+    q < low -> (anchor, j1) negative ("text_embeds[neg_idxs_i2t][itm_neg_wrtimg_score < low_threshold]");
+    low < q < high -> (anchor, j2) negative ("(itm_neg_wrtimg_score > low_threshold)*(itm_neg_wrtimg_score
+    < high_threshold)"); q > high -> (anchor, j1) an extra ITM positive and an extra MLM pair, and NO
+    negative; q exactly at low or at high -> no ITM pair. Slots without a pair have weight 0.
+    `converted_negative` (not official; this codebase's earlier choice) also gives a converted anchor
+    the negative (anchor, j2), keeping one negative per converted anchor. Info keys read: 'hardest',
+    'second', 'hardest_score' and 'converted' (q > high, what COSMO's ITC targets convert).
     """
-    from vlp_jax.objectives.regulators import STATE_KEPT
 
     def negative(info):
-        return jnp.where(info['state'] == STATE_KEPT, info['hardest'], info['second']).astype(jnp.int32)
+        q = info['hardest_score']
+        kept, dropped = q < low, (q > low) & (q < high)
+        if converted_negative:
+            dropped = dropped | info['converted']
+        index = jnp.where(kept, info['hardest'], info['second']).astype(jnp.int32)
+        return index, (kept | dropped).astype(jnp.float32)
 
-    base = itm_pairs(negative(t2i), negative(i2t))
+    negative_image, weight_t2i = negative(t2i)  # per text
+    negative_text, weight_i2t = negative(i2t)  # per image
+    base = itm_pairs(negative_image, negative_text)
     n = i2t['hardest'].shape[0]
+    base = base._replace(weight=jnp.concatenate([jnp.ones((n,), jnp.float32), weight_t2i, weight_i2t]))
     rows = jnp.arange(n, dtype=jnp.int32)
-    convert_i2t = i2t['converted'].astype(jnp.float32)
+    convert_i2t = i2t['converted'].astype(jnp.float32)  # q > high: the ITC conversions, the same rule
     convert_t2i = t2i['converted'].astype(jnp.float32)
     j1_text, j1_image = i2t['hardest'].astype(jnp.int32), t2i['hardest'].astype(jnp.int32)
     extra = Pairs(

@@ -41,7 +41,7 @@ def _backward_body(plan: _Plan, diff, consts, residuals, cotangent):
             else:
                 labels, weights = _sigmoid_parts(plan, log_w, y0, valid, scalars)
                 dz[name] = weight[name] * (-weights * labels * jax.nn.sigmoid(-labels * (z + bias)))
-        if plan.consistency:  # d/dz KL(sg p' || p) = p - p'
+        if plan.consistency:  # d/dz H(sg p', p) = p - p' (the cross-entropy's gradient is the KL's)
             p_i2t = jnp.exp(logits['i2t'] - residuals['i2t']['raw_lse'][:, None])
             p_t2i = jnp.exp(logits['t2i'] - residuals['t2i']['raw_lse'][:, None])
             dz['i2t'] = dz['i2t'] + consistency_weight * (p_i2t - p_t2i)

@@ -54,13 +54,13 @@ def _forward_body(plan: _Plan, diff, consts):
                 labels, weights = _sigmoid_parts(plan, log_w, y0, valid, scalars)
                 terms = -weights * jax.nn.log_sigmoid(labels * (z + bias))
                 state['total'] = state['total'] + jnp.sum(terms, axis=1)
-            if plan.consistency:  # online sum_j exp(z_ij - m_i) (z_ij - z'_ij), z' the other direction
+            if plan.consistency:  # online sum_j exp(z_ij - m_i) z'_ij, z' the other direction
                 other = logits['t2i' if name == 'i2t' else 'i2t']
                 m = jnp.maximum(state['raw_m'], jnp.max(z, axis=1))
                 rescale = jnp.exp(state['raw_m'] - m)
                 p = jnp.exp(z - m[:, None])
                 state['raw_s'] = state['raw_s'] * rescale + jnp.sum(p, axis=1)
-                state['cross'] = state['cross'] * rescale + jnp.sum(p * (z - other), axis=1)
+                state['cross'] = state['cross'] * rescale + jnp.sum(p * other, axis=1)
                 state['raw_m'] = m
             new[name] = state
         return new, {}
@@ -85,10 +85,10 @@ def _forward_body(plan: _Plan, diff, consts):
         losses.append(jnp.sum(row_loss))
         residuals[name] = res
     consistency = jnp.zeros(())
-    if plan.consistency:  # KL(p || p') = E_p[z - z'] - lse + lse'
+    if plan.consistency:  # H(p, p') = -E_p[log p'] = lse' - E_p[z'] (contrastive.consistency_loss: GRIT-VLP's value)
         i2t, t2i = residuals['i2t']['raw_lse'], residuals['t2i']['raw_lse']
-        kl_t2i_i2t = carry['t2i']['cross'] / carry['t2i']['raw_s'] - t2i + i2t
-        kl_i2t_t2i = carry['i2t']['cross'] / carry['i2t']['raw_s'] - i2t + t2i
-        consistency = 0.5 * (jnp.sum(kl_t2i_i2t) + jnp.sum(kl_i2t_t2i))
+        ce_t2i_i2t = i2t - carry['t2i']['cross'] / carry['t2i']['raw_s']
+        ce_i2t_t2i = t2i - carry['i2t']['cross'] / carry['i2t']['raw_s']
+        consistency = 0.5 * (jnp.sum(ce_t2i_i2t) + jnp.sum(ce_i2t_t2i))
     parts = jax.lax.psum(jnp.stack([losses[0], losses[1], consistency]), plan.axes) / plan.batch
     return parts, residuals
