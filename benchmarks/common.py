@@ -35,7 +35,7 @@ def fixed_batch(config, mesh, seed: int = 0):
     from vlp_jax import parallel
     from vlp_jax.data.batch import example_batch
 
-    host = example_batch(config.batch_size, config.data.image_size, config.data.max_text_len, seed)
+    host = example_batch(config.batch_size, config.model.image_size, config.model.max_text_len, seed)
     return parallel.global_batch(host, mesh)
 
 

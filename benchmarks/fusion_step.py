@@ -110,7 +110,7 @@ def main() -> None:
         from vlp_jax import config as config_lib
 
         queue = config_lib.load_config_file(args.fusion_config).loss.get('queue_size', 0)
-        overrides.append(f'--config.loss.queue_size={-(-queue // args.batch_size) * args.batch_size}')
+        overrides.append(f'--config.loss.momentum.queue_size={-(-queue // args.batch_size) * args.batch_size}')
     dual_config = load_config(args.dual_config, [o for o in overrides if 'queue_size' not in o])
     fusion_config = load_config(args.fusion_config, overrides)
     assert fusion_config.model.kind == 'fusion' and dual_config.model.kind == 'dual', 'need a dual and a fusion config'
@@ -131,7 +131,7 @@ def main() -> None:
             'dual_config': args.dual_config,
             'fusion_config': args.fusion_config,
             'fusion_layers': fusion_config.model.text.fusion_layers,
-            'queue_size': fusion_config.loss.queue_size,
+            'queue_size': fusion_config.loss.momentum.queue_size,
             'mlm_max_predictions': fusion_config.loss.mlm.max_predictions,
             'same_towers': not differences,
             'tower_differences': differences,  # key: [dual, fusion]
@@ -162,7 +162,7 @@ def main() -> None:
     with_momentum = fusion_setup.objective
     off = ml_collections.ConfigDict(fusion_config.to_dict())
     off.loss.momentum.enabled = False
-    off.loss.queue_size = 0
+    off.loss.momentum.queue_size = 0
     without = setup_lib.build_objective(off, model, mesh, fusion_setup.frozen)
     weights = with_momentum.weights
     rng, step = jax.random.key(0), jnp.asarray(100, jnp.int32)  # step > 0: distillation's alpha is live

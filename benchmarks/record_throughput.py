@@ -53,7 +53,7 @@ def pipeline_rate(config, directory: str, image_size: int, steps: int) -> float:
     from vlp_jax.data.record_source import RecordSource
 
     config = config.copy_and_resolve_references()
-    config.data.image_size = image_size
+    config.model.image_size = image_size
     pipeline = TrainPipeline(config, RecordSource(directory))
     batches = pipeline.iterate(0, steps + 1)
     next(batches)  # start the workers
@@ -80,7 +80,7 @@ def main() -> None:
             {
                 'what': 'train step (its need)',
                 'config': args.config,
-                'image_size': int(config.data.image_size),
+                'image_size': int(config.model.image_size),
                 'batch': int(config.batch_size),
                 'examples_per_sec': round(step_rate, 1),
                 'devices': device,
@@ -90,7 +90,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as directory:
         kib = write_jpeg_records(directory, args.records)
-        for size in dict.fromkeys((224, int(config.data.image_size))):
+        for size in dict.fromkeys((224, int(config.model.image_size))):
             rate = pipeline_rate(config, directory, size, args.steps)
             line = {
                 'what': 'record pipeline (read, JPEG decode, random resized crop, flip, tokenise)',

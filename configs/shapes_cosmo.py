@@ -1,4 +1,5 @@
-"""COSMO on the noisy regime: the hardest negative converted when a frozen model's cosine says it matches, targets smoothed.
+"""COSMO on the noisy regime: the hardest negative becomes a positive when a frozen model's cosine
+says it matches, and the targets are label-smoothed.
 
 Needs the reference model of configs/shapes_reference.py (train it first):
 

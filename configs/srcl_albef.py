@@ -1,6 +1,7 @@
 """SRCL / SACL (Jiang et al., ACL 2023) on ALBEF: ITC's negatives weighted by 1 / similarity,
 where the similarity moves from a frozen reference model's (alpha 1) to the model's own
-(alpha 0) linearly over the run (tau_w 1.0, no w_min: the schema's loss.srcl defaults). Everything else is configs/albef.py, momentum model and queue included.
+(alpha 0) linearly over the run (tau_w 1.0, no w_min: the schema's loss.srcl defaults).
+Everything else is configs/albef.py, momentum model and queue included.
 
 The reference is a frozen vlp_jax checkpoint (the paper's: a model trained with plain InfoNCE
 on COCO), loaded from its path at every (re)start and not copied into this run's checkpoints.

@@ -84,7 +84,7 @@ def main() -> None:
         for method in args.methods:
             config, overrides = METHODS[method]
             print(f'stage 2: {method}, seed {seed}', flush=True)
-            extra = [f'--config.data.train_size={args.train_size}', *overrides]
+            extra = [f'--config.data.shapes.train_size={args.train_size}', *overrides]
             if config != 'configs/shapes_noisy.py':
                 extra += [
                     f'--config.loss.srcl.reference_checkpoint={reference}',

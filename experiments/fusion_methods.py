@@ -53,7 +53,7 @@ METHODS = {  # name -> (config spec with {steps} and {reference}, method-specifi
     # The same recipe without its momentum model, queue and distillation: the reading's first suspect.
     'ALBEF (no momentum)': (
         'configs/albef.py:tiny,{steps}',
-        ('--config.loss.momentum.enabled=False', '--config.loss.queue_size=0'),
+        ('--config.loss.momentum.enabled=False', '--config.loss.momentum.queue_size=0'),
     ),
     'GRIT-VLP': ('configs/grit_vlp.py:tiny,{steps}', ()),
     'MAFA (cosine)': (
@@ -87,10 +87,10 @@ def shared_overrides(batch_size: int, steps: int) -> list[str]:
     search_space = 10 * batch_size
     return [
         f'--config.batch_size={batch_size}',
-        f'--config.data.train_size={steps // EPOCHS * batch_size}',
-        f'--config.warmup_steps={max(steps // 6, 1)}',
-        f'--config.sampling.search_space={search_space}',
-        f'--config.sampling.queue_size={5 * search_space}',
+        f'--config.data.shapes.train_size={steps // EPOCHS * batch_size}',
+        f'--config.optim.warmup_steps={max(steps // 6, 1)}',
+        f'--config.sampling.grit.search_space={search_space}',
+        f'--config.sampling.grit.queue_size={5 * search_space}',
         f'--config.log_every={LOG_EVERY}',
     ]
 
@@ -98,7 +98,8 @@ def shared_overrides(batch_size: int, steps: int) -> list[str]:
 def method_overrides(method: str, batch_size: int) -> list[str]:
     """The method's own overrides; 'momentum' stands for the momentum recipes' queue of 10 batches."""
     return [
-        f'--config.loss.queue_size={10 * batch_size}' if item == 'momentum' else item for item in METHODS[method][1]
+        f'--config.loss.momentum.queue_size={10 * batch_size}' if item == 'momentum' else item
+        for item in METHODS[method][1]
     ]
 
 
@@ -167,7 +168,7 @@ def chance(config_spec: str, seed: int, columns: list[str]) -> dict[str, float]:
     """Random ranking's expected R@1 on the seed's test split: semantic from the generator's truth
     (the share of images true of a caption, of captions true of an image), instance 1/images."""
     sys.path.insert(0, REPO)  # the training CLI runs as a module from REPO; this script imports it directly
-    from vlp_jax.config import load_config_file
+    from vlp_jax.config_files import load_config_file
     from vlp_jax.data.eval_sets import retrieval_set
 
     config = load_config_file(os.path.join(REPO, config_spec))

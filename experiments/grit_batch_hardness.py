@@ -35,7 +35,7 @@ def main() -> None:
     from vlp_jax import parallel
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import resolve_step_dir, restore_params_from
-    from vlp_jax.config import load_config_file
+    from vlp_jax.config_files import load_config_file
     from vlp_jax.data.batch import normalise_images
     from vlp_jax.data.sources import build_source
     from vlp_jax.data.tokenizer import shared_tokenizer
@@ -48,7 +48,7 @@ def main() -> None:
     sampler = ocp.StandardCheckpointer().restore(step_dir / 'state')['sampler']
     grit_order = np.asarray(sampler['order'])
     source = build_source(config, 'train')
-    tokenizer = shared_tokenizer(config.data.max_text_len)
+    tokenizer = shared_tokenizer(config.model.max_text_len)
     encode_images, encode_texts = judge_setup.encoders()
 
     def hardness(indices) -> float:

@@ -5,7 +5,7 @@
 #
 # e.g. 2 processes x 4 fake CPU devices = one 8-device mesh:
 #   XLA_FLAGS=--xla_force_host_platform_device_count=4 launch/local_multiprocess.sh 2 \
-#       .venv/bin/python -m vlp_jax.train --config configs/shapes_tiny.py:20 --workdir workdirs/two_procs
+#       .venv/bin/python -m vlp_jax.train --config configs/shapes_tiny.py:steps=20 --workdir workdirs/two_procs
 #
 # Process i gets JAX_COORDINATOR_ADDRESS=127.0.0.1:P, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i, which
 # vlp_jax.parallel.maybe_initialize_distributed passes to jax.distributed.initialize. Each process's

@@ -22,7 +22,7 @@ FAST_OVERRIDES = (
     '--config.log_every=5',
     '--config.eval_every=1000',
     '--config.checkpoint_every=10',
-    '--config.warmup_steps=5',
+    '--config.optim.warmup_steps=5',
     '--config.model.vision.width=32',
     '--config.model.vision.depth=1',
     '--config.model.vision.num_heads=2',
@@ -32,10 +32,11 @@ FAST_OVERRIDES = (
     '--config.model.text.num_heads=2',
     '--config.model.text.mlp_dim=64',
     '--config.model.embed_dim=32',
-    '--config.data.test_size=64',
+    '--config.data.shapes.test_size=64',
     '--config.eval.batch_size=64',
     '--config.eval.classification_size=64',
-    '--config.data.train_size=2000',
+    '--config.data.shapes.classification_size=64',
+    '--config.data.shapes.train_size=2000',
 )
 
 # SRCL + COSMO with thresholds that convert some pairs, for in-process tests that pass the frozen
@@ -75,6 +76,21 @@ def run_cli(module, args, devices=1, timeout=600, check=True):
     return result
 
 
+def train_source(config):
+    """The training split of `config`'s data source."""
+    from vlp_jax.derived import source_plugin
+
+    return source_plugin(config, str(config.data.name)).open('train')
+
+
+def train_pipeline(config, source=None, process_index=0, process_count=1):
+    """`config`'s training pipeline (its sampler's order) over `source` (default: the config's own)."""
+    from vlp_jax import setup
+
+    source = source if source is not None else train_source(config)
+    return setup.pipeline(config, source, setup.make_sampler(config, source), process_index, process_count)
+
+
 def train_batches(config, count=1, *, probe_keys=(), source=None, as_jax=False):
     """The first `count` batches of `config`'s training pipeline, model-ready: raw batch -> the step's keys
     (the required ones plus `probe_keys`) -> images normalised to the model's range (no augmentation).
@@ -83,10 +99,8 @@ def train_batches(config, count=1, *, probe_keys=(), source=None, as_jax=False):
     Host numpy arrays, or jax arrays with `as_jax`.
     """
     from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
 
-    pipeline = TrainPipeline(config, build_source(config, 'train') if source is None else source)
+    pipeline = train_pipeline(config, source)
     batches = []
     for step in range(count):
         raw = pipeline.raw_batch(step)
@@ -146,6 +160,6 @@ def read_metrics(workdir):
 
 @pytest.fixture(scope='session')
 def tiny_config():
-    from vlp_jax.config import load_config_file
+    from vlp_jax.config_files import load_config_file
 
     return load_config_file(TINY_CONFIG)

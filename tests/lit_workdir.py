@@ -19,7 +19,7 @@ def lit_workdir(tmp_path_factory):
     """The trained workdir; the first caller in a session trains it, later ones find it done."""
     workdir = tmp_path_factory.getbasetemp() / 'lit_fsdp_run'
     if not (workdir / 'done').exists():
-        args = ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir), *OVERRIDES, *FSDP]
+        args = ['--config', f'{TINY_CONFIG}:steps={STEPS}', '--workdir', str(workdir), *OVERRIDES, *FSDP]
         run_cli('vlp_jax.train', args, devices=8)
         (workdir / 'done').touch()
     return workdir

@@ -8,13 +8,15 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_me
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import Checkpointer
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import AlbefObjective, split_rng
 from vlp_jax.objectives.matching import mask_tokens, selection_draws
 from vlp_jax.objectives.momentum import MOMENTUM_PARAMS
 
-FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
+FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 
 
 def _config(*overrides):
@@ -105,7 +107,7 @@ def test_capped_mlm_and_its_momentum_distillation_match_full_position_scoring(fu
         '--config.loss.momentum.enabled=True',
         f'--config.loss.momentum.distill_alpha={alpha}',
         '--config.loss.momentum.alpha_ramp_steps=0',
-        f'--config.loss.queue_size={fusion_batch["image"].shape[0]}',
+        f'--config.loss.momentum.queue_size={fusion_batch["image"].shape[0]}',
     )
     run_setup = setup_lib.build(config, jax.devices()[:1])
     objective = run_setup.objective
@@ -165,7 +167,7 @@ def test_momentum_fusion_run_one_and_eight_devices_agree_and_resumes_bit_exactly
         checkpointer.save(1, dual_setup.init_state(), {'pipeline': {'next_step': 1, 'seed': 0}})
     args = lambda workdir: [
         '--config',
-        f'{TINY_CONFIG}:10',
+        f'{TINY_CONFIG}:steps=10',
         '--workdir',
         str(workdir),
         *FAST_OVERRIDES,
@@ -174,7 +176,7 @@ def test_momentum_fusion_run_one_and_eight_devices_agree_and_resumes_bit_exactly
         '--config.checkpoint_every=5',
         '--config.loss.momentum.enabled=True',
         '--config.loss.momentum.alpha_ramp_steps=0',
-        '--config.loss.queue_size=64',
+        '--config.loss.momentum.queue_size=64',
         f'--config.model.init_checkpoint={dual}',
     ]
     run_cli('vlp_jax.train', args(tmp_path / 'eight'), devices=8)

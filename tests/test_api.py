@@ -32,18 +32,19 @@ def _evaluator_embeddings(workdir, images_uint8, captions):
     """What the zero-shot evaluator computes: the setup's encoders through embed_in_batches."""
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import restore_params_from
-    from vlp_jax.config import apply_overrides, load_config_file, split_overrides
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
     from vlp_jax.data.batch import normalise_images
     from vlp_jax.data.tokenizer import shared_tokenizer
     from vlp_jax.evaluators.suite import embed_in_batches
 
-    config = load_config_file(f'{TINY_CONFIG}:{STEPS}')
+    config = load_config_file(f'{TINY_CONFIG}:steps={STEPS}')
     apply_overrides(config, split_overrides(list(OVERRIDES))[1])
     run_setup = setup_lib.build(config)
     params = restore_params_from(workdir, run_setup.abstract_state['params'])
     encode_images, encode_texts = run_setup.encoders()
     batch, mesh = int(config.eval.batch_size), run_setup.mesh
-    tokens = shared_tokenizer(int(config.data.max_text_len))(captions)
+    tokens = shared_tokenizer(int(config.model.max_text_len))(captions)
     images = embed_in_batches(lambda x: encode_images(params, x), (normalise_images(images_uint8),), batch, mesh)
     texts = embed_in_batches(
         lambda i, m: encode_texts(params, i, m), (tokens['text_ids'], tokens['text_mask']), batch, mesh
@@ -52,7 +53,8 @@ def _evaluator_embeddings(workdir, images_uint8, captions):
 
 
 def _test_examples():
-    from vlp_jax.config import apply_overrides, load_config_file, split_overrides
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
     from vlp_jax.data.sources import build_source
 
     config = load_config_file(TINY_CONFIG)

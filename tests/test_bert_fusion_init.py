@@ -189,8 +189,8 @@ def test_the_train_cli_refuses_a_wrong_layer_count_in_one_line_and_writes_nothin
     path = write(tmp_path / 'bert', tensors, {'model_type': 'bert', 'num_attention_heads': heads})
     workdir = tmp_path / 'run'
     args = [
-        *('--config', f'{TINY_CONFIG}:2', '--workdir', str(workdir), *FAST_OVERRIDES),
-        *('--config.model.kind=fusion', '--config.model.text.fusion_layers=1'),
+        *('--config', f'{TINY_CONFIG}:steps=2', '--workdir', str(workdir), *FAST_OVERRIDES),
+        *('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1'),
         *('--config.model.text.pre_norm=False', '--config.model.text.type_vocab_size=2'),
         f'--config.model.text.init={path}',
     ]

@@ -9,7 +9,9 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG
 
 from vlp_jax import parallel
 from vlp_jax import setup as setup_lib
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.data import batch as batch_spec
 
 
@@ -19,7 +21,7 @@ def one_step(*overrides):
     validate(config, 1)
     run_setup = setup_lib.build(config, jax.devices()[:1])
     step = run_setup.train_step()
-    host = batch_spec.example_batch(config.batch_size, config.data.image_size, config.data.max_text_len)
+    host = batch_spec.example_batch(config.batch_size, config.model.image_size, config.model.max_text_len)
     batch = {
         k: jax.device_put(jnp.asarray(v), parallel.batch_sharding(run_setup.mesh, v.ndim)) for k, v in host.items()
     }

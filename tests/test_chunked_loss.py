@@ -254,7 +254,9 @@ def test_the_objective_with_loss_impl_chunked_equals_dense_end_to_end():
     from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG, train_batches
 
     from vlp_jax import setup as setup_lib
-    from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+    from vlp_jax.checks import validate
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
 
     def build(impl):
         config = load_config_file(TINY_CONFIG)

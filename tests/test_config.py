@@ -6,7 +6,9 @@ import time
 import pytest
 from conftest import TINY_CONFIG, run_cli
 
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 
 
 def test_overrides_apply_with_types():
@@ -15,7 +17,7 @@ def test_overrides_apply_with_types():
         [
             'prog',
             '--workdir=x',
-            '--config.lr=3e-4',
+            '--config.optim.lr=3e-4',
             '--config.model.vision.depth',
             '4',
             '--config.data.crop_scale=(0.5,1.0)',
@@ -24,7 +26,7 @@ def test_overrides_apply_with_types():
     )
     assert rest == ['prog', '--workdir=x']
     apply_overrides(config, overrides)
-    assert config.lr == 3e-4 and config.model.vision.depth == 4
+    assert config.optim.lr == 3e-4 and config.model.vision.depth == 4
     assert tuple(config.data.crop_scale) == (0.5, 1.0) and config.loss.form == 'sigmoid'
     validate(config, 1)
 

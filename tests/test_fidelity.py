@@ -9,12 +9,14 @@ import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.chunked import chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import consistency_loss, contrastive_loss
 from vlp_jax.objectives.matching import mafa_pairs
 
-FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
+FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 
 
 def _unit(x):
@@ -140,7 +142,7 @@ def test_albef_objective_samples_negatives_from_itc_logits_against_its_keys(mome
     n, width, draws, temp = 8, 64, 20_000, 0.07
     overrides = ['--config.loss.itm.negatives=sample']
     if momentum:
-        overrides += ['--config.loss.momentum.enabled=True', '--config.loss.queue_size=32']
+        overrides += ['--config.loss.momentum.enabled=True', '--config.loss.momentum.queue_size=32']
     objective = setup_lib.build(_albef_config(*overrides), jax.devices()[:1]).objective
     rng = np.random.default_rng(4)
     unit = lambda x: jnp.asarray(_unit(x), jnp.float32)
@@ -271,7 +273,7 @@ MAFA_ALL_CONVERTED = (
     '--config.loss.itm.negatives=hardest',
     '--config.loss.mlm.mask_ratio=0.15',
     '--config.loss.momentum.enabled=True',
-    '--config.loss.queue_size=32',
+    '--config.loss.momentum.queue_size=32',
 )
 
 
@@ -365,7 +367,9 @@ def test_hardest_negatives_stay_grit_vlps_argmax_of_the_online_cosines_with_the_
     self.temp" (diagonal zeroed); the momentum model, which GRIT-VLP does not have, changes nothing."""
     n, width = 8, 16
     overrides = ('--config.loss.itm.negatives=hardest', '--config.loss.momentum.enabled=True')
-    objective = setup_lib.build(_albef_config(*overrides, '--config.loss.queue_size=32'), jax.devices()[:1]).objective
+    objective = setup_lib.build(
+        _albef_config(*overrides, '--config.loss.momentum.queue_size=32'), jax.devices()[:1]
+    ).objective
     rng = np.random.default_rng(5)
     unit = lambda x: jnp.asarray(_unit(x), jnp.float32)
     out = {'image_embed': unit(rng.normal(size=(n, width))), 'text_embed': unit(rng.normal(size=(n, width)))}

@@ -9,7 +9,9 @@ import pytest
 from conftest import TINY_CONFIG
 from test_models import _numpy_attention, assert_every_param_has_logical_names, tiny_inputs
 
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.models.layers import TransformerBlock
 from vlp_jax.models.text import TextConfig
 from vlp_jax.models.vit import ViTConfig

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG, run_on_devices, train_batches
 
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.grad_cache import grad_cache_value_and_grad, join_micro_batches, split_micro_batches
 
 
@@ -120,7 +122,15 @@ def test_accumulated_gradient_equals_the_full_batch_on_eight_devices():
     [
         (('--config.micro_batches=3',), 'micro_batches'),  # 32 rows do not split 3 ways
         (('--config.micro_batches=0',), 'micro_batches'),
-        (('--config.micro_batches=2', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1'), 'dual'),
+        (
+            (
+                '--config.micro_batches=2',
+                '--config.objective=albef',
+                '--config.model.kind=fusion',
+                '--config.model.text.fusion_layers=1',
+            ),
+            'dual',
+        ),
     ],
 )
 def test_bad_micro_batches_is_a_one_line_config_error(overrides, named):

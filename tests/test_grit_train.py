@@ -4,20 +4,22 @@ import numpy as np
 import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG, read_metrics, run_cli
 
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides
+from vlp_jax.config_files import load_config_file
 
 STEPS = 30  # 3 epochs of 10 steps
 GRIT = (
     '--config.sampling.name=grit',
-    '--config.data.train_size=320',
-    '--config.sampling.queue_size=192',
-    '--config.sampling.search_space=64',
+    '--config.data.shapes.train_size=320',
+    '--config.sampling.grit.queue_size=192',
+    '--config.sampling.grit.search_space=64',
     '--config.checkpoint_every=5',
 )
 
 
 def _args(workdir, extra=()):
-    return ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES, *GRIT, *extra]
+    return ['--config', f'{TINY_CONFIG}:steps={STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES, *GRIT, *extra]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +63,9 @@ def trained_grit_run(tmp_path_factory):
     # keep_checkpoints=3 with checkpoint_every=5 keeps step 110 (the last epoch's start) to replay from.
     run_cli(
         'vlp_jax.train',
-        _args(workdir, ('--config.lr=2e-3', f'--config.total_steps={TRAINED_STEPS}', '--config.keep_checkpoints=3')),
+        _args(
+            workdir, ('--config.optim.lr=2e-3', f'--config.total_steps={TRAINED_STEPS}', '--config.keep_checkpoints=3')
+        ),
     )
     return workdir
 
@@ -86,7 +90,7 @@ def _negative_cosines(run_dir, order_of_epoch):
     from vlp_jax.data.pipeline import TrainPipeline
     from vlp_jax.data.sources import build_source
 
-    config = load_config_file(f'{TINY_CONFIG}:{TRAINED_STEPS}')
+    config = load_config_file(f'{TINY_CONFIG}:steps={TRAINED_STEPS}')
     apply_overrides(config, split_overrides([*FAST_OVERRIDES, *GRIT])[1])
     judge = setup_lib.build(config, jax.devices()[:1])
     params = restore_params_from(run_dir, judge.abstract_state['params'])
@@ -152,7 +156,7 @@ def test_grit_local_scope_and_local_negatives_one_and_eight_devices_agree(tmp_pa
     emulated on 1 (mesh.local_shards=8), give the same losses. (Were local_shards ignored on one
     device, its loss would be the global-negatives loss, and differ.)"""
     local = (
-        '--config.sampling.scope=local',
+        '--config.sampling.grit.scope=local',
         '--config.loss.negatives=local',
         '--config.mesh.local_shards=8',
         '--config.total_steps=20',

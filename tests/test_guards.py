@@ -10,14 +10,16 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG, read_metrics, run_cli, train_b
 from vlp_jax import setup as setup_lib
 from vlp_jax import steps
 from vlp_jax.checkpointing import restore_params_from
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.guards import Diverged, NonFiniteGuard
 
 
 def test_a_non_finite_batch_leaves_the_state_as_it_was():
     config = load_config_file(TINY_CONFIG)
     # no warmup: the optimizer's own step count (not advanced by a skipped step) gives a non-zero lr
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.warmup_steps=0'])[1])
+    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.optim.warmup_steps=0'])[1])
     validate(config, 1)
     run_setup = setup_lib.build(config, jax.devices()[:1])
     good = train_batches(config, as_jax=True)[0]
@@ -57,13 +59,13 @@ def test_a_diverging_run_stops_non_zero_and_its_checkpoints_are_finite(tmp_path)
         'vlp_jax.train',
         [
             '--config',
-            f'{TINY_CONFIG}:40',
+            f'{TINY_CONFIG}:steps=40',
             '--workdir',
             str(workdir),
             *FAST_OVERRIDES,
-            '--config.lr=1e12',
-            '--config.warmup_steps=0',
-            '--config.grad_clip=0.0',
+            '--config.optim.lr=1e12',
+            '--config.optim.warmup_steps=0',
+            '--config.optim.grad_clip=0.0',
             '--config.log_every=1',
             '--config.checkpoint_every=2',
             '--config.nonfinite_patience=4',

@@ -27,7 +27,7 @@ from hf_numpy import (
 )
 from safetensors.numpy import save_file
 
-from vlp_jax.config import load_config_file
+from vlp_jax.config_files import load_config_file
 from vlp_jax.models import importers
 from vlp_jax.models.exporters import export_tensors
 from vlp_jax.models.importers import ImportWeightsError, import_into
@@ -339,7 +339,8 @@ def test_last_token_pooling_and_fusion_layers_that_stay_fresh(tmp_path):
     ],
 )
 def test_bad_architecture_options_are_config_errors_naming_the_key(key, value, message):
-    from vlp_jax.config import ConfigError, validate
+    from vlp_jax.checks import validate
+    from vlp_jax.config import ConfigError
 
     config = tiny_config()
     tower, name = key.split('.')

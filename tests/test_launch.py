@@ -19,7 +19,7 @@ from conftest import REPO
 LOCAL = os.path.join(REPO, 'launch', 'local_multiprocess.sh')
 TPU = os.path.join(REPO, 'launch', 'tpu_pod.sh')
 SLURM = os.path.join(REPO, 'launch', 'gpu_slurm.sbatch')
-TRAIN = ('python', '-m', 'vlp_jax.train', '--config', 'configs/shapes_tiny.py:100', '--workdir')
+TRAIN = ('python', '-m', 'vlp_jax.train', '--config', 'configs/shapes_tiny.py:steps=100', '--workdir')
 
 
 # Settings the launchers read from the environment: a test sets the ones it means.
@@ -144,7 +144,7 @@ def test_local_sigterm_to_the_launcher_reaches_every_process(tmp_path):
 
 TPU_TRAIN = (
     '--config',
-    'configs/shapes_tiny.py:2000',
+    'configs/shapes_tiny.py:steps=2000',
     '--workdir',
     'gs://my-bucket/runs/tiny',
     "--config.loss.form='sigmoid'",
@@ -192,7 +192,13 @@ def test_tpu_dry_run_prints_every_gcloud_command():
     assert '\nBUCKET=my-bucket\n' in script and 'gcsfuse' in script
     train_args = next(line for line in script.splitlines() if line.startswith('TRAIN_ARGS='))
     words = shlex.split(train_args[len('TRAIN_ARGS=(') : -1])
-    assert words == ['--config', 'configs/shapes_tiny.py:2000', '--workdir', '/gcs/my-bucket/runs/tiny', TPU_TRAIN[-1]]
+    assert words == [
+        '--config',
+        'configs/shapes_tiny.py:steps=2000',
+        '--workdir',
+        '/gcs/my-bucket/runs/tiny',
+        TPU_TRAIN[-1],
+    ]
 
 
 def test_tpu_worker_script_is_valid_bash(tmp_path):

@@ -6,7 +6,9 @@ import textwrap
 import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG, run_on_devices
 
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 
 # 4 heads and the padded vocabulary: every dimension the 'model' axis splits is divisible by 4.
 FOUR_HEADS = ('--config.model.vision.num_heads=4', '--config.model.text.num_heads=4')
@@ -26,7 +28,9 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from vlp_jax import parallel, setup as setup_lib
     from vlp_jax.checkpointing import Checkpointer
-    from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
+    from vlp_jax.checks import validate
     from conftest import train_batches
     assert jax.device_count() == 8
     base, layouts = sys.argv[1:-1], json.loads(sys.argv[-1])

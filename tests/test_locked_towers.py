@@ -18,7 +18,9 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli
 from lit_workdir import LIT, STEPS, lit_workdir
 
 from vlp_jax import optim
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.models.param_paths import path_key
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -71,12 +73,17 @@ def _numpy_adamw(params, grads_per_step, config, frozen, multipliers):
     trained = [k for k in p if k not in frozen]
     mu = {k: np.zeros_like(p[k]) for k in trained}
     nu = {k: np.zeros_like(p[k]) for k in trained}
-    b1, b2, eps = 0.9, config.adam_b2, 1e-8
-    peak, end, warm, total = config.lr, config.lr * config.min_lr_ratio, config.warmup_steps, config.total_steps
+    b1, b2, eps = 0.9, config.optim.adam_b2, 1e-8
+    peak, end, warm, total = (
+        config.optim.lr,
+        config.optim.lr * config.optim.min_lr_ratio,
+        config.optim.warmup_steps,
+        config.total_steps,
+    )
     for t, grads in enumerate(grads_per_step):
         g = names(grads)
         norm = math.sqrt(sum(float(np.sum(g[k] ** 2)) for k in trained))
-        scale = min(1.0, config.grad_clip / norm)
+        scale = min(1.0, config.optim.grad_clip / norm)
         lr = (
             peak * t / warm
             if t < warm
@@ -88,7 +95,7 @@ def _numpy_adamw(params, grads_per_step, config, frozen, multipliers):
             nu[k] = b2 * nu[k] + (1 - b2) * gk**2
             update = (mu[k] / (1 - b1 ** (t + 1))) / (np.sqrt(nu[k] / (1 - b2 ** (t + 1))) + eps)
             if p[k].ndim >= 2:
-                update = update + config.weight_decay * p[k]
+                update = update + config.optim.weight_decay * p[k]
             p[k] = p[k] - lr * multipliers.get(k, 1.0) * update
     return p
 
@@ -238,7 +245,7 @@ def test_lit_run_on_8_devices_with_fsdp_keeps_the_locked_tower_bit_identical(tmp
 def test_lit_run_stopped_and_resumed_matches_a_straight_run(tmp_path):
     from vlp_jax.checkpointing import restore_params_from
 
-    args = lambda workdir: ['--config', f'{TINY_CONFIG}:6', '--workdir', str(workdir), *FAST_OVERRIDES]
+    args = lambda workdir: ['--config', f'{TINY_CONFIG}:steps=6', '--workdir', str(workdir), *FAST_OVERRIDES]
     lit = (f'--config.optim.frozen={LIT}', '--config.checkpoint_every=3')
     run_cli('vlp_jax.train', [*args(tmp_path / 'straight'), *lit])
     run_cli('vlp_jax.train', [*args(tmp_path / 'resumed'), *lit, '--stop_at_step=3'])
@@ -268,7 +275,9 @@ def test_locked_params_get_exact_zero_gradients_and_no_backward_pass():
     config = _config(f'--config.optim.frozen={LIT}')
     run_setup = setup_lib.build(config, jax.devices()[:1])
     state = run_setup.init_state()
-    host = batch_spec.example_batch(int(config.batch_size), int(config.data.image_size), int(config.data.max_text_len))
+    host = batch_spec.example_batch(
+        int(config.batch_size), int(config.model.image_size), int(config.model.max_text_len)
+    )
     batch = {key: jnp.asarray(value) for key, value in host.items()}
     lock = optim.stop_locked_gradients(config)
 

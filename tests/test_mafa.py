@@ -11,7 +11,9 @@ import pytest
 from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli, train_batches
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import split_rng
 from vlp_jax.objectives.base import REGULATION
@@ -19,7 +21,7 @@ from vlp_jax.objectives.frozen import DISCRIMINATOR
 from vlp_jax.objectives.matching import mask_tokens
 from vlp_jax.objectives.regulators import STATE_CONVERTED, STATE_DROPPED, STATE_KEPT
 
-FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
+FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 MAFA = (
     '--config.loss.regulators=cosmo',
     '--config.loss.cosmo.discriminator=itm',

@@ -11,7 +11,9 @@ import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG
 
 from vlp_jax import mfu
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 
 
 @pytest.mark.parametrize(
@@ -70,7 +72,7 @@ def test_model_flops_match_the_matmul_count_and_the_compiled_step():
     # The lowered plain step's figure is what the compiled step executes (one device here).
     run_setup = setup_lib.build(config, jax.devices()[:1])
     step = run_setup.train_step()
-    host = batch_spec.example_batch(config.batch_size, config.data.image_size, config.data.max_text_len)
+    host = batch_spec.example_batch(config.batch_size, config.model.image_size, config.model.max_text_len)
     batch = {
         k: jax.device_put(jnp.asarray(v), parallel.batch_sharding(run_setup.mesh, v.ndim)) for k, v in host.items()
     }

@@ -7,7 +7,9 @@ import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.momentum import (
     IMAGE_QUEUE,
@@ -22,7 +24,7 @@ from vlp_jax.objectives.momentum import (
     init_momentum_extra,
 )
 
-FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
+FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 BATCH = 32  # FAST_OVERRIDES' batch size
 
 
@@ -106,7 +108,7 @@ def momentum_run():
         '--config.loss.momentum.enabled=True',
         '--config.loss.momentum.decay=0.9',
         '--config.loss.momentum.alpha_ramp_steps=0',
-        f'--config.loss.queue_size={2 * BATCH}',
+        f'--config.loss.momentum.queue_size={2 * BATCH}',
     )
     run_setup = setup_lib.build(config, jax.devices()[:1])
     batches = train_batches(config, 2, as_jax=True)
@@ -167,7 +169,7 @@ def test_second_step_itc_uses_the_queue_and_distillation(momentum_run):
 def test_distillation_ramps_over_the_first_epoch():
     config = _config('--config.loss.momentum.enabled=True')
     objective = setup_lib.build(config, jax.devices()[:1]).objective
-    epoch = config.data.train_size // config.batch_size
+    epoch = config.data.shapes.train_size // config.batch_size
     assert float(objective.momentum.alpha(0)) == 0.0
     assert float(objective.momentum.alpha(epoch // 2)) == pytest.approx(0.4 * (epoch // 2) / epoch)
     assert float(objective.momentum.alpha(3 * epoch)) == pytest.approx(0.4)
@@ -176,8 +178,8 @@ def test_distillation_ramps_over_the_first_epoch():
 @pytest.mark.parametrize(
     'overrides, key',
     [
-        (('--config.loss.queue_size=64',), 'loss.queue_size'),
-        (('--config.loss.momentum.enabled=True', '--config.loss.queue_size=48'), 'loss.queue_size'),
+        (('--config.loss.momentum.queue_size=64',), 'loss.queue_size'),
+        (('--config.loss.momentum.enabled=True', '--config.loss.momentum.queue_size=48'), 'loss.queue_size'),
         (('--config.loss.momentum.enabled=True', '--config.loss.form=sigmoid'), 'loss.form'),
         (('--config.loss.momentum.enabled=True', '--config.loss.momentum.decay=1.0'), 'loss.momentum.decay'),
         (('--config.loss.momentum.enabled=True', '--config.loss.consistency_weight=0.2'), 'consistency_weight'),

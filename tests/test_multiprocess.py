@@ -19,7 +19,7 @@ from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli
 
 LAUNCHER = os.path.join(REPO, 'launch', 'local_multiprocess.sh')
 STEPS = 20  # checkpoints at 10 and 20 (FAST_OVERRIDES), eval at 20
-TRAIN_ARGS = ('--config', f'{TINY_CONFIG}:{STEPS}', *FAST_OVERRIDES, '--config.log_every=1')
+TRAIN_ARGS = ('--config', f'{TINY_CONFIG}:steps={STEPS}', *FAST_OVERRIDES, '--config.log_every=1')
 # A silent peer (stopped, or a lost host) is declared dead after this long, and the others stop.
 HEARTBEAT_S = 20
 

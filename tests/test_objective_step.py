@@ -9,7 +9,9 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
 from vlp_jax import parallel, steps
 from vlp_jax import setup as setup_lib
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.sources import build_source
 from vlp_jax.data.synthetic import captions_true_of_scenes
@@ -22,7 +24,7 @@ ONE_DEVICE = jax.devices()[:1]
 
 def _config(*overrides):
     config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.data.detail=coarse', *overrides])[1])
+    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.data.shapes.detail=coarse', *overrides])[1])
     validate(config, 1)
     return config
 
@@ -201,7 +203,7 @@ def test_sigmoid_with_cosmo_conversions_matches_numpy(world):
 
 def test_smoothing_starts_at_the_first_step_of_epoch_one_by_default():
     config = _config('--config.loss.regulators=smoothing')
-    steps_per_epoch = config.data.train_size // config.batch_size
+    steps_per_epoch = config.data.shapes.train_size // config.batch_size
     chain = RegulatorChain.from_config(config)
     assert chain.smoothing.start == steps_per_epoch and chain.smoothing.eps == 0.5
     sims = jnp.zeros((4, 4))

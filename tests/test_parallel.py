@@ -7,7 +7,8 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG, run_on_devices
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from vlp_jax import parallel, setup as setup_lib
-    from vlp_jax.config import apply_overrides, load_config_file, split_overrides
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
     assert jax.device_count() == 8
     config = load_config_file(sys.argv[1])
     apply_overrides(config, split_overrides(sys.argv[2:])[1])

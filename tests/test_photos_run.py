@@ -46,7 +46,7 @@ def _append_bad_record(directory):
 def _args(workdir, photos):
     return [
         '--config',
-        f'{TINY_CONFIG}:{STEPS}',
+        f'{TINY_CONFIG}:steps={STEPS}',
         '--workdir',
         str(workdir),
         *FAST_OVERRIDES,
@@ -55,8 +55,8 @@ def _args(workdir, photos):
         '--config.checkpoint_every=4',
         '--config.eval.batch_size=16',
         '--config.data.name=records',
-        f'--config.data.path={photos}',
-        f'--config.data.eval_path={photos}',
+        f'--config.data.records.path={photos}',
+        f'--config.data.records.eval_path={photos}',
     ]
 
 

@@ -11,7 +11,7 @@ from vlp_jax.data.sources import build_source
 def config(tiny_config):
     config = tiny_config.copy_and_resolve_references()
     config.batch_size = 16
-    config.data.train_size = 100
+    config.data.shapes.train_size = 100
     return config
 
 
@@ -52,7 +52,7 @@ def test_augmented_batch_shapes_and_range(config):
     batch = next(_pipeline(config).iterate(0, 1))
     assert batch['image'].shape == (16, 64, 64, 3) and batch['image'].dtype == np.float32
     assert -1.0 - 1e-5 <= batch['image'].min() and batch['image'].max() <= 1.0 + 1e-5
-    assert batch['text_ids'].shape == (16, config.data.max_text_len) and batch['text_ids'].dtype == np.int32
+    assert batch['text_ids'].shape == (16, config.model.max_text_len) and batch['text_ids'].dtype == np.int32
     assert (batch['text_ids'][:, 0] == 101).all()  # [CLS]
 
 

@@ -101,7 +101,7 @@ def test_bicubic_resize_is_torchs_kernel(old, new):
 
 def vit_48_config():
     config = tiny_config(vision=dict(ln_eps=1e-12, pooler=True))
-    config.model.image_size = config.data.image_size = MODEL_IMAGE
+    config.model.image_size = config.model.image_size = MODEL_IMAGE
     return config
 
 
@@ -147,7 +147,7 @@ def test_a_clip_vision_file_is_interpolated_too(tmp_path):
     rng = np.random.default_rng(22)
     tensors = clip_tensors(rng, VOCAB, POSITIONS, WIDTH, FILE_IMAGE, PATCH, WIDTH, DEPTH, MLP, EMBED)
     config = tiny_config(text=CLIP_TEXT, vision=CLIP_VISION, proj_bias=False)
-    config.model.image_size = config.data.image_size = MODEL_IMAGE
+    config.model.image_size = config.model.image_size = MODEL_IMAGE
     model, fresh = init_params(config)
     params, plan = import_into(fresh, write(tmp_path / 'clip', tensors), 'vision', model.config)
     file_table = tensors['vision_model.embeddings.position_embedding.weight']
@@ -160,7 +160,7 @@ def test_a_clip_vision_file_is_interpolated_too(tmp_path):
 def test_a_same_size_import_is_unchanged_byte_for_byte(tmp_path):
     tensors = vit_tensors(np.random.default_rng(23), FILE_IMAGE, PATCH, WIDTH, DEPTH, MLP)
     config = vit_48_config()
-    config.model.image_size = config.data.image_size = FILE_IMAGE
+    config.model.image_size = config.model.image_size = FILE_IMAGE
     model, fresh = init_params(config)
     params, plan = import_into(fresh, write(tmp_path / 'vit', tensors, VIT_HF), 'vision', model.config)
     table = np.asarray(params['vision']['pos_embedding'])
@@ -327,7 +327,7 @@ def test_albef_tiny_trains_from_a_bert_with_its_mlm_head_and_a_vit_of_another_im
     vit = write(tmp_path / 'vit', vit_file, dict(VIT_HF, num_attention_heads=2))  # says 32 px; the model is 64
     workdir = tmp_path / 'run'
     args = [
-        *('--config', f'{REPO}/configs/albef.py:tiny,4', '--workdir', str(workdir), *FAST_OVERRIDES),
+        *('--config', f'{REPO}/configs/albef.py:tiny,steps=4', '--workdir', str(workdir), *FAST_OVERRIDES),
         '--stop_at_step=2',  # before the last step: no final evaluation to compile
         *('--config.model.text.pre_norm=False', '--config.model.text.type_vocab_size=2'),
         f'--config.model.text.init={tmp_path / "bert" / "model.safetensors"}',

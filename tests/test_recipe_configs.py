@@ -14,7 +14,9 @@ import jax
 import pytest
 from flax import traverse_util
 
-from vlp_jax.config import ConfigError, load_config_file, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError
+from vlp_jax.config_files import load_config_file
 from vlp_jax.state import create_model, dummy_inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +126,7 @@ def test_tiny_recipes_share_the_reference_architecture():
 
 
 def test_args():
-    assert load('albef.py:tiny').total_steps == 600 and load('albef.py:tiny').loss.queue_size == 1280
+    assert load('albef.py:tiny').total_steps == 600 and load('albef.py:tiny').loss.momentum.queue_size == 1280
     assert load('grit_vlp.py:300,tiny').total_steps == 300
     assert load('albef.py').total_steps == 30 * 7812 and load('grit_vlp.py').total_steps == 20 * 7812
     mafa = load('mafa.py:tiny,200,workdirs/other')

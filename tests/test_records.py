@@ -60,8 +60,8 @@ def folder(tmp_path_factory):
 def config(tiny_config, folder):
     config = tiny_config.copy_and_resolve_references()
     config.batch_size = BATCH
-    config.data.name, config.data.path, config.data.eval_path = 'records', str(folder), str(folder)
-    config.data.image_size = SIZE
+    config.data.name, config.data.records.path, config.data.records.eval_path = 'records', str(folder), str(folder)
+    config.model.image_size = SIZE
     return config
 
 
@@ -114,7 +114,7 @@ def test_stand_ins_are_a_pure_function_of_seed_step_and_index(config):
 
 
 def test_eval_set_leaves_out_records_that_do_not_load(config, folder):
-    config.data.test_size = COUNT
+    config.data.shapes.test_size = COUNT
     data = source_retrieval_set(RecordSource(str(folder)), config)
     assert data.dropped == len(BAD) and data.images.shape == (COUNT - len(BAD), SIZE, SIZE, 3)
     good = [i for i in range(COUNT) if i not in BAD]
@@ -127,9 +127,9 @@ def test_eval_set_leaves_out_records_that_do_not_load(config, folder):
 def test_held_out_split_and_its_limits(config):
     assert split_positions(10, 3, 'train').tolist() == list(range(7))
     assert split_positions(10, 3, 'test').tolist() == [7, 8, 9]
-    config.data.eval_path, config.data.test_size = '', 4
+    config.data.records.eval_path, config.data.shapes.test_size = '', 4
     assert len(build_source(config, 'train')) == COUNT - 4 and len(build_source(config, 'test')) == 4
-    config.data.test_size = COUNT
+    config.data.shapes.test_size = COUNT
     with pytest.raises(DataError, match='data.test_size'):
         build_source(config, 'train')
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
-from vlp_jax.config import ConfigError, apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE, frozen_roles, shared_roles
 from vlp_jax.objectives.regulate import RegulatorChain
 from vlp_jax.objectives.regulators import cosmo_regulation, srcl_alpha, srcl_regulation
@@ -57,6 +59,7 @@ def _config(*overrides):
             [
                 '--config.loss.regulators=cosmo',
                 f'--config.loss.cosmo.reference_checkpoint={REF}',
+                '--config.objective=albef',
                 '--config.model.kind=fusion',
                 '--config.model.text.fusion_layers=1',
                 '--config.loss.itm.negatives=sample',
@@ -172,7 +175,7 @@ def step_setup():
     from vlp_jax.data import batch as batch_spec
     from vlp_jax.data.sources import build_source
 
-    config = _config('--config.data.detail=coarse')
+    config = _config('--config.data.shapes.detail=coarse')
     reference_config = config.copy_and_resolve_references()
     reference_config.seed = 1
     reference = setup_lib.build(reference_config, jax.devices()[:1]).init_state()['params']

@@ -89,7 +89,7 @@ def test_reference_that_cannot_read_the_batches_is_one_line(reference, tmp_path)
             'shapes_cosmo.py',
             reference,
             tmp_path / 'run',
-            ('--config.model.image_size=32', '--config.data.image_size=32'),
+            ('--config.model.image_size=32', '--config.model.image_size=32'),
         ),
         check=False,
         timeout=120,

@@ -10,6 +10,7 @@ import pytest
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.regulators import (
     MASKED_LOG_WEIGHT,
+    STATE_AT_THRESHOLD,
     STATE_CONVERTED,
     STATE_DROPPED,
     STATE_KEPT,
@@ -178,7 +179,9 @@ def test_cosmo_conversion_targets_and_states(sims):
     np.testing.assert_array_equal(info['second'], second)
     converted = row_scores > 0.8
     np.testing.assert_array_equal(info['converted'], converted)
-    expected_state = np.where(converted, STATE_CONVERTED, np.where(row_scores >= 0.5, STATE_DROPPED, STATE_KEPT))
+    # MAFA's strict inequalities: q == high (0.8) and q == low (0.5) decide nothing (no ITM pair).
+    between = np.where((row_scores > 0.5) & (row_scores < 0.8), STATE_DROPPED, STATE_AT_THRESHOLD)
+    expected_state = np.where(converted, STATE_CONVERTED, np.where(row_scores < 0.5, STATE_KEPT, between))
     np.testing.assert_array_equal(info['state'], expected_state)
     assert info['hardest'].dtype == jnp.int32 and info['state'].dtype == jnp.int32
     expected_y = np.eye(B)

@@ -10,15 +10,17 @@ import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli, run_on_devices
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.data.eval_sets import retrieval_set
 from vlp_jax.evaluators.rerank import make_reranker
 from vlp_jax.evaluators.retrieval import RECALL_AT, retrieval_metrics, retrieval_metrics_from_scores, top_k
 from vlp_jax.evaluators.suite import make_zero_shot_evaluator
 
-FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
+FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 # 8 images x their captions; eval batches of 16 (8 devices divide it) leave a padded last chunk.
-SMALL = ('--config.data.test_size=8', '--config.eval.batch_size=16', '--config.eval.classification_size=16')
+SMALL = ('--config.data.shapes.test_size=8', '--config.eval.batch_size=16', '--config.eval.classification_size=16')
 K = 3
 
 
@@ -144,7 +146,7 @@ def test_scores_tie_break_orders_tied_candidates():
 
 def test_train_and_evaluate_cli_print_itc_and_reranked_metrics(tmp_path):
     common = [*FAST_OVERRIDES, *FUSION, *SMALL, '--config.eval.rerank_k=4']
-    train = run_cli('vlp_jax.train', ['--config', f'{TINY_CONFIG}:2', '--workdir', str(tmp_path), *common])
+    train = run_cli('vlp_jax.train', ['--config', f'{TINY_CONFIG}:steps=2', '--workdir', str(tmp_path), *common])
     evaluated = run_cli('vlp_jax.evaluate', ['--config', TINY_CONFIG, '--workdir', str(tmp_path), *common])
     last_line = lambda result: json.loads(result.stdout.strip().splitlines()[-1])
     printed_by_train, printed_by_evaluate = last_line(train), last_line(evaluated)
@@ -159,7 +161,8 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from vlp_jax import setup as setup_lib
-    from vlp_jax.config import apply_overrides, load_config_file, split_overrides
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
     from vlp_jax.data.eval_sets import retrieval_set
     from vlp_jax.evaluators.rerank import make_reranker
     from vlp_jax.evaluators.suite import make_zero_shot_evaluator

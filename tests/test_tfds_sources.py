@@ -65,14 +65,14 @@ def _mock_cli(module, args):
 def test_train_on_mock_coco_and_evaluate_retrieval_and_classification(tmp_path):
     args = [
         '--config',
-        f'{TINY_CONFIG}:4',
+        f'{TINY_CONFIG}:steps=4',
         '--workdir',
         str(tmp_path),
         *FAST_OVERRIDES,
         '--config.batch_size=4',
         '--config.log_every=2',
         '--config.data.name=tfds',
-        '--config.data.test_size=16',
+        '--config.data.shapes.test_size=16',
         '--config.eval.classification_size=16',
         '--config.eval.batch_size=16',
         '--config.checkpoint_every=4',

@@ -18,7 +18,7 @@ STEPS = 30
 
 
 def _train_args(workdir, steps=STEPS, extra=()):
-    return ['--config', f'{TINY_CONFIG}:{steps}', '--workdir', str(workdir), *FAST_OVERRIDES, *extra]
+    return ['--config', f'{TINY_CONFIG}:steps={steps}', '--workdir', str(workdir), *FAST_OVERRIDES, *extra]
 
 
 def _comparable(records):
@@ -103,7 +103,7 @@ def test_sigterm_checkpoints_the_current_step_exits_zero_and_resumes_bit_exactly
 def test_evaluate_reproduces_final_eval(straight_run):
     workdir, _ = straight_run
     result = run_cli(
-        'vlp_jax.evaluate', ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES]
+        'vlp_jax.evaluate', ['--config', f'{TINY_CONFIG}:steps={STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES]
     )
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     final = read_metrics(workdir)[-1]
@@ -118,7 +118,7 @@ def test_evaluate_on_eight_devices_equals_one(straight_run):
     workdir, _ = straight_run
     result = run_cli(
         'vlp_jax.evaluate',
-        ['--config', f'{TINY_CONFIG}:{STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES],
+        ['--config', f'{TINY_CONFIG}:steps={STEPS}', '--workdir', str(workdir), *FAST_OVERRIDES],
         devices=8,
     )
     printed = json.loads(result.stdout.strip().splitlines()[-1])
@@ -174,9 +174,9 @@ def test_tiny_training_beats_chance(tmp_path):
                 '--config.batch_size=64',
                 '--config.log_every=50',
                 '--config.checkpoint_every=150',
-                '--config.lr=2e-3',
-                '--config.data.test_size=100',
-                '--config.data.train_size=10000',
+                '--config.optim.lr=2e-3',
+                '--config.data.shapes.test_size=100',
+                '--config.data.shapes.train_size=10000',
             ),
         ),
     )

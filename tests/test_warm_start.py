@@ -7,11 +7,13 @@ from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import Checkpointer
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.momentum import MOMENTUM_PARAMS
 from vlp_jax.warm_start import WarmStartError, load_warm_start
 
-FUSION = ('--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
+FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 
 
 def _setup(*overrides):
@@ -41,7 +43,7 @@ def _flat(tree):
 
 def test_dual_towers_initialise_a_fusion_model_and_its_momentum_copy(dual_checkpoint):
     workdir, dual = dual_checkpoint
-    run_setup = _setup(*FUSION, '--config.loss.momentum.enabled=True', '--config.loss.queue_size=64')
+    run_setup = _setup(*FUSION, '--config.loss.momentum.enabled=True', '--config.loss.momentum.queue_size=64')
     fresh = run_setup.init_state()
     fresh_params = _flat(jax.device_get(fresh['params']))
     arrays, matched, total = load_warm_start(str(workdir), run_setup.abstract_state['params'])
@@ -74,7 +76,7 @@ def test_a_bad_init_checkpoint_is_one_line_and_writes_nothing(tmp_path):
         'vlp_jax.train',
         [
             '--config',
-            f'{TINY_CONFIG}:2',
+            f'{TINY_CONFIG}:steps=2',
             '--workdir',
             str(tmp_path / 'run'),
             *FAST_OVERRIDES,

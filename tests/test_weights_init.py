@@ -14,7 +14,9 @@ from safetensors.numpy import load_file, save_file
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import Checkpointer
-from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+from vlp_jax.checks import validate
+from vlp_jax.config import apply_overrides, split_overrides
+from vlp_jax.config_files import load_config_file
 from vlp_jax.models import importers
 from vlp_jax.models.vlp import model_config_from_dict
 
@@ -81,7 +83,9 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
     from test_weights_init import assert_text_tower_is, bert_file
     from vlp_jax import setup as setup_lib
-    from vlp_jax.config import apply_overrides, load_config_file, split_overrides, validate
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
+    from vlp_jax.checks import validate
     from vlp_jax.models import importers
     assert jax.device_count() == 8
     path, tensors = bert_file(sys.argv[1])
@@ -119,7 +123,7 @@ def test_a_file_that_does_not_fit_stops_train_with_one_line_and_writes_nothing(t
         'vlp_jax.train',
         [
             '--config',
-            f'{TINY_CONFIG}:2',
+            f'{TINY_CONFIG}:steps=2',
             '--workdir',
             str(workdir),
             *FAST_OVERRIDES,

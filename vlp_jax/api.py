@@ -8,8 +8,9 @@
     labels = classifier.classify(images)
 
 The run's own config (its workdir's config.json, else the model config saved beside every
-checkpoint) builds the model, so no config file is needed. Embeddings come from the same jitted encoders and batching the evaluator uses
-(steps.make_encoders, evaluators.embedding.embed_in_batches). Images get the eval preprocessing:
+checkpoint) builds the model, so no config file is needed. Embeddings come from the same jitted
+encoders and batching the evaluator uses (steps.make_encoders, evaluators.embedding.embed_in_batches).
+Images get the eval preprocessing:
 aspect-preserving resize of the shorter side to the model's image size (PIL bilinear, antialiased)
 and a centre crop, in PIL/numpy so this module works without TensorFlow.
 """

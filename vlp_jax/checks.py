@@ -9,12 +9,18 @@ shapes are computed once. Every problem is one ConfigError naming the key and wh
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
-from vlp_jax.config import ConfigError, check_values, settings_of
+from vlp_jax import optim
+from vlp_jax.config import ConfigError, OptimSettings, check_values, settings_of
 from vlp_jax.derived import Derived, derive, source_plugin
 from vlp_jax.evaluators.specs import DEFAULT, parse_all
-from vlp_jax.models.vlp import model_config_from_dict
+from vlp_jax.layout import layout_problem
+from vlp_jax.models import importers
+from vlp_jax.models.import_checks import ImportWeightsError
+from vlp_jax.models.vlp import VLPModel, model_config_from_dict
 from vlp_jax.objectives.regulators import RegulatorChain, RegulatorContext
 from vlp_jax.registry import EVALUATORS, OBJECTIVES, SAMPLERS, SOURCES
 
@@ -127,4 +133,35 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> Derive
         'lower batch_size or use more data.',
     )
     RegulatorChain.from_config(config, regulator_context(config, derived)).check(batch)
+    return derived
+
+
+def check_shapes(config: ml_collections.ConfigDict, model: VLPModel, boxed: Any, derived: Derived) -> None:
+    """The checks that need the params' shapes (`boxed`: the model's params under jax.eval_shape): the layout,
+    the optimizer's patterns, imported files' headers. Setup runs them where it computes the shapes."""
+    problem = layout_problem(boxed, config.mesh.rules, derived.mesh_sizes)
+    if problem is None:
+        names = optim.param_names(boxed)
+        problem = optim.optim_problem(settings_of(config, OptimSettings), names)
+    if problem is not None:
+        raise ConfigError(problem)
+    inits = importers.configured_inits(config)
+    if inits:
+        try:
+            importers.check_inits(inits, model.config, boxed)
+        except ImportWeightsError as error:
+            raise ConfigError(str(error)) from error
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int) -> Derived:
+    """Every check a run makes before it builds anything: check_config, then the shape checks on the model's
+    params built under jax.eval_shape (nothing allocated). For tools and tests; train and setup run the same."""
+    import jax
+
+    from vlp_jax import state as state_lib
+
+    derived = check_config(config, device_count)
+    model = state_lib.create_model(config)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *state_lib.dummy_inputs(model.config))['params'])
+    check_shapes(config, model, boxed, derived)
     return derived

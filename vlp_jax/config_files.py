@@ -66,7 +66,7 @@ def _import_plugins(names: Sequence[str]) -> None:
             importlib.import_module(name)
         except ModuleNotFoundError as error:
             raise ConfigError(
-                f"config key plugins names module {name!r}, which cannot be imported ({error}); "
+                f'config key plugins names module {name!r}, which cannot be imported ({error}); '
                 'put it on PYTHONPATH or fix the name.'
             ) from None
 
@@ -148,7 +148,7 @@ def saved_config(workdir: str | os.PathLike, overrides: Sequence[tuple[str, str]
     try:
         values = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ConfigError(f'{path} cannot be read ({error}); pass --config to name the run\'s config.') from None
+        raise ConfigError(f"{path} cannot be read ({error}); pass --config to name the run's config.") from None
     return complete(_migrate(values), overrides)
 
 
@@ -196,7 +196,9 @@ def record_changes(
     """Appends one line per changed key to WORKDIR/config_changes.jsonl and writes the new config.json."""
     path = as_path(workdir) / CHANGES_JSONL
     lines = [
-        json.dumps({'step': step, 'key': key, 'old': _canonical(value_at(saved, key)), 'new': _canonical(value_at(given, key))})
+        json.dumps(
+            {'step': step, 'key': key, 'old': _canonical(value_at(saved, key)), 'new': _canonical(value_at(given, key))}
+        )
         for key in keys
     ]
     previous = path.read_text() if path.exists() else ''

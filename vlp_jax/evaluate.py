@@ -49,8 +49,8 @@ def main() -> None:
                 refused, _ = config_files.conflicts(config, given)
                 if refused:
                     fail(
-                        f'--config {FLAGS.config} differs from the run\'s {run_dir}/config.json in '
-                        f'{config_files.describe(given, refused)}; drop --config (the run\'s own config is used).'
+                        f"--config {FLAGS.config} differs from the run's {run_dir}/config.json in "
+                        f"{config_files.describe(given, refused)}; drop --config (the run's own config is used)."
                     )
         elif FLAGS.config:
             config = config_files.load_config_file(FLAGS.config, overrides)

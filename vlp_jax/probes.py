@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 @dataclasses.dataclass(frozen=True)
 class GroundTruthProbe:
     batch_keys: tuple[str, ...]

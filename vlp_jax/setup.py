@@ -19,14 +19,12 @@ from jax.sharding import Mesh
 
 from vlp_jax import optim, parallel, steps
 from vlp_jax import state as state_lib
-from vlp_jax.checks import check_config, regulator_context
-from vlp_jax.config import ConfigError, DataSettings, OptimSettings, settings_of
+from vlp_jax.checks import check_config, check_shapes, regulator_context
+from vlp_jax.config import DataSettings, OptimSettings, settings_of
 from vlp_jax.data.pipeline import TrainPipeline
 from vlp_jax.data.sources import Source, SourcePlugin
 from vlp_jax.derived import Derived, source_plugin
-from vlp_jax.layout import layout_problem
 from vlp_jax.models import importers
-from vlp_jax.models.import_checks import ImportWeightsError
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.base import Objective, ObjectiveParts
 from vlp_jax.objectives.frozen import FrozenModel, frozen_models, load_frozen
@@ -110,29 +108,28 @@ class Setup:
     def source_plugin(self, name: str) -> SourcePlugin:
         return source_plugin(self.config, name)
 
-    def sampler(self, source: Source) -> Sampler:
-        """The configured sampler over `source` (registry SAMPLERS, `sampling.name`)."""
-        cls = SAMPLERS.get(str(self.config.sampling.name))
-        settings = settings_of(self.config, cls.Settings) if cls.Settings is not None else None
-        context = SamplerContext(
-            seed=int(self.config.seed),
-            batch_size=int(self.config.batch_size),
-            dataset_size=len(source),
-            steps_per_epoch=len(source) // int(self.config.batch_size),
-            embed_dim=int(self.config.model.embed_dim),
-            local_shards=self.derived.local_shards,
-        )
-        return cls(settings, context)
-
     def train_inputs(self, process_index: int = 0, process_count: int = 1) -> TrainInputs:
         """The training source, its sampler and this process's pipeline."""
-        source = self.source_plugin(str(self.config.data.name)).open('train')
-        sampler = self.sampler(source)
-        return TrainInputs(source, sampler, pipeline(self.config, source, sampler, process_index, process_count))
+        return train_inputs(self.config, process_index, process_count, self.derived.local_shards)
 
     def checkpoint_target(self, sampler: Sampler) -> PyTree:
         """The abstract state a checkpoint restores into: the train state and the sampler's state."""
         return {**self.abstract_state, SAMPLER_STATE: sampler.abstract_state()}
+
+
+def make_sampler(config: ml_collections.ConfigDict, source: Source, local_shards: int = 1) -> Sampler:
+    """The configured sampler over `source` (registry SAMPLERS, `sampling.name`)."""
+    cls = SAMPLERS.get(str(config.sampling.name))
+    settings = settings_of(config, cls.Settings) if cls.Settings is not None else None
+    context = SamplerContext(
+        seed=int(config.seed),
+        batch_size=int(config.batch_size),
+        dataset_size=len(source),
+        steps_per_epoch=len(source) // int(config.batch_size),
+        embed_dim=int(config.model.embed_dim),
+        local_shards=int(local_shards),
+    )
+    return cls(settings, context)
 
 
 def pipeline(
@@ -152,20 +149,13 @@ def pipeline(
     )
 
 
-def _check_shapes(config: ml_collections.ConfigDict, model: VLPModel, boxed: PyTree, derived: Derived) -> None:
-    """The checks that need the params' shapes: the layout, the optimizer's patterns, imported files."""
-    problem = layout_problem(boxed, config.mesh.rules, derived.mesh_sizes)
-    if problem is None:
-        names = optim.param_names(boxed)
-        problem = optim.optim_problem(settings_of(config, OptimSettings), names)
-    if problem is not None:
-        raise ConfigError(problem)
-    inits = importers.configured_inits(config)
-    if inits:
-        try:
-            importers.check_inits(inits, model.config, boxed)
-        except ImportWeightsError as error:
-            raise ConfigError(str(error)) from error
+def train_inputs(
+    config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1, local_shards: int = 1
+) -> TrainInputs:
+    """The training source (`data.name`'s 'train' split), its sampler and this process's pipeline."""
+    source = source_plugin(config, str(config.data.name)).open('train')
+    sampler = make_sampler(config, source, local_shards)
+    return TrainInputs(source, sampler, pipeline(config, source, sampler, process_index, process_count))
 
 
 def build(
@@ -181,7 +171,7 @@ def build(
     rules = parallel.logical_rules(config.mesh.rules)
     model = state_lib.create_model(config)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *state_lib.dummy_inputs(model.config))['params'])
-    _check_shapes(config, model, boxed, derived)
+    check_shapes(config, model, boxed, derived)
     optim_settings = settings_of(config, OptimSettings)
     optimizer = optim.make_optimizer(optim_settings, int(config.total_steps))
     chain = RegulatorChain.from_config(config, regulator_context(config, derived))

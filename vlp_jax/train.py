@@ -33,7 +33,7 @@ flags.DEFINE_integer(
     're-running without it continues exactly where it stopped.',
 )
 flags.DEFINE_string(
-    'config_help', None, 'Print every config key (or one group\'s: --config_help=optim) with type, default and help.'
+    'config_help', None, "Print every config key (or one group's: --config_help=optim) with type, default and help."
 )
 flags.DEFINE_string(
     'coordinator_address',
@@ -49,7 +49,6 @@ flags.DEFINE_integer(
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 HELP_FLAGS = ('--help', '-h', '--helpshort', '-?')
-OUR_FLAG_MODULES = ('vlp_jax.train', 'vlp_jax.evaluate', '__main__')
 
 
 def fail(message: str) -> None:
@@ -61,8 +60,10 @@ def fail(message: str) -> None:
 def print_usage(doc: str) -> None:
     """The module's docstring and its flags, for --help."""
     lines = [doc.strip(), '', 'flags:']
-    for module in OUR_FLAG_MODULES:
-        for flag in FLAGS.get_flags_for_module(module) if module in FLAGS.flags_by_module_dict() else ():
+    for module, module_flags in FLAGS.flags_by_module_dict().items():
+        if module.startswith('absl'):  # absl's own logging flags
+            continue
+        for flag in module_flags:
             default = '' if flag.default is None else f' (default: {flag.default!r})'
             lines.append(f'  --{flag.name}: {flag.help}{default}')
     lines.append('  --config.KEY=VALUE: set any config key (python -m vlp_jax.train --config_help lists them)')
@@ -115,7 +116,10 @@ def resume_changes(config, workdir: str) -> list[str]:
     from vlp_jax.checkpointing import Checkpointer
     from vlp_jax.paths import as_path
 
-    if not config_files.has_saved_config(workdir) or Checkpointer(as_path(workdir) / 'checkpoints', 1).latest_step() is None:
+    if (
+        not config_files.has_saved_config(workdir)
+        or Checkpointer(as_path(workdir) / 'checkpoints', 1).latest_step() is None
+    ):
         return []
     saved = config_files.saved_config(workdir)
     refused, allowed = config_files.conflicts(saved, config)
@@ -209,7 +213,9 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
         if changed and is_main:
             saved = config_files.saved_config(workdir)
             config_files.record_changes(workdir, start_step, saved, config, changed)
-            say(f'config changed on resume: {config_files.describe(config, changed)} (recorded in config_changes.jsonl)')
+            say(
+                f'config changed on resume: {config_files.describe(config, changed)} (recorded in config_changes.jsonl)'
+            )
         say(f'resumed from checkpoint at step {start_step} in {workdir}/checkpoints')
     if is_main:
         metrics_lib.truncate_after(workdir, start_step)

@@ -43,9 +43,7 @@ class ShapesSettings:
     captions_per_image: int = key(2, 'captions per training image (one drawn per epoch)', check=positive_int)
     caption_noise: float = key(0.0, "fraction of training captions swapped for another image's", check=in_range(0, 1))
     detail: str = key('mixed', "caption detail: 'coarse' | 'mixed' | 'fine'", choices=DETAILS)
-    classification_size: int = key(
-        500, 'single-object images of each zero-shot set (shape, colour)', check=at_least(1)
-    )
+    classification_size: int = key(500, 'single-object images of each zero-shot set (shape, colour)', check=at_least(1))
 
 
 class ShapesSource(Source):

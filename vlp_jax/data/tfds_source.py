@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vlp_jax.config import key
+from vlp_jax.config import key as config_key
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source, SourcePlugin
 from vlp_jax.registry import SOURCES
@@ -24,13 +24,13 @@ from vlp_jax.registry import SOURCES
 class TfdsSettings:
     """A TFDS data set read through tfds.data_source (array_record, prepared beforehand: nothing downloads)."""
 
-    name: str = key('coco_captions', 'the TFDS data set (data.name=tfds trains on it)')
-    data_dir: str = key('', "TFDS's data_dir ('' = TFDS's default)")
-    train_split: str = key('train', 'the split training reads')
-    eval_split: str = key('test', 'the split evaluation reads')
-    image_key: str = key('image', 'the image feature')
-    caption_key: str = key('captions/text', 'the caption feature (a nested one as a/b)')
-    label_key: str = key('', "a class-label feature, for zero-shot classification ('' = none)")
+    name: str = config_key('coco_captions', 'the TFDS data set (data.name=tfds trains on it)')
+    data_dir: str = config_key('', "TFDS's data_dir ('' = TFDS's default)")
+    train_split: str = config_key('train', 'the split training reads')
+    eval_split: str = config_key('test', 'the split evaluation reads')
+    image_key: str = config_key('image', 'the image feature')
+    caption_key: str = config_key('captions/text', 'the caption feature (a nested one as a/b)')
+    label_key: str = config_key('', "a class-label feature, for zero-shot classification ('' = none)")
 
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:

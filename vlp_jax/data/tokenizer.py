@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlp_jax.config.core import BERT_VOCAB_SIZE  # the schema's default vocabulary size
+from vlp_jax.config.core import BERT_VOCAB_SIZE  # noqa: F401  (re-exported: the shipped vocabulary's size)
 
 SHIPPED_VOCAB_DIR = os.path.join(os.path.dirname(__file__), 'vocab', 'bert-base-uncased')
 BERT_CLS_ID = 101  # [CLS] in the standard uncased vocabulary; checks the file really is that vocabulary

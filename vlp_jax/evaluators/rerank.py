@@ -35,8 +35,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vlp_jax import parallel
-from vlp_jax.evaluators.retrieval import top_k
 from vlp_jax.evaluators.embedding import embed_in_batches
+from vlp_jax.evaluators.retrieval import top_k
 from vlp_jax.models.vlp import VLPModel
 
 ITM_MATCH = 1  # the ITM head's 'match' class

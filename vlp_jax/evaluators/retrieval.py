@@ -105,6 +105,8 @@ class RetrievalEvaluator(Evaluator):
         }
         if model.rerank is not None:
             scores = model.rerank(data, similarity)
-            for key, value in retrieval_metrics_from_scores(scores.t2i, scores.i2t, *args, tie_break=similarity).items():
+            for key, value in retrieval_metrics_from_scores(
+                scores.t2i, scores.i2t, *args, tie_break=similarity
+            ).items():
                 metrics[f'eval/retrieval_itm/{prefix}{key}'] = value
         return metrics

@@ -57,7 +57,8 @@ def parse(spec: str) -> EvalSpec:
     source, _, where = rest.partition(':')
     if not evaluator or not source:
         raise ConfigError(
-            f"eval.sets entry {spec!r} is not [NAME=]EVALUATOR:SOURCE[:WHERE] (e.g. retrieval:records:DIR) nor 'default'."
+            f'eval.sets entry {spec!r} is not [NAME=]EVALUATOR:SOURCE[:WHERE] (e.g. retrieval:records:DIR) '
+            "nor 'default'."
         )
     return EvalSpec(evaluator, source, where, re.sub(r'[^A-Za-z0-9_.-]', '_', name) or default_name(source, where))
 

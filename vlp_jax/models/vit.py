@@ -61,7 +61,9 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f'config key model.vision.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
+            raise ValueError(
+                f'config key model.vision.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}'
+            )
         if self.image_size % self.patch_size != 0:
             raise ValueError(f'image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})')
         if self.pool not in POOL_TYPES:

@@ -21,6 +21,7 @@ Loss = w_itc * ITC + w_itm * ITM + w_mlm * MLM (`loss.weights`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,20 +30,20 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vlp_jax.config import LossSettings, at_least, in_range, key, non_negative, settings_of
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.tokenizer import BERT_CLS_ID, BERT_MASK_ID, BERT_PAD_ID, BERT_SEP_ID
-from vlp_jax.models.vlp import VLPModel, clamp_temperature
-from vlp_jax.objectives.base import REGULATION
+from vlp_jax.models.vlp import clamp_temperature
+from vlp_jax.objectives.base import REGULATION, Objective, ObjectiveParts
 from vlp_jax.objectives.dual_encoder import DualEncoderContrastive
 from vlp_jax.objectives.frozen import image_text_cosines
 from vlp_jax.objectives.matching import (
-    MAX_PREDICTIONS_AUTO,
+    NEGATIVE_CHOICES,
     Pairs,
     SpecialTokens,
     caption_pairs,
     choose_negatives,
     itm_pairs,
-    mafa_pairs,
     mask_tokens,
     prediction_positions,
     resolve_max_predictions,
@@ -50,12 +51,14 @@ from vlp_jax.objectives.matching import (
 )
 from vlp_jax.objectives.momentum import (
     MOMENTUM_PARAMS,
+    Momentum,
     MomentumSettings,
     candidates,
     ema,
     enqueue,
     init_momentum_extra,
 )
+from vlp_jax.registry import OBJECTIVES
 
 PyTree = Any
 # outputs[ENQUEUE]: the momentum embeddings (image, text) of this batch, for the queue.
@@ -75,29 +78,125 @@ def masked_mean(values: jax.Array, where: jax.Array) -> jax.Array:
     return jnp.sum(values * where) / jnp.maximum(jnp.sum(where), 1.0)
 
 
-class AlbefObjective:
-    """Objective (objectives/base.py) of a fusion model: ITC + ITM + MLM."""
+@dataclasses.dataclass(frozen=True)
+class WeightSettings:
+    """ALBEF's loss = itc * ITC + itm * ITM + mlm * MLM."""
 
+    itc: float = key(1.0, 'weight of image-text contrastive', check=non_negative)
+    itm: float = key(1.0, 'weight of image-text matching', check=non_negative)
+    mlm: float = key(1.0, 'weight of masked language modelling', check=non_negative)
+
+
+@dataclasses.dataclass(frozen=True)
+class ItmSettings:
+    """Image-text matching: one negative per anchor from the batch's ITC logits."""
+
+    negatives: str = key(
+        'sample',
+        "'sample': drawn from softmax(sim / temp) (ALBEF) | 'hardest': the argmax (GRIT-VLP)",
+        choices=NEGATIVE_CHOICES,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MlmSettings:
+    """Masked language modelling on the fusion output (BERT's 80/10/10 corruption)."""
+
+    mask_ratio: float = key(
+        0.15,
+        'share of tokens predicted (ALBEF/SRCL 0.15, GRIT-VLP/MAFA 0.5)',
+        check=in_range(0, 1, low_open=True, high_open=True),
+    )
+    max_predictions: int = key(
+        -1,
+        'predicted tokens per caption that reach the word logits (-1: derived, a caption exceeds it with '
+        'p < 1e-4; 0: every position)',
+        check=at_least(-1),
+    )
+
+
+@OBJECTIVES.register(
+    'albef',
+    groups={
+        'loss.weights': WeightSettings,
+        'loss.itm': ItmSettings,
+        'loss.mlm': MlmSettings,
+        'loss.momentum': MomentumSettings,
+    },
+)
+class AlbefObjective(Objective):
+    """A fusion model's ITC + ITM + MLM (ALBEF), with the momentum model as an option."""
+
+    model_kinds = ('fusion',)
     batch_keys = batch_spec.REQUIRED_KEYS
 
     def __init__(
         self,
-        config: ml_collections.ConfigDict,
-        model: VLPModel,
-        local_shards: int,
-        frozen_models: Mapping[str, VLPModel] | None = None,
+        loss: LossSettings,
+        weights: WeightSettings,
+        itm: ItmSettings,
+        mlm: MlmSettings,
+        momentum: MomentumSettings,
+        parts: ObjectiveParts,
     ):
+        model = parts.model
         assert model.config.kind == 'fusion', 'ALBEF needs a fusion model'
         self.model = model
-        self.itc = DualEncoderContrastive(config, model, local_shards, frozen_models)
+        self.itc = DualEncoderContrastive(loss, parts)
         self.frozen_roles = self.itc.frozen_roles
-        self.negative_choice = str(config.loss.itm.negatives)
-        self.mask_ratio = float(config.loss.mlm.mask_ratio)
-        setting = int(config.loss.mlm.get('max_predictions', MAX_PREDICTIONS_AUTO))  # configs older than the key
-        self.max_predictions = resolve_max_predictions(setting, int(config.model.max_text_len), self.mask_ratio)
-        self.weights = {term: float(config.loss.weights[term]) for term in ('itc', 'itm', 'mlm')}
+        self.negative_choice = itm.negatives
+        self.mask_ratio = float(mlm.mask_ratio)
+        self.max_predictions = resolve_max_predictions(mlm.max_predictions, model.config.text.max_len, self.mask_ratio)
+        self.weights = {term: float(getattr(weights, term)) for term in ('itc', 'itm', 'mlm')}
         self.special = SpecialTokens(BERT_CLS_ID, BERT_SEP_ID, BERT_PAD_ID, BERT_MASK_ID, model.config.text.vocab_size)
-        self.momentum = MomentumSettings.from_config(config)
+        self.momentum = Momentum.of(momentum, parts.steps_per_epoch)
+        # A regulator that decides the ITM and MLM pairs itself (MAFA's mining): at most one, checked.
+        deciders = [r for r in parts.regulators.regulators if r.decides_pairs]
+        self.pair_decider = deciders[0] if deciders else None
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, parts: ObjectiveParts) -> AlbefObjective:
+        return cls(
+            settings_of(config, LossSettings),
+            settings_of(config, WeightSettings),
+            settings_of(config, ItmSettings),
+            settings_of(config, MlmSettings),
+            settings_of(config, MomentumSettings),
+            parts,
+        )
+
+    @classmethod
+    def check(cls, config: ml_collections.ConfigDict) -> str | None:
+        from vlp_jax.registry import REGULATORS
+
+        loss, momentum = config.loss, config.loss.momentum
+        deciders = [name for name in loss.regulators if REGULATORS.get(name).decides_pairs]
+        if len(deciders) > 1:
+            return f'config key loss.regulators has {deciders}, which all decide the ITM pairs; keep one.'
+        if deciders and loss.itm.negatives != 'hardest':
+            return (
+                f"config key loss.itm.negatives must be 'hardest' with loss.regulators {deciders[0]!r} on a fusion "
+                "model: MAFA's ITM negatives are the mined j1 or j2 (docs/methods.md)."
+            )
+        queue = int(momentum.queue_size)
+        if queue and not momentum.enabled:
+            return (
+                f'config key loss.momentum.queue_size ({queue}) needs loss.momentum.enabled=True (the queue holds '
+                'momentum features); set it to 0 or enable the momentum model.'
+            )
+        if queue % int(config.batch_size):
+            return (
+                f'config key loss.momentum.queue_size ({queue}) must be a multiple of batch_size ({config.batch_size}).'
+            )
+        if momentum.enabled and loss.form != 'softmax':
+            return "config key loss.form must be 'softmax' with loss.momentum.enabled (distillation targets are soft)."
+        if momentum.enabled and (loss.stop_grad_keys or loss.consistency_weight):
+            return (
+                'config keys loss.stop_grad_keys and loss.consistency_weight are GRIT-VLP options that do not apply '
+                'with loss.momentum.enabled (the momentum keys carry no gradient; candidates are not square); turn '
+                'them off.'
+            )
+        return None
 
     def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
         if self.momentum is None:
@@ -116,8 +215,8 @@ class AlbefObjective:
         keys: Mapping[str, jax.Array],
         out_m: Mapping[str, jax.Array] | None = None,
     ) -> tuple[Pairs, Pairs]:
-        """(ITM pairs, MLM pairs): ALBEF's / GRIT-VLP's negatives from the model's ITC logits, or
-        MAFA's from COSMO's mining when the cosmo regulator runs.
+        """(ITM pairs, MLM pairs): ALBEF's / GRIT-VLP's negatives from the model's ITC logits, or those a
+        regulator decided (MAFA's mining: Regulator.matching_pairs).
 
         The logits are ITC's: ALBEF samples from "F.softmax(sim_i2t[:,:bs],dim=1)" with "sim_i2t =
         image_feat @ text_feat_all / self.temp" and "text_feat_all = torch.cat([text_feat_m.t(), ...])",
@@ -125,10 +224,8 @@ class AlbefObjective:
         at the learned temperature; without it, the online embeddings on both sides. 'hardest' (GRIT-VLP,
         which has no momentum model) keeps the online cosines on both sides either way.
         """
-        cosmo = outputs.get(REGULATION, {}).get('cosmo')
-        if cosmo is not None:
-            settings = self.itc.regulators.cosmo
-            return mafa_pairs(cosmo['i2t'], cosmo['t2i'], settings.high, settings.low)
+        if self.pair_decider is not None:
+            return self.pair_decider.matching_pairs(outputs[REGULATION][self.pair_decider.name])
         sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images, no gradient
         sims_t2i = sims.T
         if out_m is not None and self.negative_choice == 'sample':  # columns: the momentum keys (ITC's first B)
@@ -236,6 +333,9 @@ class AlbefObjective:
         tokens = self._apply(momentum_params, masked_ids, mask, method='text_tokens')
         fused = self._apply(momentum_params, tokens, mask, out_m['image_tokens'][pairs.image], method='fuse')
         return jax.lax.stop_gradient(fused)
+
+    def ground_truth_metrics(self, false_negatives: jax.Array, outputs: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return self.itc.ground_truth_metrics(false_negatives, outputs)
 
     def after_update(
         self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array

@@ -18,7 +18,7 @@ import ml_collections
 
 from vlp_jax.config import LossSettings, settings_of
 from vlp_jax.data import batch as batch_spec
-from vlp_jax.models.vlp import VLPModel, clamp_temperature
+from vlp_jax.models.vlp import clamp_temperature
 from vlp_jax.objectives.base import FEEDBACK, REGULATION, Objective, ObjectiveParts
 from vlp_jax.objectives.chunked import chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss, local_contrastive_loss

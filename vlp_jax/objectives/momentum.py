@@ -47,13 +47,18 @@ class MomentumSettings:
     and distillation: targets y = alpha * softmax(sim_momentum) + (1 - alpha) * y."""
 
     enabled: bool = key(False, 'use the momentum model (objective albef)')
-    decay: float = key(0.995, 'EMA: m <- decay * m + (1 - decay) * params, after every update',
-                       check=in_range(0, 1, high_open=True))
+    decay: float = key(
+        0.995, 'EMA: m <- decay * m + (1 - decay) * params, after every update', check=in_range(0, 1, high_open=True)
+    )
     distill_alpha: float = key(0.4, "ALBEF's distillation weight alpha; 0 turns distillation off", check=in_range(0, 1))
-    alpha_ramp_steps: int = key(-1, 'alpha rises linearly from 0 over these steps (-1 = the first epoch, as ALBEF)',
-                                check=at_least(-1))
-    queue_size: int = key(0, 'momentum features of past batches kept as ITC candidates (ALBEF: 65,536; a multiple '
-                          'of batch_size)', check=at_least(0))
+    alpha_ramp_steps: int = key(
+        -1, 'alpha rises linearly from 0 over these steps (-1 = the first epoch, as ALBEF)', check=at_least(-1)
+    )
+    queue_size: int = key(
+        0,
+        'momentum features of past batches kept as ITC candidates (ALBEF: 65,536; a multiple of batch_size)',
+        check=at_least(0),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ class SamplerContext:
 class Sampler(abc.ABC):
     """Base class of a registered sampler (vlp_jax/registry.py SAMPLERS); `Settings`: its config group."""
 
+    Settings: ClassVar[Any] = None  # its config group `sampling.<name>`, if it has keys
     needs_feedback: ClassVar[bool] = False  # hand it every step's outputs['feedback'] (a device->host copy)
     order_known_ahead: ClassVar[bool] = True  # epoch e + 1's order exists before epoch e ends
 

@@ -32,7 +32,8 @@ class GritSettings:
     queue_size: int = key(6400, 'entries grouped per queue fill (a multiple of search_space; a global total)')
     search_space: int = key(1280, 'entries per greedy chain (a multiple of batch_size; a global total)')
     scope: str = key(
-        'global', "'global': one order for the global batch | 'local': per batch shard (the paper's per-GPU)",
+        'global',
+        "'global': one order for the global batch | 'local': per batch shard (the paper's per-GPU)",
         choices=SCOPES,
     )
 

@@ -21,4 +21,3 @@ class RandomSampler(Sampler):
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         return random_order(self.context.dataset_size, self.context.seed, epoch)
-

@@ -14,7 +14,7 @@
      regulators' decisions (Regulator.decide; a scoring function such as an ITM discriminator is
      called here, with the indices it needs) and the metrics.
   2. loss: online logsumexp of z + log_w (softmax) or the summed terms (sigmoid), each tile's
-     (log_w, y0) from Regulator.apply; the targets are linear in the per-row sums, so smoothing over
+     (log_w, y0) from Regulator.apply; the targets are linear in the per-row sums, so a uniform mix over
      the kept candidates (whose count n_i is only known at the end) is sum_j y0_ij z_ij and
      sum_j valid_ij z_ij accumulated apart. GRIT-VLP's consistency term comes from the same pass:
      both directions' raw logsumexps and E_p[z' - z] online.

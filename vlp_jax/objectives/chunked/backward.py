@@ -22,18 +22,17 @@ def _backward_body(plan: _Plan, diff, consts, residuals, cotangent):
 
     def visit(carry, chunk, col):
         diag = rows[:, None] == col[None, :]
-        tiles = _direction_tiles(plan, local, chunk, scalars)
-        logits = {name: scale * sim for name, (sim, _) in tiles.items()}
+        tiles = _direction_tiles(plan, local, chunk, diag, col)
+        logits = {name: scale * tile.sim for name, tile in tiles.items()}
         dz = {}
         for name, _, _ in DIRECTIONS:
-            sim, ref_sim = tiles[name]
             res = residuals[name]
-            log_w, y0, valid = _tile_regulation(plan, sim, ref_sim, diag, col, consts['rows'][name], scalars)
+            log_w, y0, valid = _tile_regulation(plan, tiles[name], consts['rows'][name], scalars)
             z = logits[name]
             if plan.form == 'softmax':
                 zz = z if log_w is None else z + log_w
                 y = y0
-                if plan.smoothing:
+                if plan.smooths:
                     eps = scalars['eps']
                     kept = jnp.ones_like(zz) if valid is None else valid.astype(jnp.float32)
                     y = (1.0 - eps) * y0 + eps * kept / res['n'][:, None]
@@ -49,7 +48,7 @@ def _backward_body(plan: _Plan, diff, consts, residuals, cotangent):
         carry = {
             'v': carry['v'] + scale * (dz['i2t'] @ chunk['t']),
             't': carry['t'] + scale * (dz['t2i'] @ chunk['v']),
-            'scale': carry['scale'] + jnp.sum(dz['i2t'] * tiles['i2t'][0]) + jnp.sum(dz['t2i'] * tiles['t2i'][0]),
+            'scale': carry['scale'] + jnp.sum(dz['i2t'] * tiles['i2t'].sim) + jnp.sum(dz['t2i'] * tiles['t2i'].sim),
             'bias': carry['bias'] + (jnp.sum(dz['i2t']) + jnp.sum(dz['t2i']) if plan.form == 'sigmoid' else 0.0),
         }
         grads = {}

@@ -22,7 +22,7 @@ def _forward_body(plan: _Plan, diff, consts):
         state = {}
         if plan.form == 'softmax':
             state.update(m=minus_inf, s=zeros, sy=zeros)
-            if plan.smoothing:
+            if plan.smooths:
                 state.update(sv=zeros, n=zeros)
         else:
             state.update(total=zeros)
@@ -32,13 +32,12 @@ def _forward_body(plan: _Plan, diff, consts):
 
     def visit(carry, chunk, col):
         diag = rows[:, None] == col[None, :]
-        tiles = _direction_tiles(plan, local, chunk, scalars)
-        logits = {name: scale * sim for name, (sim, _) in tiles.items()}
+        tiles = _direction_tiles(plan, local, chunk, diag, col)
+        logits = {name: scale * tile.sim for name, tile in tiles.items()}
         new = {}
         for name, _, _ in DIRECTIONS:
-            sim, ref_sim = tiles[name]
             state = dict(carry[name])
-            log_w, y0, valid = _tile_regulation(plan, sim, ref_sim, diag, col, consts['rows'][name], scalars)
+            log_w, y0, valid = _tile_regulation(plan, tiles[name], consts['rows'][name], scalars)
             z = logits[name]
             if plan.form == 'softmax':
                 zz = z if log_w is None else z + log_w
@@ -46,7 +45,7 @@ def _forward_body(plan: _Plan, diff, consts):
                 state['s'] = state['s'] * jnp.exp(state['m'] - m) + jnp.sum(jnp.exp(zz - m[:, None]), axis=1)
                 state['m'] = m
                 state['sy'] = state['sy'] + jnp.sum(y0 * zz, axis=1)
-                if plan.smoothing:
+                if plan.smooths:
                     kept = jnp.ones_like(zz) if valid is None else valid.astype(jnp.float32)
                     state['sv'] = state['sv'] + jnp.sum(kept * zz, axis=1)
                     state['n'] = state['n'] + jnp.sum(kept, axis=1)
@@ -72,7 +71,7 @@ def _forward_body(plan: _Plan, diff, consts):
         if plan.form == 'softmax':
             lse = state['m'] + jnp.log(state['s'])
             target = state['sy']
-            if plan.smoothing:
+            if plan.smooths:
                 eps = scalars['eps']
                 target = (1.0 - eps) * state['sy'] + eps * state['sv'] / state['n']
                 res['n'] = state['n']

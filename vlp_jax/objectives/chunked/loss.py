@@ -74,7 +74,7 @@ def chunked_contrastive_loss(
     for role in roles:
         emb[role_key(role, 'v')], emb[role_key(role, 't')] = sg(answers[role][0]), sg(answers[role][1])
     chain_scalars = jax.tree.map(jax.lax.stop_gradient, chain.prepare(jnp.asarray(step)))
-    eps = chain.smoothing_eps(chain_scalars)
+    eps = chain.uniform_mix(chain_scalars)
     scalars = {'chain': chain_scalars, 'eps': eps if eps is not None else jnp.zeros((), jnp.float32)}
     plan = _Plan(
         form=form,

@@ -35,7 +35,7 @@ class _Plan:
     consistency: bool
     chain: Any  # objectives.regulators.RegulatorChain
     roles: tuple[str, ...] = ()  # frozen 'cosine' roles whose embeddings ride along
-    smooths: bool = False  # a regulator asks for uniform smoothing of the targets
+    smooths: bool = False  # a regulator mixes a uniform distribution into the targets (Regulator.uniform_mix)
 
 
 def role_key(role: str, letter: str) -> str:

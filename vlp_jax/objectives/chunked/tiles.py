@@ -28,13 +28,13 @@ def _direction_tiles(plan: _Plan, local, chunk, diag, col) -> dict[str, Tile]:
 def _tile_regulation(plan: _Plan, tile: Tile, rows: Mapping[str, jax.Array], scalars):
     """One tile of what the regulator chain hands the loss: (log_w or None, y0, valid or None).
 
-    y0 are the targets before smoothing (identity, plus any converted pairs, rows renormalised);
-    `valid` the candidates smoothing spreads over (those no regulator removed).
+    y0 are the targets before the uniform mix (identity, plus any converted pairs, rows renormalised);
+    `valid` the candidates the uniform mix spreads over (those no regulator removed).
     """
     targets, _ = plan.chain.targets(tile, rows, scalars['chain'])
     log_w = targets.log_w
     valid = None if log_w is None else log_w > MASKED_THRESHOLD
-    return log_w, targets.y0, valid
+    return log_w, targets.targets_or_identity(tile), valid
 
 
 def _sigmoid_parts(plan: _Plan, log_w, y0, valid, scalars):

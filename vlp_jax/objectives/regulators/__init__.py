@@ -17,6 +17,7 @@ from vlp_jax.objectives.regulators.base import (
 from vlp_jax.objectives.regulators.chain import RegulatorChain, build_regulators, regulation_of
 from vlp_jax.objectives.regulators.cosmo import (
     DISCRIMINATOR,
+    STATE_AT_THRESHOLD,
     STATE_CONVERTED,
     STATE_DROPPED,
     STATE_KEPT,
@@ -34,6 +35,7 @@ __all__ = [
     'MASKED_LOG_WEIGHT',
     'MASKED_THRESHOLD',
     'REFERENCE',
+    'STATE_AT_THRESHOLD',
     'STATE_CONVERTED',
     'STATE_DROPPED',
     'STATE_KEPT',

@@ -12,12 +12,12 @@ decision on [B] vectors, and a rule for one tile:
    models' answers, e.g. an ITM discriminator asked about the chosen pairs) the per-row values
    every tile needs, and `aux` (what probes and fusion objectives read);
 4. `apply(targets, tile, rows, scalars)`: the tile's `(log_w, y0)` after this regulator;
-   `smoothing_eps(scalars)`: the weight of uniform smoothing this regulator asks for.
+   `uniform_mix(scalars)`: the weight of uniform smoothing this regulator asks for.
 
 The dense loss is the one-tile case (regulators/chain.py); the chunked loss sweeps the same
 calls over column blocks on every device (objectives/chunked/). `y0` stays row-stochastic
 through every rule; smoothing over the candidates still in the loss is applied by the loss
-itself, from `smoothing_eps`, because the count of those candidates is only known at the end.
+itself, from `uniform_mix`, because the count of those candidates is only known at the end.
 """
 
 from __future__ import annotations
@@ -71,11 +71,14 @@ class Tile:
 
 
 class TileTargets(NamedTuple):
-    """What the regulators hand the loss for one tile: additive log-weights (None = 0) and targets
-    before smoothing (rows sum to 1 over all columns)."""
+    """What the regulators hand the loss for one tile: additive log-weights (None = 0) and targets before
+    the uniform mix (rows sum to 1 over all columns; None = the identity, each anchor's own pair)."""
 
     log_w: jax.Array | None
-    y0: jax.Array
+    y0: jax.Array | None
+
+    def targets_or_identity(self, tile: Tile) -> jax.Array:
+        return tile.diag.astype(jnp.float32) if self.y0 is None else self.y0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Regulator(abc.ABC):
     stage: ClassVar[int] = WEIGHTS  # WEIGHTS | TARGETS | SMOOTHING: the order of application
     smooths: ClassVar[bool] = False  # asks for uniform smoothing (at most one regulator of a chain may)
     min_batch: ClassVar[int] = 2
+    decides_pairs: ClassVar[bool] = False  # a fusion objective asks it for the ITM/MLM pairs (matching_pairs)
     registered_name: ClassVar[str] = ''
 
     def __init__(self, settings: Any, context: RegulatorContext):
@@ -134,7 +138,7 @@ class Regulator(abc.ABC):
     def apply(self, targets: TileTargets, tile: Tile, rows: PyTree, scalars: Mapping[str, jax.Array]) -> TileTargets:
         return targets
 
-    def smoothing_eps(self, scalars: Mapping[str, jax.Array]) -> jax.Array | None:
+    def uniform_mix(self, scalars: Mapping[str, jax.Array]) -> jax.Array | None:
         return None
 
     # -- what others ask of it -------------------------------------------------------------
@@ -147,8 +151,8 @@ class Regulator(abc.ABC):
         return {}
 
     def matching_pairs(self, aux: Mapping[str, Any]) -> Any:
-        """A fusion objective's (ITM pairs, MLM pairs) decided by this regulator (MAFA), or None."""
-        return None
+        """A fusion objective's (ITM pairs, MLM pairs) decided by this regulator (MAFA's), when `decides_pairs`."""
+        raise NotImplementedError(f'{self.name} does not decide ITM pairs')
 
     def probe_metrics(self, aux: Mapping[str, Any], false_negatives: tuple[jax.Array, jax.Array]) -> dict:
         """Ground-truth diagnostics ('train/<name>/...') from aux and the (i2t, t2i) false-negative masks."""

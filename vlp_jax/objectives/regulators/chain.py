@@ -79,7 +79,7 @@ class RegulatorChain:
         if len(smoothing) > 1:
             raise ConfigError(
                 f'config key loss.regulators has both {smoothing[0]!r} and {smoothing[1]!r}, which both smooth the '
-                f"targets; keep one ({smoothing[0]!r} smooths by its own eps)."
+                f'targets; keep one ({smoothing[0]!r} smooths by its own eps).'
             )
         roles: dict[str, Any] = {}
         for role in self.frozen_roles():
@@ -122,16 +122,16 @@ class RegulatorChain:
     ) -> tuple[TileTargets, jax.Array | None]:
         """(the tile's (log_w, y0) after every regulator, the smoothing weight or None). `record` collects
         each regulator's output (the dense case's diagnostics)."""
-        targets = TileTargets(None, tile.diag.astype(jnp.float32))
+        targets = TileTargets(None, None)
         for r in self.regulators:
             targets = r.apply(targets, tile, rows[r.name], scalars[r.name])
             if record is not None:
                 record[r.name] = targets
-        eps = next((e for r in self.regulators if (e := r.smoothing_eps(scalars[r.name])) is not None), None)
+        eps = next((e for r in self.regulators if (e := r.uniform_mix(scalars[r.name])) is not None), None)
         return targets, eps
 
-    def smoothing_eps(self, scalars: Mapping[str, Any]) -> jax.Array | None:
-        return next((e for r in self.regulators if (e := r.smoothing_eps(scalars[r.name])) is not None), None)
+    def uniform_mix(self, scalars: Mapping[str, Any]) -> jax.Array | None:
+        return next((e for r in self.regulators if (e := r.uniform_mix(scalars[r.name])) is not None), None)
 
     # -- the one-tile case ---------------------------------------------------------------
     def dense(
@@ -158,7 +158,7 @@ class RegulatorChain:
         for d in DIRECTIONS:
             records[d] = {}
             targets, eps = self.targets(tiles[d], rows[d], scalars, records[d])
-            regulations[d] = regulation_of(targets, eps)
+            regulations[d] = regulation_of(targets, eps, tiles[d])
         for r in self.regulators:
             aux[r.name] = {**aux[r.name], **r.dense_aux(records['i2t'][r.name], records['t2i'][r.name])}
         return (regulations['i2t'], regulations['t2i']), aux
@@ -181,14 +181,16 @@ def full_tiles(sim_i2t: jax.Array, answers: Mapping[str, Any]) -> dict[str, Tile
     }
 
 
-def regulation_of(targets: TileTargets, eps: jax.Array | None) -> Regulation:
-    """A whole row's targets smoothed over the candidates still in the loss: the dense loss's Regulation."""
-    y = targets.y0
-    if eps is not None:
-        if targets.log_w is None:
-            uniform = jnp.full_like(y, 1.0 / y.shape[1])
-        else:
-            valid = (targets.log_w > MASKED_THRESHOLD).astype(jnp.float32)
-            uniform = valid / jnp.sum(valid, axis=1, keepdims=True)  # >= 1: the positive is never masked
-        y = (1.0 - eps) * y + eps * uniform
+def regulation_of(targets: TileTargets, eps: jax.Array | None, tile: Tile) -> Regulation:
+    """A whole row's targets with the uniform mix over the candidates still in the loss: the dense loss's
+    Regulation (y None: the identity, untouched)."""
+    if eps is None:
+        return Regulation(log_w=targets.log_w, y=None if targets.y0 is None else jax.lax.stop_gradient(targets.y0))
+    y = targets.targets_or_identity(tile)
+    if targets.log_w is None:
+        uniform = jnp.full_like(y, 1.0 / y.shape[1])
+    else:
+        valid = (targets.log_w > MASKED_THRESHOLD).astype(jnp.float32)
+        uniform = valid / jnp.sum(valid, axis=1, keepdims=True)  # >= 1: the positive is never masked
+    y = (1.0 - eps) * y + eps * uniform
     return Regulation(log_w=targets.log_w, y=jax.lax.stop_gradient(y))

@@ -19,15 +19,18 @@ import jax.numpy as jnp
 
 from vlp_jax.config import key
 from vlp_jax.objectives.frozen import COSINE, ITM, FrozenRole
+from vlp_jax.objectives.matching import mafa_pairs
 from vlp_jax.objectives.regulators.base import DIRECTIONS, TARGETS, Regulator, Tile, TileTargets, safe_ratio
 from vlp_jax.objectives.regulators.rows import init_top2, merge_top2, top2
 from vlp_jax.registry import REGULATORS
 
 DISCRIMINATOR = 'discriminator'
 DISCRIMINATORS = (COSINE, ITM)
-STATE_KEPT = 0  # hardest negative stays a negative (q < low)
-STATE_DROPPED = 1  # ambiguous (low <= q <= high): drop j1, ITM uses j2
-STATE_CONVERTED = 2  # false negative (q > high): j1 becomes a positive
+# What the discriminator's score q of (anchor, hardest negative j1) decides, with MAFA's strict inequalities:
+STATE_KEPT = 0  # q < low: j1 stays a negative (the ITM negative)
+STATE_DROPPED = 1  # low < q < high: ambiguous, j1 dropped, ITM uses j2
+STATE_CONVERTED = 2  # q > high: j1 is a false negative and becomes a positive
+STATE_AT_THRESHOLD = 3  # q == low or q == high: MAFA's code forms no ITM pair
 
 
 def _smoothing_start_check(value: int) -> str | None:
@@ -39,15 +42,24 @@ class CosmoSettings:
     """COSMO/MAFA: which discriminator judges the hardest negatives, its thresholds, the smoothing."""
 
     discriminator: str = key(
-        COSINE, "'cosine': a frozen model's cosine | 'itm': a frozen fusion model's ITM probability (MAFA)",
+        COSINE,
+        "'cosine': a frozen model's cosine | 'itm': a frozen fusion model's ITM probability (MAFA)",
         choices=DISCRIMINATORS,
     )
     high: float = key(0.8, 'a score above this converts the hardest negative into a positive')
     low: float = key(0.5, 'below this it stays a negative (between: dropped, for ITM)')
-    eps: float = key(0.5, 'label smoothing of the targets from smoothing_start_step on', check=lambda v: None if 0 <= v <= 1 else 'must be in [0, 1]')
-    smoothing_start_step: int = key(-1, '-1: the first step of epoch 1 (MAFA: when grouped batches start)',
-                                    check=_smoothing_start_check)
+    eps: float = key(
+        0.5,
+        'label smoothing of the targets from smoothing_start_step on',
+        check=lambda v: None if 0 <= v <= 1 else 'must be in [0, 1]',
+    )
+    smoothing_start_step: int = key(
+        -1, '-1: the first step of epoch 1 (MAFA: when grouped batches start)', check=_smoothing_start_check
+    )
     reference_checkpoint: str = key('', "the discriminator's frozen model (may be SRCL's reference)")
+    converted_negative: bool = key(
+        False, "fusion models: also give a converted anchor the ITM negative j2 (not MAFA's code, which gives none)"
+    )
 
 
 @REGULATORS.register('cosmo')
@@ -57,6 +69,7 @@ class Cosmo(Regulator):
     Settings = CosmoSettings
     stage = TARGETS
     smooths = True
+    decides_pairs = True
     min_batch = 3  # an anchor needs a hardest and a second-hardest negative
 
     def __init__(self, settings: CosmoSettings, context):
@@ -96,7 +109,7 @@ class Cosmo(Regulator):
     def prepare(self, step: jax.Array) -> dict[str, jax.Array]:
         return {'eps': jnp.where(step >= self.smoothing_start, jnp.asarray(self.settings.eps, jnp.float32), 0.0)}
 
-    def smoothing_eps(self, scalars: Mapping[str, jax.Array]) -> jax.Array:
+    def uniform_mix(self, scalars: Mapping[str, jax.Array]) -> jax.Array:
         return scalars['eps']
 
     def init_rows(self, rows: int) -> dict[str, jax.Array]:
@@ -118,8 +131,10 @@ class Cosmo(Regulator):
         rows, aux = {}, {}
         for d in DIRECTIONS:
             q = jax.lax.stop_gradient(scores[d].astype(jnp.float32))
-            converted = q > self.settings.high
-            state = jnp.where(converted, STATE_CONVERTED, jnp.where(q >= self.settings.low, STATE_DROPPED, STATE_KEPT))
+            high, low = self.settings.high, self.settings.low
+            converted = q > high
+            between = jnp.where((q > low) & (q < high), STATE_DROPPED, STATE_AT_THRESHOLD)
+            state = jnp.where(converted, STATE_CONVERTED, jnp.where(q < low, STATE_KEPT, between))
             rows[d] = {'hardest': hardest[d], 'converted': converted}
             aux[d] = {
                 'hardest': hardest[d],
@@ -132,7 +147,8 @@ class Cosmo(Regulator):
 
     def apply(self, targets: TileTargets, tile: Tile, rows, scalars) -> TileTargets:
         extra = rows['converted'][:, None] & (tile.col[None, :] == rows['hardest'][:, None])  # new positives
-        y0 = (targets.y0 + extra.astype(jnp.float32)) / (1.0 + rows['converted'].astype(jnp.float32))[:, None]
+        y0 = targets.targets_or_identity(tile) + extra.astype(jnp.float32)
+        y0 = y0 / (1.0 + rows['converted'].astype(jnp.float32))[:, None]
         log_w = None if targets.log_w is None else jnp.where(extra, 0.0, targets.log_w)
         return TileTargets(log_w, y0)
 
@@ -141,13 +157,15 @@ class Cosmo(Regulator):
         return {'train/cosmo/converted_fraction': converted / (2 * aux['i2t']['converted'].shape[0])}
 
     def matching_pairs(self, aux: Mapping[str, Any]) -> Any:
-        from vlp_jax.objectives.matching import mafa_pairs
-
-        return mafa_pairs(aux['i2t'], aux['t2i'])
+        s = self.settings
+        return mafa_pairs(aux['i2t'], aux['t2i'], s.high, s.low, s.converted_negative)
 
     def probe_metrics(self, aux, false_negatives) -> dict[str, jax.Array]:
         """Precision/recall of converted pairs against the truth, pooled over both directions."""
-        stats = [conversion_stats(aux[d]['hardest'], aux[d]['converted'], mask) for d, mask in zip(DIRECTIONS, false_negatives)]
+        stats = [
+            conversion_stats(aux[d]['hardest'], aux[d]['converted'], mask)
+            for d, mask in zip(DIRECTIONS, false_negatives)
+        ]
         true_pos = sum(s['num_true_positive'] for s in stats)
         converted = sum(s['num_converted'] for s in stats)
         hardest_fn = sum(s['num_hardest_fn'] for s in stats)

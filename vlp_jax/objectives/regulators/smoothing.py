@@ -46,5 +46,5 @@ class Smoothing(Regulator):
     def prepare(self, step: jax.Array) -> dict[str, jax.Array]:
         return {'eps': jnp.where(step >= self.start, jnp.asarray(self.settings.eps, jnp.float32), 0.0)}
 
-    def smoothing_eps(self, scalars: Mapping[str, jax.Array]) -> jax.Array:
+    def uniform_mix(self, scalars: Mapping[str, jax.Array]) -> jax.Array:
         return scalars['eps']

@@ -42,12 +42,16 @@ class SrclSettings:
 
     alpha_start: float = key(1.0, "the reference model's share of the similarity at the start", check=in_range(0, 1))
     alpha_end: float = key(0.0, '... and from alpha_decay_end on', check=in_range(0, 1))
-    alpha_decay_start: int = key(0, 'step where alpha starts moving', check=lambda v: None if v >= 0 else 'must be >= 0')
+    alpha_decay_start: int = key(
+        0, 'step where alpha starts moving', check=lambda v: None if v >= 0 else 'must be >= 0'
+    )
     alpha_decay_end: int = key(
         -1, 'step where it reaches alpha_end (-1 = total_steps)', check=lambda v: None if v >= -1 else 'must be >= -1'
     )
     alpha_shape: str = key('linear', "'linear' | 'cosine' between the two steps", choices=ALPHA_SHAPES)
-    tau_w: float = key(1.0, "temperature of the weights' exp(sim / tau_w)", check=lambda v: None if v > 0 else 'must be > 0')
+    tau_w: float = key(
+        1.0, "temperature of the weights' exp(sim / tau_w)", check=lambda v: None if v > 0 else 'must be > 0'
+    )
     w_min: float = key(0.0, 'negatives with weight < w_min are dropped (0 = off)', check=in_range(0, 1, high_open=True))
     reference_checkpoint: str = key('', 'the frozen reference model: a workdir, its checkpoints/ or a step dir')
 
