@@ -120,7 +120,7 @@ def get_config(arg=None):
     # Regulators applied in this order (any subset): 'srcl' (weights on negatives),
     # 'cosmo' (converts the hardest negative to a positive, smooths targets), 'smoothing'
     # (uniform label smoothing alone; not with 'cosmo', which smooths by loss.cosmo.eps).
-    # () = plain InfoNCE / SigLIP. See ../shared/METHODS.md (SRCL, COSMO/MAFA).
+    # () = plain InfoNCE / SigLIP. See docs/methods.md (SRCL, COSMO/MAFA).
     config.loss.regulators = ()
     config.loss.srcl = ml_collections.ConfigDict(
         dict(
