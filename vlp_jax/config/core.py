@@ -162,13 +162,20 @@ class TextSettings:
     init: str = key('', 'a Hugging Face safetensors file (BERT/MiniLM or CLIP layout) imported on a new run')
 
 
+def _crop_scale(value) -> str | None:
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and 0.0 < value[0] <= value[1] <= 1.0
+    return None if ok else 'must be (low, high) with 0 < low <= high <= 1'
+
+
 @group('data')
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
     """The training set (registry 'source') and the input pipeline."""
 
     name: str = key('shapes', "the training source: 'shapes' (built-in) | 'records' | 'tfds' | a plug-in")
-    crop_scale: tuple = key((0.8, 1.0), 'random resized crop: the fraction of the image area kept, (low, high)')
+    crop_scale: tuple = key(
+        (0.8, 1.0), 'random resized crop: the fraction of the image area kept, (low, high)', check=_crop_scale
+    )
     flip: str = key(
         'auto',
         "'auto': flip unless the caption says left/right | 'always' | 'never'",
@@ -176,12 +183,6 @@ class DataSettings:
     )
     workers: int = key(2, 'parallel host loading calls', check=positive_int, resume=True)
     prefetch: int = key(4, 'batches buffered ahead of the step', check=positive_int, resume=True)
-
-    def check(self) -> str | None:
-        low, high = self.crop_scale
-        if not 0.0 < low <= high <= 1.0:
-            return f'config key data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}.'
-        return None
 
 
 @group('loss')

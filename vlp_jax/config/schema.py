@@ -178,12 +178,6 @@ def check_values(config: ml_collections.ConfigDict) -> None:
             problem = item.check(value)
             if problem:
                 raise ConfigError(f'config key {item.path} {problem}, got {value!r}.')
-    for path, cls in sorted(GROUPS.items()):
-        check = getattr(cls, 'check', None)
-        if check is not None:
-            problem = settings_of(config, cls).check()
-            if problem:
-                raise ConfigError(problem)
 
 
 # ---------------------------------------------------------------- checks to declare keys with

@@ -115,7 +115,7 @@ class TrainPipeline:
     def stand_in(self, step: int, index: int, tried: set[int]) -> int:
         """The record that replaces `index` at `step`: the first of a seeded sequence not known to be bad."""
         if len(self.bad_records | tried) >= len(self.source):
-            raise DataError(f'no record of {getattr(self.source, "name", "the data set")} loads; prepare it again.')
+            raise DataError(f'no record of {self.source.name or "the data set"} loads; prepare it again.')
         rng = np.random.default_rng([self.seed, REPLACE_STREAM, step, int(index)])
         while True:
             candidate = int(rng.integers(len(self.source)))

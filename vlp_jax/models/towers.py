@@ -31,7 +31,7 @@ class Tower:
 
 def _sizes(group: Mapping[str, Any], variants: Mapping[str, tuple], path: str) -> dict[str, int]:
     """width/depth/num_heads/mlp_dim: the group's own ('custom') or a named variant's."""
-    variant = group.get('variant', CUSTOM_VARIANT)
+    variant = group['variant']
     if variant == CUSTOM_VARIANT:
         return {key: int(group[key]) for key in ('width', 'depth', 'num_heads', 'mlp_dim')}
     if variant not in variants:
@@ -39,12 +39,11 @@ def _sizes(group: Mapping[str, Any], variants: Mapping[str, tuple], path: str) -
     return dict(zip(('width', 'depth', 'num_heads', 'mlp_dim'), variants[variant]))
 
 
-def _options(group: Mapping[str, Any], model: Mapping[str, Any], cls: type, names: tuple[str, ...]) -> dict:
-    """The group's values of `names` (the dataclass default where a saved config predates a key)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {name: group.get(name, fields[name].default) for name in names}
-    out['remat'] = str(group.get('remat', '') or model.get('remat', 'none'))
-    out['scan'] = bool(model.get('scan', False))
+def _options(group: Mapping[str, Any], model: Mapping[str, Any], names: tuple[str, ...]) -> dict:
+    """The group's values of `names`, with the model-wide remat (unless the tower names its own) and scan."""
+    out = {name: group[name] for name in names}
+    out['remat'] = str(group['remat'] or model['remat'])
+    out['scan'] = bool(model['scan'])
     return out
 
 
@@ -52,7 +51,6 @@ def vit_config_from(group: Mapping[str, Any], model: Mapping[str, Any]) -> ViTCo
     options = _options(
         group,
         model,
-        ViTConfig,
         ('dropout', 'pool', 'ln_eps', 'activation', 'pre_layernorm', 'patch_bias', 'pooler'),
     )
     return ViTConfig(
@@ -67,7 +65,6 @@ def text_config_from(group: Mapping[str, Any], model: Mapping[str, Any]) -> Text
     options = _options(
         group,
         model,
-        TextConfig,
         (
             'vocab_size',
             'dropout',
@@ -82,7 +79,7 @@ def text_config_from(group: Mapping[str, Any], model: Mapping[str, Any]) -> Text
             'ln_eps',
         ),
     )
-    fusion = int(group.get('fusion_layers', group.get('num_fusion_layers', 0)))
+    fusion = int(group['fusion_layers'])
     return TextConfig(
         max_len=int(model['max_text_len']),
         num_fusion_layers=fusion,

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlp_jax.config import default_config
 from vlp_jax.models import towers
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
 from vlp_jax.models.text import BERT_LN_EPS, TextConfig
@@ -223,27 +224,23 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
     Each tower's config comes from its registered builder (models/towers.py), which names the key
     when a value cannot be built; keys a saved config predates take today's defaults.
     """
-    model = _plain(cfg)
-    if 'embed_dim' not in model and 'model' in model:
-        model = _plain(model['model'])
-    vision_group, text_group = _plain(model['vision']), _plain(model['text'])
-    vision_name = str(vision_group.get('tower', 'vit'))
-    text_name = str(text_group.get('tower', 'transformer'))
-    vision = towers.tower(vision_name, towers.VISION).config_from(vision_group, model)
-    text = towers.tower(text_name, towers.TEXT).config_from(text_group, model)
-    defaults = VLPConfig.__dataclass_fields__
-    optional = {
-        k: float(model.get(k, defaults[k].default))
-        for k in ('temperature_init', 'temperature_min', 'temperature_max', 'sigmoid_bias_init')
-    }
+    given = _plain(cfg)
+    if 'embed_dim' not in given and 'model' in given:
+        given = _plain(given['model'])
+    model = default_config().model.to_dict()  # the schema's defaults for keys a saved config predates
+    for name, value in given.items():
+        model[name] = {**model.get(name, {}), **value} if isinstance(value, dict) else value
+    vision_group, text_group = model['vision'], model['text']
+    vision = towers.tower(vision_group['tower'], towers.VISION).config_from(vision_group, model)
+    text = towers.tower(text_group['tower'], towers.TEXT).config_from(text_group, model)
     return VLPConfig(
         vision=vision,
         text=text,
         embed_dim=int(model['embed_dim']),
-        dtype=str(model.get('dtype', 'float32')),
-        kind=str(model.get('kind', 'dual')),
-        proj_bias=bool(model.get('proj_bias', True)),
-        vision_tower=vision_name,
-        text_tower=text_name,
-        **optional,
+        dtype=str(model['dtype']),
+        kind=str(model['kind']),
+        proj_bias=bool(model['proj_bias']),
+        vision_tower=str(vision_group['tower']),
+        text_tower=str(text_group['tower']),
+        **{k: float(model[k]) for k in ('temperature_init', 'temperature_min', 'temperature_max', 'sigmoid_bias_init')},
     )
