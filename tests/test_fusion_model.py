@@ -146,6 +146,9 @@ def test_kind_and_fusion_layers_must_agree():
     with pytest.raises(ConfigError, match='model.text.fusion_layers'):
         validate(config, 1)
     apply_overrides(config, [('model.text.fusion_layers', '2')])
+    with pytest.raises(ConfigError, match="objective='albef'"):  # the contrastive objective trains dual encoders
+        validate(config, 1)
+    apply_overrides(config, [('objective', 'albef')])
     validate(config, 1)
     apply_overrides(config, [('loss.itm.negatives', 'random')])
     with pytest.raises(ConfigError, match='loss.itm.negatives'):

@@ -183,11 +183,11 @@ def test_validate_grit_messages():
     assert grit.validate_grit(48_000, 1_920, 128) is None
     assert (
         grit.validate_grit(48_000, 1_900, 100)
-        == 'sampling.queue_size (48000) must be a multiple of sampling.search_space (1900)'
+        == 'sampling.grit.queue_size (48000) must be a multiple of sampling.grit.search_space (1900)'
     )
     assert (
         grit.validate_grit(48_000, 1_920, 100)
-        == 'sampling.search_space (1920) must be a multiple of the global batch_size (100)'
+        == 'sampling.grit.search_space (1920) must be a multiple of the global batch_size (100)'
     )
-    with pytest.raises(ValueError, match='multiple of sampling.search_space'):
+    with pytest.raises(ValueError, match='multiple of sampling.grit.search_space'):
         grit.GritQueue(queue_size=20, search_space=8, batch_size=4, seed=0)

@@ -36,8 +36,8 @@ def test_bad_grit_sizes_are_config_errors(queue, space, message):
         [
             ('batch_size', '32'),
             ('sampling.name', 'grit'),
-            ('sampling.queue_size', str(queue)),
-            ('sampling.search_space', str(space)),
+            ('sampling.grit.queue_size', str(queue)),
+            ('sampling.grit.search_space', str(space)),
         ],
     )
     with pytest.raises(ConfigError, match=message):
@@ -87,8 +87,6 @@ def _negative_cosines(run_dir, order_of_epoch):
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import restore_params_from
     from vlp_jax.config import split_overrides
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
 
     config = load_config_file(f'{TINY_CONFIG}:steps={TRAINED_STEPS}')
     apply_overrides(config, split_overrides([*FAST_OVERRIDES, *GRIT])[1])
@@ -97,12 +95,13 @@ def _negative_cosines(run_dir, order_of_epoch):
     sampler_at = lambda step: ocp.StandardCheckpointer().restore(
         pathlib.Path(run_dir) / 'checkpoints' / str(step) / 'state'
     )['sampler']
-    pipeline = TrainPipeline(config, build_source(config, 'train'))
+    inputs = judge.train_inputs()  # the run's GRIT sampler and the pipeline over its orders
+    pipeline = inputs.pipeline
     last_epoch = TRAINED_STEPS // pipeline.steps_per_epoch
     previous_start = (last_epoch - 1) * pipeline.steps_per_epoch
     saved_previous, saved_last = sampler_at(previous_start), sampler_at(TRAINED_STEPS)
     assert int(saved_previous['epoch']) == last_epoch - 1 and int(saved_last['epoch']) == last_epoch
-    pipeline.set_epoch_order(last_epoch - 1, np.asarray(saved_previous['order']))
+    inputs.sampler.load({key: np.asarray(value) for key, value in saved_previous.items()})  # epoch last - 1's order
     seen = {}  # dataset index -> (image, ids, mask) as the previous epoch trained on it
     for batch in pipeline.iterate(previous_start, TRAINED_STEPS):
         for row, index in enumerate(batch['index']):

@@ -240,7 +240,11 @@ def test_model_config_from_dict():
     }
 
     class Attr(dict):  # attribute + item access, like ml_collections.ConfigDict
-        __getattr__ = dict.__getitem__
+        def __getattr__(self, name):
+            try:
+                return self[name]
+            except KeyError:  # a missing attribute is an AttributeError, as on a ConfigDict (hasattr works)
+                raise AttributeError(name) from None
 
     attr_cfg = Attr(model_cfg, vision=Attr(model_cfg['vision']), text=Attr(model_cfg['text']))
     for cfg in (model_cfg, {'model': model_cfg}, attr_cfg):

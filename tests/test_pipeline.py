@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import train_pipeline, train_source
 
-from vlp_jax.data.pipeline import TrainPipeline
-from vlp_jax.data.sources import build_source
+from vlp_jax import setup
+from vlp_jax.sampling.base import Sampler
+from vlp_jax.sampling.random_sampler import random_order
 
 
 @pytest.fixture()
@@ -16,7 +18,23 @@ def config(tiny_config):
 
 
 def _pipeline(config, process_index=0, process_count=1):
-    return TrainPipeline(config, build_source(config, 'train'), process_index, process_count)
+    return train_pipeline(config, process_index=process_index, process_count=process_count)
+
+
+class GivenOrders(Sampler):
+    """The random sampler's permutations, except for the epochs a test gives an order for; like GRIT,
+    its next order is not known ahead, so the pipeline asks for it only when that epoch's first batch is."""
+
+    order_known_ahead = False
+
+    def __init__(self, settings, context):
+        super().__init__(settings, context)
+        self.given: dict[int, np.ndarray] = {}
+
+    def epoch_order(self, epoch):
+        if epoch in self.given:
+            return self.given[epoch]
+        return random_order(self.context.dataset_size, self.context.seed, epoch)
 
 
 def test_epoch_order_is_a_seeded_permutation(config):
@@ -82,12 +100,15 @@ def test_crop_changes_the_image_but_not_too_much(config):
 
 
 def test_a_given_epoch_order_is_used_from_its_epoch_on(config):
-    pipe = _pipeline(config)
+    source = train_source(config)
+    random = setup.make_sampler(config, source)
+    sampler = GivenOrders(random.settings, random.context)
+    pipe = setup.pipeline(config, source, sampler)
     spe = pipe.steps_per_epoch
     given = np.arange(100)[::-1].copy()
-    pipe.set_epoch_order(1, given)
+    sampler.given[1] = given
     assert np.array_equal(pipe.global_indices(spe), given[:16])
     assert np.array_equal(pipe.global_indices(spe + 1), given[16:32])
     assert not np.array_equal(pipe.global_indices(0), given[:16])  # epoch 0 keeps its permutation
-    batches = list(pipe.iterate_by_epoch(spe - 1, spe + 1))
+    batches = list(pipe.iterate(spe - 1, spe + 1))
     assert np.array_equal(batches[1]['index'], given[:16])

@@ -4,14 +4,14 @@ import io
 
 import numpy as np
 import pytest
+from conftest import train_pipeline
 from PIL import Image
 
 from vlp_jax.data import records as records_lib
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.eval_sets import source_retrieval_set
-from vlp_jax.data.pipeline import TrainPipeline
 from vlp_jax.data.record_source import RecordSource, split_positions
-from vlp_jax.data.sources import build_source
+from vlp_jax.derived import source_plugin
 
 COUNT, BATCH, SIZE = 24, 8, 16
 GARBAGE, NO_CAPTION, TRUNCATED = 5, 11, 17  # records that fail to load, three ways
@@ -66,7 +66,11 @@ def config(tiny_config, folder):
 
 
 def _pipeline(config):
-    return TrainPipeline(config, build_source(config, 'train'))
+    return train_pipeline(config)
+
+
+def _open(config, split):
+    return source_plugin(config, 'records').open(split)
 
 
 def _record_of(batch, row, tokenizer):
@@ -114,8 +118,7 @@ def test_stand_ins_are_a_pure_function_of_seed_step_and_index(config):
 
 
 def test_eval_set_leaves_out_records_that_do_not_load(config, folder):
-    config.data.shapes.test_size = COUNT
-    data = source_retrieval_set(RecordSource(str(folder)), config)
+    data = source_retrieval_set(RecordSource(str(folder)), COUNT, SIZE, config.model.max_text_len)
     assert data.dropped == len(BAD) and data.images.shape == (COUNT - len(BAD), SIZE, SIZE, 3)
     good = [i for i in range(COUNT) if i not in BAD]
     for image, i in zip(data.images, good):  # images in order, centre-cropped
@@ -127,11 +130,11 @@ def test_eval_set_leaves_out_records_that_do_not_load(config, folder):
 def test_held_out_split_and_its_limits(config):
     assert split_positions(10, 3, 'train').tolist() == list(range(7))
     assert split_positions(10, 3, 'test').tolist() == [7, 8, 9]
-    config.data.records.eval_path, config.data.shapes.test_size = '', 4
-    assert len(build_source(config, 'train')) == COUNT - 4 and len(build_source(config, 'test')) == 4
-    config.data.shapes.test_size = COUNT
-    with pytest.raises(DataError, match='data.test_size'):
-        build_source(config, 'train')
+    config.data.records.eval_path, config.data.records.test_size = '', 4
+    assert len(_open(config, 'train')) == COUNT - 4 and len(_open(config, 'test')) == 4
+    config.data.records.test_size = COUNT
+    with pytest.raises(DataError, match='data.records.test_size'):
+        _open(config, 'train')
 
 
 def test_missing_folder_names_the_command(tmp_path):

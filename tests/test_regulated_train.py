@@ -24,9 +24,11 @@ DIAGNOSTICS = (
 
 
 def _args(config, arg, workdir, extra=()):
+    """`arg`: the config file's ARG ('steps=10', 'reference=PATH'); '' for none."""
+    path = os.path.join(CONFIGS, config)
     return [
         '--config',
-        f'{os.path.join(CONFIGS, config)}:{arg}',
+        f'{path}:{arg}' if arg else path,
         '--workdir',
         str(workdir),
         *FAST_OVERRIDES,
@@ -39,7 +41,7 @@ def _args(config, arg, workdir, extra=()):
 def reference(tmp_path_factory):
     """A 10-step InfoNCE run on the clean regime, with the fast test architecture."""
     workdir = tmp_path_factory.mktemp('reference')
-    run_cli('vlp_jax.train', _args('shapes_reference.py', STEPS, workdir))
+    run_cli('vlp_jax.train', _args('shapes_reference.py', f'steps={STEPS}', workdir))
     return workdir
 
 
@@ -51,10 +53,13 @@ def _one_line_error(result):
 
 def test_srcl_cosmo_one_and_eight_devices_agree_and_resume(reference, tmp_path):
     eight, one = tmp_path / 'eight', tmp_path / 'one'
-    run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', reference, eight, CONVERT_ALL), devices=8)
-    first = run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', reference, one, (*CONVERT_ALL, '--stop_at_step=5')))
+    run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', f'reference={reference}', eight, CONVERT_ALL), devices=8)
+    first = run_cli(
+        'vlp_jax.train',
+        _args('shapes_srcl_cosmo.py', f'reference={reference}', one, (*CONVERT_ALL, '--stop_at_step=5')),
+    )
     assert 'stopped at step 5' in first.stdout
-    second = run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', reference, one, CONVERT_ALL))
+    second = run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', f'reference={reference}', one, CONVERT_ALL))
     assert 'resumed from checkpoint at step 5' in second.stdout  # the reference is re-loaded from its path
     records_eight, records_one = read_metrics(eight), read_metrics(one)
     assert [r['step'] for r in records_one] == [5, 10] == [r['step'] for r in records_eight]
@@ -75,7 +80,9 @@ def test_srcl_cosmo_one_and_eight_devices_agree_and_resume(reference, tmp_path):
 
 def test_missing_reference_is_one_line(tmp_path):
     missing = tmp_path / 'no_such_reference'
-    result = run_cli('vlp_jax.train', _args('shapes_srcl.py', missing, tmp_path / 'run'), check=False, timeout=120)
+    result = run_cli(
+        'vlp_jax.train', _args('shapes_srcl.py', f'reference={missing}', tmp_path / 'run'), check=False, timeout=120
+    )
     line = _one_line_error(result)
     assert str(missing) in line and 'loss.srcl.reference_checkpoint' in line, line
     assert not (tmp_path / 'run').exists()
@@ -87,9 +94,9 @@ def test_reference_that_cannot_read_the_batches_is_one_line(reference, tmp_path)
         'vlp_jax.train',
         _args(
             'shapes_cosmo.py',
-            reference,
+            f'reference={reference}',
             tmp_path / 'run',
-            ('--config.model.image_size=32', '--config.model.image_size=32'),
+            ('--config.model.image_size=32',),
         ),
         check=False,
         timeout=120,
@@ -114,7 +121,7 @@ def test_srcl_without_reference_is_a_config_error(tmp_path):
 def noisy_infonce(tmp_path_factory):
     """Plain InfoNCE on the noisy regime: the same data, seed and steps as the regulated runs below."""
     workdir = tmp_path_factory.mktemp('noisy_infonce')
-    run_cli('vlp_jax.train', _args('shapes_noisy.py', STEPS, workdir))
+    run_cli('vlp_jax.train', _args('shapes_noisy.py', f'steps={STEPS}', workdir))
     return read_metrics(workdir)
 
 
@@ -133,7 +140,7 @@ def test_each_regulator_one_and_eight_devices_agree(reference, noisy_infonce, tm
         f'--config.loss.cosmo.reference_checkpoint={reference}',
     )
     args = lambda workdir: _args(
-        'shapes_noisy.py', STEPS, workdir, (f'--config.loss.regulators={regulators}', *paths, *extra)
+        'shapes_noisy.py', f'steps={STEPS}', workdir, (f'--config.loss.regulators={regulators}', *paths, *extra)
     )
     run_cli('vlp_jax.train', args(tmp_path / 'eight'), devices=8)
     run_cli('vlp_jax.train', args(tmp_path / 'one'), devices=1)

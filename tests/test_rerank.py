@@ -13,10 +13,11 @@ from vlp_jax import setup as setup_lib
 from vlp_jax.checks import validate
 from vlp_jax.config import apply_overrides, split_overrides
 from vlp_jax.config_files import load_config_file
-from vlp_jax.data.eval_sets import retrieval_set
+from vlp_jax.data.eval_sets import source_retrieval_set
+from vlp_jax.derived import source_plugin
 from vlp_jax.evaluators.rerank import make_reranker
 from vlp_jax.evaluators.retrieval import RECALL_AT, retrieval_metrics, retrieval_metrics_from_scores, top_k
-from vlp_jax.evaluators.suite import make_zero_shot_evaluator
+from vlp_jax.evaluators.suite import make_evaluator
 
 FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 # 8 images x their captions; eval batches of 16 (8 devices divide it) leave a padded last chunk.
@@ -31,6 +32,12 @@ def _config(*overrides):
     return config
 
 
+def retrieval_set(config):
+    """The run's own retrieval set: the shapes world's test split, as the retrieval evaluator loads it."""
+    source = source_plugin(config, 'shapes').open('test')
+    return source_retrieval_set(source, config.eval.retrieval_size, config.model.image_size, config.model.max_text_len)
+
+
 @pytest.fixture(scope='module')
 def fusion():
     """A fresh tiny fusion model, its retrieval set, the ITC cosines and every pair's ITM match
@@ -38,7 +45,7 @@ def fusion():
     config = _config(f'--config.eval.rerank_k={K}')
     run_setup = setup_lib.build(config, jax.devices()[:1])
     params = run_setup.init_state()['params']
-    model, data = run_setup.model, retrieval_set(config, 'test')
+    model, data = run_setup.model, retrieval_set(config)
     out = model.apply({'params': params}, data.images, data.text_ids, data.text_mask)
     similarity = np.asarray(out['text_embed']) @ np.asarray(out['image_embed']).T
     text_tokens, image_tokens = np.asarray(out['text_tokens']), np.asarray(out['image_tokens'])
@@ -52,7 +59,7 @@ def fusion():
     for t in range(num_texts):
         for i in range(num_images):
             itm[t, i] = one_pair(text_tokens[t : t + 1], data.text_mask[t : t + 1], image_tokens[i : i + 1])[0, 1]
-    metrics = make_zero_shot_evaluator(run_setup)(params)
+    metrics = make_evaluator(run_setup)(params)
     return types.SimpleNamespace(
         config=config, setup=run_setup, params=params, data=data, similarity=similarity, itm=itm, metrics=metrics
     )
@@ -163,9 +170,10 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     from vlp_jax import setup as setup_lib
     from vlp_jax.config import apply_overrides, split_overrides
     from vlp_jax.config_files import load_config_file
-    from vlp_jax.data.eval_sets import retrieval_set
+    from vlp_jax.data.eval_sets import source_retrieval_set
+    from vlp_jax.derived import source_plugin
     from vlp_jax.evaluators.rerank import make_reranker
-    from vlp_jax.evaluators.suite import make_zero_shot_evaluator
+    from vlp_jax.evaluators.suite import make_evaluator
     assert jax.device_count() == 8
     folder, k = sys.argv[1], int(sys.argv[2])
     config = load_config_file(sys.argv[3])
@@ -173,10 +181,14 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     run_setup = setup_lib.build(config)
     assert run_setup.mesh.size == 8
     params = run_setup.init_state()['params']
-    scores = make_reranker(run_setup, k)(params, retrieval_set(config, 'test'), np.load(folder + '/similarity.npy'))
+    model = config.model
+    data = source_retrieval_set(
+        source_plugin(config, 'shapes').open('test'), config.eval.retrieval_size, model.image_size, model.max_text_len
+    )
+    scores = make_reranker(run_setup, k)(params, data, np.load(folder + '/similarity.npy'))
     np.savez(folder + '/scores.npz', t2i=scores.t2i, i2t=scores.i2t)
     with open(folder + '/metrics.json', 'w') as handle:
-        json.dump(make_zero_shot_evaluator(run_setup)(params), handle)
+        json.dump(make_evaluator(run_setup)(params), handle)
 """)
 
 

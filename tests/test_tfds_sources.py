@@ -39,7 +39,7 @@ def test_classification_set_names_its_classes():
             {'image': True, 'label': True}, decoders={'image': tfds.decode.SkipDecoding()}
         )
         direct = tfds.data_source('cifar10', split='test', download=False, decoders=decoders)
-        assert source.class_names == tfds.builder('cifar10').info.features['label'].names
+        assert source.class_names == tuple(tfds.builder('cifar10').info.features['label'].names)
         assert source.batch(np.arange(5))['label'].tolist() == [int(direct[i]['label']) for i in range(5)]
 
 
@@ -72,7 +72,7 @@ def test_train_on_mock_coco_and_evaluate_retrieval_and_classification(tmp_path):
         '--config.batch_size=4',
         '--config.log_every=2',
         '--config.data.name=tfds',
-        '--config.data.shapes.test_size=16',
+        '--config.eval.retrieval_size=16',
         '--config.eval.classification_size=16',
         '--config.eval.batch_size=16',
         '--config.checkpoint_every=4',

@@ -36,13 +36,15 @@ def validate_grit(queue_size: int, search_space: int, batch_size: int) -> str | 
     """One-sentence config error, or None if the sizes nest (queue ⊇ search spaces ⊇ batches)."""
     if queue_size <= 0 or search_space <= 0 or batch_size <= 0:
         return (
-            f'sampling.queue_size ({queue_size}), sampling.search_space ({search_space}) and '
+            f'sampling.grit.queue_size ({queue_size}), sampling.grit.search_space ({search_space}) and '
             f'batch_size ({batch_size}) must be positive'
         )
     if queue_size % search_space:
-        return f'sampling.queue_size ({queue_size}) must be a multiple of sampling.search_space ({search_space})'
+        return (
+            f'sampling.grit.queue_size ({queue_size}) must be a multiple of sampling.grit.search_space ({search_space})'
+        )
     if search_space % batch_size:
-        return f'sampling.search_space ({search_space}) must be a multiple of the global batch_size ({batch_size})'
+        return f'sampling.grit.search_space ({search_space}) must be a multiple of the global batch_size ({batch_size})'
     return None
 
 
@@ -193,7 +195,7 @@ class GritQueue:
         if error:
             raise ValueError(error)
         if scope not in ('global', 'local'):
-            raise ValueError(f"sampling.scope must be 'global' or 'local', got {scope!r}")
+            raise ValueError(f"sampling.grit.scope must be 'global' or 'local', got {scope!r}")
         self.num_shards = num_shards if scope == 'local' else 1
         if batch_size % self.num_shards:
             raise ValueError(f'batch_size ({batch_size}) must be a multiple of the number of shards ({num_shards})')
