@@ -13,12 +13,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def load_config(path: str, override_args: Sequence[str]):
     import jax
 
-    from vlp_jax import config as config_lib
+    from vlp_jax.checks import validate
+    from vlp_jax.config import split_overrides
+    from vlp_jax.config_files import load_config_file
 
-    _, overrides = config_lib.split_overrides(list(override_args))
-    config = config_lib.load_config_file(path)
-    config_lib.apply_overrides(config, overrides)
-    config_lib.validate(config, jax.device_count())
+    _, overrides = split_overrides(list(override_args))
+    config = load_config_file(path, overrides)
+    validate(config, jax.device_count())
     return config
 
 

@@ -107,9 +107,9 @@ def main() -> None:
 
     overrides = list(rest) + ([f'--config.batch_size={args.batch_size}'] if args.batch_size else [])
     if args.batch_size:  # the queue must hold whole batches: round it up before validation
-        from vlp_jax import config as config_lib
+        from vlp_jax.config_files import load_config_file
 
-        queue = config_lib.load_config_file(args.fusion_config).loss.get('queue_size', 0)
+        queue = load_config_file(args.fusion_config).loss.momentum.queue_size
         overrides.append(f'--config.loss.momentum.queue_size={-(-queue // args.batch_size) * args.batch_size}')
     dual_config = load_config(args.dual_config, [o for o in overrides if 'queue_size' not in o])
     fusion_config = load_config(args.fusion_config, overrides)
@@ -163,7 +163,7 @@ def main() -> None:
     off = ml_collections.ConfigDict(fusion_config.to_dict())
     off.loss.momentum.enabled = False
     off.loss.momentum.queue_size = 0
-    without = setup_lib.build_objective(off, model, mesh, fusion_setup.frozen)
+    without = setup_lib.build(off).objective
     weights = with_momentum.weights
     rng, step = jax.random.key(0), jnp.asarray(100, jnp.int32)  # step > 0: distillation's alpha is live
 

@@ -39,12 +39,26 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _chain(names: tuple[str, ...]):
-    from vlp_jax.objectives.regulate import CosmoSettings, RegulatorChain, SrclSettings
+def _chain(names: tuple[str, ...], form: str, batch: int):
+    from vlp_jax.objectives.regulators import (
+        Cosmo,
+        CosmoSettings,
+        RegulatorChain,
+        RegulatorContext,
+        Srcl,
+        SrclSettings,
+    )
 
-    srcl = SrclSettings(True, 1.0, 0.0, 0, 1000, 'linear', tau_w=1.0, w_min=0.2) if 'srcl' in names else None
-    cosmo = CosmoSettings(high=0.8, low=0.5, eps=0.5, smoothing_start=0) if 'cosmo' in names else None
-    return RegulatorChain(srcl=srcl, cosmo=cosmo)
+    context = RegulatorContext(
+        batch_size=batch, total_steps=1000, steps_per_epoch=100, loss_form=form, model_kind='dual'
+    )
+    regulators = []
+    if 'srcl' in names:
+        settings = SrclSettings(1.0, 0.0, 0, 1000, 'linear', tau_w=1.0, w_min=0.2)
+        regulators.append(Srcl(settings, context))
+    if 'cosmo' in names:
+        regulators.append(Cosmo(CosmoSettings(high=0.8, low=0.5, eps=0.5, smoothing_start_step=0), context))
+    return RegulatorChain(regulators)
 
 
 def temp_mib(form: str, impl: str, batch: int, embed_dim: int, mesh, args) -> float:
@@ -54,11 +68,12 @@ def temp_mib(form: str, impl: str, batch: int, embed_dim: int, mesh, args) -> fl
 
     from vlp_jax.objectives.chunked import chunked_contrastive_loss
     from vlp_jax.objectives.contrastive import contrastive_loss
-    from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE, image_text_cosines
+    from vlp_jax.objectives.frozen import image_text_cosines
+    from vlp_jax.objectives.regulators import DISCRIMINATOR, REFERENCE
     from vlp_jax.parallel import BATCH_AXES
 
     names = tuple(name for name in args.regulators.split(',') if name)
-    chain = _chain(names)
+    chain = _chain(names, form, batch)
     rows = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
     whole = NamedSharding(mesh, PartitionSpec())
     embeddings = jax.ShapeDtypeStruct((batch, embed_dim), jnp.float32, sharding=rows)
@@ -83,7 +98,7 @@ def temp_mib(form: str, impl: str, batch: int, embed_dim: int, mesh, args) -> fl
                 **options,
             )[0]
         cosines = image_text_cosines(*frozen)
-        (i2t, t2i), _ = chain(step, image_text_cosines(image, text), {REFERENCE: cosines, DISCRIMINATOR: cosines})
+        (i2t, t2i), _ = chain.dense(image_text_cosines(image, text), {REFERENCE: cosines, DISCRIMINATOR: cosines}, step)
         return contrastive_loss(image, text, scale, i2t=i2t, t2i=t2i, **options)[0]
 
     argnums = (0, 1, 2, 3) if form == 'sigmoid' else (0, 1, 2)

@@ -49,12 +49,13 @@ def write_jpeg_records(directory: str, count: int) -> float:
 
 def pipeline_rate(config, directory: str, image_size: int, steps: int) -> float:
     """Examples/s of the training pipeline alone on the records, after its first batch."""
-    from vlp_jax.data.pipeline import TrainPipeline
+    from vlp_jax import setup
     from vlp_jax.data.record_source import RecordSource
 
     config = config.copy_and_resolve_references()
     config.model.image_size = image_size
-    pipeline = TrainPipeline(config, RecordSource(directory))
+    source = RecordSource(directory)
+    pipeline = setup.pipeline(config, source, setup.make_sampler(config, source))
     batches = pipeline.iterate(0, steps + 1)
     next(batches)  # start the workers
     start = time.perf_counter()

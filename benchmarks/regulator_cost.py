@@ -32,9 +32,10 @@ def main() -> None:
     import jax.numpy as jnp
 
     from vlp_jax import setup as setup_lib
+    from vlp_jax.checks import regulator_context
     from vlp_jax.models.vlp import VLPModel
     from vlp_jax.objectives.frozen import shared_roles
-    from vlp_jax.objectives.regulate import RegulatorChain
+    from vlp_jax.objectives.regulators import RegulatorChain
 
     base = load_config(METHODS['InfoNCE'], rest)
     _, state = build(base)
@@ -54,7 +55,7 @@ def main() -> None:
             return metrics
 
         step = seconds_per_call(one_step, args.repeats)
-        references = set(shared_roles(run_setup.objective.roles).values())  # distinct frozen forwards per step
+        references = set(shared_roles(run_setup.frozen_roles).values())  # distinct frozen forwards per step
 
         @jax.jit
         def reference_forward(params, images, ids, mask):
@@ -69,8 +70,8 @@ def main() -> None:
                 args.repeats,
             )
         sims = reference_forward(frozen_params, batch['image'], batch['text_ids'], batch['text_mask'])
-        chain = RegulatorChain.from_config(config)
-        regulate = jax.jit(lambda s: chain(jnp.int32(100), s, {role: s for role in roles}))
+        chain = RegulatorChain.from_config(config, regulator_context(config, run_setup.derived))
+        regulate = jax.jit(lambda s: chain.dense(s, {role: s for role in roles}, jnp.int32(100)))
         own = seconds_per_call(lambda: regulate(sims), args.repeats) if chain.active else 0.0
         rows.append((method, step, forward, own))
 

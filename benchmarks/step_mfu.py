@@ -23,7 +23,6 @@ from common import fixed_batch, load_config
 
 BIG = (
     '--config.model.image_size=224',
-    '--config.model.image_size=224',
     '--config.model.vision.variant=B',
     '--config.model.vision.patch_size=16',
     '--config.model.text.variant=base',

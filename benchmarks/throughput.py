@@ -33,10 +33,9 @@ def main() -> None:
 
     import time
 
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
+    from vlp_jax import setup
 
-    pipeline = TrainPipeline(config, build_source(config, 'train'))
+    pipeline = setup.train_inputs(config).pipeline
     batches = pipeline.iterate(0, args.steps + 1)
     next(batches)  # start the workers
     start = time.perf_counter()

@@ -65,7 +65,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--steps', type=int, default=300)
     parser.add_argument('--reference-steps', type=int, default=600)
-    parser.add_argument('--train-size', type=int, default=12_800, help='train pairs of stage 2 (data.train_size)')
+    parser.add_argument(
+        '--train-size', type=int, default=12_800, help='train pairs of stage 2 (data.shapes.train_size)'
+    )
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--workdir', default='workdirs/experiments/false_negatives')
     parser.add_argument('--out', default='docs/results')

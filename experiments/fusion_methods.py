@@ -18,12 +18,12 @@ and seeds; the reference serves all three methods that need a frozen model:
   (high 0.8 / low 0.5, the paper's);
 - 'SRCL (ALBEF)': configs/srcl_albef.py:tiny (ALBEF + SRCL weights from the reference's cosine).
 
-Overrides shared by every method (--batch-size, --steps): batch_size; data.train_size =
+Overrides shared by every method (--batch-size, --steps): batch_size; data.shapes.train_size =
 steps / 3 * batch_size, so every run has 3 epochs and GRIT's grouped batches and MAFA's
-smoothing start at epoch 1; warmup_steps = steps / 6; GRIT's search space 10 batches and
+smoothing start at epoch 1; optim.warmup_steps = steps / 6; GRIT's search space 10 batches and
 queue 5 search spaces (the tiny configs' ratios at batch 128); log_every 5. The two
-momentum recipes also get loss.queue_size = 10 batches (the tiny recipe's 1,280 at batch
-128). The reference gets the same batch and warmup and --reference-steps steps.
+momentum recipes also get loss.momentum.queue_size = 10 batches (the tiny recipe's 1,280 at
+batch 128). The reference gets the same batch and warmup and --reference-steps steps.
 
 Summaries: R@1 on the noise-free test split, ITC ('eval/retrieval/...') and re-ranked by
 ITM ('eval/retrieval_itm/...', the top eval.rerank_k = 16 of ITC), semantic and instance;
@@ -49,23 +49,26 @@ from common import REPO, mean_of, save_json, step_milliseconds, train, write_tab
 
 COSINE_HIGH, COSINE_LOW = 0.8, 0.5  # configs/shapes_cosmo.py's thresholds, in cosine units
 METHODS = {  # name -> (config spec with {steps} and {reference}, method-specific overrides)
-    'ALBEF': ('configs/albef.py:tiny,{steps}', ('momentum',)),
+    'ALBEF': ('configs/albef.py:tiny,steps={steps}', ('momentum',)),
     # The same recipe without its momentum model, queue and distillation: the reading's first suspect.
     'ALBEF (no momentum)': (
-        'configs/albef.py:tiny,{steps}',
+        'configs/albef.py:tiny,steps={steps}',
         ('--config.loss.momentum.enabled=False', '--config.loss.momentum.queue_size=0'),
     ),
-    'GRIT-VLP': ('configs/grit_vlp.py:tiny,{steps}', ()),
+    'GRIT-VLP': ('configs/grit_vlp.py:tiny,steps={steps}', ()),
     'MAFA (cosine)': (
-        'configs/mafa.py:tiny,{steps},{reference}',
+        'configs/mafa.py:tiny,steps={steps},reference={reference}',
         (
             '--config.loss.cosmo.discriminator=cosine',
             f'--config.loss.cosmo.high={COSINE_HIGH}',
             f'--config.loss.cosmo.low={COSINE_LOW}',
         ),
     ),
-    'MAFA (ITM)': ('configs/mafa.py:tiny,{steps},{reference}', ('--config.loss.cosmo.discriminator=itm',)),
-    'SRCL (ALBEF)': ('configs/srcl_albef.py:tiny,{steps},{reference}', ('momentum',)),
+    'MAFA (ITM)': (
+        'configs/mafa.py:tiny,steps={steps},reference={reference}',
+        ('--config.loss.cosmo.discriminator=itm',),
+    ),
+    'SRCL (ALBEF)': ('configs/srcl_albef.py:tiny,steps={steps},reference={reference}', ('momentum',)),
 }
 EVAL_COLUMNS = {  # label -> metrics.jsonl key of the final eval
     'i2t sem R@1': 'eval/retrieval/i2t_semantic_r1',
@@ -169,11 +172,14 @@ def chance(config_spec: str, seed: int, columns: list[str]) -> dict[str, float]:
     (the share of images true of a caption, of captions true of an image), instance 1/images."""
     sys.path.insert(0, REPO)  # the training CLI runs as a module from REPO; this script imports it directly
     from vlp_jax.config_files import load_config_file
-    from vlp_jax.data.eval_sets import retrieval_set
+    from vlp_jax.data.eval_sets import source_retrieval_set
+    from vlp_jax.derived import source_plugin
 
     config = load_config_file(os.path.join(REPO, config_spec))
     config.seed = seed
-    truth = np.asarray(retrieval_set(config, 'test').truth, bool)  # [texts, images]
+    test = source_plugin(config, 'shapes').open('test')
+    data = source_retrieval_set(test, config.eval.retrieval_size, config.model.image_size, config.model.max_text_len)
+    truth = np.asarray(data.truth, bool)  # [texts, images]
     out = dict.fromkeys(columns, float('nan'))
     for suffix in ('', ' ITM'):
         out[f'i2t sem R@1{suffix}'] = float(truth.mean(axis=0).mean())
@@ -225,10 +231,10 @@ def main() -> None:
     reference = os.path.join(args.workdir, 'reference')
     print('stage 1: tiny fusion reference (clean regime)', flush=True)
     reference_extra = [
-        arg for arg in shared if arg.startswith(('--config.batch_size', '--config.warmup', '--config.log'))
+        arg for arg in shared if arg.startswith(('--config.batch_size', '--config.optim.warmup', '--config.log'))
     ]
     run(
-        f'configs/shapes_albef_reference.py:{args.reference_steps}',
+        f'configs/shapes_albef_reference.py:steps={args.reference_steps}',
         reference,
         args.reference_steps,
         args.batch_size,
@@ -270,7 +276,7 @@ def main() -> None:
         f'Per-method training commands (`python -m vlp_jax.train --workdir ... --config.seed=S` plus '
         f"experiments/common.py's total_steps/eval_every/checkpoint_every = {args.steps}):\n\n"
         + '\n'.join(f'- {method}: `{command}`' for method, command in commands.items())
-        + f'\n- reference: `--config configs/shapes_albef_reference.py:{args.reference_steps} '
+        + f'\n- reference: `--config configs/shapes_albef_reference.py:steps={args.reference_steps} '
         f'{" ".join(reference_extra)}`\n\n'
         f'MAFA (cosine) thresholds are cosines of the reference: high {COSINE_HIGH} / low {COSINE_LOW}, as '
         f'configs/shapes_cosmo.py and the false-negatives experiment; MAFA (ITM) uses the same numbers as '

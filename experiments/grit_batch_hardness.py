@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--run', required=True, help='a GRIT workdir (sampling.name=grit)')
     parser.add_argument('--judge', required=True, help='a checkpoint of the same architecture that scores batches')
-    parser.add_argument('--config', default='configs/shapes_grit.py')
+    parser.add_argument('--config', default='', help="the run's config file[:ARG] (default: the run's own config.json)")
     parser.add_argument('--batches', type=int, default=10)
     args = parser.parse_args()
 
@@ -35,19 +35,19 @@ def main() -> None:
     from vlp_jax import parallel
     from vlp_jax import setup as setup_lib
     from vlp_jax.checkpointing import resolve_step_dir, restore_params_from
-    from vlp_jax.config_files import load_config_file
+    from vlp_jax.config_files import load_config_file, saved_config
     from vlp_jax.data.batch import normalise_images
-    from vlp_jax.data.sources import build_source
     from vlp_jax.data.tokenizer import shared_tokenizer
+    from vlp_jax.derived import source_plugin
     from vlp_jax.objectives.dual_encoder import hardest_negative_similarity
 
-    config = load_config_file(args.config)
+    config = load_config_file(args.config) if args.config else saved_config(args.run)
     judge_setup = setup_lib.build(config, jax.devices()[:1])
     params = restore_params_from(args.judge, judge_setup.abstract_state['params'])
     step_dir = resolve_step_dir(pathlib.Path(args.run).absolute())
     sampler = ocp.StandardCheckpointer().restore(step_dir / 'state')['sampler']
     grit_order = np.asarray(sampler['order'])
-    source = build_source(config, 'train')
+    source = source_plugin(config, str(config.data.name)).open('train')
     tokenizer = shared_tokenizer(config.model.max_text_len)
     encode_images, encode_texts = judge_setup.encoders()
 
