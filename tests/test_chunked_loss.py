@@ -13,33 +13,52 @@ import pytest
 
 from vlp_jax.objectives.chunked import chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
-from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE, image_text_cosines
-from vlp_jax.objectives.regulate import CosmoSettings, RegulatorChain, SmoothingSettings, SrclSettings
+from vlp_jax.objectives.frozen import ITM, image_text_cosines
+from vlp_jax.objectives.regulators import (
+    DISCRIMINATOR,
+    REFERENCE,
+    Cosmo,
+    CosmoSettings,
+    RegulatorChain,
+    RegulatorContext,
+    Smoothing,
+    SmoothingSettings,
+    Srcl,
+    SrclSettings,
+)
 
 BATCH, EMBED, STEP = 32, 8, 5
 TOLERANCE = 1e-5
 
-SRCL = SrclSettings(True, 1.0, 0.0, 0, 10, 'linear', tau_w=0.5, w_min=0.6)  # alpha = 0.5 at STEP
-SRCL_NO_REFERENCE = SrclSettings(False, 1.0, 0.0, 0, 1, 'linear', tau_w=1.0, w_min=None)
-COSMO = CosmoSettings(high=0.45, low=0.2, eps=0.3, smoothing_start=0)  # thresholds in cosine units
+CONTEXT = RegulatorContext(batch_size=BATCH, total_steps=10, steps_per_epoch=10, loss_form='softmax', model_kind='dual')
+SRCL = SrclSettings(alpha_start=1.0, alpha_end=0.0, alpha_decay_end=10, tau_w=0.5, w_min=0.6)  # alpha = 0.5 at STEP
+SRCL_NO_REFERENCE = SrclSettings(alpha_start=0.0, alpha_end=0.0, alpha_decay_end=1, tau_w=1.0)
+COSMO = CosmoSettings(high=0.45, low=0.2, eps=0.3, smoothing_start_step=0)  # thresholds in cosine units
+COSMO_ITM = CosmoSettings(discriminator=ITM, high=0.45, low=0.2, eps=0.3, smoothing_start_step=0)
+SMOOTHING = SmoothingSettings(eps=0.2, start_step=0)
+
+
+def _chain(*regulators):
+    """The chain of (Regulator class, settings) pairs, in order."""
+    return RegulatorChain([cls(settings, CONTEXT) for cls, settings in regulators])
+
+
 # The six combinations asked for, in both forms and on 1 and 8 devices ...
 CASES = {
     'infonce': dict(),
-    'srcl': dict(chain=RegulatorChain(srcl=SRCL)),
-    'cosmo': dict(chain=RegulatorChain(cosmo=COSMO)),
-    'srcl_cosmo': dict(chain=RegulatorChain(srcl=SRCL, cosmo=COSMO)),
-    'smoothing': dict(chain=RegulatorChain(smoothing=SmoothingSettings(eps=0.2, start=0))),
+    'srcl': dict(chain=_chain((Srcl, SRCL))),
+    'cosmo': dict(chain=_chain((Cosmo, COSMO))),
+    'srcl_cosmo': dict(chain=_chain((Srcl, SRCL), (Cosmo, COSMO))),
+    'smoothing': dict(chain=_chain((Smoothing, SMOOTHING))),
     'grit': dict(stop_grad_keys=True, consistency_weight=0.2),
 }
 # ... and the remaining branches once (softmax, 1 device): SRCL without a reference, smoothing over
 # w_min's kept candidates, the consistency term with gradients into the keys, the ITM-style discriminator.
 EXTRA_CASES = {
-    'srcl_no_reference': dict(chain=RegulatorChain(srcl=SRCL_NO_REFERENCE)),
-    'srcl_smoothing_consistency': dict(
-        chain=RegulatorChain(srcl=SRCL, smoothing=SmoothingSettings(eps=0.2, start=0)), consistency_weight=0.2
-    ),
+    'srcl_no_reference': dict(chain=_chain((Srcl, SRCL_NO_REFERENCE))),
+    'srcl_smoothing_consistency': dict(chain=_chain((Srcl, SRCL), (Smoothing, SMOOTHING)), consistency_weight=0.2),
     'grit_srcl_cosmo_itm': dict(
-        chain=RegulatorChain(srcl=SRCL, cosmo=COSMO), itm=True, stop_grad_keys=True, consistency_weight=0.2
+        chain=_chain((Srcl, SRCL), (Cosmo, COSMO_ITM)), stop_grad_keys=True, consistency_weight=0.2
     ),
 }
 ALL_CASES = {**CASES, **EXTRA_CASES}
@@ -77,17 +96,15 @@ def _itm_like(disc):
     return lambda j_i2t, j_t2i: (jnp.sum(image * text[j_i2t], -1), jnp.sum(image[j_t2i] * text, -1))
 
 
-def _answers(case, data, dense):
+def _answers(case, data):
+    """What the chain's frozen roles answer, as objectives.frozen.ask gives it: a 'cosine' role its (image, text)
+    embeddings, the 'itm' role a scoring function."""
     chain = case.get('chain', RegulatorChain())
-    answers = {}
-    if chain.srcl is not None and chain.srcl.uses_reference:
-        answers[REFERENCE] = image_text_cosines(*data['ref']) if dense else data['ref']
-    if chain.cosmo is not None:
-        if case.get('itm'):
-            answers[DISCRIMINATOR] = _itm_like(data['disc'])
-        else:
-            answers[DISCRIMINATOR] = image_text_cosines(*data['disc']) if dense else data['disc']
-    return answers
+    data_key = {REFERENCE: 'ref', DISCRIMINATOR: 'disc'}
+    return {
+        role.role: _itm_like(data[data_key[role.role]]) if role.answer == ITM else data[data_key[role.role]]
+        for role in chain.frozen_roles()
+    }
 
 
 def _options(case, form, data):
@@ -105,7 +122,7 @@ def dense_loss(case, form, data, image, text, scale, bias):
     sims = image_text_cosines(image, text)
     (i2t, t2i), aux = (Regulation(), Regulation()), {}
     if chain.active:
-        (i2t, t2i), aux = chain(jnp.int32(STEP), sims, _answers(case, data, dense=True))
+        (i2t, t2i), aux = chain.dense(sims, _answers(case, data), jnp.int32(STEP))
     options = _options(case, form, data)
     options['sigmoid_bias'] = bias if form == 'sigmoid' else None
     loss, metrics = contrastive_loss(image, text, scale, i2t=i2t, t2i=t2i, **options)
@@ -123,7 +140,7 @@ def chunked_loss(case, form, data, image, text, scale, bias, **kwargs):
         scale,
         regulators=case.get('chain', RegulatorChain()),
         step=jnp.int32(STEP),
-        answers=_answers(case, data, dense=False),
+        answers=_answers(case, data),
         dense_diagnostics=True,
         **options,
         **kwargs,
@@ -189,7 +206,7 @@ def test_chunked_equals_dense_on_one_device(name, form):
 def test_srcl_row_statistics_rebuild_the_dense_weights_only_when_asked():
     """Without dense_diagnostics nothing [B, B] is returned; `compare` checks the rebuilt log_w."""
     data = _inputs()
-    chain = RegulatorChain(srcl=SRCL)
+    chain = _chain((Srcl, SRCL))
     aux = jax.eval_shape(
         lambda: chunked_contrastive_loss(
             data['image'], data['text'], data['scale'], regulators=chain, answers={REFERENCE: data['ref']}

@@ -6,12 +6,24 @@ import pytest
 
 from vlp_jax.data.synthetic import COLOURS, SHAPES, captions_true_of_scenes
 from vlp_jax.data.synthetic_source import false_negative_mask_i2t
-from vlp_jax.probes import ground_truth_metrics
+from vlp_jax.objectives.regulators import Cosmo, CosmoSettings, RegulatorContext, Srcl, SrclSettings
+from vlp_jax.probes import false_negative_metrics
 
 NO = -1  # attribute not said / no object
 CIRCLE, SQUARE, TRIANGLE = (SHAPES.index(s) for s in ('circle', 'square', 'triangle'))
 RED, GREEN, BLUE = (COLOURS.index(c) for c in ('red', 'green', 'blue'))
 SMALL, LARGE = 0, 1
+
+
+def ground_truth_metrics(false_negatives, aux):
+    """What the train step logs with a probe: the false-negative counts, then each regulator's probe_metrics
+    of its aux (DualEncoderContrastive.ground_truth_metrics: masks (i2t, t2i))."""
+    context = RegulatorContext(batch_size=3, total_steps=1, steps_per_epoch=1, loss_form='softmax', model_kind='dual')
+    regulators = {'srcl': Srcl(SrclSettings(), context), 'cosmo': Cosmo(CosmoSettings(), context)}
+    metrics = false_negative_metrics(false_negatives)
+    for name, regulator_aux in aux.items():
+        metrics.update(regulators[name].probe_metrics(regulator_aux, (false_negatives, false_negatives.T)))
+    return metrics
 
 
 def _hand_batch():

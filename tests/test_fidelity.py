@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG
+from conftest import FAST_OVERRIDES, TINY_CONFIG, train_pipeline
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checks import validate
@@ -286,17 +286,15 @@ def test_mafa_mlm_rows_are_masked_independently_and_the_momentum_model_sees_the_
     distillation reads the very masked rows the online model reads."""
     import vlp_jax.objectives.albef as albef
     from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.pipeline import TrainPipeline
-    from vlp_jax.data.sources import build_source
     from vlp_jax.data.tokenizer import BERT_CLS_ID, BERT_MASK_ID
     from vlp_jax.objectives.base import REGULATION
-    from vlp_jax.objectives.frozen import DISCRIMINATOR
     from vlp_jax.objectives.momentum import MOMENTUM_PARAMS
+    from vlp_jax.objectives.regulators import DISCRIMINATOR
 
     config = _albef_config(*MAFA_ALL_CONVERTED)
     run_setup = setup_lib.build(config, jax.devices()[:1])
     objective, params = run_setup.objective, run_setup.init_state()['params']
-    raw = TrainPipeline(config, build_source(config, 'train')).raw_batch(0)
+    raw = train_pipeline(config).raw_batch(0)
     batch = batch_spec.select(raw, batch_spec.REQUIRED_KEYS)
     batch['image'] = batch_spec.normalise_images(raw['image'])
     batch = {key: jnp.asarray(value) for key, value in batch.items()}

@@ -129,7 +129,7 @@ def test_accumulated_gradient_equals_the_full_batch_on_eight_devices():
                 '--config.model.kind=fusion',
                 '--config.model.text.fusion_layers=1',
             ),
-            'dual',
+            "micro_batches > 1 .* not supported by objective 'albef'",
         ),
     ],
 )

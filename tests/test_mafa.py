@@ -17,9 +17,14 @@ from vlp_jax.config_files import load_config_file
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import split_rng
 from vlp_jax.objectives.base import REGULATION
-from vlp_jax.objectives.frozen import DISCRIMINATOR
 from vlp_jax.objectives.matching import mask_tokens
-from vlp_jax.objectives.regulators import STATE_CONVERTED, STATE_DROPPED, STATE_KEPT
+from vlp_jax.objectives.regulators import (
+    DISCRIMINATOR,
+    STATE_AT_THRESHOLD,
+    STATE_CONVERTED,
+    STATE_DROPPED,
+    STATE_KEPT,
+)
 
 FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=1')
 MAFA = (
@@ -96,7 +101,10 @@ def test_mafa_itm_mlm_and_itc_match_a_recomputation(world):
     loss, metrics, outputs = objective.loss(params, {}, {DISCRIMINATOR: judge}, batch, rng, jnp.int32(0))
     cosmo = outputs[REGULATION]['cosmo']
 
-    want_state = lambda q: np.where(q > high, STATE_CONVERTED, np.where(q >= low, STATE_DROPPED, STATE_KEPT))
+    def want_state(q):  # MAFA's strict inequalities: a score exactly at low or high decides nothing
+        between = np.where((q > low) & (q < high), STATE_DROPPED, STATE_AT_THRESHOLD)
+        return np.where(q > high, STATE_CONVERTED, np.where(q < low, STATE_KEPT, between))
+
     for name, q, j1 in (('i2t', q_i2t, j1_text), ('t2i', q_t2i, j1_image)):
         np.testing.assert_array_equal(np.asarray(cosmo[name]['hardest']), j1)
         np.testing.assert_allclose(np.asarray(cosmo[name]['hardest_score']), q, rtol=1e-5, atol=1e-6)
@@ -160,25 +168,27 @@ def test_mafa_itm_mlm_and_itc_match_a_recomputation(world):
     )
 
 
-def _args(config, workdir, steps, extra=()):
-    return ['--config', f'{config}:{steps}', '--workdir', str(workdir), *FAST_OVERRIDES, *extra]
+def _args(config, workdir, arg, extra=()):
+    return ['--config', f'{config}:{arg}', '--workdir', str(workdir), *FAST_OVERRIDES, *extra]
 
 
 def test_a_fusion_checkpoint_judges_a_dual_encoder_and_a_dual_cannot_be_an_itm_judge(tmp_path):
     fusion_ref, dual_ref = tmp_path / 'fusion_ref', tmp_path / 'dual_ref'
     # The judge has another architecture than the dual encoder it judges (fusion layers, embed_dim 16).
-    run_cli('vlp_jax.train', _args(TINY_CONFIG, fusion_ref, 5, (*FUSION, '--config.model.embed_dim=16')))
+    run_cli('vlp_jax.train', _args(TINY_CONFIG, fusion_ref, 'steps=5', (*FUSION, '--config.model.embed_dim=16')))
     cosmo = os.path.join(REPO, 'configs', 'shapes_cosmo.py')
     itm = ('--config.loss.cosmo.discriminator=itm', '--config.loss.cosmo.high=0.0', '--config.loss.cosmo.low=0.0')
-    run_cli('vlp_jax.train', _args(cosmo, tmp_path / 'judged', fusion_ref, (*itm, '--config.total_steps=5')))
+    run_cli(
+        'vlp_jax.train', _args(cosmo, tmp_path / 'judged', f'reference={fusion_ref}', (*itm, '--config.total_steps=5'))
+    )
     record = read_metrics(tmp_path / 'judged')[-1]
     # high = 0: every hardest negative the judge gives a match probability > 0 is converted
     assert record['train/cosmo/converted_fraction'] == 1.0 and record['train/cosmo/num_converted'] == 2 * 32
 
-    run_cli('vlp_jax.train', _args(TINY_CONFIG, dual_ref, 2))
+    run_cli('vlp_jax.train', _args(TINY_CONFIG, dual_ref, 'steps=2'))
     result = run_cli(
         'vlp_jax.train',
-        _args(cosmo, tmp_path / 'refused', dual_ref, (*itm, '--config.total_steps=5')),
+        _args(cosmo, tmp_path / 'refused', f'reference={dual_ref}', (*itm, '--config.total_steps=5')),
         check=False,
         timeout=120,
     )

@@ -178,8 +178,8 @@ def test_distillation_ramps_over_the_first_epoch():
 @pytest.mark.parametrize(
     'overrides, key',
     [
-        (('--config.loss.momentum.queue_size=64',), 'loss.queue_size'),
-        (('--config.loss.momentum.enabled=True', '--config.loss.momentum.queue_size=48'), 'loss.queue_size'),
+        (('--config.loss.momentum.queue_size=64',), 'loss.momentum.queue_size'),
+        (('--config.loss.momentum.enabled=True', '--config.loss.momentum.queue_size=48'), 'loss.momentum.queue_size'),
         (('--config.loss.momentum.enabled=True', '--config.loss.form=sigmoid'), 'loss.form'),
         (('--config.loss.momentum.enabled=True', '--config.loss.momentum.decay=1.0'), 'loss.momentum.decay'),
         (('--config.loss.momentum.enabled=True', '--config.loss.consistency_weight=0.2'), 'consistency_weight'),

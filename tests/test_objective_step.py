@@ -5,19 +5,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
+from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches, train_source
 
 from vlp_jax import parallel, steps
 from vlp_jax import setup as setup_lib
-from vlp_jax.checks import validate
+from vlp_jax.checks import regulator_context, validate
 from vlp_jax.config import apply_overrides, split_overrides
 from vlp_jax.config_files import load_config_file
 from vlp_jax.data import batch as batch_spec
-from vlp_jax.data.sources import build_source
 from vlp_jax.data.synthetic import captions_true_of_scenes
 from vlp_jax.objectives.base import REGULATION
-from vlp_jax.objectives.frozen import DISCRIMINATOR
-from vlp_jax.objectives.regulate import RegulatorChain
+from vlp_jax.objectives.regulators import DISCRIMINATOR, RegulatorChain
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -29,6 +27,11 @@ def _config(*overrides):
     return config
 
 
+def _chain(config):
+    """The config's regulator chain, as setup.build makes it."""
+    return RegulatorChain.from_config(config, regulator_context(config, validate(config, 1)))
+
+
 @pytest.fixture(scope='module')
 def world():
     """A real coarse-caption batch with its ground truth, and a second model (seed 1) to act as a frozen one."""
@@ -36,7 +39,7 @@ def world():
     other = config.copy_and_resolve_references()
     other.seed = 1
     frozen_params = setup_lib.build(other, ONE_DEVICE).init_state()['params']
-    source = build_source(config, 'train')
+    source = train_source(config)
     host = train_batches(config, probe_keys=batch_spec.GROUND_TRUTH_KEYS, source=source)[0]
     return host, frozen_params, source.ground_truth_probe()
 
@@ -204,21 +207,22 @@ def test_sigmoid_with_cosmo_conversions_matches_numpy(world):
 def test_smoothing_starts_at_the_first_step_of_epoch_one_by_default():
     config = _config('--config.loss.regulators=smoothing')
     steps_per_epoch = config.data.shapes.train_size // config.batch_size
-    chain = RegulatorChain.from_config(config)
-    assert chain.smoothing.start == steps_per_epoch and chain.smoothing.eps == 0.5
+    chain = _chain(config)
+    (smoothing,) = chain.regulators
+    assert smoothing.start == steps_per_epoch and smoothing.settings.eps == 0.5
     sims = jnp.zeros((4, 4))
-    before = chain(jnp.int32(steps_per_epoch - 1), sims, {})[0][0].y
-    after = chain(jnp.int32(steps_per_epoch), sims, {})[0][0].y
+    before = chain.dense(sims, {}, jnp.int32(steps_per_epoch - 1))[0][0].y
+    after = chain.dense(sims, {}, jnp.int32(steps_per_epoch))[0][0].y
     np.testing.assert_array_equal(before, np.eye(4))
     np.testing.assert_allclose(after, 0.5 * np.eye(4) + 0.5 / 4)
     cosmo = _config('--config.loss.regulators=cosmo', '--config.loss.cosmo.reference_checkpoint=unused')
-    assert RegulatorChain.from_config(cosmo).cosmo.smoothing_start == steps_per_epoch
+    assert _chain(cosmo).regulators[0].smoothing_start == steps_per_epoch
     explicit = _config(
         '--config.loss.regulators=cosmo',
         '--config.loss.cosmo.reference_checkpoint=unused',
         '--config.loss.cosmo.smoothing_start_step=3',
     )
-    assert RegulatorChain.from_config(explicit).cosmo.smoothing_start == 3
+    assert _chain(explicit).regulators[0].smoothing_start == 3
 
 
 def test_feedback_comes_back_only_when_asked(world):

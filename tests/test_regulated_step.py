@@ -8,12 +8,18 @@ import numpy as np
 import pytest
 from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
 
-from vlp_jax.checks import validate
+from vlp_jax.checks import regulator_context, validate
 from vlp_jax.config import ConfigError, apply_overrides, split_overrides
 from vlp_jax.config_files import load_config_file
-from vlp_jax.objectives.frozen import DISCRIMINATOR, REFERENCE, frozen_roles, shared_roles
-from vlp_jax.objectives.regulate import RegulatorChain
-from vlp_jax.objectives.regulators import cosmo_regulation, srcl_alpha, srcl_regulation
+from vlp_jax.objectives.frozen import shared_roles
+from vlp_jax.objectives.regulators import (
+    DISCRIMINATOR,
+    REFERENCE,
+    RegulatorChain,
+    cosmo_regulation,
+    srcl_alpha,
+    srcl_regulation,
+)
 
 REF = 'workdirs/some_reference'
 
@@ -24,10 +30,20 @@ def _config(*overrides):
     return config
 
 
+def _chain(config):
+    """The checked config's regulator chain, as setup.build makes it."""
+    return RegulatorChain.from_config(config, regulator_context(config, validate(config, 1)))
+
+
+def frozen_roles(config):
+    """The frozen roles the config's regulators read."""
+    return _chain(config).frozen_roles()
+
+
 @pytest.mark.parametrize(
     'overrides, message',
     [
-        (['--config.loss.regulators=srcl,nope'], "unknown regulator 'nope'"),
+        (['--config.loss.regulators=srcl,nope'], "names 'nope', which is no registered regulator"),
         (
             [
                 '--config.loss.regulators=cosmo,srcl',
@@ -133,8 +149,8 @@ def test_srcl_with_zero_alpha_needs_no_reference():
 def test_default_config_has_no_regulators():
     config = load_config_file(TINY_CONFIG)
     sims = jnp.eye(4)
-    chain = RegulatorChain.from_config(config)
-    (i2t, t2i), aux = chain(jnp.int32(0), sims, {})
+    chain = _chain(config)
+    (i2t, t2i), aux = chain.dense(sims, {}, jnp.int32(0))
     assert not chain.active
     assert i2t.log_w is None and i2t.y is None and t2i.log_w is None and t2i.y is None and aux == {}
 
@@ -154,9 +170,9 @@ def test_apply_regulators_composes_in_order():
     assert [(role.role, role.path) for role in frozen_roles(config)] == [(REFERENCE, REF), (DISCRIMINATOR, 'other')]
     rng = np.random.default_rng(0)
     cur, ref, disc = (jnp.asarray(rng.uniform(-1, 1, (6, 6)), jnp.float32) for _ in range(3))
-    chain = RegulatorChain.from_config(config)
+    chain = _chain(config)
     for step in (3, 7):
-        (i2t, t2i), aux = chain(jnp.int32(step), cur, {REFERENCE: ref, DISCRIMINATOR: disc})
+        (i2t, t2i), aux = chain.dense(cur, {REFERENCE: ref, DISCRIMINATOR: disc}, jnp.int32(step))
         alpha = srcl_alpha(step, 1.0, 0.0, 0, 20, 'cosine')
         base = srcl_regulation(cur, ref, alpha)
         (want_i2t, want_t2i), _ = cosmo_regulation(cur, disc, 0.1, 0.0, 0.5, step >= 5, base=base)
@@ -171,15 +187,16 @@ def test_apply_regulators_composes_in_order():
 @pytest.fixture(scope='module')
 def step_setup():
     """A fast config, its params (seed 0) and a different model of the same shape as the reference (seed 1)."""
+    from conftest import train_source
+
     from vlp_jax import setup as setup_lib
     from vlp_jax.data import batch as batch_spec
-    from vlp_jax.data.sources import build_source
 
     config = _config('--config.data.shapes.detail=coarse')
     reference_config = config.copy_and_resolve_references()
     reference_config.seed = 1
     reference = setup_lib.build(reference_config, jax.devices()[:1]).init_state()['params']
-    source = build_source(config, 'train')
+    source = train_source(config)
     batch = train_batches(config, probe_keys=batch_spec.GROUND_TRUTH_KEYS, source=source)[0]
     return config, source.ground_truth_probe(), reference, batch
 
