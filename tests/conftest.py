@@ -76,6 +76,21 @@ def run_cli(module, args, devices=1, timeout=600, check=True):
     return result
 
 
+def make_config(*overrides, devices=None):
+    """configs/shapes_tiny.py with FAST_OVERRIDES, then `overrides` (`--config.key=value` flags); when `devices` is
+    given, checked as a run on that many devices would be (checks.validate)."""
+    from vlp_jax.config import apply_overrides, split_overrides
+    from vlp_jax.config_files import load_config_file
+
+    config = load_config_file(TINY_CONFIG)
+    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *overrides])[1])
+    if devices:
+        from vlp_jax.checks import validate
+
+        validate(config, devices)
+    return config
+
+
 def train_source(config):
     """The training split of `config`'s data source."""
     from vlp_jax.derived import source_plugin

@@ -4,13 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, kill_after_checkpoint, read_metrics, run_cli, train_batches
+from conftest import (
+    FAST_OVERRIDES,
+    TINY_CONFIG,
+    kill_after_checkpoint,
+    make_config,
+    read_metrics,
+    run_cli,
+    train_batches,
+)
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import Checkpointer
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import AlbefObjective, split_rng
 from vlp_jax.objectives.matching import mask_tokens, selection_draws
@@ -20,10 +25,7 @@ FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.mo
 
 
 def _config(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *FUSION, *overrides])[1])
-    validate(config, 1)
-    return config
+    return make_config(*FUSION, *overrides, devices=1)
 
 
 @pytest.fixture(scope='module')
@@ -196,7 +198,4 @@ def test_momentum_fusion_run_one_and_eight_devices_agree_and_resumes_bit_exactly
 
 
 def _config_dual():
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides(list(FAST_OVERRIDES))[1])
-    validate(config, 1)
-    return config
+    return make_config(devices=1)

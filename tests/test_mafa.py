@@ -8,12 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, read_metrics, run_cli, train_batches
+from conftest import FAST_OVERRIDES, REPO, TINY_CONFIG, make_config, read_metrics, run_cli, train_batches
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.albef import split_rng
 from vlp_jax.objectives.base import REGULATION
@@ -38,10 +35,7 @@ MAFA = (
 
 
 def _config(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *FUSION, *overrides])[1])
-    validate(config, 1)
-    return config
+    return make_config(*FUSION, *overrides, devices=1)
 
 
 def _np_log_softmax(z):

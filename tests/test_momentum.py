@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
+from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, train_batches
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checks import validate
@@ -29,10 +29,7 @@ BATCH = 32  # FAST_OVERRIDES' batch size
 
 
 def _config(*overrides, devices=1):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *FUSION, *overrides])[1])
-    validate(config, devices)
-    return config
+    return make_config(*FUSION, *overrides, devices=devices)
 
 
 def _unit(rng, shape):

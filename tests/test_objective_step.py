@@ -5,13 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches, train_source
+from conftest import make_config, train_batches, train_source
 
 from vlp_jax import parallel, steps
 from vlp_jax import setup as setup_lib
 from vlp_jax.checks import regulator_context, validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.synthetic import captions_true_of_scenes
 from vlp_jax.objectives.base import REGULATION
@@ -21,10 +19,7 @@ ONE_DEVICE = jax.devices()[:1]
 
 
 def _config(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.data.shapes.detail=coarse', *overrides])[1])
-    validate(config, 1)
-    return config
+    return make_config('--config.data.shapes.detail=coarse', *overrides, devices=1)
 
 
 def _chain(config):

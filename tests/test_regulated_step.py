@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, train_batches
+from conftest import TINY_CONFIG, make_config, train_batches
 
 from vlp_jax.checks import regulator_context, validate
-from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config import ConfigError
 from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.frozen import shared_roles
 from vlp_jax.objectives.regulators import (
@@ -25,9 +25,7 @@ REF = 'workdirs/some_reference'
 
 
 def _config(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *overrides])[1])
-    return config
+    return make_config(*overrides)
 
 
 def _chain(config):

@@ -7,12 +7,9 @@ import types
 import jax
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli, run_on_devices
+from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, run_cli, run_on_devices
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.data.eval_sets import source_retrieval_set
 from vlp_jax.derived import source_plugin
 from vlp_jax.evaluators.rerank import make_reranker
@@ -26,10 +23,7 @@ K = 3
 
 
 def _config(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *FUSION, *SMALL, *overrides])[1])
-    validate(config, 1)
-    return config
+    return make_config(*FUSION, *SMALL, *overrides, devices=1)
 
 
 def retrieval_set(config):
