@@ -36,7 +36,7 @@ def _evaluator_embeddings(workdir, images_uint8, captions):
     from vlp_jax.config_files import load_config_file
     from vlp_jax.data.batch import normalise_images
     from vlp_jax.data.tokenizer import shared_tokenizer
-    from vlp_jax.evaluators.suite import embed_in_batches
+    from vlp_jax.evaluators.embedding import embed_in_batches
 
     config = load_config_file(f'{TINY_CONFIG}:steps={STEPS}')
     apply_overrides(config, split_overrides(list(OVERRIDES))[1])
@@ -55,11 +55,11 @@ def _evaluator_embeddings(workdir, images_uint8, captions):
 def _test_examples():
     from vlp_jax.config import apply_overrides, split_overrides
     from vlp_jax.config_files import load_config_file
-    from vlp_jax.data.sources import build_source
+    from vlp_jax.derived import source_plugin
 
     config = load_config_file(TINY_CONFIG)
     apply_overrides(config, split_overrides(list(OVERRIDES))[1])
-    examples = build_source(config, 'test').batch(np.arange(40))
+    examples = source_plugin(config, 'shapes').open('test').batch(np.arange(40))
     return examples['image'], [caption for per_image in examples['captions'] for caption in per_image]
 
 

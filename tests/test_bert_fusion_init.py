@@ -22,6 +22,7 @@ from test_importers import (
     VOCAB,
     WIDTH,
     assert_same_params,
+    check_inits,
     init_params,
     run_text,
     text_inputs,
@@ -166,7 +167,7 @@ def test_a_file_that_does_not_fit_the_fusion_tower_is_one_sentence(tmp_path, lay
     config = fusion_config()
     config.model.text.init = write(tmp_path / 'f', tensors, hf_bert_config(num_hidden_layers=layers, **hf_extra))
     with pytest.raises(ImportWeightsError, match='model.text.init') as error:
-        importers.check_inits(config)
+        check_inits(config)
     assert message in str(error.value) and '\n' not in str(error.value), str(error.value)
 
 
@@ -177,10 +178,10 @@ def test_cross_attention_of_only_some_fusion_layers_or_of_another_width_is_refus
     config.model.text.update(dict(depth=2, fusion_layers=2))
     config.model.text.init = write(tmp_path / 'partial', {**tensors, **bert_cross_tensors(rng, [2], WIDTH, 24)})
     with pytest.raises(ImportWeightsError, match=r'cross-attention tensors for text/fusion/block_0/.* none for '):
-        importers.check_inits(config)
+        check_inits(config)
     config.model.text.init = write(tmp_path / 'wide', {**tensors, **bert_cross_tensors(rng, [2, 3], WIDTH, 40)})
     with pytest.raises(ImportWeightsError, match=r'set model.vision.width=40 \(the checkpoint.s encoder_width\)'):
-        importers.check_inits(config)
+        check_inits(config)
 
 
 def test_the_train_cli_refuses_a_wrong_layer_count_in_one_line_and_writes_nothing(tmp_path):

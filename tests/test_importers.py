@@ -45,7 +45,6 @@ def tiny_config(text=None, vision=None, **model):
     """configs/shapes_tiny.py at test size, with model.text / model.vision / model.* overrides."""
     config = load_config_file(TINY_CONFIG)
     config.model.update(dict(image_size=IMAGE, max_text_len=LENGTH, embed_dim=EMBED, **model))
-    config.data.update(dict(image_size=IMAGE, max_text_len=LENGTH))
     size = dict(variant='custom', width=WIDTH, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP)
     config.model.text.update({**size, 'vocab_size': VOCAB, 'max_positions': POSITIONS, **(text or {})})
     config.model.vision.update(dict(size, patch_size=PATCH, **(vision or {})))
@@ -207,6 +206,15 @@ def test_export_then_import_gives_the_same_params_scanned_or_not(tmp_path):
     assert_round_trip(tensors, scanned, scanned_model.config, 'bert')
 
 
+def check_inits(config):
+    """importers.check_inits on the files `config` names, against its model's param shapes (as validate runs it)."""
+    model = VLPModel(model_config_from_dict(config.model))
+    size, length = config.model.image_size, config.model.max_text_len
+    inputs = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), jnp.int32))
+    boxed = jax.eval_shape(model.init, jax.random.key(0), *inputs)['params']
+    importers.check_inits(importers.configured_inits(config), model.config, boxed)
+
+
 def header_only(config, tmp_path, tensors, hf_config=None, tower='text', extra_files=None):
     """check_inits (what validate runs) on a file: reads only headers, builds only shapes."""
     directory = tmp_path / 'file'
@@ -215,7 +223,7 @@ def header_only(config, tmp_path, tensors, hf_config=None, tower='text', extra_f
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_text(json.dumps(content))
     config.model[tower].init = path
-    importers.check_inits(config)
+    check_inits(config)
 
 
 BERT_FILE = dict(vocab=VOCAB, positions=POSITIONS, width=WIDTH, depth=DEPTH, mlp=MLP)
@@ -286,11 +294,11 @@ def test_wrong_tower_missing_and_foreign_files_are_refused(tmp_path):
         header_only(config, tmp_path, {'decoder.weight': np.zeros((2, 2), np.float32)})
     config.model.text.init = str(tmp_path / 'missing.safetensors')
     with pytest.raises(ImportWeightsError, match='does not exist'):
-        importers.check_inits(config)
+        check_inits(config)
     (tmp_path / 'garbage.safetensors').write_bytes(b'not a safetensors file')
     config.model.text.init = str(tmp_path / 'garbage.safetensors')
     with pytest.raises(ImportWeightsError, match='not a readable safetensors file'):
-        importers.check_inits(config)
+        check_inits(config)
 
 
 def test_export_refuses_what_the_layout_cannot_express():

@@ -11,15 +11,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli, train_source
 from lit_workdir import LIT, STEPS, lit_workdir
 
 from vlp_jax import optim
 from vlp_jax.checks import validate
-from vlp_jax.config import ConfigError, apply_overrides, split_overrides
+from vlp_jax.config import ConfigError, OptimSettings, apply_overrides, settings_of, split_overrides
 from vlp_jax.config_files import load_config_file
 from vlp_jax.models.param_paths import path_key
 
@@ -32,20 +31,20 @@ def _config(*overrides):
     return config
 
 
-def _toy_config(frozen='', multipliers=(), grad_clip=1.0, weight_decay=0.1):
-    config = ml_collections.ConfigDict(
-        dict(
-            lr=0.01,
-            warmup_steps=2,
-            total_steps=6,
-            min_lr_ratio=0.1,
-            weight_decay=weight_decay,
-            grad_clip=grad_clip,
-            adam_b2=0.98,
-        )
+TOY_STEPS = 6  # total_steps of the toy optimizer's schedule
+
+
+def _toy_settings(frozen='', multipliers=(), grad_clip=1.0, weight_decay=0.1):
+    return OptimSettings(
+        lr=0.01,
+        warmup_steps=2,
+        min_lr_ratio=0.1,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        adam_b2=0.98,
+        frozen=frozen,
+        lr_multipliers=multipliers,
     )
-    config.optim = ml_collections.ConfigDict(dict(frozen=frozen, lr_multipliers=multipliers))
-    return config
 
 
 def _toy_params():
@@ -64,7 +63,7 @@ def _toy_grads(steps):
     return [jax.tree.map(draw, shapes, is_leaf=lambda x: isinstance(x, tuple)) for _ in range(steps)]
 
 
-def _numpy_adamw(params, grads_per_step, config, frozen, multipliers):
+def _numpy_adamw(params, grads_per_step, settings, frozen, multipliers):
     """Plain numpy AdamW + warmup-cosine + global-norm clipping over the unlocked leaves only."""
     names = lambda tree: {
         '/'.join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
@@ -73,17 +72,12 @@ def _numpy_adamw(params, grads_per_step, config, frozen, multipliers):
     trained = [k for k in p if k not in frozen]
     mu = {k: np.zeros_like(p[k]) for k in trained}
     nu = {k: np.zeros_like(p[k]) for k in trained}
-    b1, b2, eps = 0.9, config.optim.adam_b2, 1e-8
-    peak, end, warm, total = (
-        config.optim.lr,
-        config.optim.lr * config.optim.min_lr_ratio,
-        config.optim.warmup_steps,
-        config.total_steps,
-    )
+    b1, b2, eps = 0.9, settings.adam_b2, 1e-8
+    peak, end, warm, total = settings.lr, settings.lr * settings.min_lr_ratio, settings.warmup_steps, TOY_STEPS
     for t, grads in enumerate(grads_per_step):
         g = names(grads)
         norm = math.sqrt(sum(float(np.sum(g[k] ** 2)) for k in trained))
-        scale = min(1.0, config.optim.grad_clip / norm)
+        scale = min(1.0, settings.grad_clip / norm)
         lr = (
             peak * t / warm
             if t < warm
@@ -95,13 +89,13 @@ def _numpy_adamw(params, grads_per_step, config, frozen, multipliers):
             nu[k] = b2 * nu[k] + (1 - b2) * gk**2
             update = (mu[k] / (1 - b1 ** (t + 1))) / (np.sqrt(nu[k] / (1 - b2 ** (t + 1))) + eps)
             if p[k].ndim >= 2:
-                update = update + config.optim.weight_decay * p[k]
+                update = update + settings.weight_decay * p[k]
             p[k] = p[k] - lr * multipliers.get(k, 1.0) * update
     return p
 
 
-def _run_optax(params, grads_per_step, config):
-    tx = optim.make_optimizer(config)
+def _run_optax(params, grads_per_step, settings):
+    tx = optim.make_optimizer(settings, TOY_STEPS)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     state = tx.init(params)
     updates_seen = []
@@ -114,12 +108,12 @@ def _run_optax(params, grads_per_step, config):
 
 def test_locked_params_and_multipliers_match_numpy_adamw():
     params, grads = _toy_params(), _toy_grads(5)
-    config = _toy_config(frozen='vision/.*', multipliers=(('text/kernel', 0.5), ('text/.*', 2.0)))
-    got, _, _ = _run_optax(params, grads, config)
+    settings = _toy_settings(frozen='vision/.*', multipliers=(('text/kernel', 0.5), ('text/.*', 2.0)))
+    got, _, _ = _run_optax(params, grads, settings)
     want = _numpy_adamw(
         params,
         grads,
-        config,
+        settings,
         frozen={'vision/kernel', 'vision/bias'},
         multipliers={'text/kernel': 0.5, 'text/bias': 2.0},
     )
@@ -134,8 +128,8 @@ def test_multiplier_half_gives_exactly_half_the_update():
     params, grads = _toy_params(), _toy_grads(3)
     # Without decay each step's update depends on the gradients alone, so the two runs see the same
     # Adam direction at every step and the multiplier must scale it exactly (a power of two: no rounding).
-    _, _, full = _run_optax(params, grads, _toy_config(weight_decay=0.0))
-    _, _, half = _run_optax(params, grads, _toy_config(weight_decay=0.0, multipliers=(('text/.*', 0.5),)))
+    _, _, full = _run_optax(params, grads, _toy_settings(weight_decay=0.0))
+    _, _, half = _run_optax(params, grads, _toy_settings(weight_decay=0.0, multipliers=(('text/.*', 0.5),)))
     for step_full, step_half in zip(full, half):
         np.testing.assert_array_equal(
             np.asarray(step_half['text']['kernel']), np.asarray(step_full['text']['kernel']) * 0.5
@@ -177,9 +171,9 @@ def test_locked_optimizer_state_survives_checkpoint_and_trains_on_identically(tm
     """orbax round-trips multi_transform's state (masked leaves and all); updates after it are unchanged."""
     from vlp_jax.checkpointing import Checkpointer
 
-    config = _toy_config(frozen='vision/.*', multipliers=(('text/.*', 0.5),))
+    settings = _toy_settings(frozen='vision/.*', multipliers=(('text/.*', 0.5),))
     params, grads = _toy_params(), _toy_grads(3)
-    _, opt_state, _ = _run_optax(params, grads[:2], config)
+    _, opt_state, _ = _run_optax(params, grads[:2], settings)
     state = {'params': jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), 'opt_state': opt_state}
     with Checkpointer(tmp_path, keep=1, async_save=False) as checkpointer:
         checkpointer.save(2, state, {'k': 1})
@@ -187,7 +181,7 @@ def test_locked_optimizer_state_survives_checkpoint_and_trains_on_identically(tm
     with Checkpointer(tmp_path, keep=1) as checkpointer:
         _, restored, _ = checkpointer.restore(abstract)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
-    tx, last = optim.make_optimizer(config), jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), grads[2])
+    tx, last = optim.make_optimizer(settings, TOY_STEPS), jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), grads[2])
     for a, b in zip(
         jax.tree.leaves(tx.update(last, state['opt_state'], state['params'])),
         jax.tree.leaves(tx.update(last, restored['opt_state'], restored['params'])),
@@ -216,13 +210,29 @@ def test_lit_run_on_8_devices_with_fsdp_keeps_the_locked_tower_bit_identical(tmp
     """Through the CLI: the checkpoint's image side equals its initialisation bit for bit, it holds no
     moments for it, and the whole state restores into a 1-device LiT setup (resume on another mesh)."""
     from vlp_jax import setup as setup_lib
-    from vlp_jax.checkpointing import Checkpointer, _flat_shapes, _read_state_metadata, restore_params_from
+    from vlp_jax.checkpointing import (
+        Checkpointer,
+        CheckpointError,
+        _flat_shapes,
+        _read_state_metadata,
+        restore_params_from,
+    )
 
     workdir = lit_workdir(tmp_path_factory)
-    lit_setup = setup_lib.build(_config(f'--config.optim.frozen={LIT}'))
+    config = _config(f'--config.optim.frozen={LIT}')
+    lit_setup = setup_lib.build(config)
     initial = jax.tree.map(np.asarray, lit_setup.init_state()['params'])
+    # A target without the sampler's (empty) state is another layout, refused by name: the good
+    # checkpoint is not taken for a damaged one and moved aside.
+    with (
+        pytest.raises(CheckpointError, match="'sampler'"),
+        Checkpointer(workdir / 'checkpoints', keep=1) as checkpointer,
+    ):
+        checkpointer.restore(lit_setup.abstract_state)
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [str(STEPS)]
+    target = lit_setup.checkpoint_target(setup_lib.make_sampler(config, train_source(config)))
     with Checkpointer(workdir / 'checkpoints', keep=1) as checkpointer:
-        step, state, _ = checkpointer.restore(lit_setup.abstract_state)
+        step, state, _ = checkpointer.restore(target)
     assert step == STEPS
     trained = jax.tree.map(np.asarray, restore_params_from(workdir / 'checkpoints' / str(STEPS)))
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(jax.tree.map(np.asarray, state['params']))):
@@ -279,7 +289,7 @@ def test_locked_params_get_exact_zero_gradients_and_no_backward_pass():
         int(config.batch_size), int(config.model.image_size), int(config.model.max_text_len)
     )
     batch = {key: jnp.asarray(value) for key, value in host.items()}
-    lock = optim.stop_locked_gradients(config)
+    lock = optim.stop_locked_gradients(settings_of(config, OptimSettings))
 
     def grads(transform):
         loss = lambda p: run_setup.objective.loss(transform(p), {}, {}, batch, jax.random.key(0), jnp.int32(0))[0]

@@ -54,7 +54,7 @@ def minilm():
     """(sentences, tokens, mask, vlp_jax's pooled and token outputs, numpy's) for every test sentence."""
     path = os.path.join(minilm_dir(), 'model.safetensors')
     config = load_config_file(CONFIG)
-    config.model.max_text_len = config.model.max_text_len = MAX_LEN
+    config.model.max_text_len = MAX_LEN
     model, fresh = init_params(config)
     params, plan = import_into(fresh, path, 'text', model.config)
     print(f'\n{plan.summary("text")}')
@@ -112,6 +112,6 @@ def test_a_minilm_text_run_trains_from_the_imported_tower(tmp_path):
         '--config.checkpoint_every=2',
     )
     evals = ('--config.data.shapes.test_size=32', '--config.eval.batch_size=32', '--config.eval.classification_size=32')
-    result = run_cli('vlp_jax.train', ['--config', f'{CONFIG}:2', '--workdir', str(tmp_path), *small, *evals])
+    result = run_cli('vlp_jax.train', ['--config', f'{CONFIG}:steps=2', '--workdir', str(tmp_path), *small, *evals])
     assert 'model.text.init: imported 101 tensors (bert layout)' in result.stdout, result.stdout
     assert 'step   2/2' in result.stdout or 'step 2/2' in result.stdout, result.stdout

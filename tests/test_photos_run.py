@@ -1,4 +1,5 @@
-"""Real photos end to end: prepare -> train -> evaluate, and a SIGKILLed run resumes bit-exactly.
+"""Real photos end to end: prepare -> train -> evaluate (with --config or the workdir alone), and a SIGKILLed run
+resumes bit-exactly.
 
 The prepared photos get one more record whose image does not decode, so the runs also
 cover a stand-in record and its count (train/bad_records) across the kill.
@@ -77,10 +78,12 @@ def test_train_on_real_photos_evaluates_them(straight, photos):
     assert 'eval/retrieval/t2i_r1' in final and 'eval/retrieval/t2i_semantic_r1' not in final
 
 
-def test_evaluate_reproduces_the_final_eval_and_writes_a_table(straight, photos):
+@pytest.mark.parametrize('with_config', [True, False], ids=['with-config', 'workdir-only'])
+def test_evaluate_reproduces_the_final_eval_and_writes_a_table(straight, photos, with_config):
+    """Also with no --config: the run's config.json names the records, the model and the eval sets."""
     workdir, _ = straight
     final = read_metrics(workdir)[-1]
-    evaluated = run_cli('vlp_jax.evaluate', _args(workdir, photos))
+    evaluated = run_cli('vlp_jax.evaluate', _args(workdir, photos) if with_config else ['--workdir', str(workdir)])
     metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert metrics['step'] == STEPS
     for key, value in final.items():

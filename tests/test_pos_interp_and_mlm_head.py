@@ -26,6 +26,7 @@ from test_importers import (
     VOCAB,
     WIDTH,
     assert_same_params,
+    check_inits,
     header_only,
     init_params,
     run_vision,
@@ -101,7 +102,7 @@ def test_bicubic_resize_is_torchs_kernel(old, new):
 
 def vit_48_config():
     config = tiny_config(vision=dict(ln_eps=1e-12, pooler=True))
-    config.model.image_size = config.model.image_size = MODEL_IMAGE
+    config.model.image_size = MODEL_IMAGE
     return config
 
 
@@ -110,7 +111,7 @@ def test_a_32px_vit_file_imports_into_a_48px_model_with_interpolated_position_em
     tensors = vit_tensors(rng, FILE_IMAGE, PATCH, WIDTH, DEPTH, MLP)
     path = write(tmp_path / 'vit', tensors, VIT_HF)  # its config.json says image_size 32: not a refusal
     model, fresh = init_params(vit_48_config())
-    importers.check_inits(_with_init(path))  # header only: the 32-px file passes validation
+    check_inits(_with_init(path))  # header only: the 32-px file passes validation
     params, plan = import_into(fresh, path, 'vision', model.config)
     file_table = tensors['embeddings.position_embeddings'][0]
     table = np.asarray(params['vision']['pos_embedding'])
@@ -147,7 +148,7 @@ def test_a_clip_vision_file_is_interpolated_too(tmp_path):
     rng = np.random.default_rng(22)
     tensors = clip_tensors(rng, VOCAB, POSITIONS, WIDTH, FILE_IMAGE, PATCH, WIDTH, DEPTH, MLP, EMBED)
     config = tiny_config(text=CLIP_TEXT, vision=CLIP_VISION, proj_bias=False)
-    config.model.image_size = config.model.image_size = MODEL_IMAGE
+    config.model.image_size = MODEL_IMAGE
     model, fresh = init_params(config)
     params, plan = import_into(fresh, write(tmp_path / 'clip', tensors), 'vision', model.config)
     file_table = tensors['vision_model.embeddings.position_embedding.weight']
@@ -160,7 +161,7 @@ def test_a_clip_vision_file_is_interpolated_too(tmp_path):
 def test_a_same_size_import_is_unchanged_byte_for_byte(tmp_path):
     tensors = vit_tensors(np.random.default_rng(23), FILE_IMAGE, PATCH, WIDTH, DEPTH, MLP)
     config = vit_48_config()
-    config.model.image_size = config.model.image_size = FILE_IMAGE
+    config.model.image_size = FILE_IMAGE
     model, fresh = init_params(config)
     params, plan = import_into(fresh, write(tmp_path / 'vit', tensors, VIT_HF), 'vision', model.config)
     table = np.asarray(params['vision']['pos_embedding'])

@@ -22,7 +22,7 @@ from vlp_jax.state import create_model, dummy_inputs
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, 'configs')
 REFERENCE = '/placeholder/reference'  # full-size SRCL and MAFA need a frozen checkpoint's path (not opened here)
-FULL = ('albef.py', 'grit_vlp.py', f'mafa.py:{REFERENCE}', f'srcl_albef.py:{REFERENCE}')
+FULL = ('albef.py', 'grit_vlp.py', f'mafa.py:reference={REFERENCE}', f'srcl_albef.py:reference={REFERENCE}')
 TINY = ('albef.py:tiny', 'grit_vlp.py:tiny', 'mafa.py:tiny', 'srcl_albef.py:tiny', 'shapes_albef_reference.py')
 
 # ALBEF's PyTorch model (Pretrain.py's ALBEF without the *_m momentum copies), by part.
@@ -82,7 +82,7 @@ def load(spec):
 def count_by_part(config):
     """Param counts per part of the model `config` builds, from shapes alone (jax.eval_shape)."""
     model = create_model(config)
-    abstract = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *dummy_inputs(config)))['params']
+    abstract = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *dummy_inputs(model.config)))['params']
     counts = dict.fromkeys(EXPECTED, 0)
     for path, leaf in traverse_util.flatten_dict(abstract, sep='/').items():
         prefix = next(p for p in PARTS if path == p or path.startswith(p + '/'))
@@ -116,7 +116,8 @@ def test_tiny_validates_on_1_device(spec):
 
 def test_tiny_recipes_share_the_reference_architecture():
     reference = load('shapes_albef_reference.py')
-    assert reference.model.kind == 'fusion' and reference.data.detail == 'fine' and reference.data.caption_noise == 0
+    shapes = reference.data.shapes
+    assert reference.model.kind == 'fusion' and shapes.detail == 'fine' and shapes.caption_noise == 0
     for spec in TINY:
         config = load(spec)
         assert config.model == reference.model, spec
@@ -127,13 +128,15 @@ def test_tiny_recipes_share_the_reference_architecture():
 
 def test_args():
     assert load('albef.py:tiny').total_steps == 600 and load('albef.py:tiny').loss.momentum.queue_size == 1280
-    assert load('grit_vlp.py:300,tiny').total_steps == 300
+    assert load('grit_vlp.py:steps=300,tiny').total_steps == 300
     assert load('albef.py').total_steps == 30 * 7812 and load('grit_vlp.py').total_steps == 20 * 7812
-    mafa = load('mafa.py:tiny,200,workdirs/other')
+    mafa = load('mafa.py:tiny,steps=200,reference=workdirs/other')
     assert (mafa.total_steps, mafa.loss.cosmo.reference_checkpoint) == (200, 'workdirs/other')
     assert load('mafa.py').loss.cosmo.reference_checkpoint == ''  # full size: the path is required
-    assert load('srcl_albef.py:/ckpt/ref').loss.srcl.reference_checkpoint == '/ckpt/ref'
-    with pytest.raises(ConfigError):
+    assert load('srcl_albef.py:reference=/ckpt/ref').loss.srcl.reference_checkpoint == '/ckpt/ref'
+    with pytest.raises(ConfigError, match="'workdirs/x' is unknown"):
         load('albef.py:tiny,workdirs/x')
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="'a' is unknown"):
         load('mafa.py:tiny,a,b')
+    with pytest.raises(ConfigError, match='steps=.*must be an integer'):
+        load('grit_vlp.py:steps=many')

@@ -190,7 +190,10 @@ def test_tiny_training_beats_chance(tmp_path):
 def test_resume_with_a_different_architecture_is_one_line(straight_run):
     workdir, _ = straight_run
     before = sorted(os.listdir(workdir / 'checkpoints'))
+    saved = (workdir / 'config.json').read_bytes()
     result = run_cli('vlp_jax.train', _train_args(workdir, extra=('--config.model.embed_dim=16',)), check=False)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and 'shape' in lines[0], result.stderr
+    # The run's config.json is compared before the checkpoint is opened: the line names the key.
+    assert result.returncode == 2 and len(lines) == 1 and 'model.embed_dim' in lines[0], result.stderr
     assert sorted(os.listdir(workdir / 'checkpoints')) == before  # nothing moved aside or deleted
+    assert (workdir / 'config.json').read_bytes() == saved

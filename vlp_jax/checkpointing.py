@@ -44,23 +44,39 @@ class _CorruptCheckpoint(Exception):
     """Internal: this step directory exists but cannot be read."""
 
 
+EMPTY_DICT = ('{}',)  # the "shape" of an empty dict subtree (e.g. the random sampler's state)
+
+
+def _is_empty_dict(node: Any) -> bool:
+    return type(node) is dict and not node
+
+
 def _flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
     """'a/b/0/c' -> shape, for live/abstract trees and orbax metadata trees alike.
 
     NamedTuples flatten by field name and are stored as dicts by field name, tuples
-    and lists by index, so both sides produce the same key paths.
+    and lists by index, so both sides produce the same key paths. An empty dict is
+    stored as one and counts as an entry: orbax refuses a target that lacks it (or has
+    it where the checkpoint does not), which must read as a mismatch, not as corruption.
     """
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {path_key(path): tuple(getattr(leaf, 'shape', np.shape(leaf))) for path, leaf in flat}
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_empty_dict)
+    return {
+        path_key(path): EMPTY_DICT if _is_empty_dict(leaf) else tuple(getattr(leaf, 'shape', np.shape(leaf)))
+        for path, leaf in flat
+    }
+
+
+def _what(shape: tuple) -> str:
+    return 'an empty dict' if shape == EMPTY_DICT else f'shape {shape}'
 
 
 def _first_mismatch(stored: dict[str, tuple], wanted: dict[str, tuple]) -> str | None:
     """One sentence naming the first key whose presence or shape differs, or None."""
     for key in sorted(set(stored) | set(wanted)):
         if key not in stored:
-            return f"key '{key}' (shape {wanted[key]}) is not in the checkpoint"
+            return f"key '{key}' ({_what(wanted[key])}) is not in the checkpoint"
         if key not in wanted:
-            return f"the checkpoint has key '{key}' (shape {stored[key]}) that the model does not"
+            return f"the checkpoint has key '{key}' ({_what(stored[key])}) that the model does not"
         if tuple(stored[key]) != tuple(wanted[key]):
             return f"key '{key}' has shape {tuple(stored[key])} in the checkpoint but {tuple(wanted[key])} in the model"
     return None
