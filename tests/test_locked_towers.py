@@ -13,22 +13,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli, train_source
+from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, run_cli, train_source
 from lit_workdir import LIT, STEPS, lit_workdir
 
 from vlp_jax import optim
 from vlp_jax.checks import validate
-from vlp_jax.config import ConfigError, OptimSettings, apply_overrides, settings_of, split_overrides
-from vlp_jax.config_files import load_config_file
+from vlp_jax.config import ConfigError, OptimSettings, settings_of
 from vlp_jax.models.param_paths import path_key
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
 
 def _config(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *overrides])[1])
-    return config
+    return make_config(*overrides)
 
 
 TOY_STEPS = 6  # total_steps of the toy optimizer's schedule

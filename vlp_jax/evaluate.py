@@ -32,7 +32,7 @@ def _run_dir(path):
 
 
 def main() -> None:
-    overrides = parse_flags(sys.argv, __doc__)
+    overrides = parse_flags(sys.argv, __doc__, hidden=('stop_at_step',))
     path = FLAGS.checkpoint or FLAGS.workdir
     if not path:
         fail('pass --workdir DIR or --checkpoint PATH: the checkpoint to evaluate.')

@@ -57,23 +57,25 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
-def print_usage(doc: str) -> None:
-    """The module's docstring and its flags, for --help."""
+def print_usage(doc: str, hidden: tuple[str, ...] = ()) -> None:
+    """The module's docstring and its flags (but `hidden`), for --help."""
     lines = [doc.strip(), '', 'flags:']
     for module, module_flags in FLAGS.flags_by_module_dict().items():
         if module.startswith('absl'):  # absl's own logging flags
             continue
         for flag in module_flags:
+            if flag.name in hidden:
+                continue
             default = '' if flag.default is None else f' (default: {flag.default!r})'
             lines.append(f'  --{flag.name}: {flag.help}{default}')
     lines.append('  --config.KEY=VALUE: set any config key (python -m vlp_jax.train --config_help lists them)')
     print('\n'.join(lines), flush=True)
 
 
-def parse_flags(argv: list[str], doc: str) -> list[tuple[str, str]]:
+def parse_flags(argv: list[str], doc: str, hidden: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """absl flags (exits 0 after --help / --config_help) -> the config overrides; exits 2 on a bad flag."""
     if any(arg in HELP_FLAGS for arg in argv[1:]):
-        print_usage(doc)
+        print_usage(doc, hidden)
         sys.exit(0)
     argv = [f'{arg}=' if arg == '--config_help' else arg for arg in argv]
     try:
