@@ -4,7 +4,7 @@ The order of examples is a pure function of (seed, epoch); the batch at step k i
 pure function of (seed, k), so a restart at step k reproduces batch k exactly and the
 pipeline's whole position is the step number. Each process loads only its slice of
 every global batch. Loading runs as parallel host calls in a tf.data graph (why
-tf.data: see README, "Input pipeline"); decoding (sources that hand encoded images)
+tf.data: see docs/data.md); decoding (sources that hand encoded images)
 and augmentation run as TF image ops.
 
 A record that fails to load (an empty or damaged record, an image TF cannot decode) never

@@ -14,7 +14,7 @@ captions that is 11 word-logit rows instead of 24. `auto_max_predictions` picks 
 a caption exceeds with probability below MAX_PREDICTIONS_OVERFLOW, so the cap almost never acts
 (the objective logs how often it did: `train/mlm_capped`).
 
-ITM negatives (METHODS.md): per anchor one in-batch negative, never the positive, either
+ITM negatives (docs/methods.md): per anchor one in-batch negative, never the positive, either
 sampled as ALBEF does ('sample': weights softmax(sim / temp) over the row, the learned ITC
 temperature, diagonal zeroed, `negative_sampling_logits`) or the most similar one (GRIT-VLP,
 'hardest'). Both run on the global [B, B] similarities, so every device agrees on the choice.

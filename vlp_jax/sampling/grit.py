@@ -1,4 +1,4 @@
-"""GRIT-VLP grouped mini-batch sampling (METHODS.md, "GRIT-VLP").
+"""GRIT-VLP grouped mini-batch sampling (docs/methods.md, "GRIT-VLP").
 
 Hard negatives for free: the (stop-gradient) embeddings the train step already
 computed are queued; every full queue is shuffled, cut into search spaces and ordered
@@ -50,7 +50,7 @@ def validate_grit(queue_size: int, search_space: int, batch_size: int) -> str | 
 
 @jax.jit
 def greedy_chain(image_embed: jax.Array, text_embed: jax.Array, start: jax.Array | int) -> jax.Array:
-    """Order [M] int32 of the greedy alternating chain from `start` (METHODS.md, step 3).
+    """Order [M] int32 of the greedy alternating chain from `start` (docs/methods.md, step 3).
 
     Even steps pick the unvisited text closest to the last image (row of S = V T^T),
     odd steps the unvisited image closest to the last text (column of S). Visiting an
