@@ -5,20 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG
+from conftest import make_config
 
 from vlp_jax import parallel
 from vlp_jax import setup as setup_lib
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.data import batch as batch_spec
 
 
 def one_step(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *overrides])[1])
-    validate(config, 1)
+    config = make_config(*overrides, devices=1)
     run_setup = setup_lib.build(config, jax.devices()[:1])
     step = run_setup.train_step()
     host = batch_spec.example_batch(config.batch_size, config.model.image_size, config.model.max_text_len)

@@ -6,12 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, train_pipeline
+from conftest import make_config, train_pipeline
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.chunked import chunked_contrastive_loss
 from vlp_jax.objectives.contrastive import consistency_loss, contrastive_loss
 from vlp_jax.objectives.matching import mafa_pairs
@@ -106,9 +103,7 @@ def test_chunked_consistency_reports_the_official_value_with_the_kl_gradient():
 
 
 def _albef_config(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *FUSION, *overrides])[1])
-    validate(config, 1)
+    config = make_config(*FUSION, *overrides, devices=1)
     return config
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG, run_on_devices, train_batches
+from conftest import FAST_OVERRIDES, REGULATED_IN_PROCESS, TINY_CONFIG, make_config, run_on_devices, train_batches
 
 from vlp_jax.checks import validate
 from vlp_jax.config import ConfigError, apply_overrides, split_overrides
@@ -134,8 +134,7 @@ def test_accumulated_gradient_equals_the_full_batch_on_eight_devices():
     ],
 )
 def test_bad_micro_batches_is_a_one_line_config_error(overrides, named):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *overrides])[1])
+    config = make_config(*overrides)
     with pytest.raises(ConfigError, match=named) as error:
         validate(config, 1)
     assert '\n' not in str(error.value)

@@ -5,22 +5,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, read_metrics, run_cli, train_batches
+from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, read_metrics, run_cli, train_batches
 
 from vlp_jax import setup as setup_lib
 from vlp_jax import steps
 from vlp_jax.checkpointing import restore_params_from
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.guards import Diverged, NonFiniteGuard
 
 
 def test_a_non_finite_batch_leaves_the_state_as_it_was():
-    config = load_config_file(TINY_CONFIG)
     # no warmup: the optimizer's own step count (not advanced by a skipped step) gives a non-zero lr
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.optim.warmup_steps=0'])[1])
-    validate(config, 1)
+    config = make_config('--config.optim.warmup_steps=0', devices=1)
     run_setup = setup_lib.build(config, jax.devices()[:1])
     good = train_batches(config, as_jax=True)[0]
     step = run_setup.train_step()

@@ -4,11 +4,10 @@ moves between meshes; a layout the model cannot take is a one-line config error 
 import textwrap
 
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, run_on_devices
+from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, run_on_devices
 
 from vlp_jax.checks import validate
-from vlp_jax.config import ConfigError, apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
+from vlp_jax.config import ConfigError
 
 # 4 heads and the padded vocabulary: every dimension the 'model' axis splits is divisible by 4.
 FOUR_HEADS = ('--config.model.vision.num_heads=4', '--config.model.text.num_heads=4')
@@ -109,8 +108,7 @@ def test_four_mesh_layouts_train_like_one_device_and_checkpoints_move_between_me
     ],
 )
 def test_a_layout_the_model_cannot_take_is_one_line(overrides, keys):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *overrides])[1])
+    config = make_config(*overrides)
     with pytest.raises(ConfigError, match=keys.replace('.', r'\.')) as error:
         validate(config, 8)
     assert '\n' not in str(error.value)

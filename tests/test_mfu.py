@@ -8,12 +8,11 @@ figure per device instead of per step, or counted twice, fails.
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG
+from conftest import make_config
 
 from vlp_jax import mfu
 from vlp_jax.checks import validate
 from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 
 
 @pytest.mark.parametrize(
@@ -61,9 +60,7 @@ def test_model_flops_match_the_matmul_count_and_the_compiled_step():
     from vlp_jax import setup as setup_lib
     from vlp_jax.data import batch as batch_spec
 
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.model.text.mlp_dim=128'])[1])
-    validate(config, 1)
+    config = make_config('--config.model.text.mlp_dim=128', devices=1)
     flops = mfu.model_flops_per_step(config)
     ratio = flops / (matmul_flops_per_example(config) * config.batch_size)
     # XLA also counts the elementwise work (softmax, LayerNorm, GELU, Adam), a fraction of the products here.
@@ -84,8 +81,7 @@ def test_model_flops_match_the_matmul_count_and_the_compiled_step():
 
 def test_accumulation_and_scan_do_not_change_the_model_flops():
     """XLA counts a loop body once: the accumulated or scanned step must not look cheaper."""
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.model.vision.depth=2'])[1])
+    config = make_config('--config.model.vision.depth=2')
     plain = mfu.model_flops_per_step(config)
     apply_overrides(config, split_overrides(['--config.micro_batches=4', '--config.model.scan=True'])[1])
     validate(config, 1)

@@ -4,12 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, train_batches
+from conftest import make_config, train_batches
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checks import validate
-from vlp_jax.config import ConfigError, apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
+from vlp_jax.config import ConfigError
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.momentum import (
     IMAGE_QUEUE,
@@ -188,7 +187,6 @@ def test_bad_momentum_settings_are_one_line_errors(overrides, key):
 
 
 def test_a_dual_encoder_refuses_the_momentum_model():
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, '--config.loss.momentum.enabled=True'])[1])
+    config = make_config('--config.loss.momentum.enabled=True')
     with pytest.raises(ConfigError, match='fusion'):
         validate(config, 1)

@@ -3,13 +3,10 @@
 import jax
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli
+from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, run_cli
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import Checkpointer
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.objectives.momentum import MOMENTUM_PARAMS
 from vlp_jax.warm_start import WarmStartError, load_warm_start
 
@@ -17,9 +14,7 @@ FUSION = ('--config.objective=albef', '--config.model.kind=fusion', '--config.mo
 
 
 def _setup(*overrides):
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *overrides])[1])
-    validate(config, 1)
+    config = make_config(*overrides, devices=1)
     return setup_lib.build(config, jax.devices()[:1])
 
 

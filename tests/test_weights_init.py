@@ -8,15 +8,12 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli, run_on_devices
+from conftest import FAST_OVERRIDES, TINY_CONFIG, make_config, run_cli, run_on_devices
 from hf_numpy import bert_tensors
 from safetensors.numpy import load_file, save_file
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import Checkpointer
-from vlp_jax.checks import validate
-from vlp_jax.config import apply_overrides, split_overrides
-from vlp_jax.config_files import load_config_file
 from vlp_jax.models import importers
 from vlp_jax.models.vlp import model_config_from_dict
 
@@ -64,9 +61,7 @@ def imported_run(tmp_path_factory):
     """A new run's state with model.text.init set, saved as a run saves it."""
     root = tmp_path_factory.mktemp('weights')
     path, tensors = bert_file(str(root / 'bert'))
-    config = load_config_file(TINY_CONFIG)
-    apply_overrides(config, split_overrides([*FAST_OVERRIDES, *BERT_OPTIONS, f'--config.model.text.init={path}'])[1])
-    validate(config, 1)
+    config = make_config(*BERT_OPTIONS, f'--config.model.text.init={path}', devices=1)
     state = setup_lib.build(config, jax.devices()[:1]).init_state()
     workdir = root / 'run'
     with Checkpointer(workdir / 'checkpoints', keep=1) as checkpointer:
