@@ -309,3 +309,31 @@ def test_a_rerun_with_more_steps_continues_and_records_the_change(truth_run, tmp
     changes = [json.loads(line) for line in (workdir / 'config_changes.jsonl').read_text().splitlines()]
     assert changes == [{'step': TRUTH_STEPS, 'key': 'total_steps', 'old': TRUTH_STEPS, 'new': more}]
     assert json.loads((workdir / 'config.json').read_text())['total_steps'] == more
+
+
+def test_a_config_json_of_the_older_layout_is_read_with_todays_keys(tmp_path):
+    """Workdirs written before the schema moved keys still resume and evaluate as they ran."""
+    from vlp_jax.config_files import saved_config
+
+    old = {
+        'lr': 5e-4,
+        'sampling': {'name': 'grit', 'queue_size': 256, 'search_space': 64, 'scope': 'local'},
+        'data': {'name': 'shapes', 'train_size': 1000, 'test_size': 64, 'image_size': 64, 'detail': 'fine'},
+        'eval': {'classification_size': 32},
+        'model': {'kind': 'fusion', 'text': {'fusion_layers': 1}},
+        'loss': {'queue_size': 0},
+    }
+    (tmp_path / 'config.json').write_text(json.dumps(old))
+    config = saved_config(tmp_path)
+    assert config.optim.lr == 5e-4 and config.objective == 'albef'
+    assert (config.sampling.grit.queue_size, config.sampling.grit.search_space, config.sampling.grit.scope) == (
+        256,
+        64,
+        'local',
+    )
+    assert (config.data.shapes.train_size, config.data.shapes.test_size, config.data.shapes.detail) == (
+        1000,
+        64,
+        'fine',
+    )
+    assert config.eval.retrieval_size == 64 and config.data.shapes.classification_size == 32

@@ -120,8 +120,16 @@ def from_sibling(config_file: str, name: str, arg: str | None = None) -> ml_coll
 
 
 def _migrate(values: dict) -> dict:
-    """A config.json of an older layout moved to today's key paths (LEGACY_KEYS)."""
+    """A config.json of an older layout moved to today's key paths (LEGACY_KEYS), with the keys that split
+    one old key in two given the old one's value, so the run evaluates as it did."""
     values = json.loads(json.dumps(values))  # a deep copy
+    data, evaluation = values.get('data', {}), values.get('eval', {})
+    if 'test_size' in data and 'retrieval_size' not in evaluation:  # it capped every retrieval set
+        evaluation['retrieval_size'] = data['test_size']
+        if data.get('name') == 'records':
+            data.setdefault('records', {}).setdefault('test_size', data['test_size'])
+    if 'classification_size' in evaluation and 'shapes' not in data:  # it sized the shapes' zero-shot sets
+        data.setdefault('shapes', {})['classification_size'] = evaluation['classification_size']
     for old, new in LEGACY_KEYS.items():
         group_path, _, name = old.rpartition('.')
         node = values
@@ -137,6 +145,8 @@ def _migrate(values: dict) -> dict:
         for part in parents:
             target = target.setdefault(part, {})
         target.setdefault(leaf, value)
+    if 'objective' not in values and values.get('model', {}).get('kind') == 'fusion':
+        values['objective'] = 'albef'  # before objectives were named, a fusion model meant ALBEF's
     return values
 
 

@@ -33,7 +33,7 @@ from vlp_jax.registry import OBJECTIVES, SAMPLERS
 from vlp_jax.sampling.base import Sampler, SamplerContext
 
 PyTree = Any
-SAMPLER_STATE = 'sampler'  # the sampler's packed state, beside the train state in every checkpoint
+SAMPLER_STATE = 'sampler'  # the sampler's packed state, beside the train state (when it has one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +113,23 @@ class Setup:
         return train_inputs(self.config, process_index, process_count, self.derived.local_shards)
 
     def checkpoint_target(self, sampler: Sampler) -> PyTree:
-        """The abstract state a checkpoint restores into: the train state and the sampler's state."""
-        return {**self.abstract_state, SAMPLER_STATE: sampler.abstract_state()}
+        """The abstract state a checkpoint restores into: the train state and the sampler's state, if it has any
+        (a stateless sampler adds nothing, so its checkpoints are exactly the train state's)."""
+        packed = sampler.abstract_state()
+        return {**self.abstract_state, SAMPLER_STATE: packed} if packed else self.abstract_state
+
+    @staticmethod
+    def checkpoint_state(state: PyTree, sampler: Sampler) -> PyTree:
+        """What a checkpoint saves: the train state and the sampler's state, if it has any."""
+        packed = sampler.state()
+        return {**state, SAMPLER_STATE: packed} if packed else state
+
+    @staticmethod
+    def restored_state(restored: PyTree, sampler: Sampler) -> PyTree:
+        """The train state of a restored checkpoint (checkpoint_target's tree); the sampler gets its part."""
+        state = dict(restored)
+        sampler.load(state.pop(SAMPLER_STATE, {}))
+        return state
 
 
 def make_sampler(config: ml_collections.ConfigDict, source: Source, local_shards: int = 1) -> Sampler:

@@ -208,10 +208,10 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
             say(f'initialised {matched} of {total_params} param arrays from {config.model.init_checkpoint}')
     else:
         start_step, state, extra = restored
+        state = run_setup.restored_state(state, sampler)
         assert extra['pipeline']['next_step'] == start_step, extra
         skipped_before = int(extra['pipeline'].get('skipped_steps', 0))
         bad_records[0] = int(extra['pipeline'].get('bad_records', 0))
-        sampler.load(state.pop(setup_lib.SAMPLER_STATE))
         if changed and is_main:
             saved = config_files.saved_config(workdir)
             config_files.record_changes(workdir, start_step, saved, config, changed)
@@ -312,8 +312,7 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
                 if done % config.checkpoint_every == 0 or done in (total, end) or stop:
                     paused = throughput.pause()
                     guard.observe(done, int(jax.device_get(step_metrics[steps.SKIPPED])))
-                    saved = {**state, setup_lib.SAMPLER_STATE: sampler.state()}
-                    checkpointer.save(done, saved, extra=checkpoint_extra(done))
+                    checkpointer.save(done, run_setup.checkpoint_state(state, sampler), extra=checkpoint_extra(done))
                     throughput.resume(paused)
             except Diverged as error:
                 checkpointer.close()
