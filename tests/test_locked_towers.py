@@ -219,13 +219,13 @@ def test_lit_run_on_8_devices_with_fsdp_keeps_the_locked_tower_bit_identical(tmp
     config = _config(f'--config.optim.frozen={LIT}')
     lit_setup = setup_lib.build(config)
     initial = jax.tree.map(np.asarray, lit_setup.init_state()['params'])
-    # A target without the sampler's (empty) state is another layout, refused by name: the good
-    # checkpoint is not taken for a damaged one and moved aside.
+    # A target with a group the checkpoint lacks (here an empty one) is another layout, refused by name:
+    # the good checkpoint is not taken for a damaged one and moved aside.
     with (
         pytest.raises(CheckpointError, match="'sampler'"),
         Checkpointer(workdir / 'checkpoints', keep=1) as checkpointer,
     ):
-        checkpointer.restore(lit_setup.abstract_state)
+        checkpointer.restore({**lit_setup.abstract_state, setup_lib.SAMPLER_STATE: {}})
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [str(STEPS)]
     target = lit_setup.checkpoint_target(setup_lib.make_sampler(config, train_source(config)))
     with Checkpointer(workdir / 'checkpoints', keep=1) as checkpointer:
