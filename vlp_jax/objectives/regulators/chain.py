@@ -127,10 +127,10 @@ class RegulatorChain:
             targets = r.apply(targets, tile, rows[r.name], scalars[r.name])
             if record is not None:
                 record[r.name] = targets
-        eps = next((e for r in self.regulators if (e := r.uniform_mix(scalars[r.name])) is not None), None)
-        return targets, eps
+        return targets, self.uniform_mix(scalars)
 
     def uniform_mix(self, scalars: Mapping[str, Any]) -> jax.Array | None:
+        """The weight of the uniform distribution mixed into the targets (the one regulator that smooths), or None."""
         return next((e for r in self.regulators if (e := r.uniform_mix(scalars[r.name])) is not None), None)
 
     # -- the one-tile case ---------------------------------------------------------------
