@@ -15,6 +15,7 @@ CLIS = (
     'vlp_jax.data.example_photos',
     'vlp_jax.data.fashion_mnist',
     'vlp_jax.models.importers',
+    'vlp_jax.plot',
 )
 
 
