@@ -44,7 +44,7 @@ def tower_fields(model: VLPConfig, layout: str, tower: str) -> dict[str, tuple[A
     if tower == 'text':
         fields['max_position_embeddings'] = (model.text.position_rows, 'model.text.max_positions')
         fields['vocab_size'] = (model.text.vocab_size, 'model.text.vocab_size')
-        if layout == 'bert':
+        if layout in ('bert', 'dual'):
             fields['type_vocab_size'] = (model.text.type_vocab_size, 'model.text.type_vocab_size')
     else:
         fields['image_size'] = (model.vision.image_size, 'model.image_size')
@@ -105,11 +105,28 @@ def pooling_problem(directory: str, pool: str) -> str | None:
 
 
 def hf_config(model: VLPConfig, layout: str) -> dict:
-    """The config.json of an exported model (transformers' BertModel / ViTModel / CLIPModel)."""
+    """The config.json of an exported model (transformers' BertModel / ViTModel / CLIPModel /
+    VisionTextDualEncoderModel)."""
 
     def section(tower: str) -> dict:
         return {field: value for field, (value, _) in tower_fields(model, layout, tower).items()}
 
+    if layout == 'dual':  # the towers' sections as BertModel and ViTModel read them, nested
+        text, vision = hf_config(model, 'bert'), hf_config(model, 'vit')
+        for tower in (text, vision):
+            tower.pop('architectures')
+        for key in ('fusion_layer', 'encoder_width'):  # the contrastive part: the text layers alone
+            text.pop(key, None)
+        text['num_hidden_layers'] = model.text.depth
+        return {
+            'architectures': ['VisionTextDualEncoderModel'],
+            'model_type': 'vision-text-dual-encoder',
+            'projection_dim': model.embed_dim,
+            'logit_scale_init_value': CLIP_LOGIT_SCALE_INIT,  # an init only: the file's logit_scale is the model's
+            'text_config': text,
+            # a tower without HF's pooler gets an identity one (exporters.py): pooler_output = the CLS token
+            'vision_config': {**vision, 'pooler_act': 'tanh' if model.vision.pooler else 'linear'},
+        }
     if layout == 'bert':
         config = {
             'architectures': ['BertModel'],
