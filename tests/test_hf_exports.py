@@ -6,11 +6,13 @@ image processors work without it (README's snippet, which needs torch, runs in t
 """
 
 import math
+import os
 import re
 
 import jax
 import numpy as np
 import pytest
+from conftest import REPO
 from hf_numpy import dual_encoder_forward
 from safetensors.numpy import load_file
 from test_importers import BERT, CLIP_TEXT, CLIP_VISION, IMAGE, LENGTH, init_params, tiny_config
@@ -160,9 +162,11 @@ def test_what_the_dual_encoder_cannot_express_is_one_line_naming_the_options(ove
 
 def test_the_readme_snippet_loads_the_export_in_transformers(tmp_path):
     """The README's transformers code, run on a dual export: its embeddings and logits are vlp_jax's."""
-    torch = pytest.importorskip('torch')
-    readme = open('README.md').read()
+    readme = open(os.path.join(REPO, 'README.md')).read()
     snippet = re.search(r'<!-- transformers-snippet -->\n```python\n(.*?)```', readme, re.S).group(1)
+    compile(snippet, 'README.md', 'exec')  # checked without torch too
+    assert 'exports/dual' in snippet and 'photo.jpg' in snippet
+    torch = pytest.importorskip('torch')
     model, params = dual_model()
     out_dir = tmp_path / 'exports' / 'dual'
     write_export(str(out_dir), export_tensors(importers.flat(params), model.config, 'dual'), model.config, 'dual')
