@@ -8,13 +8,16 @@ import sys
 import pytest
 from conftest import REPO
 
+# The tools that import JAX at start (~4 s each on 2 cores) run in the slow suite; train and evaluate parse
+# with absl, whose --help is help by construction.
+SLOW = pytest.mark.slow
 CLIS = (
-    'vlp_jax.train',
-    'vlp_jax.evaluate',
+    pytest.param('vlp_jax.train', marks=SLOW),
+    pytest.param('vlp_jax.evaluate', marks=SLOW),
     'vlp_jax.data.prepare',
     'vlp_jax.data.example_photos',
     'vlp_jax.data.fashion_mnist',
-    'vlp_jax.models.importers',
+    pytest.param('vlp_jax.models.importers', marks=SLOW),
     'vlp_jax.plot',
 )
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO
-from hf_numpy import dual_encoder_forward
+from hf_numpy import clip_logits, clip_text_forward, clip_vision_forward, dual_encoder_forward
 from safetensors.numpy import load_file
 from test_importers import BERT, CLIP_TEXT, CLIP_VISION, IMAGE, LENGTH, init_params, tiny_config
 
@@ -54,7 +54,11 @@ def vlp_outputs(model, params, images_uint8, sentences):
     return {key: np.asarray(value) for key, value in out.items()}
 
 
-@pytest.mark.parametrize('vision_pooler', [False, True], ids=['vit-without-pooler', 'vit-with-pooler'])
+@pytest.mark.parametrize(
+    'vision_pooler',
+    [False, pytest.param(True, marks=pytest.mark.slow)],  # HF ViT's own pooler: test_importers covers its layout
+    ids=['vit-without-pooler', 'vit-with-pooler'],
+)
 def test_dual_export_is_vlp_jax_through_transformers_tokenizer_processor_and_a_numpy_forward(tmp_path, vision_pooler):
     # log(2.0) is above temperature_max = 0.5: vlp_jax clamps it, and so must the exported logit_scale
     model, params = dual_model(vision_pooler, log_temperature=math.log(2.0))
@@ -89,6 +93,41 @@ def test_dual_export_is_vlp_jax_through_transformers_tokenizer_processor_and_a_n
     np.testing.assert_allclose(ours['text_embed'], text_proj / unit(text_proj, axis=-1, keepdims=True), atol=TOL)
     assert math.isclose(float(ours['logit_scale']), 2.0, rel_tol=1e-6)  # 1 / temperature_max
     np.testing.assert_allclose(logits, ours['logit_scale'] * ours['image_embed'] @ ours['text_embed'].T, atol=1e-4)
+
+
+def test_clip_export_is_vlp_jax_through_transformers_tokenizer_processor_and_a_numpy_forward(tmp_path):
+    """CLIP-layout towers as CLIPModel, with the shipped tokenizer (its pooling at the highest id is CLIP's, in
+    both) and a temperature below temperature_min, which vlp_jax clamps."""
+    config = tiny_config(text=dict(CLIP_TEXT, vocab_size=BERT_VOCAB_SIZE), vision=CLIP_VISION, proj_bias=False)
+    model, params = init_params(config, seed=13)
+    params['log_temperature'] = np.float32(math.log(1e-4))  # temperature_min is 1e-3: logit scale 1000
+    out_dir = tmp_path / 'clip'
+    write_export(str(out_dir), export_tensors(importers.flat(params), model.config, 'clip'), model.config, 'clip')
+    hf_config = transformers.AutoConfig.from_pretrained(str(out_dir))
+    assert type(hf_config).__name__ == 'CLIPConfig' and hf_config.text_config.eos_token_id == 2  # argmax pooling
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+    processor = transformers.AutoImageProcessor.from_pretrained(str(out_dir))
+    images = np.random.default_rng(14).integers(0, 256, (2, IMAGE, IMAGE, 3), dtype=np.uint8)
+    text_in = tokenizer(SENTENCES[:3], padding='max_length', truncation=True, return_tensors='np')
+    pixels = processor([image for image in images], return_tensors='np')['pixel_values']
+    tensors = load_file(str(out_dir / 'model.safetensors'))
+    text, vision = hf_config.text_config, hf_config.vision_config
+    text_pooled = clip_text_forward(
+        tensors, text_in['input_ids'], text_in['attention_mask'], text.num_attention_heads, text.layer_norm_eps
+    )
+    image_pooled = clip_vision_forward(tensors, pixels, vision.num_attention_heads, vision.layer_norm_eps)
+    image_proj = image_pooled @ tensors['visual_projection.weight'].T.astype(np.float64)
+    text_proj = text_pooled @ tensors['text_projection.weight'].T.astype(np.float64)
+    ours = vlp_outputs(model, params, images, SENTENCES[:3])
+    np.testing.assert_allclose(
+        ours['image_embed'], image_proj / np.linalg.norm(image_proj, axis=-1, keepdims=True), atol=TOL
+    )
+    np.testing.assert_allclose(
+        ours['text_embed'], text_proj / np.linalg.norm(text_proj, axis=-1, keepdims=True), atol=TOL
+    )
+    assert math.isclose(float(ours['logit_scale']), 1000.0, rel_tol=1e-5)
+    want = ours['logit_scale'] * ours['image_embed'] @ ours['text_embed'].T
+    np.testing.assert_allclose(clip_logits(tensors, text_pooled, image_pooled), want, rtol=1e-4, atol=2e-2)
 
 
 def exported(tmp_path, layout, config):
