@@ -130,6 +130,34 @@ def test_clip_export_is_vlp_jax_through_transformers_tokenizer_processor_and_a_n
     np.testing.assert_allclose(clip_logits(tensors, text_pooled, image_pooled), want, rtol=1e-4, atol=2e-2)
 
 
+def test_a_dual_export_imports_back_into_the_same_params_and_exports_the_same_bytes(tmp_path):
+    """Export -> import (both towers, with their projections and temperature; config.json checked) -> export."""
+    model, params = dual_model(log_temperature=math.log(0.07))  # inside the clamp: it survives unchanged
+    out_dir = tmp_path / 'dual'
+    tensors = export_tensors(importers.flat(params), model.config, 'dual')
+    write_export(str(out_dir), tensors, model.config, 'dual')
+    _, fresh = init_params(tiny_config(text=DUAL_TEXT, proj_bias=False), seed=0)
+    path = str(out_dir / 'model.safetensors')
+    imported, text_plan = importers.import_into(fresh, path, 'text', model.config)
+    imported, vision_plan = importers.import_into(imported, path, 'vision', model.config)
+    assert text_plan.layout == vision_plan.layout == 'dual' and not text_plan.fresh and not vision_plan.fresh
+    assert vision_plan.unused == ('vision_model.pooler.dense.bias', 'vision_model.pooler.dense.weight')  # identity
+    assert text_plan.unused == ()
+    got, want = importers.flat(imported), importers.flat(params)
+    for key, value in want.items():
+        if key == 'sigmoid_bias':  # no place in the file
+            continue
+        if key == 'text/token_embed/embedding':  # the rows past the vocabulary keep their init
+            value, got[key] = value[:BERT_VOCAB_SIZE], np.asarray(got[key])[:BERT_VOCAB_SIZE]
+        np.testing.assert_array_equal(np.asarray(got[key]), value, err_msg=key)
+    again = export_tensors(got, model.config, 'dual')
+    assert set(again) == set(tensors) and all(again[k].tobytes() == tensors[k].tobytes() for k in tensors)
+    pooled = tiny_config(text=DUAL_TEXT, vision=dict(pooler=True), proj_bias=False)
+    pooled_model, pooled_fresh = init_params(pooled)
+    with pytest.raises(ImportWeightsError, match="pooler_act='linear' \\(no pooler\\); set model.vision.pooler=False"):
+        importers.import_into(pooled_fresh, path, 'vision', pooled_model.config)
+
+
 def exported(tmp_path, layout, config):
     model, params = init_params(config, seed=3)
     out_dir = tmp_path / layout

@@ -23,6 +23,10 @@ HF_DEFAULTS = {
     ('clip', 'text'): {'hidden_act': 'quick_gelu', 'layer_norm_eps': 1e-5, 'num_attention_heads': 8},
     ('clip', 'vision'): {'hidden_act': 'quick_gelu', 'layer_norm_eps': 1e-5, 'num_attention_heads': 12},
 }
+HF_DEFAULTS[('dual', 'text')], HF_DEFAULTS[('dual', 'vision')] = (
+    HF_DEFAULTS[('bert', 'text')],
+    HF_DEFAULTS[('vit', 'vision')],
+)
 EPS_RTOL = 1e-6
 CLIP_EOS_ARGMAX = 2  # eos_token_id 2 makes HF's CLIP pool at the highest token id (its original checkpoints)
 CLIP_LOGIT_SCALE_INIT = 2.6592  # CLIPConfig's default: log(1 / 0.07)
@@ -59,9 +63,18 @@ def _value_for(field: str, hf_value: Any) -> Any:
 
 def config_problem(hf: dict, model: VLPConfig, layout: str, tower: str, source: str) -> str | None:
     """The first option of `model` that disagrees with the HF config `hf`, as 'FIELD ... set KEY=VALUE'."""
-    section = hf.get(f'{tower}_config', {}) if layout == 'clip' else hf
+    section = hf.get(f'{tower}_config', {}) if layout in ('clip', 'dual') else hf
     section = {**HF_DEFAULTS[(layout, tower)], **section}
-    if layout == 'bert' and section.get('position_embedding_type', 'absolute') != 'absolute':
+    pooler_act = section.get('pooler_act', 'tanh') if (layout, tower) == ('dual', 'vision') else 'tanh'
+    if pooler_act == 'linear' and model.vision.pooler:  # the identity pooler of an export without a pooler
+        return f"{source} has vision_config.pooler_act='linear' (no pooler); set model.vision.pooler=False"
+    if pooler_act not in ('tanh', 'linear'):
+        return f'{source} has vision_config.pooler_act={pooler_act!r}, which vlp_jax cannot express'
+    if (
+        layout in ('bert', 'dual')
+        and tower == 'text'
+        and section.get('position_embedding_type', 'absolute') != 'absolute'
+    ):
         return (
             f'{source} has position_embedding_type={section["position_embedding_type"]!r}, which vlp_jax cannot express'
         )

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 LAYOUTS = ('bert', 'vit', 'clip')  # what a file can be (import and export)
-DUAL = 'dual'  # export only: transformers' VisionTextDualEncoderModel (see dual())
+DUAL = 'dual'  # transformers' VisionTextDualEncoderModel (see dual()): what vlp_jax exports, read back too
 EXPORT_LAYOUTS = (*LAYOUTS, DUAL)
 TOWER_OF = {'bert': ('text',), 'vit': ('vision',), 'clip': ('text', 'vision'), DUAL: ('text', 'vision')}
 FUSION_BLOCK = '{tower}/fusion/block_{j}'  # fusion block j of a text tower (unscanned path)
@@ -282,6 +282,8 @@ PREFIXES = {'bert': ('', 'bert.'), 'vit': ('', 'vit.')}
 def detect(keys: list[str]) -> tuple[str, str] | None:
     """(layout, key prefix) from a file's keys, or None when no layout matches."""
     names = set(keys)
+    if any(f'{DUAL_TOWERS[t][1]}{ANCHORS[DUAL_TOWERS[t][0]]}' in names for t in DUAL_TOWERS):  # BERT/ViT nested
+        return DUAL, ''
     if any(key.startswith(('text_model.', 'vision_model.')) for key in names):
         return 'clip', ''
     for layout in ('bert', 'vit'):
