@@ -14,7 +14,8 @@
 #   --version VERSION         TPU_RUNTIME_VERSION   default from the type: v6e v2-alpha-tpuv6e, v5p v2-alpha-tpuv5,
 #                                                   v5litepod v2-alpha-tpuv5-lite, older tpu-ubuntu2204-base
 #   --spot                    TPU_SPOT=1            create a Spot slice (cheaper, can be preempted)
-#   --source copy|GIT_URL     TPU_SOURCE            copy this checkout (tracked and untracked, non-ignored files;
+#   --source copy|GIT_URL     TPU_SOURCE            copy this checkout's tracked files as they are on disk (git
+#                                                   ls-files: untracked files such as runs and data stay here;
 #                                                   the default) or git clone GIT_URL on every worker
 #   --ref REF                 TPU_REF               branch or tag to clone (default main)
 #   --python PYTHON           TPU_PYTHON            interpreter for the venv on the workers (default python3.11,
@@ -264,9 +265,23 @@ fi
 echo "# 2. copy the code and the worker script to every worker"
 files=("$tmp_dir/$remote_script")
 if [[ "$source_" == copy ]]; then
-  echo "+ (cd $(quote "$repo_root") && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf $(quote "$tmp_dir/vlp_jax_src.tar.gz"))"
+  # Tracked files only, as they are on disk (uncommitted edits included, deleted ones left out): runs, data
+  # and anything else untracked stay on this machine.
+  git -C "$repo_root" rev-parse --git-dir >/dev/null 2>&1 \
+    || die "--source copy ships the tracked files of a git checkout, and $repo_root is none; use --source GIT_URL"
+  (cd "$repo_root" && git ls-files -z --cached | while IFS= read -r -d '' f; do
+    [[ -e "$f" || -L "$f" ]] && printf '%s\0' "$f"
+  done) >"$tmp_dir/files"
+  shipped="$(tr -cd '\0' <"$tmp_dir/files" | wc -c)"
+  size="$(cd "$repo_root" && xargs -0 du -cbL -- <"$tmp_dir/files" 2>/dev/null | tail -n 1 | cut -f 1)"
+  commit="$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo none)"
+  edited="$(git -C "$repo_root" status --porcelain --untracked-files=no | wc -l)"
+  untracked="$(git -C "$repo_root" ls-files --others --exclude-standard | wc -l)"
+  echo "# ships $shipped tracked files ($((${size:-0} / 1024)) KiB) of $repo_root at commit $commit" \
+    "(${edited} with uncommitted changes); $untracked untracked files stay here (git add one to ship it)"
+  echo "+ (cd $(quote "$repo_root") && git ls-files -z --cached | tar --null -T - -czf $(quote "$tmp_dir/vlp_jax_src.tar.gz"))"
   if [[ "$dry_run" != 1 ]]; then
-    (cd "$repo_root" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf "$tmp_dir/vlp_jax_src.tar.gz")
+    (cd "$repo_root" && tar --null -T "$tmp_dir/files" -czf "$tmp_dir/vlp_jax_src.tar.gz")
   fi
   files+=("$tmp_dir/vlp_jax_src.tar.gz")
 fi

@@ -120,7 +120,10 @@ def patches(pixels, weight, bias=None):
     return y if bias is None else y + bias
 
 
-def vit_forward(t, pixels, heads, eps=1e-12, act='gelu', prefix=''):
+POOLER_ACT = {'tanh': np.tanh, 'linear': lambda x: x}  # ViTConfig.pooler_act (transformers' ACT2FN names)
+
+
+def vit_forward(t, pixels, heads, eps=1e-12, act='gelu', prefix='', pooler_act='tanh'):
     """ViTModel: (last_hidden_state after the final layernorm, pooler_output or None)."""
     t = _f64(t)
     p = prefix
@@ -141,7 +144,7 @@ def vit_forward(t, pixels, heads, eps=1e-12, act='gelu', prefix=''):
         h = ACT[act](linear(layer_norm(x, t, f'{layer}layernorm_after', eps), t, f'{layer}intermediate.dense'))
         x = x + linear(h, t, f'{layer}output.dense')
     x = layer_norm(x, t, f'{p}layernorm', eps)
-    pooled = np.tanh(linear(x[:, 0], t, f'{p}pooler.dense')) if f'{p}pooler.dense.weight' in t else None
+    pooled = POOLER_ACT[pooler_act](linear(x[:, 0], t, f'{p}pooler.dense')) if f'{p}pooler.dense.weight' in t else None
     return x, pooled
 
 
@@ -179,6 +182,31 @@ def clip_vision_forward(t, pixels, heads, eps=1e-5, act='quick_gelu'):
     x = layer_norm(x, t, 'vision_model.pre_layrnorm', eps)
     x = _clip_layers(x, t, 'vision_model', heads, eps, act, 0.0)
     return layer_norm(x[:, 0], t, 'vision_model.post_layernorm', eps)
+
+
+def dual_encoder_forward(t, hf_config, pixels, ids, mask):
+    """VisionTextDualEncoderModel (ViTModel under vision_model., BertModel under text_model.), configured by its
+    config.json: (image_embeds, text_embeds) = the towers' pooler_output through the bias-free projections, and
+    logits_per_image = exp(logit_scale) * cos(image, text)."""
+    vision, text = hf_config['vision_config'], hf_config['text_config']
+    _, image_pooled = vit_forward(
+        t,
+        pixels,
+        vision['num_attention_heads'],
+        vision['layer_norm_eps'],
+        vision['hidden_act'],
+        'vision_model.',
+        vision.get('pooler_act', 'tanh'),
+    )
+    _, text_pooled = bert_forward(
+        t, ids, mask, text['num_attention_heads'], text['layer_norm_eps'], text['hidden_act'], 'text_model.'
+    )
+    image = image_pooled @ np.asarray(t['visual_projection.weight'], np.float64).T
+    text = text_pooled @ np.asarray(t['text_projection.weight'], np.float64).T
+    cos = (image / np.linalg.norm(image, axis=-1, keepdims=True)) @ (
+        text / np.linalg.norm(text, axis=-1, keepdims=True)
+    ).T
+    return image, text, np.exp(np.float64(t['logit_scale'])) * cos
 
 
 def clip_logits(t, text_pooled, image_pooled):

@@ -410,3 +410,30 @@ def test_slurm_failure_is_the_exit_status_and_is_not_requeued(tmp_path):
     result = run([SLURM, '--config', 'c.py', '--workdir', '/w'], env=env)
     assert result.returncode == 3, (result.stdout, result.stderr)
     assert not (tmp_path / 'scontrol.log').exists()
+
+
+def test_tpu_copy_ships_tracked_files_only_and_says_what(tmp_path):
+    """An untracked run folder (the 385 MB a user had) stays here; an edited tracked file goes as it is on
+    disk, a deleted one is left out; the launcher says how many files it ships."""
+    repo = tmp_path / 'checkout'
+    (repo / 'launch').mkdir(parents=True)
+    (repo / 'launch' / 'tpu_pod.sh').write_text(open(TPU).read())
+    for name in ('train.py', 'edited.py', 'deleted.py'):
+        (repo / name).write_text(f'# {name}\n')
+    git = lambda *args: subprocess.run(['git', '-C', str(repo), *args], check=True, capture_output=True)
+    git('init', '-q')
+    git('add', '.')
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'files')
+    (repo / 'edited.py').write_text('# edited, not committed\n')
+    (repo / 'deleted.py').unlink()
+    (repo / 'runs' / 'big').mkdir(parents=True)
+    (repo / 'runs' / 'big' / 'checkpoint.bin').write_bytes(b'x' * 1000)
+    (repo / 'notes.txt').write_text('untracked\n')
+    env = fake_gcloud(tmp_path, 'READY')
+    result = run([str(repo / 'launch' / 'tpu_pod.sh'), '--zone', 'z', '--', *TPU_TRAIN], env=env)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    with tarfile.open(tmp_path / 'sent' / 'vlp_jax_src.tar.gz') as archive:
+        assert sorted(archive.getnames()) == ['edited.py', 'launch/tpu_pod.sh', 'train.py']
+        assert archive.extractfile('edited.py').read() == b'# edited, not committed\n'
+    said = next(line for line in result.stdout.splitlines() if line.startswith('# ships '))
+    assert said.startswith('# ships 3 tracked files') and '2 untracked files stay here' in said, said

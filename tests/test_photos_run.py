@@ -2,7 +2,8 @@
 resumes bit-exactly.
 
 The prepared photos get one more record whose image does not decode, so the runs also
-cover a stand-in record and its count (train/bad_records) across the kill.
+cover a stand-in record and its count (train/bad_records) across the kill. The run is the small run a
+new user makes (20 steps, the default warmup of 100 steps, the default eval batch): its start must say so.
 """
 
 import json
@@ -16,7 +17,7 @@ from vlp_jax.data.example_photos import photo_captions, write_csv
 from vlp_jax.data.prepare import prepare
 from vlp_jax.metrics import SPEED_KEYS as TIMING_KEYS
 
-STEPS, BATCH = 12, 4  # 16 records: 4 steps an epoch, so each record (the bad one too) once per epoch
+STEPS, BATCH = 20, 4  # 16 records: 4 steps an epoch, so each record (the bad one too) once per epoch
 
 
 @pytest.fixture(scope='module')
@@ -54,7 +55,8 @@ def _args(workdir, photos):
         f'--config.batch_size={BATCH}',
         '--config.log_every=2',
         '--config.checkpoint_every=4',
-        '--config.eval.batch_size=16',
+        '--config.optim.warmup_steps=100',  # the default, longer than the run
+        '--config.eval.batch_size=256',  # the default, far more than the 15 photos that decode
         '--config.data.name=records',
         f'--config.data.records.path={photos}',
         f'--config.data.records.eval_path={photos}',
@@ -68,12 +70,30 @@ def straight(photos, tmp_path_factory):
     return workdir, result
 
 
+def test_a_small_run_says_so_once_at_its_start(straight):
+    """The eval set's size, and a warning for it, for the warmup and for the eval batch: once each, before
+    the first step; the first ETA comes after the compiled steps."""
+    lines = straight[1].stdout.splitlines()
+    first_step = next(i for i, line in enumerate(lines) if line.startswith('step '))
+    expected = [
+        "eval set retrieval:records (the run's own split): 15 images, 60 captions",
+        "WARNING: eval set retrieval:records (the run's own split) holds only 15 images",
+        'WARNING: optim.warmup_steps=100 >= total_steps=20',
+        'WARNING: eval.batch_size=256 does not divide the 15 images',
+    ]
+    for text in expected:
+        where = [i for i, line in enumerate(lines) if line.startswith(text)]
+        assert len(where) == 1 and where[0] < first_step, (text, lines)
+    steps = [line for line in lines if line.startswith('step ')]
+    assert steps[0].endswith('ETA -') and all('ETA -' not in line for line in steps[1:]), steps
+
+
 def test_train_on_real_photos_evaluates_them(straight, photos):
     workdir, result = straight
     records = read_metrics(workdir)
-    assert [r['step'] for r in records] == [2, 4, 6, 8, 10, 12]
+    assert [r['step'] for r in records] == list(range(2, STEPS + 1, 2))
     counts = [r['train/bad_records'] for r in records]
-    assert counts == sorted(counts) and counts[1] == 1 and counts[-1] == 3  # the bad record, once an epoch
+    assert counts == sorted(counts) and counts[1] == 1 and counts[-1] == 5  # the bad record, once an epoch
     final = records[-1]
     assert 'eval/retrieval/t2i_r1' in final and 'eval/retrieval/t2i_semantic_r1' not in final
 

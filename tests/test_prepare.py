@@ -1,4 +1,5 @@
-"""prepare: tables and webdataset shards -> records; broken entries are counted exactly, resuming rewrites nothing."""
+"""prepare: tables and webdataset shards -> records; broken entries are counted and named exactly, resuming
+rewrites nothing, a re-run after the inputs changed rebuilds exactly the shards they feed."""
 
 import csv
 import io
@@ -99,10 +100,30 @@ def _by_id(directory):
     return {record.id: record for record in records.records(range(len(records)))}
 
 
+# Every skipped row of the broken CSV (line 1 is the header): (line, key, reason), in input order.
+EXPECTED_ROWS = [
+    (6, 'good3.webp', 'empty_caption'),
+    (7, 'truncated.jpg', 'corrupt_image'),
+    (8, 'text.jpg', 'not_an_image'),
+    (9, 'empty.png', 'empty_caption'),
+    (9, 'empty.png', 'no_caption'),
+    (10, 'latin1.png', 'invalid_utf8'),
+    (10, 'latin1.png', 'no_caption'),
+    (11, 'long.png', 'caption_too_long'),
+    (11, 'long.png', 'no_caption'),
+    (12, 'missing.png', 'missing_image'),
+]
+
+
 def test_csv_with_broken_entries_keeps_the_good_and_counts_the_rest(tmp_path):
     report = prepare(str(_broken_csv(tmp_path)), str(tmp_path / 'out'), shard_size=4, workers=2, progress=False)
     assert report['written'] == 3 and report['captions'] == 4 and report['truncated'] == 0
     assert report['skipped'] == EXPECTED_SKIPPED
+    # report.json names each skipped row: the file, its line, the image's key and the reason
+    rows = report['skipped_rows']
+    assert [(r['line'], r['key'], r['reason']) for r in rows] == EXPECTED_ROWS
+    assert {r['file'] for r in rows} == {'pairs.csv'}
+    assert rows[-1]['detail'].startswith('no file ') and rows[7]['detail'] == '10000 characters'
     assert json.loads((tmp_path / 'out' / 'report.json').read_text()) == report
     records = _by_id(tmp_path / 'out')
     assert {key: record.captions for key, record in records.items()} == GOOD_CAPTIONS  # each with its own image
@@ -127,6 +148,9 @@ def test_webdataset_with_broken_entries(tmp_path):
     # The tar layout writes one caption per key (.txt), so good1 keeps 'a red square' and good3 its first caption.
     assert report['written'] == 3 and report['captions'] == 3
     assert report['skipped'] == {**EXPECTED_SKIPPED, 'empty_caption': 1}
+    named = {(r['file'], r['key'], r['reason']) for r in report['skipped_rows'] if 'line' not in r}
+    assert ('00000.tar', '00000.tar/000000004', 'not_an_image') in named
+    assert ('00001.tar', '00001.tar/000010003', 'missing_image') in named and len(named) == 9
     records = _by_id(tmp_path / 'out')
     assert {key: record.captions for key, record in records.items()} == {
         '00000.tar/000000000': ['a red square'],
@@ -148,13 +172,15 @@ def test_resume_rewrites_no_finished_shard(tmp_path):
         os.remove(out / name)
     (out / 'shard-00003.array_record.tmp-99999').write_bytes(b'half a shard')
     second = prepare(str(table), str(out), shard_size=2, workers=2, progress=False)
-    assert second == first
+    assert second.pop('last_run') == {'kept_shards': 4, 'new_shards': 1, 'rebuilt_shards': 0, 'removed_shards': 0}
+    assert first.pop('last_run')['new_shards'] == 5 and second == first
     for name, value in before.items():
         if not name.startswith('shard-00003'):
             assert stamp(name) == value, f'{name} was rewritten'
     assert _by_id(out).keys() == GOOD_CAPTIONS.keys()
     again = {name: stamp(name) for name in shards}
-    assert prepare(str(table), str(out), shard_size=2, progress=False) == first
+    third = prepare(str(table), str(out), shard_size=2, progress=False, rebuild=False)
+    assert third.pop('last_run')['kept_shards'] == 5 and third == first
     assert {name: stamp(name) for name in shards} == again
 
 
@@ -183,10 +209,12 @@ def _cli(*args):
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_cli_prints_the_summary_and_the_report(tmp_path):
+def test_cli_prints_the_summary_the_first_skipped_rows_and_the_report(tmp_path):
     result = _cli(_broken_csv(tmp_path), tmp_path / 'out', '--shard_size', 4)
     assert result.returncode == 0, result.stderr
     assert 'wrote 3 images with 4 captions' in result.stdout
+    assert f'skipped rows (all 10 are listed in {tmp_path / "out" / "report.json"}):' in result.stdout
+    assert '  pairs.csv line 8 (text.jpg): not_an_image' in result.stdout and '... and 5 more' in result.stdout
     assert json.loads(result.stdout.strip().splitlines()[-1])['skipped'] == EXPECTED_SKIPPED
 
 
@@ -249,3 +277,134 @@ def test_sigkill_mid_run_then_rerun_rewrites_no_finished_shard(tmp_path):
     report = json.loads((out / 'report.json').read_text())
     assert report['written'] == 600 and report['skipped'] == {}
     assert sorted(_by_id(out)) == sorted(f'{i}.png' for i in range(600))
+
+
+def _shard_stamps(out):
+    """(inode, mtime, bytes) of every shard file: a rewritten shard differs in at least one."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.glob('shard-*'))}
+
+
+def _served(out):
+    """What training would read: {id: (captions, decoded pixels)}."""
+    return {
+        key: (record.captions, np.asarray(Image.open(io.BytesIO(record.image)).convert('RGB')))
+        for key, record in _by_id(out).items()
+    }
+
+
+def test_rerun_follows_each_input_change_and_rewrites_only_the_shards_it_feeds(tmp_path):
+    """The stale-data bug: a re-run after editing a caption kept serving the old one. Each change below
+    must reach the served records, rebuild only its own shard, and be refused under --no_rebuild."""
+    colours = ['red', 'green', 'blue', 'yellow', 'purple', 'orange']  # 6 images, 2 per shard
+    for number, colour in enumerate(colours):
+        (tmp_path / f'{number}.png').write_bytes(_image_bytes(colour, 'PNG'))
+    rows = [['image', 'caption']] + [[f'{n}.png', f'a {c} square'] for n, c in enumerate(colours)]
+
+    def write_table():
+        with open(tmp_path / 'pairs.csv', 'w', newline='') as handle:
+            csv.writer(handle).writerows(rows)
+
+    write_table()
+    out = tmp_path / 'out'
+    first = prepare(str(tmp_path / 'pairs.csv'), str(out), shard_size=2, progress=False)
+    assert first['written'] == 6
+
+    def rerun(rebuilt_shard, change, served_now):
+        """Re-runs prepare: the records follow the change (served_now), and only `rebuilt_shard` is rewritten."""
+        before = _shard_stamps(out)
+        report = prepare(str(tmp_path / 'pairs.csv'), str(out), shard_size=2, progress=False)
+        served = _served(out)
+        assert served_now(served), f'the records do not follow the change ({change}): {served}'
+        assert report['last_run'] == {'kept_shards': 2, 'new_shards': 0, 'rebuilt_shards': 1, 'removed_shards': 0}
+        after = _shard_stamps(out)
+        for name, stamp in before.items():
+            rewritten = after.get(name) != stamp
+            assert rewritten == name.startswith(rebuilt_shard), f'{name} rewritten={rewritten} ({change})'
+        return report
+
+    rows[3][1] = 'a deep blue square'  # 1. edit one caption (image 2, shard 1)
+    write_table()
+    rerun('shard-00001', 'caption edited', lambda served: served['2.png'][0] == ['a deep blue square'])
+
+    rows.append(['0.png', 'a scarlet square'])  # 2. add a caption to an existing image (shard 0)
+    write_table()
+    rerun('shard-00000', 'caption added', lambda served: served['0.png'][0] == ['a red square', 'a scarlet square'])
+
+    os.remove(tmp_path / '5.png')  # 3. delete an image (shard 2)
+    report = rerun('shard-00002', 'image deleted', lambda served: '5.png' not in served)
+    assert report['written'] == 5
+    assert [(r['line'], r['key'], r['reason']) for r in report['skipped_rows']] == [(7, '5.png', 'missing_image')]
+
+    (tmp_path / '3.png').write_bytes(_image_bytes('white', 'PNG', size=(12, 9)))  # 4. new bytes (shard 1)
+    rerun('shard-00001', 'image bytes changed', lambda served: (served['3.png'][1] == 255).all())
+    served = _served(out)
+    assert sorted(served) == ['0.png', '1.png', '2.png', '3.png', '4.png']
+    assert served['1.png'][0] == ['a green square'] and (served['1.png'][1] == [0, 128, 0]).all()
+
+
+def test_cli_no_rebuild_refuses_in_one_line(tmp_path):
+    table = _broken_csv(tmp_path)
+    assert _cli(table, tmp_path / 'out', '--shard_size', 4).returncode == 0
+    table.write_bytes(table.read_bytes().replace(b'a blue square', b'a navy square'))
+    before = _shard_stamps(tmp_path / 'out')
+    result = _cli(table, tmp_path / 'out', '--shard_size', 4, '--no_rebuild')
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert 'the inputs of 1 of the 3 finished shards' in result.stderr and '(shard-00000)' in result.stderr
+    assert _shard_stamps(tmp_path / 'out') == before
+    result = _cli(table, tmp_path / 'out', '--shard_size', 4)
+    assert result.returncode == 0 and 'rebuilt 1, removed 0, kept 2 unchanged' in result.stdout, result.stdout
+    assert _by_id(tmp_path / 'out')['good2.jpg'].captions == ['a navy square']
+
+
+def _tiff(pages, **options):
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pages, **options)
+    return buffer.getvalue()
+
+
+def test_images_pillow_or_tifffile_read_are_converted_or_named_unsupported(tmp_path):
+    """A valid multi-page float64 TIFF was counted as not_an_image. Real images are converted to 8-bit RGB
+    PNGs (the report says how) or skipped as unsupported_image with the reason; never not_an_image."""
+    rng = np.random.default_rng(0)
+    float_pages = rng.random((3, 8, 10, 3))  # three pages of float64 RGB in [0, 1]
+    grey16 = (rng.random((8, 10)) * 65535).astype(np.uint16)
+    signed = rng.integers(-1000, 1000, (8, 10)).astype(np.int16)
+    files = {
+        'pages.tif': _tiff(float_pages, photometric='rgb'),
+        'grey16.tif': _tiff(grey16),
+        'signed.tif': _tiff(signed),
+        'channels5.tif': _tiff(
+            rng.random((8, 10, 5)).astype(np.float32), photometric='minisblack', planarconfig='contig'
+        ),
+        'broken.tif': b'II*\x00' + b'\x00' * 40,
+        'cmyk.jpg': _cmyk_jpeg(),
+    }
+    rows = [['image', 'caption']]
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        rows.append([name, f'the {name} image'])
+    with open(tmp_path / 'images.csv', 'w', newline='') as handle:
+        csv.writer(handle).writerows(rows)
+    report = prepare(str(tmp_path / 'images.csv'), str(tmp_path / 'out'), progress=False)
+    assert report['skipped'] == {'unsupported_image': 1, 'corrupt_image': 1}, report
+    reasons = {r['key']: (r['reason'], r.get('detail', '')) for r in report['skipped_rows']}
+    assert reasons['channels5.tif'][0] == 'unsupported_image' and '(8, 10, 5)' in reasons['channels5.tif'][1]
+    assert reasons['broken.tif'][0] == 'corrupt_image'
+    how = {r['key']: r['how'] for r in report['converted_rows']}
+    assert set(how) == {'pages.tif', 'grey16.tif', 'signed.tif', 'cmyk.jpg'} and report['converted'] == 4
+    assert 'float64 TIFF, page 1 of 3, float64 values in [0, 1] times 255' in how['pages.tif']
+    assert 'stretched' in how['signed.tif']
+    served = _served(tmp_path / 'out')
+    np.testing.assert_array_equal(served['pages.tif'][1], np.rint(float_pages[0] * 255))  # the first page
+    np.testing.assert_array_equal(served['grey16.tif'][1][..., 0], np.rint(grey16 / 257))
+    stretched = np.rint((signed - signed.min()) / (signed.max() - signed.min()) * 255)
+    np.testing.assert_array_equal(served['signed.tif'][1][..., 1], stretched)
+    assert all(record.format == 'png' for record in _by_id(tmp_path / 'out').values())
+
+
+def _cmyk_jpeg():
+    buffer = io.BytesIO()
+    Image.new('CMYK', (10, 8), (0, 255, 255, 0)).save(buffer, format='JPEG')
+    return buffer.getvalue()

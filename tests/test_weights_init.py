@@ -137,7 +137,21 @@ def test_a_file_that_does_not_fit_stops_train_with_one_line_and_writes_nothing(t
 def test_export_cli_gives_back_the_imported_bytes_and_refuses_a_layout_it_cannot_write(imported_run, tmp_path):
     workdir, tensors, params, config = imported_run
     out = tmp_path / 'bert_out'
-    run_cli('vlp_jax.models.importers', ['export', str(workdir), str(out), '--layout', 'bert'])
+    summary = run_cli('vlp_jax.models.importers', ['export', str(workdir), str(out), '--layout', 'bert']).stdout
+    assert f'(bert layout: transformers BertModel) to {out}/model.safetensors' in summary, summary
+    assert f'with config.json, the tokenizer (max_length {LENGTH})' in summary, summary
+    from transformers import AutoTokenizer  # the run's tokenizer travels with its text tower
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer(['a red circle'], padding='max_length', truncation=True)['input_ids'][0][:6] == [
+        101,
+        1037,
+        2417,
+        4418,
+        102,
+        0,
+    ]
+    assert len(tokenizer(['word ' * 40], truncation=True)['input_ids'][0]) == LENGTH
     exported = load_file(str(out / 'model.safetensors'))
     assert set(exported) == set(tensors)
     for key, value in tensors.items():

@@ -83,8 +83,16 @@ SPEED_KEYS = (
 )
 
 
+# The first steps compile the step (and may recompile it once, when the donated state comes back in another
+# layout): the ETA's clock starts once they are done, so the first ETA is not inflated by compilation.
+ETA_SKIPPED_STEPS = 2
+
+
 class Throughput:
-    """Examples/s, the share of time spent waiting for data, and the ETA, between log steps."""
+    """Examples/s, the share of time spent waiting for data, and the ETA, between log steps.
+
+    The ETA is timed over this process's steps after its first ETA_SKIPPED_STEPS (from `start_step` on a
+    resumed run), so neither compilation nor the steps before a resume count."""
 
     def __init__(self, batch_size: int, total_steps: int, start_step: int):
         self.batch_size = batch_size
@@ -92,14 +100,17 @@ class Throughput:
         self._window_start = time.perf_counter()
         self._window_steps = 0
         self._data_wait = 0.0
-        self._run_start = self._window_start
-        self._start_step = start_step
+        self._steps_done = 0  # steps of this process's run so far
+        self._eta_start: float | None = None  # when the ETA's clock started (after ETA_SKIPPED_STEPS steps)
 
     def add_data_wait(self, seconds: float) -> None:
         self._data_wait += seconds
 
     def step_done(self) -> None:
         self._window_steps += 1
+        self._steps_done += 1
+        if self._steps_done == ETA_SKIPPED_STEPS:
+            self._eta_start = time.perf_counter()
 
     def pause(self) -> float:
         """Marks the start of time that is not training (eval, checkpoint); returns a token."""
@@ -108,7 +119,15 @@ class Throughput:
     def resume(self, token: float) -> None:
         skipped = time.perf_counter() - token
         self._window_start += skipped
-        self._run_start += skipped
+        if self._eta_start is not None:
+            self._eta_start += skipped
+
+    def eta_seconds(self, step: int, now: float) -> float | None:
+        """Seconds to total_steps at the rate of the steps since the compiled ones; None before there are any."""
+        timed = self._steps_done - ETA_SKIPPED_STEPS
+        if self._eta_start is None or timed <= 0:
+            return None
+        return (now - self._eta_start) / timed * (self.total_steps - step)
 
     def window(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
@@ -118,8 +137,9 @@ class Throughput:
             'train/steps_per_sec': self._window_steps / elapsed,
             'train/data_wait_fraction': min(1.0, self._data_wait / elapsed),
         }
-        done = max(step - self._start_step, 1)
-        stats['eta_seconds'] = (now - self._run_start) / done * (self.total_steps - step)
+        eta = self.eta_seconds(step, now)
+        if eta is not None:
+            stats['eta_seconds'] = eta
         self._window_start, self._window_steps, self._data_wait = now, 0, 0.0
         return stats
 
@@ -132,9 +152,11 @@ def format_duration(seconds: float) -> str:
 
 
 def console_line(step: int, total: int, values: Mapping[str, float]) -> str:
+    """One log step on the console; the ETA reads '-' until steps after the compiled ones were timed."""
     width = len(str(total))
+    eta = format_duration(values['eta_seconds']) if 'eta_seconds' in values else '-'
     return (
         f'step {step:>{width}}/{total}  loss {values["train/loss"]:.4f}  '
         f'temp {values["train/temperature"]:.4f}  {values["train/examples_per_sec"]:.0f} ex/s  '
-        f'data wait {100 * values["train/data_wait_fraction"]:.1f}%  ETA {format_duration(values["eta_seconds"])}'
+        f'data wait {100 * values["train/data_wait_fraction"]:.1f}%  ETA {eta}'
     )

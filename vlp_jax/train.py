@@ -164,6 +164,7 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
     from vlp_jax.guards import Diverged, NonFiniteGuard, StopSignals
     from vlp_jax.objectives.frozen import FrozenModelError
     from vlp_jax.paths import as_path
+    from vlp_jax.start_warnings import start_lines
 
     try:
         run_setup = setup_lib.build(config, derived=derived)
@@ -221,6 +222,8 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
         say(f'resumed from checkpoint at step {start_step} in {workdir}/checkpoints')
     if is_main:
         metrics_lib.truncate_after(workdir, start_step)
+    for line in start_lines(config, run_setup.derived, getattr(evaluate, 'evaluators', ())):
+        say(line)
 
     train_step = run_setup.train_step(probe=probe, keep_feedback=sampler.needs_feedback)
     # Saved beside every state: the pipeline's position, and the architecture, so this run can serve

@@ -8,10 +8,12 @@ licence are in `photos/captions.jsonl`, which ships with the package.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import sys
+from collections.abc import Sequence
 
 CAPTIONS_FILE = os.path.join(os.path.dirname(__file__), 'photos', 'captions.jsonl')
 
@@ -41,12 +43,13 @@ def write_csv(path: str) -> int:
     return len(photos)
 
 
-def main() -> int:
-    if len(sys.argv) != 2:
-        print('usage: python -m vlp_jax.data.example_photos OUT.csv', file=sys.stderr)
-        return 2
-    count = write_csv(sys.argv[1])
-    print(f'wrote {sys.argv[1]}: {count} photos; next: python -m vlp_jax.data.prepare {sys.argv[1]} OUTPUT_DIR')
+def main(argv: Sequence[str] | None = None) -> int:
+    """argparse, so `--help` is help and never a file name."""
+    parser = argparse.ArgumentParser(prog='python -m vlp_jax.data.example_photos', description=__doc__.split('\n')[0])
+    parser.add_argument('out_csv', help='the table to write (image,caption rows), e.g. photos.csv')
+    args = parser.parse_args(argv)
+    count = write_csv(args.out_csv)
+    print(f'wrote {args.out_csv}: {count} photos; next: python -m vlp_jax.data.prepare {args.out_csv} OUTPUT_DIR')
     return 0
 
 

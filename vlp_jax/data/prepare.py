@@ -3,12 +3,17 @@
 INPUT is a .csv/.tsv/.jsonl table (`image`, `caption`, optional `label`) or a folder of
 webdataset .tar shards (img2dataset's layout). Every image is decoded once here, so a
 corrupt image, an empty, over-long or non-UTF-8 caption is dropped (or truncated) and
-counted now rather than met in the middle of a run. The entries are cut into fixed
-shards of `--shard_size` images, written by parallel processes; each finished shard is
-renamed into place atomically with a small `.json` beside it, so re-running the same
-command skips finished shards (never rewrites them) and continues. OUTPUT_DIR ends
-with `index.json` (shards, counts, class names) and `report.json`
-(`{"written": N, "skipped": {reason: count}, ...}`). Record layout: data/records.py.
+counted now rather than met in the middle of a run; images TF cannot decode as given
+(TIFF, 16-bit, float, multi-page) are converted (prepare_images.py).
+
+The entries are cut into fixed shards of `--shard_size` images, written by parallel
+processes. Each shard is content-addressed: its `.json` records a fingerprint of exactly the
+input rows it was built from (paths, captions, labels, each image file's size and mtime), and is
+written last, after the shard has been renamed into place. A re-run keeps every finished shard
+whose fingerprint still matches (never rewriting it), builds the missing ones (a killed run
+continues) and rebuilds the ones whose inputs changed, saying how many; `--no_rebuild` refuses
+instead. OUTPUT_DIR ends with `index.json` (shards, counts, class names) and `report.json`
+(counts, and every skipped row by file, line and key, with the reason). Record layout: data/records.py.
 """
 
 from __future__ import annotations
@@ -16,23 +21,23 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import io
+import hashlib
 import json
 import os
+import re
 import sys
 from typing import Any
 
 from vlp_jax.data import records as records_lib
 from vlp_jax.data.errors import DataError
+from vlp_jax.data.prepare_images import check_image
 from vlp_jax.data.prepare_inputs import Entry, read_entries
+from vlp_jax.data.prepare_report import REPORT_FILE, build_report, summary_lines
 
 PLAN_FILE = 'plan.json'
-REPORT_FILE = 'report.json'
-# Why an entry was dropped. Image reasons count images; caption reasons count captions
-# (an image whose every caption was dropped is then counted once more, as `no_caption`).
-IMAGE_REASONS = ('missing_image', 'not_an_image', 'corrupt_image', 'bad_label', 'no_caption')
-CAPTION_REASONS = ('empty_caption', 'invalid_utf8', 'caption_too_long')
-FORMAT_ALIASES = {'mpo': 'jpeg'}  # camera JPEGs that PIL names by their multi-picture extension
+# Part of every fingerprint: bump it when what a shard holds for the same inputs changes, so old shards rebuild.
+SHARD_VERSION = 2
+SHARD_JSON = re.compile(r'shard-(\d+)\.json')
 
 
 def shard_name(number: int) -> str:
@@ -73,30 +78,6 @@ def read_image_bytes(entry: Entry) -> bytes | None:
     return None
 
 
-def check_image(data: bytes) -> tuple[bytes | None, str, str | None]:
-    """Decodes the whole image once: (bytes to store, format, reason it was dropped or None).
-
-    Formats tf.io.decode_image cannot read are stored re-encoded as PNG (lossless).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = FORMAT_ALIASES.get((image.format or '').lower(), (image.format or '').lower())
-            image.load()
-            if image.width < 1 or image.height < 1:
-                return None, '', 'corrupt_image'
-            if image_format in records_lib.DECODABLE_FORMATS:
-                return data, image_format, None
-            buffer = io.BytesIO()
-            image.convert('RGB').save(buffer, format='PNG')
-            return buffer.getvalue(), 'png', None
-    except UnidentifiedImageError:
-        return None, '', 'not_an_image'
-    except Exception:  # truncated or damaged data, decompression bombs: PIL raises many types
-        return None, '', 'corrupt_image'
-
-
 def check_label(label: Any, class_count: int | None) -> tuple[int | None, bool]:
     """(label as int or None, ok)."""
     if label is None:
@@ -108,47 +89,97 @@ def check_label(label: Any, class_count: int | None) -> tuple[int | None, bool]:
     return value, value >= 0 and (class_count is None or value < class_count)
 
 
-def write_shard(output_dir: str, number: int, entries: list[dict], options: dict) -> dict:
-    """Checks and writes one shard (in a worker process); returns its counts. Atomic: temp names, then renames."""
+def _image_stamp(image: tuple, stats: dict[str, Any]) -> Any:
+    """What says an image's bytes changed without reading them: its file's (or tar's) size and mtime, or None."""
+    if image[0] not in ('file', 'tar'):
+        return None
+    path = image[1]
+    if path not in stats:
+        try:
+            status = os.stat(path)
+            stats[path] = [status.st_size, status.st_mtime_ns]
+        except OSError:
+            stats[path] = None
+    return stats[path]
+
+
+def fingerprint(entries: list[Entry], options: dict, stats: dict[str, Any] | None = None) -> str:
+    """sha256 of exactly what a shard is built from: its entries (key, image, captions, label, the image's
+    size and mtime) and the options that decide what is kept. Where a row sits in the file is not in it: the
+    report maps skipped rows to today's lines."""
+    stats = {} if stats is None else stats
+    rows = [[e.key, list(e.image), e.captions, e.label, _image_stamp(e.image, stats)] for e in entries]
+    text = json.dumps([SHARD_VERSION, options, rows], ensure_ascii=True, separators=(',', ':'), default=str)
+    return hashlib.sha256(text.encode('ascii')).hexdigest()
+
+
+def write_shard(output_dir: str, number: int, entries: list[dict], options: dict, stamp: str) -> dict:
+    """Checks and writes one shard (in a worker process); returns its summary. Atomic: temp names, then renames.
+
+    Skipped and converted entries are listed by their position in the shard (`entry`, and `caption` for a
+    caption), which the report turns into file, line and key."""
     from array_record.python import array_record_module
 
     name = shard_name(number)
     counts: collections.Counter = collections.Counter()
+    skipped: list[dict] = []
+    converted: list[dict] = []
     truncated = captions_written = written = 0
     temporary = os.path.join(output_dir, f'{name}{records_lib.SHARD_SUFFIX}.tmp-{os.getpid()}')
     writer = array_record_module.ArrayRecordWriter(temporary, records_lib.WRITER_OPTIONS)
-    for fields in entries:
+
+    def skip(reason: str, position: int, caption: int | None = None, detail: str = '') -> None:
+        counts[reason] += 1
+        row: dict[str, Any] = {'entry': position, 'reason': reason}
+        if caption is not None:
+            row['caption'] = caption
+        if detail:
+            row['detail'] = detail
+        skipped.append(row)
+
+    for position, fields in enumerate(entries):
         entry = Entry(**{**fields, 'image': tuple(fields['image'])})
         captions = []
-        for caption in entry.captions:
+        for index, caption in enumerate(entry.captions):
             clean, reason = check_caption(caption, options['max_caption_chars'], options['truncate'])
             if reason == 'truncated':
                 truncated += 1
             elif reason:
-                counts[reason] += 1
+                detail = f'{len(caption)} characters' if reason == 'caption_too_long' else ''
+                skip(reason, position, index, detail)
             if clean is not None:
                 captions.append(clean)
         data = read_image_bytes(entry)
         if data is None:
-            counts['missing_image'] += 1
+            skip('missing_image', position, detail=f'no file {entry.image[1]}' if entry.image[0] == 'file' else '')
             continue
-        image, image_format, reason = check_image(data)
+        image = check_image(data)
         label, label_ok = check_label(entry.label, options['class_count'])
-        reason = reason or (None if label_ok else 'bad_label') or (None if captions else 'no_caption')
-        if reason:
-            counts[reason] += 1
+        if image.reason:
+            skip(image.reason, position, detail=image.detail)
             continue
-        record = records_lib.Record(id=entry.key, captions=captions, image=image, format=image_format, label=label)
+        if not label_ok:
+            skip('bad_label', position, detail=f'label {entry.label!r}')
+            continue
+        if not captions:
+            skip('no_caption', position, detail='every caption of the image was dropped')
+            continue
+        if image.detail:
+            converted.append({'entry': position, 'detail': image.detail})
+        record = records_lib.Record(id=entry.key, captions=captions, image=image.data, format=image.format, label=label)
         writer.write(records_lib.encode_record(record))
         written += 1
         captions_written += len(captions)
     writer.close()
     summary = {
         'file': name + records_lib.SHARD_SUFFIX,
+        'fingerprint': stamp,
         'records': written,
         'captions': captions_written,
         'truncated': truncated,
         'skipped': dict(counts),
+        'skipped_rows': skipped,
+        'converted_rows': converted,
         'labelled': any(fields.get('label') not in (None, '') for fields in entries),
     }
     os.replace(temporary, os.path.join(output_dir, summary['file']))
@@ -163,13 +194,29 @@ def _write_json(path: str, value: Any) -> None:
     os.replace(temporary, path)
 
 
-def _finished(output_dir: str, number: int) -> dict | None:
-    path = os.path.join(output_dir, shard_name(number) + '.json')
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding='utf-8') as handle:
-        summary = json.load(handle)
-    return summary if os.path.isfile(os.path.join(output_dir, summary['file'])) else None
+def _finished_shards(output_dir: str) -> dict[int, dict]:
+    """{number: summary} of every shard whose .json (written last) and array_record are both there."""
+    out = {}
+    for name in os.listdir(output_dir):
+        match = SHARD_JSON.fullmatch(name)
+        if not match:
+            continue
+        try:
+            with open(os.path.join(output_dir, name), encoding='utf-8') as handle:
+                summary = json.load(handle)
+        except (OSError, ValueError):
+            continue  # damaged: rebuilt like a missing shard
+        if isinstance(summary, dict) and os.path.isfile(os.path.join(output_dir, str(summary.get('file')))):
+            out[int(match[1])] = summary
+    return out
+
+
+def _remove_shard(output_dir: str, number: int) -> None:
+    """Its .json first (the shard is no longer finished), then its records."""
+    for suffix in ('.json', records_lib.SHARD_SUFFIX):
+        path = os.path.join(output_dir, shard_name(number) + suffix)
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def _read_class_names(path: str | None) -> list[str] | None:
@@ -185,19 +232,19 @@ def _read_class_names(path: str | None) -> list[str] | None:
 
 
 def _check_plan(output_dir: str, plan: dict) -> None:
-    """A re-run must continue the same job: same input, entries and options, else shards would mix."""
+    """A re-run must be the same job (same input and options; the input's content may change), else shards
+    would mix. A plan.json of an older prepare also named the entry count: that key is not compared."""
     path = os.path.join(output_dir, PLAN_FILE)
     if os.path.isfile(path):
         with open(path, encoding='utf-8') as handle:
             previous = json.load(handle)
-        if previous != plan:
-            changed = sorted(key for key in plan if previous.get(key) != plan[key])
+        changed = sorted(key for key in plan if previous.get(key) != plan[key])
+        if changed:
             raise DataError(
                 f'{output_dir!r} holds shards prepared with other settings ({", ".join(changed)} differ); '
                 'use a new OUTPUT_DIR or the same command as before.'
             )
-    else:
-        _write_json(path, plan)
+    _write_json(path, plan)
 
 
 def prepare(
@@ -209,8 +256,10 @@ def prepare(
     truncate: bool = False,
     class_names_file: str | None = None,
     progress: bool = True,
+    rebuild: bool = True,
 ) -> dict:
-    """Writes (or completes) OUTPUT_DIR; returns the report. Raises DataError for inputs that cannot be read."""
+    """Writes, completes or updates OUTPUT_DIR; returns the report. Raises DataError for inputs that cannot be
+    read, and (with rebuild=False) when a finished shard's inputs changed."""
     if shard_size < 1 or max_caption_chars < 1:
         raise DataError('--shard_size and --max_caption_chars must be positive integers.')
     class_names = _read_class_names(class_names_file)
@@ -221,42 +270,54 @@ def prepare(
         'truncate': truncate,
         'class_count': None if class_names is None else len(class_names),
     }
-    plan = {'input': os.path.abspath(input_path), 'entries': len(entries), 'shard_size': shard_size, **options}
-    plan['class_names'] = class_names
-    _check_plan(output_dir, plan)
+    plan = {'input': os.path.abspath(input_path), 'shard_size': shard_size, **options, 'class_names': class_names}
     numbers = range((len(entries) + shard_size - 1) // shard_size)
-    chunk = lambda n: [entry.to_json() for entry in entries[n * shard_size : (n + 1) * shard_size]]
-    summaries = {n: summary for n in numbers if (summary := _finished(output_dir, n)) is not None}
-    todo = [n for n in numbers if n not in summaries]
-    bar = _progress_bar(len(entries), sum(len(chunk(n)) for n in summaries), progress)
+    chunks = {n: entries[n * shard_size : (n + 1) * shard_size] for n in numbers}
+    stats: dict[str, Any] = {}
+    stamps = {n: fingerprint(chunks[n], options, stats) for n in numbers}
+    _check_plan(output_dir, plan)
+    finished = _finished_shards(output_dir)
+    kept = {n: s for n, s in finished.items() if n in stamps and s.get('fingerprint') == stamps[n]}
+    changed = sorted(n for n in finished if n not in kept and n in stamps)
+    removed = sorted(n for n in finished if n not in stamps)
+    if not rebuild and (changed or removed):
+        stale = [shard_name(n) for n in changed + removed]
+        raise DataError(
+            f'the inputs of {len(stale)} of the {len(finished)} finished shards in {output_dir!r} changed since they '
+            f'were prepared ({", ".join(stale[:3])}{", ..." if len(stale) > 3 else ""}); re-run without '
+            '--no_rebuild to rebuild them, or prepare into a new OUTPUT_DIR.'
+        )
+    if changed or removed:  # readers must not meet half-updated data: no index until it is whole again
+        for name in (records_lib.INDEX_FILE, REPORT_FILE):
+            if os.path.exists(os.path.join(output_dir, name)):
+                os.remove(os.path.join(output_dir, name))
+        for n in changed + removed:
+            _remove_shard(output_dir, n)
+    todo = [n for n in numbers if n not in kept]
+    summaries = dict(kept)
+    bar = _progress_bar(len(entries), sum(len(chunks[n]) for n in kept), progress)
     workers = workers or os.cpu_count() or 1
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
-        futures = {pool.submit(write_shard, output_dir, n, chunk(n), options): n for n in todo}
+        futures = {
+            pool.submit(write_shard, output_dir, n, [e.to_json() for e in chunks[n]], options, stamps[n]): n
+            for n in todo
+        }
         for future in concurrent.futures.as_completed(futures):
             n = futures[future]
             summaries[n] = future.result()
-            bar.update(len(chunk(n)))
+            bar.update(len(chunks[n]))
     bar.close()
     ordered = [summaries[n] for n in numbers]
     records_lib.write_index(output_dir, [{'file': s['file'], 'records': s['records']} for s in ordered], class_names)
-    report = _report(ordered, len(entries))
+    report = build_report(ordered, [chunks[n] for n in numbers], len(entries))
+    report['last_run'] = {
+        'kept_shards': len(kept),
+        'new_shards': len(todo) - len(changed),
+        'rebuilt_shards': len(changed),
+        'removed_shards': len(removed),
+    }
     _write_json(os.path.join(output_dir, REPORT_FILE), report)
     return report
-
-
-def _report(summaries: list[dict], entries: int) -> dict:
-    skipped: collections.Counter = collections.Counter()
-    for summary in summaries:
-        skipped.update(summary['skipped'])
-    return {
-        'written': sum(s['records'] for s in summaries),
-        'captions': sum(s['captions'] for s in summaries),
-        'skipped': {reason: skipped[reason] for reason in (*IMAGE_REASONS, *CAPTION_REASONS) if skipped[reason]},
-        'truncated': sum(s['truncated'] for s in summaries),
-        'input_images': entries,
-        'shards': len(summaries),
-        'labelled': any(s['labelled'] for s in summaries),
-    }
 
 
 def _progress_bar(total: int, done: int, enabled: bool):
@@ -274,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--max_caption_chars', type=int, default=1000, help='longer captions are dropped or cut')
     parser.add_argument('--truncate_long_captions', action='store_true', help='cut long captions instead of dropping')
     parser.add_argument('--class_names', default=None, help='text file, one class name per line (labelled sets)')
+    parser.add_argument(
+        '--no_rebuild',
+        action='store_true',
+        help='refuse (exit 2) instead of rebuilding finished shards whose inputs changed',
+    )
     parser.add_argument('--no_progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
     try:
@@ -286,17 +352,14 @@ def main(argv: list[str] | None = None) -> int:
             truncate=args.truncate_long_captions,
             class_names_file=args.class_names,
             progress=not args.no_progress,
+            rebuild=not args.no_rebuild,
         )
     except DataError as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
         return 2
-    skipped = ', '.join(f'{reason} {count}' for reason, count in report['skipped'].items()) or 'none'
-    print(
-        f'wrote {report["written"]} images with {report["captions"]} captions to {args.output_dir} '
-        f'({report["shards"]} shards); skipped: {skipped}; truncated captions: {report["truncated"]}',
-        flush=True,
-    )
-    print(json.dumps(report), flush=True)
+    print('\n'.join(summary_lines(report, args.output_dir)), flush=True)
+    compact = {key: value for key, value in report.items() if not key.endswith('_rows')}
+    print(json.dumps(compact), flush=True)  # the lists are in report.json
     return 0
 
 

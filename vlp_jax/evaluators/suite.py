@@ -68,6 +68,7 @@ def make_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
             metrics.update(evaluator(model))
         return metrics
 
+    evaluate.evaluators = evaluators  # the loaded sets, for the run's start-of-run lines (start_warnings.py)
     return evaluate
 
 

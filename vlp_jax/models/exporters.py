@@ -1,11 +1,18 @@
-"""vlp_jax towers out to Hugging Face safetensors files (BERT, ViT, CLIP layouts), and the CLI.
+"""vlp_jax towers out to Hugging Face safetensors files (BERT, ViT, CLIP, dual layouts), and the CLI.
 
-    python -m vlp_jax.models.importers export CHECKPOINT OUT_DIR --layout bert|vit|clip
+    python -m vlp_jax.models.importers export CHECKPOINT OUT_DIR --layout bert|vit|clip|dual
 
 CHECKPOINT is a workdir, its checkpoints/ directory or one step directory. OUT_DIR receives
 model.safetensors (float32, metadata format 'pt', which transformers expects) and a config.json for
-BertModel / ViTModel / CLIPModel. A model whose options the layout cannot express (a pre-LN text tower
-as BERT, projection biases as CLIP, ...) is refused with one line naming the option.
+BertModel / ViTModel / CLIPModel / VisionTextDualEncoderModel ('dual': ViT + BERT + projections + logit
+scale). A model whose options the layout cannot express (a pre-LN text tower as BERT, projection biases
+as CLIP, ...) is refused with one line naming the option. An export with a text tower ships vlp_jax's
+tokenizer (tokenizer.json, tokenizer_config.json with model_max_length = model.max_text_len, vocab.txt,
+special_tokens_map.json), so transformers' AutoTokenizer gives the ids vlp_jax trained on; one with an
+image tower ships preprocessor_config.json (ViTImageProcessor: resize to model.image_size, pixels
+(p / 255 - 0.5) / 0.5, as vlp_jax's data). logit_scale is written clamped as vlp_jax clamps the
+temperature, so logits_per_image are vlp_jax's scores (a SigLIP run's sigmoid_bias has no place in either
+model: it shifts every logit alike).
 
 A fusion text tower (ALBEF) is written as BERT of depth + fusion_layers layers, the fusion layers after the
 text layers, each with its cross-attention under transformers' `encoder.layer.{i}.crossattention.*` names;
@@ -22,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -36,6 +45,11 @@ from vlp_jax.models.vlp import VLPConfig
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
 SAFETENSORS_METADATA = {'format': 'pt'}  # transformers refuses safetensors files without it
+PREPROCESSOR_FILE = 'preprocessor_config.json'
+ARCHITECTURES = {'bert': 'BertModel', 'vit': 'ViTModel', 'clip': 'CLIPModel', 'dual': 'VisionTextDualEncoderModel'}
+TOKENIZER_INPUTS = ['input_ids', 'attention_mask']  # no token_type_ids: vlp_jax has none, CLIPModel takes none
+# keys transformers' save_pretrained records about how the tokenizer was loaded, not how it tokenizes
+LOADING_KEYS = ('is_local', 'local_files_only', 'name_or_path')
 
 
 def unscan(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -58,17 +72,26 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
     out, covered = {}, set()
     for tower in towers:
         cfg = model.text if tower == 'text' else model.vision
-        for option, value in hf_layouts.REQUIRED[(layout, tower)].items():
-            if getattr(cfg, option) != value:
-                raise ImportWeightsError(
-                    f'the {tower} tower cannot be written in the {layout} layout; '
-                    f'it needs model.{tower}.{option}={value!r}.'
-                )
+        needed = [
+            f'model.{tower}.{option}={value!r}'
+            for option, value in hf_layouts.REQUIRED[(layout, tower)].items()
+            if getattr(cfg, option) != value
+        ]
+        if needed:
+            raise ImportWeightsError(
+                f'the {tower} tower cannot be written in the {layout} layout; it needs {" and ".join(needed)}.'
+            )
         fusion = model.text.num_fusion_layers if (layout, tower) == ('bert', 'text') else 0
         for entry in hf_layouts.entries(layout, tower, cfg.depth, fusion):
             if entry.vlp not in params:
                 if entry.vlp.endswith('type_embedding'):  # no token types: a zero row adds nothing, as in vlp_jax
                     out[entry.hf] = np.zeros((1, model.text.width), np.float32)
+                    continue
+                if layout == hf_layouts.DUAL and entry.vlp.startswith('vision/pooler/'):
+                    # ViTModel always pools by its pooler; with pooler_act 'linear' (hf_configs) an identity
+                    # dense hands on the CLS token unchanged, as vlp_jax's tower without a pooler does
+                    eye = np.eye(cfg.width, dtype=np.float32)
+                    out[entry.hf] = eye if entry.vlp.endswith('kernel') else np.zeros(cfg.width, np.float32)
                     continue
                 if entry.optional in ('model', 'head'):  # no pooler; no MLM head (a dual model)
                     continue
@@ -76,7 +99,11 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
                     f'the {tower} tower cannot be written in the {layout} layout: it has no param {entry.vlp}; '
                     f'{hf_layouts.option_hint(entry.vlp, True, 1)}.'
                 )
-            array = TRANSFORMS[entry.kind].to_hf(params[entry.vlp])
+            array = params[entry.vlp]
+            if entry.vlp == 'log_temperature':  # the model clamps the temperature to [min, max] (vlp.logit_scale)
+                low, high = math.log(model.temperature_min), math.log(model.temperature_max)
+                array = np.clip(array, np.float32(low), np.float32(high)).astype(array.dtype)
+            array = TRANSFORMS[entry.kind].to_hf(array)
             if entry.kind == 'vocab':
                 array = array[: model.text.vocab_size]
             out[entry.hf] = np.array(array, dtype=np.float32, order='C')  # 0-d stays 0-d (logit_scale)
@@ -91,10 +118,78 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
     return out
 
 
-def export_checkpoint(checkpoint: str, out_dir: str, layout: str) -> str:
-    """Writes OUT_DIR/model.safetensors and config.json from a vlp_jax checkpoint; returns a summary line."""
-    import jax
+def write_tokenizer(out_dir: str, max_len: int) -> None:
+    """vlp_jax's tokenizer (the shipped uncased WordPiece vocabulary, truncating and padding to `max_len`) as
+    transformers saves one, plus vocab.txt and special_tokens_map.json for older readers."""
+    from transformers import BertTokenizerFast
+
+    from vlp_jax.data.tokenizer import SHIPPED_VOCAB_DIR
+
+    tokenizer = BertTokenizerFast.from_pretrained(
+        SHIPPED_VOCAB_DIR, local_files_only=True, model_max_length=max_len, model_input_names=TOKENIZER_INPUTS
+    )
+    tokenizer.save_pretrained(out_dir)
+    path = os.path.join(out_dir, 'tokenizer_config.json')
+    with open(path) as handle:
+        config = json.load(handle)
+    config = {key: value for key, value in config.items() if key not in LOADING_KEYS}
+    with open(path, 'w') as handle:
+        json.dump(config, handle, indent=1)
+    for name in ('vocab.txt', 'special_tokens_map.json'):
+        shutil.copyfile(os.path.join(SHIPPED_VOCAB_DIR, name), os.path.join(out_dir, name))
+
+
+def preprocessor_config(image_size: int) -> dict:
+    """ViTImageProcessor's config that turns an image of the model's size into vlp_jax's pixels
+    (data/batch.py: (p / 255 - PIXEL_MEAN) / PIXEL_STD), channels first; other sizes are resized bilinearly."""
+    from vlp_jax.data.batch import PIXEL_MEAN, PIXEL_STD
+
+    return {
+        'image_processor_type': 'ViTImageProcessor',
+        'do_resize': True,
+        'size': {'height': image_size, 'width': image_size},
+        'resample': 2,  # PIL's BILINEAR
+        'do_rescale': True,
+        'rescale_factor': 1 / 255,
+        'do_normalize': True,
+        'image_mean': [PIXEL_MEAN] * 3,
+        'image_std': [PIXEL_STD] * 3,
+    }
+
+
+def write_export(out_dir: str, tensors: dict[str, np.ndarray], model: VLPConfig, layout: str) -> list[str]:
+    """Writes model.safetensors, config.json and, by the layout's towers, the tokenizer and the image processor's
+    config into OUT_DIR; returns what it wrote beside the weights, in words."""
     from safetensors.numpy import save_file
+
+    from vlp_jax.data.tokenizer import BERT_VOCAB_SIZE
+
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata=SAFETENSORS_METADATA)
+    with open(os.path.join(out_dir, CONFIG_FILE), 'w') as handle:
+        json.dump(hf_configs.hf_config(model, layout), handle, indent=1)
+    written = [CONFIG_FILE]
+    towers = hf_layouts.TOWER_OF[layout]
+    if 'text' in towers:
+        if model.text.vocab_size >= BERT_VOCAB_SIZE:
+            write_tokenizer(out_dir, model.text.max_len)
+            written.append(f'the tokenizer (max_length {model.text.max_len})')
+        else:  # a tower of a small synthetic vocabulary: the shipped tokenizer's ids would not fit it
+            written.append(
+                f'no tokenizer (model.text.vocab_size={model.text.vocab_size} is smaller than the shipped '
+                f"vocabulary's {BERT_VOCAB_SIZE})"
+            )
+    if 'vision' in towers:
+        with open(os.path.join(out_dir, PREPROCESSOR_FILE), 'w') as handle:
+            json.dump(preprocessor_config(model.vision.image_size), handle, indent=1)
+        written.append(PREPROCESSOR_FILE)
+    return written
+
+
+def export_checkpoint(checkpoint: str, out_dir: str, layout: str) -> str:
+    """Writes OUT_DIR's model.safetensors, config.json, tokenizer and image processor config from a vlp_jax
+    checkpoint; returns a summary line."""
+    import jax
 
     from vlp_jax.checkpointing import CheckpointError, restore_params_from
     from vlp_jax.config_files import model_config_of
@@ -111,11 +206,11 @@ def export_checkpoint(checkpoint: str, out_dir: str, layout: str) -> str:
     except CheckpointError as error:
         raise ImportWeightsError(str(error)) from error
     tensors = export_tensors(params, model, layout)
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata=SAFETENSORS_METADATA)
-    with open(os.path.join(out_dir, CONFIG_FILE), 'w') as handle:
-        json.dump(hf_configs.hf_config(model, layout), handle, indent=1)
-    return f'wrote {len(tensors)} tensors ({layout} layout) to {os.path.join(out_dir, WEIGHTS_FILE)}'
+    written = write_export(out_dir, tensors, model, layout)
+    return (
+        f'wrote {len(tensors)} tensors ({layout} layout: transformers {ARCHITECTURES[layout]}) to '
+        f'{os.path.join(out_dir, WEIGHTS_FILE)}, with {", ".join(written)}'
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -123,8 +218,10 @@ def main(argv: list[str]) -> int:
     commands = parser.add_subparsers(dest='command', required=True)
     export = commands.add_parser('export', help="write a checkpoint's towers as Hugging Face safetensors")
     export.add_argument('checkpoint', help='a vlp_jax workdir, its checkpoints/ directory or one step directory')
-    export.add_argument('out_dir', help='directory for model.safetensors and config.json')
-    export.add_argument('--layout', required=True, choices=hf_layouts.LAYOUTS)
+    export.add_argument(
+        'out_dir', help='directory for model.safetensors, config.json, the tokenizer and preprocessor_config.json'
+    )
+    export.add_argument('--layout', required=True, choices=hf_layouts.EXPORT_LAYOUTS)
     args = parser.parse_args(argv)
     try:
         print(export_checkpoint(args.checkpoint, args.out_dir, args.layout), flush=True)

@@ -23,6 +23,10 @@ HF_DEFAULTS = {
     ('clip', 'text'): {'hidden_act': 'quick_gelu', 'layer_norm_eps': 1e-5, 'num_attention_heads': 8},
     ('clip', 'vision'): {'hidden_act': 'quick_gelu', 'layer_norm_eps': 1e-5, 'num_attention_heads': 12},
 }
+HF_DEFAULTS[('dual', 'text')], HF_DEFAULTS[('dual', 'vision')] = (
+    HF_DEFAULTS[('bert', 'text')],
+    HF_DEFAULTS[('vit', 'vision')],
+)
 EPS_RTOL = 1e-6
 CLIP_EOS_ARGMAX = 2  # eos_token_id 2 makes HF's CLIP pool at the highest token id (its original checkpoints)
 CLIP_LOGIT_SCALE_INIT = 2.6592  # CLIPConfig's default: log(1 / 0.07)
@@ -44,7 +48,7 @@ def tower_fields(model: VLPConfig, layout: str, tower: str) -> dict[str, tuple[A
     if tower == 'text':
         fields['max_position_embeddings'] = (model.text.position_rows, 'model.text.max_positions')
         fields['vocab_size'] = (model.text.vocab_size, 'model.text.vocab_size')
-        if layout == 'bert':
+        if layout in ('bert', 'dual'):
             fields['type_vocab_size'] = (model.text.type_vocab_size, 'model.text.type_vocab_size')
     else:
         fields['image_size'] = (model.vision.image_size, 'model.image_size')
@@ -59,9 +63,18 @@ def _value_for(field: str, hf_value: Any) -> Any:
 
 def config_problem(hf: dict, model: VLPConfig, layout: str, tower: str, source: str) -> str | None:
     """The first option of `model` that disagrees with the HF config `hf`, as 'FIELD ... set KEY=VALUE'."""
-    section = hf.get(f'{tower}_config', {}) if layout == 'clip' else hf
+    section = hf.get(f'{tower}_config', {}) if layout in ('clip', 'dual') else hf
     section = {**HF_DEFAULTS[(layout, tower)], **section}
-    if layout == 'bert' and section.get('position_embedding_type', 'absolute') != 'absolute':
+    pooler_act = section.get('pooler_act', 'tanh') if (layout, tower) == ('dual', 'vision') else 'tanh'
+    if pooler_act == 'linear' and model.vision.pooler:  # the identity pooler of an export without a pooler
+        return f"{source} has vision_config.pooler_act='linear' (no pooler); set model.vision.pooler=False"
+    if pooler_act not in ('tanh', 'linear'):
+        return f'{source} has vision_config.pooler_act={pooler_act!r}, which vlp_jax cannot express'
+    if (
+        layout in ('bert', 'dual')
+        and tower == 'text'
+        and section.get('position_embedding_type', 'absolute') != 'absolute'
+    ):
         return (
             f'{source} has position_embedding_type={section["position_embedding_type"]!r}, which vlp_jax cannot express'
         )
@@ -105,11 +118,28 @@ def pooling_problem(directory: str, pool: str) -> str | None:
 
 
 def hf_config(model: VLPConfig, layout: str) -> dict:
-    """The config.json of an exported model (transformers' BertModel / ViTModel / CLIPModel)."""
+    """The config.json of an exported model (transformers' BertModel / ViTModel / CLIPModel /
+    VisionTextDualEncoderModel)."""
 
     def section(tower: str) -> dict:
         return {field: value for field, (value, _) in tower_fields(model, layout, tower).items()}
 
+    if layout == 'dual':  # the towers' sections as BertModel and ViTModel read them, nested
+        text, vision = hf_config(model, 'bert'), hf_config(model, 'vit')
+        for tower in (text, vision):
+            tower.pop('architectures')
+        for key in ('fusion_layer', 'encoder_width'):  # the contrastive part: the text layers alone
+            text.pop(key, None)
+        text['num_hidden_layers'] = model.text.depth
+        return {
+            'architectures': ['VisionTextDualEncoderModel'],
+            'model_type': 'vision-text-dual-encoder',
+            'projection_dim': model.embed_dim,
+            'logit_scale_init_value': CLIP_LOGIT_SCALE_INIT,  # an init only: the file's logit_scale is the model's
+            'text_config': text,
+            # a tower without HF's pooler gets an identity one (exporters.py): pooler_output = the CLS token
+            'vision_config': {**vision, 'pooler_act': 'tanh' if model.vision.pooler else 'linear'},
+        }
     if layout == 'bert':
         config = {
             'architectures': ['BertModel'],

@@ -1,4 +1,5 @@
-"""Hugging Face tensor layouts (BERT, ViT, CLIP) <-> vlp_jax param paths, as tables of pure numpy maps.
+"""Hugging Face tensor layouts (BERT, ViT, CLIP; for export also VisionTextDualEncoderModel) <-> vlp_jax param
+paths, as tables of pure numpy maps.
 
 Each layout lists (HF key, vlp_jax param path, transform). Keys are those of the safetensors files on
 the Hub (`BertModel`, `ViTModel`, `CLIPModel` state dicts; transformers >= 5 renames some ViT modules on
@@ -17,8 +18,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-LAYOUTS = ('bert', 'vit', 'clip')
-TOWER_OF = {'bert': ('text',), 'vit': ('vision',), 'clip': ('text', 'vision')}
+LAYOUTS = ('bert', 'vit', 'clip')  # what a file can be (import and export)
+DUAL = 'dual'  # transformers' VisionTextDualEncoderModel (see dual()): what vlp_jax exports, read back too
+EXPORT_LAYOUTS = (*LAYOUTS, DUAL)
+TOWER_OF = {'bert': ('text',), 'vit': ('vision',), 'clip': ('text', 'vision'), DUAL: ('text', 'vision')}
 FUSION_BLOCK = '{tower}/fusion/block_{j}'  # fusion block j of a text tower (unscanned path)
 # The cross-attention params of a fusion block (unscanned paths): what a plain BERT file leaves fresh.
 CROSS_PARAM = re.compile(r'/fusion/block_\d+/(xattn|ln_xattn)/')
@@ -213,13 +216,36 @@ def clip(tower: str) -> tuple[list[Entry], list[Entry]]:
     return top, _clip_layer('vision_model', block)
 
 
+# transformers' VisionTextDualEncoderModel: a ViTModel under 'vision_model.' and a BertModel under 'text_model.'
+# (their files' keys, as save_pretrained writes them), each pooled by its pooler (the model reads pooler_output),
+# then bias-free projections and logit_scale, as CLIPModel's. A fusion model exports its contrastive part: the text
+# layers, not the fusion layers or heads.
+DUAL_TOWERS = {
+    'text': ('bert', 'text_model.', 'text_projection.weight', 'text_proj/kernel'),
+    'vision': ('vit', 'vision_model.', 'visual_projection.weight', 'image_proj/kernel'),
+}
+
+
+def dual(tower: str) -> tuple[list[Entry], list[Entry]]:
+    """(embeddings, pooler, projection and logit_scale, one block) of one tower of VisionTextDualEncoderModel."""
+    layout, prefix, projection, kernel = DUAL_TOWERS[tower]
+    top, layer = {'bert': bert, 'vit': vit}[layout](tower)
+
+    def moved(entry: Entry) -> Entry:
+        return Entry(prefix + entry.hf, entry.vlp, entry.kind, entry.optional)
+
+    top = [moved(entry) for entry in top if entry.optional != 'head']  # BertModel has no MLM head
+    top += [Entry(projection, kernel, 'linear'), Entry('logit_scale', 'log_temperature', 'neg')]
+    return top, [moved(entry) for entry in layer]
+
+
 def entries(layout: str, tower: str, depth: int, fusion: int = 0) -> list[Entry]:
     """Every entry of `tower` in `layout`, the block entries expanded over `depth` layers.
 
     `fusion` > 0 (BERT only) continues the file's layers into the fusion blocks, as ALBEF initialises its
     fusion layers from BERT's upper layers: file layer depth + j is fusion block j (self-attention, MLP, their
     LayerNorms and, when the file has it, the cross-attention)."""
-    top, layer = {'bert': bert, 'vit': vit, 'clip': clip}[layout](tower)
+    top, layer = {'bert': bert, 'vit': vit, 'clip': clip, DUAL: dual}[layout](tower)
     blocks = [Entry(e.hf.format(i=i), e.vlp.format(i=i), e.kind, e.optional) for i in range(depth) for e in layer]
     if fusion:
         assert layout == 'bert', f'fusion layers have no {layout} layout'
@@ -256,6 +282,8 @@ PREFIXES = {'bert': ('', 'bert.'), 'vit': ('', 'vit.')}
 def detect(keys: list[str]) -> tuple[str, str] | None:
     """(layout, key prefix) from a file's keys, or None when no layout matches."""
     names = set(keys)
+    if any(f'{DUAL_TOWERS[t][1]}{ANCHORS[DUAL_TOWERS[t][0]]}' in names for t in DUAL_TOWERS):  # BERT/ViT nested
+        return DUAL, ''
     if any(key.startswith(('text_model.', 'vision_model.')) for key in names):
         return 'clip', ''
     for layout in ('bert', 'vit'):
@@ -283,6 +311,10 @@ REQUIRED = {
     ('clip', 'text'): {'pre_norm': True, 'causal': True, 'pool': 'argmax'},
     ('clip', 'vision'): {'pool': 'cls'},
     ('vit', 'vision'): {},
+    # VisionTextDualEncoderModel embeds BertModel's and ViTModel's pooler_output; BertPooler is tanh(dense(CLS)),
+    # ViT's pooler becomes the identity (pooler_act 'linear') for a tower without one (exporters.py)
+    (DUAL, 'text'): {'pre_norm': False, 'causal': False, 'pool': 'cls', 'pooler': True},
+    (DUAL, 'vision'): {'pool': 'cls'},
 }
 
 

@@ -2,7 +2,8 @@
 
 `model.text.init` / `model.vision.init` name a `model.safetensors` file; its layout is read from its
 keys: BERT (BertModel, MiniLM, task models' 'bert.' prefix) for the text tower, ViT (ViTModel, 'vit.')
-for the image tower, CLIP (CLIPModel) for either (with that tower's projection and logit_scale).
+for the image tower, CLIP (CLIPModel) or a ViT + BERT VisionTextDualEncoderModel (what `export --layout dual`
+writes) for either (with that tower's projection and logit_scale).
 On a new run the tower's params are replaced after init, in their shardings; everything else (the
 other tower, fusion layers, heads, BERT's/ViT's projections) keeps its fresh init. Anything that does
 not fit the configured model (a shape, a missing or extra tensor, an option the layout needs, a
@@ -112,7 +113,7 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
         raise ImportWeightsError(
             f'{what} = {path!r} matches none of the layouts {hf_layouts.LAYOUTS} '
             f'(first key {next(iter(header), None)!r}); '
-            'name a BertModel, ViTModel or CLIPModel safetensors file.'
+            'name a BertModel, ViTModel, CLIPModel or VisionTextDualEncoderModel safetensors file.'
         )
     layout, prefix = detected
     if tower not in hf_layouts.TOWER_OF[layout]:
@@ -215,10 +216,10 @@ def plan(path: str, tower: str, model: VLPConfig, target: dict[str, tuple[int, .
     elif total_fusion:
         left_fresh = tuple(sorted(p for p in target if p.startswith(f'{tower}/fusion/')))
         left_fresh_what = f'{spans("fusion", 0, total_fusion)} ({tower}/fusion/)'
-    tower_prefix = {'bert': prefix, 'vit': prefix, 'clip': f'{tower}_model.'}[layout]
+    tower_prefix = {'bert': prefix, 'vit': prefix, 'clip': f'{tower}_model.', 'dual': f'{tower}_model.'}[layout]
     used = {key for key, _ in pairs} | set(tied)
     unused = tuple(sorted(k for k in file_keys if k.startswith(tower_prefix) and k not in used))
-    if layout != 'clip':
+    if layout not in ('clip', 'dual'):
         unused = tuple(sorted(k for k in file_keys if k not in used))
     return Plan(
         path, layout, tuple(pairs), unused, tuple(fresh), mapping, left_fresh, left_fresh_what, pos_grids, mlm, tied
