@@ -10,11 +10,9 @@ import pytest
 from conftest import FAST_OVERRIDES, REPO, kill_after_checkpoint, make_config, read_metrics, run_cli, train_batches
 
 from vlp_jax import setup as setup_lib
-from vlp_jax.checks import validate
 from vlp_jax.config import ConfigError
 from vlp_jax.models.decoder import DECODER_BOS_ID
 from vlp_jax.models.vlp import VLPModel
-from vlp_jax.objectives.albef import split_rng
 from vlp_jax.objectives.blip import BLIP_NEGATIVE_FLOOR, BlipObjective
 from vlp_jax.objectives.regulators import DISCRIMINATOR
 
