@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_decoder import BATCH, SEQ, VOCAB, Models, inputs
 
-from vlp_jax.decoding import DecodeSettings, beam_search, greedy
+from vlp_jax.decoding import DecodeSettings, beam_search, greedy, rank_answers
 
 EOS, PAD, BOS = 3, 0, 1
 
@@ -125,3 +125,33 @@ def test_beam_search_equals_a_plain_python_hf_beam_search(setup, beam, length_pe
         want, score = np_beam(lambda seq: _np_logits(params, context[b : b + 1], seq), s)
         assert np.asarray(tokens[b]).tolist() == want
         np.testing.assert_allclose(float(scores[b]), score, rtol=1e-4)
+
+
+def test_answer_ranking_with_k_all_is_the_brute_force_argmax_and_a_small_k_keeps_first_token_winners(setup):
+    model, params, context = setup
+    rng = np.random.default_rng(4)
+    lengths = [1, 2, 3, 2, 1, 3, 2]  # answers of 1-3 words: [CLS] words [SEP] [PAD]... ([CLS] = 2 here)
+    answers = np.zeros((len(lengths), 6), np.int32)
+    for i, n in enumerate(lengths):
+        answers[i, : n + 2] = [2, *rng.integers(5, VOCAB, size=n), EOS]
+    mask = (answers > 0).astype(np.int32)
+    # the same first word for two answers: the first-token stage cannot separate them
+    answers[3, 1] = answers[1, 1]
+
+    def brute(b):
+        scores = []
+        for ids, n in zip(answers, lengths):
+            seq = [BOS, *ids[1 : n + 2]]  # [BOS] words [SEP]
+            log_p = [_np_log_softmax(_np_logits(params, context[b : b + 1], seq[:t])) for t in range(1, len(seq))]
+            scores.append(sum(lp[tok] for lp, tok in zip(log_p, seq[1:])))
+        return np.asarray(scores)
+
+    best, score = rank_answers(model, params, context, None, jnp.asarray(answers), jnp.asarray(mask), len(lengths))
+    for b in range(BATCH):
+        want = brute(b)
+        assert int(best[b]) == int(np.argmax(want))
+        np.testing.assert_allclose(float(score[b]), want.max(), rtol=1e-4)
+        first = np.asarray(_np_log_softmax(_np_logits(params, context[b : b + 1], [BOS])))[answers[:, 1]]
+        k2, _ = rank_answers(model, params, context[b : b + 1], None, jnp.asarray(answers), jnp.asarray(mask), 2)
+        kept = np.argsort(-first, kind='stable')[:2]
+        assert int(k2[0]) == kept[np.argmax(want[kept])]

@@ -207,3 +207,41 @@ def decode(model, params, context, context_mask, settings: DecodeSettings, cache
     """Greedy for beam 1, else beam search."""
     search = greedy if settings.beam == 1 else beam_search
     return search(model, params, context, context_mask, settings, cache)
+
+
+def answer_log_likelihoods(model, params, context: Array, context_mask: Array | None, ids: Array, mask: Array):
+    """log p(answer | context) [N]: the decoder's summed log-probabilities of each answer's tokens and its [SEP]
+    (no label smoothing), answers tokenised as captions ([CLS] words [SEP] [PAD]...) [N, L], context [N, ...]."""
+    from vlp_jax.objectives.lm import decoder_batch  # objectives import decoding's module only lazily
+
+    lm = decoder_batch(ids, mask)
+    apply = lambda *args, method: model.apply({'params': params}, *args, method=method)
+    hidden = apply(lm.inputs, lm.mask, context, context_mask, method='decode')
+    vocab = model.config.text.vocab_size
+    log_p = jax.nn.log_softmax(apply(hidden, method='lm_logits')[..., :vocab].astype(jnp.float32), axis=-1)
+    token = jnp.take_along_axis(log_p, lm.targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(token * lm.weights, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'k'))
+def rank_answers(
+    model, params: PyTree, context: Array, context_mask: Array | None, answer_ids: Array, answer_mask: Array, k: int
+) -> tuple[Array, Array]:
+    """ALBEF's VQA ranking (model_vqa.py `rank_answer`): every candidate's first token scored from [BOS] alone,
+    the `k` best candidates kept, those re-scored by the full answer's log-likelihood (first token, the rest and
+    [SEP]); -> (the best candidate's index [Q], its log-likelihood [Q]). `context` [Q, N, D] (the fused question
+    for a 'fused' decoder), answers [A, L] tokenised as captions; k = A is the brute-force argmax."""
+    q, a = context.shape[0], answer_ids.shape[0]
+    apply = lambda *args, method: model.apply({'params': params}, *args, method=method)
+    start = jnp.full((q, 1), DECODER_BOS_ID, answer_ids.dtype)
+    hidden = apply(start, jnp.ones_like(start), context, context_mask, method='decode')
+    vocab = model.config.text.vocab_size
+    first = jax.nn.log_softmax(apply(hidden, method='lm_logits')[:, 0, :vocab].astype(jnp.float32), axis=-1)
+    _, top = jax.lax.top_k(first[:, answer_ids[:, 1]], k)  # [Q, k]; answer token 0 is [CLS]
+    rows = top.reshape(-1)
+    repeat = lambda x: None if x is None else jnp.repeat(x, k, axis=0)
+    scores = answer_log_likelihoods(
+        model, params, repeat(context), repeat(context_mask), answer_ids[rows], answer_mask[rows]
+    ).reshape(q, k)
+    best = jnp.argmax(scores, axis=-1)
+    return jnp.take_along_axis(top, best[:, None], axis=1)[:, 0], jnp.max(scores, axis=-1)
