@@ -231,7 +231,7 @@ def rank_answers(
     the `k` best candidates kept, those re-scored by the full answer's log-likelihood (first token, the rest and
     [SEP]); -> (the best candidate's index [Q], its log-likelihood [Q]). `context` [Q, N, D] (the fused question
     for a 'fused' decoder), answers [A, L] tokenised as captions; k = A is the brute-force argmax."""
-    q, a = context.shape[0], answer_ids.shape[0]
+    q = context.shape[0]
     apply = lambda *args, method: model.apply({'params': params}, *args, method=method)
     start = jnp.full((q, 1), DECODER_BOS_ID, answer_ids.dtype)
     hidden = apply(start, jnp.ones_like(start), context, context_mask, method='decode')
