@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_decoder import BATCH, SEQ, VOCAB, Models, inputs
+from test_decoder import BATCH, MODELS, SEQ, VOCAB, Models, inputs
 
 from vlp_jax.decoding import DecodeSettings, beam_search, greedy, rank_answers
 
@@ -16,10 +16,10 @@ EOS, PAD, BOS = 3, 0, 1
 
 @pytest.fixture(scope='module')
 def setup():
-    model, params = Models()['shared', True]
+    model, params = MODELS['shared', True]
     Models.model = model
     image, _, _ = inputs(7)
-    context = model.apply({'params': params}, image, method='image_tokens')
+    context = jax.jit(lambda p, x: model.apply({'params': p}, x, method='image_tokens'))(params, image)
     # A random decoder rarely ends: raise [SEP]'s bias so that some sequences end early and some run out.
     params = jax.tree_util.tree_map(lambda x: x, params)
     params['mlm_bias'] = params['mlm_bias'].at[EOS].add(2.5)
