@@ -27,6 +27,7 @@ class EvalContext:
     settings: EvalSettings
     image_size: int
     max_text_len: int
+    config: Any = None  # the run's config (an evaluator with a config group of its own reads it there)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,8 @@ class EvalModel:
     batch_size: int
     mesh: Mesh
     rerank: Callable[[Any, Any], Any] | None = None  # (retrieval set, ITC similarity) -> rerank.RerankedScores
+    module: Any = None  # the flax model and the params under evaluation (the decoder's evaluators decode with them)
+    params: Any = None
 
 
 class Evaluator(abc.ABC):

@@ -30,7 +30,7 @@ def build_evaluators(setup: Any) -> list[Evaluator]:
     """The evaluators of the config's eval.sets, their sets loaded and tokenised (once)."""
     config = setup.config
     context = EvalContext(
-        settings_of(config, EvalSettings), int(config.model.image_size), int(config.model.max_text_len)
+        settings_of(config, EvalSettings), int(config.model.image_size), int(config.model.max_text_len), config
     )
     own = str(config.data.name)
     specs = expand(parse_all(config.eval.sets), own, lambda: setup.source_plugin(own).default_eval_sets())
@@ -62,6 +62,8 @@ def make_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
             batch_size=int(config.eval.batch_size),
             mesh=setup.mesh,
             rerank=None if reranker is None else lambda data, similarity: reranker(params, data, similarity),
+            module=setup.model,
+            params=params,
         )
         metrics: dict[str, float] = {}
         for evaluator in evaluators:

@@ -186,6 +186,23 @@ class TextEncoder(nn.Module):
         tokens = self.encoder(x, mask=text_mask, deterministic=deterministic)
         return self._pool(tokens, text_ids, text_mask), tokens
 
+    def embed(self, text_ids: Array, positions: Array | None = None, deterministic: bool = True) -> Array:
+        """[B, L] ids at `positions` ([L] ints; default 0..L-1) -> [B, L, width] embeddings computed as `__call__`
+        computes them (word + position (+ type row 0), LayerNorm, dropout): what the decoder reads."""
+        cfg = self.config
+        x = self.token_embed(text_ids)
+        table = self.pos_embedding
+        rows = table[: text_ids.shape[1]] if positions is None else jnp.take(table, positions, axis=0)
+        x = x + rows.astype(x.dtype)[None]
+        if cfg.type_vocab_size:
+            x = x + self.type_embedding[0].astype(x.dtype)
+        if cfg.embed_norm:
+            x = self.ln_embed(x)
+        x = nn.with_logical_constraint(x.astype(self.dtype), ACT_BLE)
+        if cfg.dropout > 0.0:
+            x = self.embed_dropout(x, deterministic=deterministic)
+        return x
+
     def _pool(self, tokens: Array, text_ids: Array, text_mask: Array) -> Array:
         """[B, L, width] -> [B, width] by TextConfig.pool (then BERT's pooler when configured)."""
         pool = self.config.pool

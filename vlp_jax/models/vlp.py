@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from vlp_jax.config import default_config
 from vlp_jax.models import towers
+from vlp_jax.models.decoder import Decoder, DecoderConfig, decoder_config_from
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
 from vlp_jax.models.text import BERT_LN_EPS, TextConfig
 from vlp_jax.models.vit import ViTConfig
@@ -44,6 +45,7 @@ class VLPConfig:
     proj_bias: bool = True  # biases on image_proj/text_proj (CLIP's projections have none)
     vision_tower: str = 'vit'  # registered tower names (models/towers.py)
     text_tower: str = 'transformer'
+    decoder: DecoderConfig | None = None  # the image-grounded text decoder (models/decoder.py), fusion only
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -55,6 +57,8 @@ class VLPConfig:
                 f"kind {self.kind!r} with {self.text.num_fusion_layers} fusion layers: 'fusion' needs "
                 "text fusion layers > 0 and 'dual' none"
             )
+        if self.decoder is not None and self.kind != 'fusion':
+            raise ValueError("a decoder (model.decoder.layout) needs model.kind='fusion'")
         if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError('need 0 < temperature_min <= temperature_init <= temperature_max')
 
@@ -141,6 +145,19 @@ class VLPModel(nn.Module):
                 (cfg.text.embedding_rows,),
                 PARAM_DTYPE,
             )
+        if cfg.decoder is not None:
+            text = cfg.text
+            self.decoder = Decoder(
+                cfg.decoder,
+                text.width,
+                text.num_heads,
+                text.mlp_dim,
+                dtype,
+                text.dropout,
+                text.pre_norm,
+                text.ln_eps,
+                text.activation,
+            )
 
     def _image(self, image: Array, deterministic: bool) -> tuple[Array, Array]:
         pooled, tokens = self.vision(image, deterministic=deterministic)
@@ -170,6 +187,12 @@ class VLPModel(nn.Module):
             fused = self.fuse(text_tokens, text_mask, image_tokens, deterministic)
             self.itm_logits(fused)
             self.mlm_logits(fused)
+            if self.config.decoder is not None:
+                if self.config.decoder.context == 'fused':
+                    context, context_mask = fused, text_mask
+                else:
+                    context, context_mask = image_tokens, None
+                self.decode(text_ids, text_mask, context, context_mask, deterministic)
         return {
             'image_embed': image_embed,
             'text_embed': text_embed,
@@ -204,6 +227,39 @@ class VLPModel(nn.Module):
         logits = jnp.where(real, logits, MASKED_LOGIT)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
+    def _shared(self) -> Any:
+        """The text tower's params, which a 'shared' decoder runs its layers with (None for 'separate')."""
+        return self.variables['params']['text'] if self.config.decoder.layout == 'shared' else None
+
+    def decode(
+        self,
+        text_ids: Array,
+        text_mask: Array,
+        context: Array,
+        context_mask: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """The decoder's hidden states [B, L, width] of ids [B, L] ([BOS] first), each position attending causally
+        to those before it and to `context` [B, N, Dc] (`context_mask` [B, N], None = all); `lm_logits` reads them."""
+        x = self.text.embed(text_ids, deterministic=deterministic)
+        return self.decoder(x, text_mask, context, context_mask, self._shared(), deterministic)
+
+    def lm_logits(self, hidden: Array) -> Array:
+        """Decoder hidden states -> word logits: the MLM head (tied to the word embeddings), as BLIP's decoder."""
+        return self.mlm_logits(hidden)
+
+    def decoder_cache(self, context: Array, max_len: int) -> Any:
+        """The key/value cache of a decoded sequence of at most `max_len` tokens over `context`."""
+        return self.decoder.init_cache(context, max_len, self._shared())
+
+    def decoder_step(
+        self, token: Array, position: Array, cache: Any, context_mask: Array | None = None
+    ) -> tuple[Array, Any]:
+        """One decoding step: tokens [B] at `position` -> (word logits [B, embedding_rows] of the next token, cache)."""
+        x = self.text.embed(token[:, None], jnp.reshape(position, (1,)))
+        hidden, cache = self.decoder.step(x, position, cache, context_mask, self._shared())
+        return self.lm_logits(hidden)[:, 0], cache
+
     def encode_images(self, image: Array, deterministic: bool = True) -> Array:
         """[B, H, W, C] -> [B, embed_dim] unit-norm float32."""
         return self._image(image, deterministic)[0]
@@ -233,6 +289,7 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
     vision_group, text_group = model['vision'], model['text']
     vision = towers.tower(vision_group['tower'], towers.VISION).config_from(vision_group, model)
     text = towers.tower(text_group['tower'], towers.TEXT).config_from(text_group, model)
+    decoder = decoder_config_from(model.get('decoder', {}), text.depth, text.num_fusion_layers, bool(model['scan']))
     return VLPConfig(
         vision=vision,
         text=text,
@@ -242,5 +299,6 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         proj_bias=bool(model['proj_bias']),
         vision_tower=str(vision_group['tower']),
         text_tower=str(text_group['tower']),
+        decoder=decoder,
         **{k: float(model[k]) for k in ('temperature_init', 'temperature_min', 'temperature_max', 'sigmoid_bias_init')},
     )

@@ -85,6 +85,7 @@ class WeightSettings:
     itc: float = key(1.0, 'weight of image-text contrastive', check=non_negative)
     itm: float = key(1.0, 'weight of image-text matching', check=non_negative)
     mlm: float = key(1.0, 'weight of masked language modelling', check=non_negative)
+    lm: float = key(1.0, "weight of the decoder's language modelling (objective 'blip')", check=non_negative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +130,8 @@ class AlbefObjective(Objective):
 
     model_kinds = ('fusion',)
     batch_keys = batch_spec.REQUIRED_KEYS
+    # Added to ITM's negative-sampling weights: 0 in ALBEF, 1e-4 in BLIP ("F.softmax(sim_i2t[:,:bs],dim=1)+1e-4").
+    negative_floor: float = 0.0
 
     def __init__(
         self,
@@ -147,7 +150,7 @@ class AlbefObjective(Objective):
         self.negative_choice = itm.negatives
         self.mask_ratio = float(mlm.mask_ratio)
         self.max_predictions = resolve_max_predictions(mlm.max_predictions, model.config.text.max_len, self.mask_ratio)
-        self.weights = {term: float(getattr(weights, term)) for term in ('itc', 'itm', 'mlm')}
+        self.weights = {term: float(getattr(weights, term)) for term in ('itc', 'itm', 'mlm', 'lm')}
         self.special = SpecialTokens(BERT_CLS_ID, BERT_SEP_ID, BERT_PAD_ID, BERT_MASK_ID, model.config.text.vocab_size)
         self.momentum = Momentum.of(momentum, parts.steps_per_epoch)
         # A regulator that decides the ITM and MLM pairs itself (MAFA's mining): at most one, checked.
@@ -232,8 +235,9 @@ class AlbefObjective(Objective):
             sims = image_text_cosines(out['image_embed'], out_m['text_embed'])
             sims_t2i = image_text_cosines(out['text_embed'], out_m['image_embed'])  # a plain dot product
         scale = out['logit_scale']
-        negative_text = choose_negatives(keys['text_negatives'], sims, self.negative_choice, scale)  # per image
-        negative_image = choose_negatives(keys['image_negatives'], sims_t2i, self.negative_choice, scale)  # per text
+        floor = self.negative_floor
+        negative_text = choose_negatives(keys['text_negatives'], sims, self.negative_choice, scale, floor)  # per image
+        negative_image = choose_negatives(keys['image_negatives'], sims_t2i, self.negative_choice, scale, floor)
         return itm_pairs(negative_image, negative_text), caption_pairs(sims.shape[0])
 
     def loss(
@@ -258,18 +262,8 @@ class AlbefObjective(Objective):
         itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step, momentum)
 
         itm_set, mlm_set = self.choose_pairs(out, outputs, keys, out_m)
-        images, texts = out['image_tokens'], out['text_tokens']
-        fused = self._apply(
-            params,
-            texts[itm_set.text],
-            mask[itm_set.text],
-            images[itm_set.image],
-            method='fuse',
-            rng=keys['itm_fusion'],
-        )
-        itm_logits = self._apply(params, fused, method='itm_logits')
-        labels = itm_set.label
-        itm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(itm_logits, labels), itm_set.weight)
+        itm, itm_accuracy = self.itm_loss(params, out, mask, itm_set, keys['itm_fusion'])
+        images = out['image_tokens']
 
         # Every MLM row is masked by its own draw, as MAFA's "self.mask(add_pos_input_ids, ...)" masks the
         # concatenated input ids of all its rows: an extra (converted) pair does not reuse its caption's mask.
@@ -313,12 +307,23 @@ class AlbefObjective(Objective):
                 'train/itc': itc,
                 'train/itm': itm,
                 'train/mlm': mlm,
-                'train/itm_accuracy': masked_mean(jnp.argmax(itm_logits, axis=-1) == labels, itm_set.weight),
+                'train/itm_accuracy': itm_accuracy,
                 'train/mlm_accuracy': masked_mean(jnp.argmax(mlm_logits, axis=-1) == targets, predicted),
                 'train/mlm_pairs': jnp.sum(mlm_set.weight),
             }
         )
         return loss, metrics, outputs
+
+    def itm_loss(
+        self, params: PyTree, out: Mapping[str, jax.Array], mask: jax.Array, pairs: Pairs, rng: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(ITM loss, accuracy) of `pairs` (weighted means): the text tokens fused with the images' tokens, the
+        fused [CLS] through the 2-way head."""
+        texts, images = out['text_tokens'], out['image_tokens']
+        fused = self._apply(params, texts[pairs.text], mask[pairs.text], images[pairs.image], method='fuse', rng=rng)
+        logits = self._apply(params, fused, method='itm_logits')
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, pairs.label)
+        return masked_mean(losses, pairs.weight), masked_mean(jnp.argmax(logits, axis=-1) == pairs.label, pairs.weight)
 
     def _momentum_fused(
         self,

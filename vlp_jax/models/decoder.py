@@ -1,0 +1,393 @@
+"""The image-grounded text decoder: causal self-attention, cross-attention to a context, MLP; an LM head
+tied to the word embeddings. Config group `model.decoder`.
+
+Two weight layouts (`model.decoder.layout`):
+
+- 'shared' (BLIP): the decoder runs the text tower's layers and then its fusion layers, sharing every
+  weight with them (embeddings, cross-attention, MLPs, LayerNorms, the final norms) except the
+  self-attention, which is its own and causal ("tie_encoder_decoder_weights(..., '/attention')" in BLIP's
+  blip_pretrain.py ties everything but the self-attention modules). Its params are only
+  `decoder/block_{i}/{attn, ln_attn}`, one per text layer then per fusion layer.
+- 'separate' (ALBEF's VQA): `model.decoder.depth` layers of its own (self-attention, cross-attention, MLP,
+  `decoder/block_{i}/...`), which a warm start fills from the fusion layers of a pretrained run
+  (`warm_start_aliases`), as ALBEF's VQA copies layers 6-11 of its text encoder into the decoder.
+
+In both, the word and position embeddings are the text tower's and the LM head is the fusion model's MLM
+head (dense -> GELU -> LayerNorm -> the word embeddings + bias), as BLIP's decoder's `cls.predictions`
+shares the encoder's word embeddings. The context (`model.decoder.context`) is the image tokens ('image':
+BLIP's captioner) or the fusion encoder's output for a question ('fused': ALBEF's and BLIP's VQA answer
+decoders).
+
+Decoding reuses the training layers with a key/value cache (`init_cache`, `step`): each new token costs one
+position of self-attention against the cache, and the context's keys and values are projected once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlp_jax.config import at_least, group, key
+from vlp_jax.models.layers import ACT_BLE, ACT_BLHK, MASK_VALUE, HeadDense, MlpBlock, layer_norm
+
+Array = jax.Array
+PyTree = Any
+
+LAYOUTS = ('none', 'shared', 'separate')
+CONTEXTS = ('image', 'fused')
+# BLIP adds a [DEC] token to BERT's vocabulary to start a decoded sequence; vlp_jax starts it with BERT's
+# [unused0] (id 1), so the vocabulary (and an exported decoder's) keeps its 30,522 rows.
+DECODER_BOS_ID = 1
+
+
+@group('model.decoder')
+@dataclasses.dataclass(frozen=True)
+class DecoderSettings:
+    """The image-grounded text decoder of a fusion model (BLIP's LM, captioning, VQA answers)."""
+
+    layout: str = key(
+        'none',
+        "'none' | 'shared': BLIP's, every weight shared with the text and fusion layers but the self-attention | "
+        "'separate': ALBEF-VQA's, its own layers",
+        choices=LAYOUTS,
+    )
+    depth: int = key(-1, "layers of a 'separate' decoder (-1: as many as the fusion layers)", check=at_least(-1))
+    context: str = key(
+        'image',
+        "what the cross-attention reads: 'image' tokens | 'fused': the fusion output of a question (VQA)",
+        choices=CONTEXTS,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """A resolved decoder: its layout, its layers and what its cross-attention reads."""
+
+    layout: str  # 'shared' | 'separate'
+    depth: int  # 'separate': its own layers; 'shared': text depth + fusion layers (all its self-attentions)
+    context: str
+    text_depth: int  # 'shared': the first `text_depth` layers have no cross-attention (the text layers)
+
+    def __post_init__(self) -> None:
+        assert self.layout in LAYOUTS[1:] and self.context in CONTEXTS, self
+
+    def cross_attention(self, layer: int) -> bool:
+        return self.layout == 'separate' or layer >= self.text_depth
+
+
+def decoder_config_from(
+    group: Mapping[str, Any], text_depth: int, fusion_layers: int, scan: bool = False
+) -> DecoderConfig | None:
+    """The DecoderConfig of a `model.decoder` group (a dict), or None for layout 'none'."""
+    layout = str(group.get('layout', 'none'))
+    if layout == 'none':
+        return None
+    if layout not in LAYOUTS:
+        raise ValueError(f'config key model.decoder.layout must be one of {LAYOUTS}, got {layout!r}')
+    if fusion_layers <= 0:
+        raise ValueError("config key model.decoder.layout needs a fusion model (model.kind='fusion')")
+    if scan:
+        raise ValueError('the decoder runs unscanned layers; set model.scan=False with model.decoder.layout')
+    depth = int(group.get('depth', -1))
+    if layout == 'shared':
+        depth = text_depth + fusion_layers
+    elif depth <= 0:
+        depth = fusion_layers
+    return DecoderConfig(layout, depth, str(group.get('context', 'image')), text_depth if layout == 'shared' else 0)
+
+
+class CachedAttention(nn.Module):
+    """Multi-head attention with the param names of layers.MultiHeadAttention (query, key, value, out), run as
+    `kv` (keys and values of a context, once) and `attend` (queries against given keys and values), so a
+    decoder step attends one new position to a cache."""
+
+    width: int
+    num_heads: int
+    dtype: Any = jnp.float32
+    dropout_rate: float = 0.0
+
+    def setup(self) -> None:
+        head_dim = self.width // self.num_heads
+        proj = lambda: HeadDense((self.num_heads, head_dim), ('embed', 'heads', 'kv'), self.dtype)
+        self.query, self.key, self.value = proj(), proj(), proj()
+        self.out = HeadDense((self.width,), ('heads', 'kv', 'embed'), self.dtype)
+        self.dropout = nn.Dropout(rate=self.dropout_rate)
+
+    def kv(self, context: Array) -> tuple[Array, Array]:
+        """[B, N, Dc] -> keys, values [B, N, heads, head_dim]."""
+        return (
+            nn.with_logical_constraint(self.key(context), ACT_BLHK),
+            nn.with_logical_constraint(self.value(context), ACT_BLHK),
+        )
+
+    def attend(self, x: Array, keys: Array, values: Array, mask: Array | None, deterministic: bool = True) -> Array:
+        """x [B, Lq, D] against keys/values [B, Lk, H, Dh]; `mask` broadcastable to [B, H, Lq, Lk] (True: attend).
+        The arithmetic of layers.MultiHeadAttention: scaled queries, float32 logits and softmax, MASK_VALUE."""
+        head_dim = self.width // self.num_heads
+        q = nn.with_logical_constraint(self.query(x), ACT_BLHK)
+        q = q / jnp.sqrt(head_dim).astype(q.dtype)
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q, keys, preferred_element_type=jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.float32(MASK_VALUE))
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if self.dropout_rate > 0.0:
+            probs = self.dropout(probs, deterministic=deterministic)
+        out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(self.dtype), values.astype(self.dtype))
+        out = self.out(nn.with_logical_constraint(out, ACT_BLHK))
+        return nn.with_logical_constraint(out, ACT_BLE)
+
+
+def key_mask(mask: Array | None) -> Array | None:
+    """[B, Lk] valid keys -> bool [B, 1, 1, Lk]."""
+    return None if mask is None else jnp.asarray(mask).astype(bool)[:, None, None, :]
+
+
+def causal_mask(length: int) -> Array:
+    """bool [1, 1, L, L]: query t attends to keys <= t."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+class DecoderBlock(nn.Module):
+    """One decoder layer with layers.TransformerBlock's param names (attn, ln_attn, xattn, ln_xattn, mlp, ln_mlp)
+    and its residual arithmetic (pre- or post-LN, dropout after each sub-block), the self-attention causal.
+
+    `parts` says which params this block owns: 'all' ('separate' layout), 'self' (the 'shared' layout's own
+    causal self-attention) or 'rest' (the cross-attention and MLP, applied with the text tower's params).
+    """
+
+    width: int
+    num_heads: int
+    mlp_dim: int
+    dtype: Any = jnp.float32
+    dropout_rate: float = 0.0
+    pre_norm: bool = True
+    ln_eps: float = 1e-6
+    activation: str = 'gelu'
+    cross_attention: bool = True
+    parts: str = 'all'
+
+    def setup(self) -> None:
+        attention = lambda: CachedAttention(self.width, self.num_heads, self.dtype, self.dropout_rate)
+        if self.parts in ('all', 'self'):
+            self.attn, self.ln_attn = attention(), layer_norm(None, self.ln_eps)
+        if self.parts in ('all', 'rest'):
+            if self.cross_attention:
+                self.xattn, self.ln_xattn = attention(), layer_norm(None, self.ln_eps)
+            self.mlp = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, self.activation)
+            self.ln_mlp = layer_norm(None, self.ln_eps)
+        self.dropout = nn.Dropout(rate=self.dropout_rate)
+
+    def _residual(self, x: Array, fn, ln: nn.Module, deterministic: bool) -> Array:
+        h = fn(ln(x) if self.pre_norm else x)
+        if self.dropout_rate > 0.0:
+            h = self.dropout(h, deterministic=deterministic)
+        y = x + h.astype(x.dtype)
+        if not self.pre_norm:
+            y = ln(y).astype(x.dtype)
+        return nn.with_logical_constraint(y, ACT_BLE)
+
+    def self_attention(
+        self, x: Array, mask: Array | None, deterministic: bool = True, cache: tuple | None = None, position=None
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """Causal self-attention. Without `cache`: x [B, L, D] with key mask [B, L] -> (y, (keys, values)).
+        With `cache` (keys, values [B, T, H, Dh]) and `position` p: x [B, 1, D] is position p; its keys and
+        values are written at p and it attends to positions <= p -> (y, the updated cache)."""
+
+        def attend(h):
+            keys, values = self.attn.kv(h)
+            if cache is None:
+                mask_ = causal_mask(h.shape[1])
+                if mask is not None:
+                    mask_ = mask_ & key_mask(mask)
+                out[0] = (keys, values)
+                return self.attn.attend(h, keys, values, mask_, deterministic)
+            start = (0, position, 0, 0)
+            new = (keys, values)
+            cached = tuple(jax.lax.dynamic_update_slice(c, n.astype(c.dtype), start) for c, n in zip(cache, new))
+            out[0] = cached
+            visible = (jnp.arange(cached[0].shape[1]) <= position)[None, None, None, :]
+            return self.attn.attend(h, *cached, visible, deterministic)
+
+        out: list = [None]
+        y = self._residual(x, attend, self.ln_attn, deterministic)
+        return y, out[0]
+
+    def context_kv(self, context: Array) -> tuple[Array, Array]:
+        """The cross-attention's keys and values of a context (computed once per decoded sequence)."""
+        return self.xattn.kv(context)
+
+    def rest(
+        self,
+        x: Array,
+        context_kv: tuple[Array, Array] | None,
+        context_mask: Array | None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Cross-attention to the context's keys/values (when this layer has it), then the MLP."""
+        if self.cross_attention:
+            x = self._residual(
+                x,
+                lambda h: self.xattn.attend(h, *context_kv, key_mask(context_mask), deterministic),
+                self.ln_xattn,
+                deterministic,
+            )
+        return self._residual(x, lambda h: self.mlp(h, deterministic=deterministic), self.ln_mlp, deterministic)
+
+    def __call__(self, x, mask=None, context=None, context_mask=None, deterministic=True):
+        """The whole layer (init and the 'separate' layout's training forward)."""
+        x, _ = self.self_attention(x, mask, deterministic)
+        kv = self.context_kv(context) if self.cross_attention else None
+        return self.rest(x, kv, context_mask, deterministic)
+
+
+def _block_params(shared: PyTree, config: DecoderConfig, layer: int) -> PyTree:
+    """The text tower's params of the layer the 'shared' decoder's layer `layer` runs (text layers first)."""
+    if layer < config.text_depth:
+        return shared['encoder'][f'block_{layer}']
+    return shared['fusion'][f'block_{layer - config.text_depth}']
+
+
+class Decoder(nn.Module):
+    """The decoder's layers (its own params per `DecoderConfig.layout`); the caller embeds the tokens, passes
+    the text tower's params (`shared`, read by the 'shared' layout) and applies the LM head."""
+
+    config: DecoderConfig
+    width: int
+    num_heads: int
+    mlp_dim: int
+    dtype: Any = jnp.float32
+    dropout_rate: float = 0.0
+    pre_norm: bool = True
+    ln_eps: float = 1e-6
+    activation: str = 'gelu'
+
+    def _block_module(self, layer: int, parts: str, bound: bool = False) -> DecoderBlock:
+        unbound = {} if bound else {'parent': None}
+        return DecoderBlock(
+            self.width,
+            self.num_heads,
+            self.mlp_dim,
+            self.dtype,
+            self.dropout_rate,
+            self.pre_norm,
+            self.ln_eps,
+            self.activation,
+            self.config.cross_attention(layer),
+            parts,
+            **unbound,
+        )
+
+    def block(self, layer: int) -> DecoderBlock:
+        return getattr(self, f'block_{layer}')
+
+    def setup(self) -> None:
+        separate = self.config.layout == 'separate'
+        for i in range(self.config.depth):  # named block_{i}, as layers.Encoder names its blocks
+            setattr(self, f'block_{i}', self._block_module(i, 'all' if separate else 'self', bound=True))
+        if separate and self.pre_norm:
+            self.ln_final = layer_norm(None, self.ln_eps)
+
+    def _shared_call(self, layer: int, shared: PyTree, method, *args, deterministic: bool = True):
+        params = dict(_block_params(shared, self.config, layer))
+        names = ('xattn', 'ln_xattn', 'mlp', 'ln_mlp') if self.config.cross_attention(layer) else ('mlp', 'ln_mlp')
+        rngs = {} if deterministic else {'dropout': self.make_rng('dropout')}
+        block = self._block_module(layer, 'rest')
+        return block.apply({'params': {name: params[name] for name in names}}, *args, method=method, rngs=rngs)
+
+    def _context_kv(self, layer: int, shared: PyTree, context: Array) -> tuple[Array, Array] | None:
+        if not self.config.cross_attention(layer):
+            return None
+        if self.config.layout == 'separate':
+            return self.block(layer).context_kv(context)
+        return self._shared_call(layer, shared, DecoderBlock.context_kv, context)
+
+    def _rest(self, layer, shared, x, kv, context_mask, deterministic):
+        if self.config.layout == 'separate':
+            return self.block(layer).rest(x, kv, context_mask, deterministic)
+        return self._shared_call(
+            layer, shared, DecoderBlock.rest, x, kv, context_mask, deterministic, deterministic=deterministic
+        )
+
+    def _segment_end(self, layer: int, shared: PyTree, x: Array) -> Array:
+        """The final norm where the encoder's stack of this layer ends (layers.Encoder: LN when pre-norm, else
+        a float32 cast); the fusion layers then read the text layers' output in the compute dtype."""
+        cfg = self.config
+        if cfg.layout == 'separate':
+            if layer < cfg.depth - 1:
+                return x
+            return self.ln_final(x) if self.pre_norm else x.astype(jnp.float32)
+        if layer == cfg.text_depth - 1:
+            stack = 'encoder'
+        elif layer == cfg.depth - 1:
+            stack = 'fusion'
+        else:
+            return x
+        if self.pre_norm:
+            norm = nn.LayerNorm(epsilon=self.ln_eps, dtype=jnp.float32, parent=None)
+            x = norm.apply({'params': shared[stack]['ln_final']}, x)
+        x = x.astype(jnp.float32)
+        return x.astype(self.dtype) if stack == 'encoder' else x
+
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None,
+        context: Array,
+        context_mask: Array | None,
+        shared: PyTree = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Embedded tokens [B, L, D] (causal, key mask [B, L]) attending to `context` [B, N, Dc] -> [B, L, D]."""
+        for layer in range(self.config.depth):
+            x, _ = self.block(layer).self_attention(x, mask, deterministic)
+            kv = self._context_kv(layer, shared, context)
+            x = self._rest(layer, shared, x, kv, context_mask, deterministic)
+            x = self._segment_end(layer, shared, x)
+        return nn.with_logical_constraint(x, ACT_BLE)
+
+    def init_cache(self, context: Array, max_len: int, shared: PyTree = None) -> PyTree:
+        """{'self': per layer (keys, values) zeros [B, max_len, H, Dh], 'cross': per layer the context's (keys,
+        values) or None}: the state `step` carries."""
+        batch, head_dim = context.shape[0], self.width // self.num_heads
+        zeros = jnp.zeros((batch, max_len, self.num_heads, head_dim), self.dtype)
+        return {
+            'self': [(zeros, zeros) for _ in range(self.config.depth)],
+            'cross': [self._context_kv(layer, shared, context) for layer in range(self.config.depth)],
+        }
+
+    def step(
+        self, x: Array, position: Array, cache: PyTree, context_mask: Array | None, shared: PyTree = None
+    ) -> tuple[Array, PyTree]:
+        """One embedded position x [B, 1, D] at `position` (a scalar) -> ([B, 1, D], the updated cache)."""
+        updated = []
+        for layer in range(self.config.depth):
+            x, kv = self.block(layer).self_attention(x, None, True, cache['self'][layer], position)
+            updated.append(kv)
+            x = self._rest(layer, shared, x, cache['cross'][layer], context_mask, True)
+            x = self._segment_end(layer, shared, x)
+        return x, {'self': updated, 'cross': cache['cross']}
+
+
+def warm_start_aliases(config: DecoderConfig | None) -> dict[str, str]:
+    """{param path prefix of this decoder: the prefix a warm start may fill it from} where the checkpoint has
+    no decoder of its own: a 'separate' decoder's layers from the fusion layers (ALBEF's VQA), a 'shared'
+    decoder's self-attention from the self-attention of the layer it runs (BLIP starts both from BERT)."""
+    if config is None:
+        return {}
+    aliases = {}
+    for layer in range(config.depth):
+        target = f'decoder/block_{layer}/'
+        if config.layout == 'separate':
+            aliases[target] = f'text/fusion/block_{layer}/'
+        elif layer < config.text_depth:
+            aliases[target] = f'text/encoder/block_{layer}/'
+        else:
+            aliases[target] = f'text/fusion/block_{layer - config.text_depth}/'
+    if config.layout == 'separate':
+        aliases['decoder/ln_final/'] = 'text/fusion/ln_final/'
+    return aliases
