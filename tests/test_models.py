@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlp_jax.models import layers
 from vlp_jax.models.layers import MultiHeadAttention
 from vlp_jax.models.text import TextConfig, text_config
 from vlp_jax.models.vit import ViTConfig, vit_config
@@ -122,29 +121,6 @@ def test_attention_matches_numpy(cross):
     args = (x, ctx if cross else None, mask)
     params = nn.unbox(layer.init(jax.random.key(1), *args))
     # Non-zero biases so the reference checks them too.
-    params = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), params)
-    got = layer.apply(params, *args)
-    p = jax.tree.map(np.asarray, params['params'])
-    np.testing.assert_allclose(got, _numpy_attention(x, ctx, mask, p, heads), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize('cross', [False, True])
-def test_fused_projections_match_numpy_and_keep_the_param_layout(cross, monkeypatch):
-    # FUSE_PROJECTIONS computes q, k, v (k, v of cross-attention) as one matmul over kernels stacked at trace
-    # time: the same numpy reference, and the same params (names, shapes, init values) as the separate ones.
-    rng = np.random.default_rng(2)
-    heads, width = 2, 8
-    x = rng.normal(size=(2, 3, width)).astype(np.float32)
-    ctx = rng.normal(size=(2, 5, width)).astype(np.float32) if cross else x
-    mask = np.array([[1] * ctx.shape[1], [1, 1] + [0] * (ctx.shape[1] - 2)])
-    layer = MultiHeadAttention(num_heads=heads)
-    args = (x, ctx if cross else None, mask)
-    separate = nn.unbox(layer.init(jax.random.key(1), *args))
-    monkeypatch.setattr(layers, 'FUSE_PROJECTIONS', True)
-    params = nn.unbox(layer.init(jax.random.key(1), *args))
-    assert jax.tree.structure(params) == jax.tree.structure(separate)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(separate)):
-        np.testing.assert_array_equal(a, b)
     params = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), params)
     got = layer.apply(params, *args)
     p = jax.tree.map(np.asarray, params['params'])

@@ -32,9 +32,6 @@ ACT_BLE = ('batch', 'length', 'embed')
 ACT_BLHK = ('batch', 'length', 'heads', 'kv')
 ACT_BLM = ('batch', 'length', 'mlp')
 LAYERS_AXIS = 'layers'  # logical name of the stacked-layer axis that `scan=True` adds to every block param
-# Attention computes the projections of one input (q, k, v of self-attention; k, v of cross-attention) as one
-# matmul over kernels stacked at trace time; the params keep their separate layout.
-FUSE_PROJECTIONS = False
 
 # Activation rematerialisation per tower (`model.remat`): what the backward pass keeps from the forward
 # pass of each block; the rest is recomputed. 'none' keeps everything (fastest, most memory); 'full'
@@ -105,9 +102,8 @@ class HeadDense(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, params_only: bool = False) -> Array | tuple[Array, Array]:
-        """Contracts the last ``len(kernel_axes) - len(features)`` dims of ``x``; (kernel, bias) in the compute
-        dtype instead with ``params_only`` (for a caller that fuses several projections of one input)."""
+    def __call__(self, x: Array) -> Array:
+        """Contracts the last ``len(kernel_axes) - len(features)`` dims of ``x``."""
         n_out = len(self.features)
         n_in = len(self.kernel_axes) - n_out
         shape = tuple(x.shape[-n_in:]) + tuple(self.features)
@@ -119,8 +115,6 @@ class HeadDense(nn.Module):
             tuple(self.features),
             PARAM_DTYPE,
         )
-        if params_only:
-            return kernel.astype(self.dtype), bias.astype(self.dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
         return y + bias.astype(self.dtype)
 
@@ -158,20 +152,9 @@ class MultiHeadAttention(nn.Module):
         def proj(name: str) -> HeadDense:
             return HeadDense((self.num_heads, head_dim), ('embed', 'heads', 'kv'), self.dtype, name=name)
 
-        def fused(names: tuple[str, ...], inputs: Array) -> list[Array]:
-            """The projections `names` of one input as one matmul: params stay separate (the layout importers,
-            exporters and checkpoints know), stacked at trace time."""
-            kernels, biases = zip(*(proj(name)(inputs, params_only=True) for name in names))
-            y = jnp.tensordot(inputs.astype(self.dtype), jnp.stack(kernels, axis=1), axes=1) + jnp.stack(biases)
-            return [y[..., i, :, :] for i in range(len(names))]
-
-        if FUSE_PROJECTIONS and context is x:
-            q, k, v = fused(('query', 'key', 'value'), x)
-        elif FUSE_PROJECTIONS:
-            q, (k, v) = proj('query')(x), fused(('key', 'value'), context)
-        else:
-            q, k, v = proj('query')(x), proj('key')(context), proj('value')(context)
-        q, k, v = (nn.with_logical_constraint(y, ACT_BLHK) for y in (q, k, v))
+        q = nn.with_logical_constraint(proj('query')(x), ACT_BLHK)
+        k = nn.with_logical_constraint(proj('key')(context), ACT_BLHK)
+        v = nn.with_logical_constraint(proj('value')(context), ACT_BLHK)
 
         q = q / jnp.sqrt(head_dim).astype(q.dtype)
         logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
