@@ -30,6 +30,7 @@ baseline (0 = bit-identical) and its skipped steps.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import gc
@@ -84,8 +85,6 @@ def parse_variant(spec: str) -> Variant:
         elif arg.startswith('--set='):
             target, value = arg[len('--set=') :].split('=', 1)
             module, attr = target.rsplit('.', 1)
-            import ast
-
             variant.sets.append((module, attr, ast.literal_eval(value)))
         else:
             raise SystemExit(f'--variant {spec!r}: unknown argument {arg!r}')
