@@ -5,8 +5,8 @@
   running step, checkpoints it and exits 0, and re-running the command resumes bit-exactly.
   With several processes the flag is agreed on every step (any process signalled stops all
   at the same step), since the checkpoint save is collective.
-- A step whose loss, gradient or updated params are non-finite is skipped by the step
-  itself (steps.py: the state keeps its old values). `NonFiniteGuard` counts the skips
+- A step whose loss or gradient is non-finite is skipped by the step itself (steps.py,
+  decided before the update: the state keeps its old values). `NonFiniteGuard` counts the skips
   (`train/skipped_steps`) and stops the run after `nonfinite_patience` in a row, so a
   diverged run neither trains on NaNs nor writes them over its good checkpoints.
 """

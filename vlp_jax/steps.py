@@ -24,8 +24,19 @@ from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.base import FEEDBACK, Objective
 from vlp_jax.probes import GroundTruthProbe, false_negative_metrics
 
-# metrics[SKIPPED] = 1 when the step's update was skipped (non-finite loss, gradient or params).
+# metrics[SKIPPED] = 1 when the step's update was skipped (non-finite loss or gradient; see GUARDS).
 SKIPPED = 'train/skipped'
+# How the step skips a non-finite update (`make_train_step(guard=...)`):
+# - 'cond' (what runs use): decide from the loss and the gradient norm BEFORE the update, and run the optimizer
+#   update and `after_update` inside `jax.lax.cond`, so a finite step pays nothing but two scalar checks and the
+#   state is updated in place;
+# - 'cond_params': 'cond', then also the updated params' global norm, a non-finite one keeping the old state
+#   (a second `lax.cond`): what a strict check on the updated params costs;
+# - 'select': the earlier guard, the updated state and the old one both kept, `jnp.where`d leaf by leaf on
+#   the loss, gradient and updated-params finiteness (it reads and writes the whole state once more);
+# - 'off': no guard, a non-finite update is applied.
+# The last three are the baselines of benchmarks/step_ab.py.
+GUARDS = ('cond', 'cond_params', 'select', 'off')
 # Per-step RNG uses: the step's key (folded by step) is split into these, one per use.
 OBJECTIVE_RNG, NUM_RNG_USES = 0, 1
 
@@ -76,6 +87,7 @@ def make_train_step(
     probe: GroundTruthProbe | None = None,
     keep_feedback: bool = False,
     lock: Callable[[Any], Any] = lambda params: params,
+    guard: str = 'cond',
 ) -> TrainStep:
     """step(state, batch, frozen) -> (state, metrics, feedback).
 
@@ -84,8 +96,10 @@ def make_train_step(
     ShapeDtypeStructs carrying them; default: like the trained params). `feedback` is the
     objective's outputs[FEEDBACK] (replicated) when `keep_feedback`, else None. `lock`
     (optim.stop_locked_gradients) is applied to the params inside the differentiated function, so
-    locked params get exact zero gradients and no backward pass.
+    locked params get exact zero gradients and no backward pass. `guard` (GUARDS) is how a non-finite
+    update is skipped.
     """
+    assert guard in GUARDS, guard
     keys = tuple(dict.fromkeys((*objective.batch_keys, *(probe.batch_keys if probe else ()))))
 
     def train_step(state: dict[str, Any], batch: dict[str, jax.Array], frozen: dict[str, Any]):
@@ -94,17 +108,40 @@ def make_train_step(
         with nn.logical_axis_rules(rules):
             args = (state['extra'], frozen, batch, objective_rng, step)
             (loss, (metrics, outputs)), grads = objective.value_and_grad(state['params'], *args, lock=lock)
-        updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-        params, extra = objective.after_update(
-            optax.apply_updates(state['params'], updates), state['extra'], outputs, step
-        )
         grad_norm = optax.global_norm(grads)
-        # A non-finite loss, gradient or update is skipped: the state keeps its old values (the step
-        # counter still advances, so the batch is consumed), and the loop counts it (train.py).
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(params))
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        params, opt_state = keep(params, state['params']), keep(opt_state, state['opt_state'])
-        extra = keep(extra, state['extra'])
+        old = (state['params'], state['opt_state'], state['extra'])
+
+        def update(params, opt_state, extra):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params, extra = objective.after_update(optax.apply_updates(params, updates), extra, outputs, step)
+            return params, opt_state, extra
+
+        # A non-finite loss or gradient is skipped: the state keeps its old values (the step counter still
+        # advances, so the batch is consumed), and the loop counts it (train.py, guards.py). A finite gradient
+        # has finite Adam moments, so only an overflowing update (an absurd lr) could still make the params
+        # non-finite, and the next step's loss then is: the run stops after `nonfinite_patience` such steps.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if guard == 'off':
+            params, opt_state, extra = update(*old)
+        elif guard == 'select':
+            params, opt_state, extra = update(*old)
+            finite = finite & jnp.isfinite(optax.global_norm(params))
+            params, opt_state, extra = jax.tree.map(
+                lambda n, o: jnp.where(finite, n, o), (params, opt_state, extra), old
+            )
+        else:
+
+            def checked_update(*state_parts):
+                new = update(*state_parts)
+                params_finite = jnp.isfinite(optax.global_norm(new[0]))
+                return jax.lax.cond(params_finite, lambda: new, lambda: state_parts), params_finite
+
+            if guard == 'cond':
+                params, opt_state, extra = jax.lax.cond(finite, update, lambda *parts: parts, *old)
+            else:
+                (params, opt_state, extra), finite = jax.lax.cond(
+                    finite, checked_update, lambda *parts: (parts, jnp.bool_(False)), *old
+                )
         metrics = {
             'train/loss': loss,
             'train/lr': schedule(step),
