@@ -1,10 +1,12 @@
 """The VLP model: image/text towers, projections, temperature, bias; with kind='fusion' also
-ALBEF's fusion layers and its ITM and MLM heads."""
+ALBEF's fusion layers and its ITM and MLM heads, and optionally a task head on the fused [CLS]
+(`head`: ALBEF's 2-layer `cls_head` of NLVR2 and SNLI-VE, or its linear `ta_head`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 
 from vlp_jax.config import default_config
 from vlp_jax.models import towers
+from vlp_jax.models.bi_fusion import single_image_sources
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
 from vlp_jax.models.text import BERT_LN_EPS, TextConfig
 from vlp_jax.models.vit import ViTConfig
@@ -26,6 +29,7 @@ DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NORM_EPS = 1e-12
 
 MASKED_LOGIT = -1.0e9  # the MLM logit of a padding row of the word-embedding table
+HEADS = {'mlp': 'cls_head', 'linear': 'ta_head'}  # model.head -> the head's param name (ALBEF's names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,8 @@ class VLPConfig:
     proj_bias: bool = True  # biases on image_proj/text_proj (CLIP's projections have none)
     vision_tower: str = 'vit'  # registered tower names (models/towers.py)
     text_tower: str = 'transformer'
+    head: str = ''  # '' | HEADS: a task head on the fused [CLS]
+    head_classes: int = 2
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -55,6 +61,8 @@ class VLPConfig:
                 f"kind {self.kind!r} with {self.text.num_fusion_layers} fusion layers: 'fusion' needs "
                 "text fusion layers > 0 and 'dual' none"
             )
+        if self.head and (self.head not in HEADS or self.kind != 'fusion' or self.head_classes < 2):
+            raise ValueError(f"model.head {self.head!r} needs model.kind 'fusion' and model.head_classes >= 2")
         if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError('need 0 < temperature_min <= temperature_init <= temperature_max')
 
@@ -141,6 +149,8 @@ class VLPModel(nn.Module):
                 (cfg.text.embedding_rows,),
                 PARAM_DTYPE,
             )
+            if cfg.head:
+                self.task_head = ClassifierHead(cfg.head_classes, hidden=cfg.head == 'mlp', name=HEADS[cfg.head])
 
     def _image(self, image: Array, deterministic: bool) -> tuple[Array, Array]:
         pooled, tokens = self.vision(image, deterministic=deterministic)
@@ -167,9 +177,12 @@ class VLPModel(nn.Module):
         image_embed, image_tokens = self._image(image, deterministic)
         text_embed, text_tokens = self._text(text_ids, text_mask, deterministic)
         if self.config.kind == 'fusion' and self.is_initializing():
-            fused = self.fuse(text_tokens, text_mask, image_tokens, deterministic)
+            images = (image_tokens,) * 2 if self.config.text.fusion_images == 2 else image_tokens
+            fused = self.fuse(text_tokens, text_mask, images, deterministic)
             self.itm_logits(fused)
             self.mlm_logits(fused)
+            if self.config.head:
+                self.head_logits(fused)
         return {
             'image_embed': image_embed,
             'text_embed': text_embed,
@@ -187,9 +200,16 @@ class VLPModel(nn.Module):
         """[B, H, W, C] -> [B, N, width_v] tokens of the image tower (what `fuse` attends to)."""
         return self.vision(image, deterministic=deterministic)[1]
 
-    def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
-        """[B, L, width] text tokens (from the text layers) attending to [B, N, width_v] image tokens."""
+    def fuse(
+        self, text_tokens: Array, text_mask: Array, image_tokens: Array | tuple[Array, ...], deterministic: bool = True
+    ) -> Array:
+        """[B, L, width] text tokens (from the text layers) attending to [B, N, width_v] image tokens (a pair of
+        them with `model.text.fusion_images` 2)."""
         return self.text.fuse(text_tokens, text_mask, image_tokens, deterministic)
+
+    def head_logits(self, fused_tokens: Array) -> Array:
+        """[B, L, width] fused tokens -> [B, head_classes] float32: the task head on the fused [CLS]."""
+        return self.task_head(fused_tokens[:, 0].astype(jnp.float32))
 
     def itm_logits(self, fused_tokens: Array) -> Array:
         """[B, L, width] fused tokens -> [B, 2] float32 (not a match, match) from the fused [CLS]."""
@@ -211,6 +231,39 @@ class VLPModel(nn.Module):
     def encode_texts(self, text_ids: Array, text_mask: Array, deterministic: bool = True) -> Array:
         """[B, L] ids + mask -> [B, embed_dim] unit-norm float32."""
         return self._text(text_ids, text_mask, deterministic)[0]
+
+
+class ClassifierHead(nn.Module):
+    """ALBEF's task heads on the fused [CLS]: `hidden` -> dense, ReLU, dense (cls_head of NLVR2 / SNLI-VE:
+    "nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, classes)"), else one dense (ta_head)."""
+
+    classes: int
+    hidden: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        def dense(features: int, axes: tuple, name: str) -> nn.Dense:
+            return nn.Dense(
+                features,
+                dtype=jnp.float32,
+                param_dtype=PARAM_DTYPE,
+                kernel_init=partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), axes),
+                bias_init=partitioned(nn.initializers.zeros_init(), axes[1:]),
+                name=name,
+            )
+
+        if self.hidden:
+            x = nn.relu(dense(x.shape[-1], ('embed', 'mlp'), 'hidden')(x))
+            return dense(self.classes, ('mlp', None), 'out')(x)
+        return dense(self.classes, ('embed', None), 'out')(x)
+
+
+def checkpoint_sources(config: VLPConfig) -> Callable[[str], tuple[str, ...]]:
+    """param path -> other paths of a checkpoint it may start from (warm_start.py): a two-image fusion model's
+    paired layers start from the one-image layers they double (models/bi_fusion.py)."""
+    if config.text.fusion_images == 2:
+        return single_image_sources
+    return lambda key: ()
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -242,5 +295,7 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         proj_bias=bool(model['proj_bias']),
         vision_tower=str(vision_group['tower']),
         text_tower=str(text_group['tower']),
+        head=str(model['head']),
+        head_classes=int(model['head_classes']),
         **{k: float(model[k]) for k in ('temperature_init', 'temperature_min', 'temperature_max', 'sigmoid_bias_init')},
     )
