@@ -262,3 +262,10 @@ class EvalSettings:
         check=at_least(0),
         resume=True,
     )
+    rerank_score: str = key(
+        'itm',
+        "the re-ranked score of a top-k candidate: 'itm' (ALBEF: the ITM match logit) | 'itm_itc' (BLIP: the "
+        'match logit plus the ITC cosine)',
+        choices=('itm', 'itm_itc'),
+        resume=True,
+    )

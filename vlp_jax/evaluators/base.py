@@ -38,6 +38,8 @@ class EvalModel:
     batch_size: int
     mesh: Mesh
     rerank: Callable[[Any, Any], Any] | None = None  # (retrieval set, ITC similarity) -> rerank.RerankedScores
+    params: Any = None  # the params evaluated, and the run's setup (model, mesh, shardings): what an evaluator
+    setup: Any = None  # that runs the fusion layers or a task head itself needs (evaluators/tasks.py)
 
 
 class Evaluator(abc.ABC):
