@@ -133,8 +133,10 @@ def format_duration(seconds: float) -> str:
 
 def console_line(step: int, total: int, values: Mapping[str, float]) -> str:
     width = len(str(total))
+    temperature = values.get('train/temperature')  # a task objective without ITC reports none
     return (
         f'step {step:>{width}}/{total}  loss {values["train/loss"]:.4f}  '
-        f'temp {values["train/temperature"]:.4f}  {values["train/examples_per_sec"]:.0f} ex/s  '
+        + (f'temp {temperature:.4f}  ' if temperature is not None else '')
+        + f'{values["train/examples_per_sec"]:.0f} ex/s  '
         f'data wait {100 * values["train/data_wait_fraction"]:.1f}%  ETA {format_duration(values["eta_seconds"])}'
     )

@@ -136,6 +136,7 @@ class RetrievalFinetune(_FusionObjective):
         itm = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, pairs.label))
         metrics = {
             'train/itc': itc,
+            'train/temperature': 1.0 / out['logit_scale'],
             'train/itm': itm,
             'train/itm_accuracy': jnp.mean(jnp.argmax(logits, axis=-1) == pairs.label),
             'train/positives_per_row': jnp.mean(jnp.sum(same, axis=1).astype(jnp.float32)),
