@@ -178,3 +178,89 @@ def test_nlvr2_statements_about_an_images_own_caption_are_true():
                 assert labels[n] == 1
                 checked += 1
     assert checked >= 3 and 0 < labels.mean() < 1
+
+
+@pytest.fixture(scope='module')
+def fusion_model():
+    from conftest import make_config
+
+    from vlp_jax.data.batch import example_batch
+    from vlp_jax.models.vlp import VLPModel, model_config_from_dict
+
+    config = make_config(
+        '--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=2'
+    )
+    model = VLPModel(model_config_from_dict(config))
+    batch = example_batch(2, int(config.model.image_size), int(config.model.max_text_len), seed=3)
+    batch['text_mask'][1, 5:] = 0  # a padded caption
+    params = model.init(jax.random.key(0), batch['image'], batch['text_ids'], batch['text_mask'])['params']
+    return model, params, batch
+
+
+def test_gradcam_against_finite_differences_and_albefs_formula_in_numpy(fusion_model):
+    """The gradient of the summed ITM match logit w.r.t. the exposed attention probabilities against central
+    differences along random directions; the map against ALBEF's formula written as numpy loops."""
+    from vlp_jax.evaluators.grounding import _match, _perturbation_tree, attention_and_gradient, exposed_model, gradcam
+
+    model, params, batch = fusion_model
+    exposed = exposed_model(model, 0)
+    args = (batch['image'], batch['text_ids'], batch['text_mask'])
+    probs, grads = attention_and_gradient(exposed, params, *args)
+    plain = model.apply({'params': params}, *args, method=_match)
+    same, state = exposed.apply({'params': params}, *args, method=_match, mutable=['intermediates'])
+    np.testing.assert_allclose(np.asarray(same), np.asarray(plain), rtol=1e-6)  # exposing changes nothing
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+
+    def total(perturbation):
+        tree = _perturbation_tree(state['intermediates'], perturbation)
+        return float(jnp.sum(exposed.apply({'params': params, 'perturbations': tree}, *args, method=_match)))
+
+    rng = np.random.default_rng(0)
+    eps = 1e-3
+    for _ in range(3):
+        direction = rng.normal(size=probs.shape).astype(np.float32)
+        numeric = (total(eps * direction) - total(-eps * direction)) / (2 * eps)
+        np.testing.assert_allclose(numeric, float(np.sum(np.asarray(grads) * direction)), rtol=1e-2, atol=1e-4)
+
+    p, g, m = np.asarray(probs), np.asarray(grads), np.asarray(batch['text_mask'])
+    b_n, heads, length, tokens = p.shape
+    reference = np.zeros((b_n, tokens - 1))
+    for b in range(b_n):
+        for h in range(heads):
+            for t in range(length):
+                cam = p[b, h, t, 1:] * m[b, t]
+                grad = np.clip(g[b, h, t, 1:], 0, None) * m[b, t]
+                reference[b] += cam * grad / (heads * length)
+    np.testing.assert_allclose(np.asarray(gradcam(probs, grads, batch['text_mask'])), reference, rtol=1e-5, atol=1e-12)
+
+
+def test_grounding_accuracy_on_a_hand_built_case():
+    """A 2x2 map, hot in its bottom-right patch, on a 32-px image: the proposal there wins; the referred box
+    decides hit or miss; a padding proposal is never chosen."""
+    from vlp_jax.evaluators.grounding import grounding_accuracy, iou
+
+    heat = np.array([[0.0, 0.1], [0.0, 1.0]])
+    proposals = np.array([[[0, 0, 16, 16], [16, 16, 16, 16], [-1, -1, -1, -1]]] * 2, np.float32)
+    boxes = np.array([[16, 16, 16, 16], [0, 0, 16, 16]], np.float32)
+    assert grounding_accuracy(np.stack([heat, heat]), boxes, proposals, 32) == 0.5
+    assert iou(np.array([0, 0, 10, 10]), np.array([5, 0, 10, 10])) == pytest.approx(50 / 150)
+
+
+def test_grounding_expressions_single_out_their_object():
+    from vlp_jax.data.tasks.shapes_tasks import GroundingSource
+
+    world = ShapesWorld(WORLD, seed=0, split='test')
+    source = GroundingSource(world)
+    assert len(source) > 10
+    batch = source.batch(np.arange(len(source)))
+    scenes = world.batch(np.asarray([index for index, _, _ in source.items]))['scene']
+    from vlp_jax.data.synthetic import COLOURS, SHAPES
+
+    for [text], box, proposals, scene in zip(
+        batch['captions'], batch['fields']['box'], batch['fields']['proposals'], scenes
+    ):
+        objects = scene[scene[:, 0] >= 0]
+        named = [o for o in objects if f'{COLOURS[o[1]]} {SHAPES[o[0]]}' in text]
+        assert len(objects) >= 2 and (proposals[:, 2] > 0).sum() == len(objects)
+        assert any((proposals == box).all(axis=1))
+        assert len(named) >= 1

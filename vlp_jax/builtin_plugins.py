@@ -7,7 +7,7 @@ known before a config is read. A user's plug-ins come in through the `plugins` c
 
 from vlp_jax.data import record_source, synthetic_source, tfds_source  # noqa: F401  sources
 from vlp_jax.data.tasks import shapes_tasks  # noqa: F401  fine-tuning task sources
-from vlp_jax.evaluators import classification, retrieval, tasks  # noqa: F401  evaluators
+from vlp_jax.evaluators import classification, grounding, retrieval, tasks  # noqa: F401  evaluators
 from vlp_jax.models import towers  # noqa: F401  towers
 from vlp_jax.objectives import albef, dual_encoder, finetune  # noqa: F401  objectives
 from vlp_jax.objectives.regulators import cosmo, smoothing, srcl  # noqa: F401  regulators

@@ -26,7 +26,7 @@ Args: `tiny`; `steps=N` (total_steps); `init=PATH` (= model.init_checkpoint).
 from vlp_jax.config import parse_arg
 from vlp_jax.config_files import from_sibling
 
-TINY_STEPS = 150
+TINY_STEPS = 100
 
 
 def finetune(config, args, objective: str, source: str):

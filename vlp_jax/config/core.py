@@ -262,6 +262,11 @@ class EvalSettings:
         check=at_least(0),
         resume=True,
     )
+    gradcam_block: int = key(
+        -1,
+        "grounding: the fusion layer whose cross-attention Grad-CAM reads (ALBEF's block_num; negative: from the end)",
+        resume=True,
+    )
     rerank_score: str = key(
         'itm',
         "the re-ranked score of a top-k candidate: 'itm' (ALBEF: the ITM match logit) | 'itm_itc' (BLIP: the "

@@ -26,13 +26,18 @@ from vlp_jax.config import key, positive_int
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source, SourceContext, SourcePlugin
 from vlp_jax.data.synthetic import (
+    COLOURS,
     DETAILS,
+    MAX_OBJECTS,
+    SHAPES,
+    SIZES,
     SPLIT_IDS,
     ShapesWorld,
     ShapesWorldConfig,
     _scene_array,
     captions_true_of_scenes,
 )
+from vlp_jax.data.synthetic_captions import COLOUR, GRID, POSITION, SHAPE, SIZE
 from vlp_jax.data.synthetic_source import ShapesSource
 from vlp_jax.registry import SOURCES
 
@@ -234,3 +239,82 @@ class ShapesNlvr2Plugin(SourcePlugin):
 
     def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
         return (('accuracy', '', 'nlvr2'),)
+
+
+def cell_box(cell: int, image_size: int) -> np.ndarray:
+    """[x, y, w, h] in pixels of grid cell `cell` (row-major): an object's box (objects never leave their cell)."""
+    side = image_size / GRID
+    row, col = divmod(int(cell), GRID)
+    return np.asarray([col * side, row * side, side, side], np.float32)
+
+
+def referring_expression(scene: np.ndarray, target: int) -> str | None:
+    """'the red circle' (or 'the small red circle') naming object `target` of `scene` alone, or None when its
+    shape, colour and size together do not single it out."""
+    objects = scene[scene[:, SHAPE] >= 0]
+    me = objects[target]
+    for columns in ((SHAPE, COLOUR), (SIZE, SHAPE, COLOUR)):
+        same = np.all(objects[:, columns] == me[list(columns)], axis=1)
+        if same.sum() == 1:
+            words = {SHAPE: SHAPES[me[SHAPE]], COLOUR: COLOURS[me[COLOUR]], SIZE: SIZES[me[SIZE]]}
+            order = [SIZE, COLOUR, SHAPE] if SIZE in columns else [COLOUR, SHAPE]
+            return 'the ' + ' '.join(words[c] for c in order)
+    return None
+
+
+class GroundingSource(Source):
+    """Referring expressions of a world split: scenes of at least two objects, one object named by shape and
+    colour (and size where needed), its box and every object's box as the proposals (-1 rows pad)."""
+
+    def __init__(self, world: ShapesWorld):
+        self.world, self.scenes = world, _SceneText(world)
+        self.items = []  # (world image, target object, expression)
+        for index in range(len(world)):
+            scene = self.scenes.scene(index)[0]
+            count = int((scene[:, SHAPE] >= 0).sum())
+            if count < 2:
+                continue
+            target = int(_rng(world.seed, world.split, index).integers(count))
+            expression = referring_expression(scene, target)
+            if expression is not None:
+                self.items.append((index, target, expression))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, indices: np.ndarray) -> dict[str, Any]:
+        items = [self.items[int(i)] for i in np.asarray(indices)]
+        size = self.world.config.image_size
+        boxes = np.zeros((len(items), 4), np.float32)
+        proposals = np.full((len(items), MAX_OBJECTS, 4), -1.0, np.float32)
+        for row, (index, target, _) in enumerate(items):
+            scene = self.scenes.scene(index)[0]
+            cells = scene[scene[:, SHAPE] >= 0, POSITION]
+            boxes[row] = cell_box(cells[target], size)
+            proposals[row, : len(cells)] = [cell_box(cell, size) for cell in cells]
+        return {
+            'image': self.world.batch(np.asarray([index for index, _, _ in items]))['image'],
+            'captions': [[expression] for _, _, expression in items],
+            'fields': {'box': boxes, 'proposals': proposals},
+        }
+
+
+@SOURCES.register('shapes_grounding')
+class ShapesGroundingPlugin(SourcePlugin):
+    """Weakly-supervised grounding on the shapes world: trained on box-free (image, caption) pairs with image ids
+    (as 'shapes_retrieval'), evaluated on referring expressions with boxes (evaluator 'grounding')."""
+
+    Settings = TaskSettings
+
+    def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
+        settings = self.settings
+        world = ShapesWorld(
+            _world(settings, self.context, settings.train_size, settings.test_size), self.context.seed, split
+        )
+        return RetrievalPairs(world) if split == 'train' else GroundingSource(world)
+
+    def train_size(self) -> int:
+        return self.settings.train_size * self.settings.captions_per_image
+
+    def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
+        return (('grounding', '', ''),)
