@@ -11,8 +11,8 @@ Every example is a pure function of (seed, split, index). Truth comes from the s
   a claim no image can show ("made of wood": neutral). A contradiction carries such a claim half of the time,
   so the claim alone does not decide. Labels 0 entailment, 1 neutral, 2 contradiction (SNLI-VE's order).
 - 'shapes_nlvr2' (NLVR2): two scene images (left = 'image', right = 'image1') and a statement "the left image
-  shows C" / "the right image shows C" / "both images show C" for a caption C of either scene; label 1 when it
-  is true of the scene(s) it names, else 0.
+  shows C" / "the right image shows C" / "both images show C" for a caption C of either scene or another one;
+  label 1 when it is true of the scene(s) it names, else 0 (drawn first: balanced classes).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ ENTAILMENT, NEUTRAL, CONTRADICTION = range(3)
 UNSEEN_CLAIMS = ('made of wood', 'made of paper', 'drawn yesterday', 'that is heavy')
 NLVR2_TEMPLATES = ('the left image shows {}', 'the right image shows {}', 'both images show {}')
 CONTRADICTION_TRIES = 64
+NLVR2_TRIES = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,33 @@ class TaskSettings:
     train_size: int = key(4000, 'training examples', check=positive_int)
     test_size: int = key(300, 'test examples (retrieval: test images, 5 captions each)', check=positive_int)
     captions_per_image: int = key(2, 'captions per training image', check=positive_int)
-    detail: str = key('fine', "caption detail: 'coarse' | 'mixed' | 'fine'", choices=DETAILS)
+    detail: str = key(
+        'coarse',
+        "caption detail: 'coarse' (configs/shapes_albef.py pretrains on it) | 'mixed' | 'fine'",
+        choices=DETAILS,
+    )
+
+
+# One settings class per source: a config group is found by its dataclass (config.settings_of).
+@dataclasses.dataclass(frozen=True)
+class RetrievalTaskSettings(TaskSettings):
+    """Synthetic retrieval fine-tuning: training images (each caption an example), test images."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SnliVeTaskSettings(TaskSettings):
+    """Synthetic SNLI-VE: examples (one premise image each)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Nlvr2TaskSettings(TaskSettings):
+    """Synthetic NLVR2: examples (two images each)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundingTaskSettings(TaskSettings):
+    """Synthetic grounding: training images (box-free pairs), test images (scenes without a nameable object
+    of 2+ objects are left out)."""
 
 
 def _world(settings: TaskSettings, context: SourceContext, images: int, test_images: int) -> ShapesWorldConfig:
@@ -118,7 +145,7 @@ class ShapesRetrievalPlugin(SourcePlugin):
     """Retrieval fine-tuning on the shapes world: train = (image, caption) pairs with image ids; test = images
     with their 5 captions (evaluator 'retrieval_ft')."""
 
-    Settings = TaskSettings
+    Settings = RetrievalTaskSettings
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         if where:
@@ -186,13 +213,23 @@ class Nlvr2Source(Source):
         return self.size
 
     def example(self, index: int) -> tuple[str, int]:
+        """(statement, label) of example `index`: the label is drawn first (balanced classes), then captions of
+        the pair or of other scenes are tried until the statement has that truth (a 'both' statement falls back
+        to a one-image template now and then, as few captions are true of two scenes)."""
         rng = _rng(self.world.seed, self.world.split, index)
         left, right = self.scenes.scene(2 * index), self.scenes.scene(2 * index + 1)
+        label = int(rng.integers(2))
         which = int(rng.integers(len(NLVR2_TEMPLATES)))
-        text, spec = (left, right)[int(rng.integers(2))][1][int(rng.integers(self.world.captions_per_image))]
-        truths = (true_of(spec, left[0]), true_of(spec, right[0]))
-        label = truths[which] if which < 2 else truths[0] and truths[1]
-        return NLVR2_TEMPLATES[which].format(text), int(label)
+        for attempt in range(NLVR2_TRIES):
+            if attempt % 32 == 31:
+                which = int(rng.integers(2))
+            other = int(rng.integers(len(self.world)))
+            donor = (left, right, self.scenes.scene(other))[int(rng.integers(3))]
+            text, spec = donor[1][int(rng.integers(len(donor[1])))]
+            truths = (true_of(spec, left[0]), true_of(spec, right[0]))
+            if int(truths[which] if which < 2 else truths[0] and truths[1]) == label:
+                return NLVR2_TEMPLATES[which].format(text), label
+        raise DataError(f'no NLVR2 statement of label {label} found for example {index}')
 
     def batch(self, indices: np.ndarray) -> dict[str, Any]:
         indices = np.asarray(indices, np.int64)
@@ -209,7 +246,7 @@ class Nlvr2Source(Source):
 class ShapesSnliVePlugin(SourcePlugin):
     """SNLI-VE on the shapes world (evaluator 'accuracy', reported as eval/snli_ve/accuracy)."""
 
-    Settings = TaskSettings
+    Settings = SnliVeTaskSettings
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         size = self.settings.train_size if split == 'train' else self.settings.test_size
@@ -227,7 +264,7 @@ class ShapesSnliVePlugin(SourcePlugin):
 class ShapesNlvr2Plugin(SourcePlugin):
     """NLVR2 on the shapes world (evaluator 'accuracy', reported as eval/nlvr2/accuracy)."""
 
-    Settings = TaskSettings
+    Settings = Nlvr2TaskSettings
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         size = self.settings.train_size if split == 'train' else self.settings.test_size
@@ -304,7 +341,7 @@ class ShapesGroundingPlugin(SourcePlugin):
     """Weakly-supervised grounding on the shapes world: trained on box-free (image, caption) pairs with image ids
     (as 'shapes_retrieval'), evaluated on referring expressions with boxes (evaluator 'grounding')."""
 
-    Settings = TaskSettings
+    Settings = GroundingTaskSettings
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         settings = self.settings
