@@ -337,9 +337,9 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
 
 
 def eval_line(step: int, metrics: dict[str, float]) -> str:
-    """The console line of one evaluation: its R@1 and top-1 figures."""
+    """The console line of one evaluation: its R@1, top-1 and task-accuracy figures."""
     shown = '  '.join(
-        f'{key.split("/", 1)[1]} {value:.3f}' for key, value in metrics.items() if key.endswith(('_r1', 'top1'))
+        f'{key.split("/", 1)[1]} {value:.3f}' for key, value in metrics.items() if key.endswith(('_r1', 'top1', 'accuracy'))
     )
     return f'eval at step {step}: {shown}'
 
