@@ -89,6 +89,9 @@ def test_paired_layers_and_a_new_resolution_start_from_the_one_image_checkpoint(
             'pair_0/xattn_value/', 'block_0/xattn/value/'
         )
         np.testing.assert_array_equal(np.asarray(warm.arrays[key]), saved[source], err_msg=key)
+    # both blocks of a pair hold their own buffers: the train step donates the state, one buffer twice fails
+    pointers = [warm.arrays[key].unsafe_buffer_pointer() for key in pair]
+    assert len(set(pointers)) == len(pointers)
     leaf = run_setup.abstract_state['params']['vision']['pos_embedding']
     fitted = warm.arrays['vision/pos_embedding'](jax.device_put(jnp.zeros(leaf.shape), leaf.sharding))
     np.testing.assert_allclose(

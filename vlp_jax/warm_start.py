@@ -25,6 +25,7 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vlp_jax.checkpointing import CheckpointError, restore_params_from, stored_param_shapes
@@ -184,12 +185,15 @@ def load_warm_start(
         raise _error(path, str(error)) from error
     loaded = {path_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
     arrays: dict[str, jax.Array | Callable[[jax.Array], jax.Array]] = {}
+    taken: set[str] = set()
     for key, source in plan.items():
-        arrays[key] = (
-            functools.partial(_fitted, key, np.asarray(jax.device_get(loaded[source])))
-            if key in fitted
-            else loaded[source]
-        )
+        if key in fitted:
+            arrays[key] = functools.partial(_fitted, key, np.asarray(jax.device_get(loaded[source])))
+        elif source in taken:  # a second param from the same array (NLVR2's pair): its own buffer, as the
+            arrays[key] = jnp.copy(loaded[source])  # train step donates the state and one buffer can't go twice
+        else:
+            arrays[key] = loaded[source]
+        taken.add(source)
     used = set(plan.values())
     return WarmStart(
         path=path,
