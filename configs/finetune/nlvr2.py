@@ -31,4 +31,7 @@ def get_config(arg=None):
     if not args.tiny:
         config.batch_size = 128
         config.optim.lr = 2e-5
+        if args.steps <= 0:  # 10 epochs of NLVR2's 86,373 training statements at batch 128
+            config.total_steps = 10 * (86_373 // 128)
+            config.eval_every = config.checkpoint_every = config.total_steps // 10
     return config

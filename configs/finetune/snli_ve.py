@@ -28,4 +28,7 @@ def get_config(arg=None):
         config.total_steps = config.eval_every = config.checkpoint_every = args.steps
     if not args.tiny:
         config.optim.lr = 2e-5
+        if args.steps <= 0:  # 5 epochs of SNLI-VE's 529,527 training pairs at batch 256
+            config.total_steps = 5 * (529_527 // 256)
+            config.eval_every = config.checkpoint_every = config.total_steps // 5
     return config
