@@ -108,7 +108,8 @@ def train_pipeline(config, source=None, process_index=0, process_count=1):
 
 def train_batches(config, count=1, *, probe_keys=(), source=None, as_jax=False):
     """The first `count` batches of `config`'s training pipeline, model-ready: raw batch -> the step's keys
-    (the required ones plus `probe_keys`) -> images normalised to the model's range (no augmentation).
+    (the required ones plus `probe_keys`, any declared fields) -> images normalised to the model's range
+    (no augmentation).
 
     `source`: the train source when the caller needs it too (default: built from the config).
     Host numpy arrays, or jax arrays with `as_jax`.
@@ -120,7 +121,8 @@ def train_batches(config, count=1, *, probe_keys=(), source=None, as_jax=False):
     for step in range(count):
         raw = pipeline.raw_batch(step)
         batch = batch_spec.select(raw, batch_spec.step_keys(probe_keys))
-        batch['image'] = batch_spec.normalise_images(raw['image'])
+        for key in batch_spec.image_keys(batch):
+            batch[key] = batch_spec.normalise_images(raw[key])
         if as_jax:
             import jax.numpy as jnp
 

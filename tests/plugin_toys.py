@@ -123,7 +123,7 @@ class ColourSquares(Source):
         return {
             'image': np.ascontiguousarray(images),
             'captions': [[f'a {COLOURS[c]} square', f'something {COLOURS[c]}'] for c in colours],
-            'probes': {},
+            'fields': {},
         }
 
 

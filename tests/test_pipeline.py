@@ -5,6 +5,8 @@ import pytest
 from conftest import train_pipeline, train_source
 
 from vlp_jax import setup
+from vlp_jax.data import batch as batch_spec
+from vlp_jax.data.sources import Source
 from vlp_jax.sampling.base import Sampler
 from vlp_jax.sampling.random_sampler import random_order
 
@@ -112,3 +114,56 @@ def test_a_given_epoch_order_is_used_from_its_epoch_on(config):
     assert not np.array_equal(pipe.global_indices(0), given[:16])  # epoch 0 keeps its permutation
     batches = list(pipe.iterate(spe - 1, spe + 1))
     assert np.array_equal(batches[1]['index'], given[:16])
+
+
+TOY_WORDS = batch_spec.declare_field(
+    'toy_words', batch_spec.Field(np.int32, 2, batch_spec.TASK, '[B, L] a test-only text field', text=True)
+)
+
+
+class TaskToy(Source):
+    """A source with task fields: a per-example image id, a label per caption, a second image (the negative
+    of the first) and a text field, so each can be traced through the pipeline."""
+
+    field_keys = ('image_id', 'label', 'image1', 'toy_words')
+
+    def __init__(self, size: int, image_size: int):
+        self.size, self.image_size = size, image_size
+
+    def __len__(self):
+        return self.size
+
+    def batch(self, indices):
+        indices = np.asarray(indices)
+        shape = (self.image_size, self.image_size, 3)
+        images = np.stack([np.random.default_rng(i).integers(0, 256, shape, np.uint8) for i in indices])
+        return {
+            'image': images,
+            'captions': [[f'caption {i} a', f'caption {i} b', f'caption {i} c'] for i in indices],
+            'fields': {
+                'image_id': indices // 2,
+                'label': np.stack([indices * 10, indices * 10 + 1, indices * 10 + 2], axis=1),
+                'image1': 255 - images,
+                'toy_words': [f'words of {i}' for i in indices],
+            },
+        }
+
+
+def test_task_fields_pass_through_the_pipeline(config):
+    """A per-example field arrives as given, a field of the caption as the chosen caption's (its label
+    matches the caption's letter), a text field tokenised, and a second image gets the same crop and flip
+    as the first (the negative image augments to exactly the negative)."""
+    config.data.flip = 'always'
+    pipe = train_pipeline(config, source=TaskToy(64, 64))
+    raw = pipe.raw_batch(2)
+    index = raw['index']
+    np.testing.assert_array_equal(raw['image_id'], index // 2)
+    slot = raw['label'] - index * 10
+    assert set(slot.tolist()) <= {0, 1, 2} and len(set(slot.tolist())) > 1
+    chosen = pipe.tokenizer([f'caption {i} {"abc"[s]}' for i, s in zip(index, slot)])
+    np.testing.assert_array_equal(raw['text_ids'], chosen['text_ids'])
+    np.testing.assert_array_equal(raw['toy_words'], pipe.tokenizer([f'words of {i}' for i in index])['text_ids'])
+    batch = next(pipe.iterate(2, 3))
+    assert batch['image1'].shape == batch['image'].shape and raw['flip'].any()
+    np.testing.assert_allclose(batch['image1'], -batch['image'], atol=1e-5)
+    assert set(batch) == {'image', 'text_ids', 'text_mask', 'index', 'replaced', *TaskToy.field_keys}

@@ -15,6 +15,8 @@ import ml_collections
 
 from vlp_jax import optim
 from vlp_jax.config import ConfigError, OptimSettings, check_values, settings_of
+from vlp_jax.data import batch as batch_spec
+from vlp_jax.data.errors import DataError
 from vlp_jax.derived import Derived, derive, source_plugin
 from vlp_jax.evaluators.specs import DEFAULT, parse_all
 from vlp_jax.layout import layout_problem
@@ -100,6 +102,19 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> Derive
     source = source_plugin(config, str(config.data.name))
     problem = source.check()
     _require(problem is None, problem or '')
+    wanted = [key for key in objective.batch_keys if key not in batch_spec.REQUIRED_KEYS]
+    if wanted:  # a task's fields (labels, image ids, a second image): the training source must give them
+        try:
+            given = source.train_fields()
+        except DataError as error:
+            raise ConfigError(str(error)) from None
+        missing = [key for key in wanted if key not in given]
+        _require(
+            not missing,
+            f'config key objective={config.objective!r} reads the batch fields {missing}, which data source '
+            f'data.name={config.data.name!r} does not give (it gives {list(given)}); choose the source of that '
+            'task (docs/finetuning.md).',
+        )
     for spec in parse_all(config.eval.sets):
         if spec.evaluator != DEFAULT:
             EVALUATORS.get(spec.evaluator)

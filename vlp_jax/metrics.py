@@ -155,7 +155,7 @@ def console_line(step: int, total: int, values: Mapping[str, float]) -> str:
     """One log step on the console; the ETA reads '-' until steps after the compiled ones were timed."""
     width = len(str(total))
     eta = format_duration(values['eta_seconds']) if 'eta_seconds' in values else '-'
-    temp = f'temp {values["train/temperature"]:.4f}  ' if 'train/temperature' in values else ''  # none: captioning
+    temp = f'temp {values["train/temperature"]:.4f}  ' if 'train/temperature' in values else ''  # none: task objectives
     return (
         f'step {step:>{width}}/{total}  loss {values["train/loss"]:.4f}  '
         f'{temp}{values["train/examples_per_sec"]:.0f} ex/s  '

@@ -104,7 +104,9 @@ def model_flops_per_step(config, derived=None) -> float | None:
     run_setup = setup_lib.build(plain_config(config), derived=derived)
     step = run_setup.train_step()
     mesh = run_setup.mesh
-    host = batch_spec.example_batch(1, int(config.model.image_size), int(config.model.max_text_len))
+    host = batch_spec.example_batch(
+        1, int(config.model.image_size), int(config.model.max_text_len), keys=step.batch_keys
+    )
     batch = {
         key: jax.ShapeDtypeStruct(
             (int(config.batch_size), *value.shape[1:]), value.dtype, sharding=parallel.batch_sharding(mesh, value.ndim)

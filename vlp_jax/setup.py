@@ -73,7 +73,16 @@ class Setup:
             print('\n'.join(lines), flush=True)
         return self.warm_started(state, arrays)
 
-    def warm_started(self, state: PyTree, arrays: dict[str, jax.Array]) -> PyTree:
+    def load_warm_start(self) -> Any:
+        """The warm start from `model.init_checkpoint` (warm_start.WarmStart; WarmStartError names a bad path),
+        with the model's own mapping of params the checkpoint holds under other paths."""
+        from vlp_jax.models.vlp import checkpoint_sources
+        from vlp_jax.warm_start import load_warm_start
+
+        path = str(self.config.model.init_checkpoint)
+        return load_warm_start(path, self.abstract_state['params'], checkpoint_sources(self.model.config))
+
+    def warm_started(self, state: PyTree, arrays: dict[str, Any]) -> PyTree:
         """A fresh `state` whose params take `arrays` (warm_start.load_warm_start) where they match, and
         whose extra state is rebuilt from them (a momentum model starts as a copy of the warm params)."""
         from vlp_jax.warm_start import warm_start

@@ -174,7 +174,6 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
         fail(str(error))
     mesh, sampler, pipeline = run_setup.mesh, inputs.sampler, inputs.pipeline
     probe = inputs.source.ground_truth_probe()
-    step_keys = batch_spec.step_keys(probe.batch_keys if probe else ())
     is_main = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
 
@@ -189,10 +188,10 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
         fail(str(error))
     warm = None
     if restored is None and config.model.init_checkpoint:
-        from vlp_jax.warm_start import WarmStartError, load_warm_start
+        from vlp_jax.warm_start import WarmStartError
 
         try:  # also before anything is written
-            warm = load_warm_start(config.model.init_checkpoint, run_setup.abstract_state['params'])
+            warm = run_setup.load_warm_start()
         except WarmStartError as error:
             fail(str(error))
     as_path(workdir).mkdir(parents=True, exist_ok=True)
@@ -204,9 +203,8 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
         state, start_step = run_setup.init_state(), 0
         say(f'starting a new run in {workdir} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}')
         if warm is not None:
-            arrays, matched, total_params = warm
-            state = run_setup.warm_started(state, arrays)
-            say(f'initialised {matched} of {total_params} param arrays from {config.model.init_checkpoint}')
+            state = run_setup.warm_started(state, warm.arrays)
+            say(warm.summary())
     else:
         start_step, state, extra = restored
         state = run_setup.restored_state(state, sampler)
@@ -268,7 +266,7 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
             local = next(batches)
             bad_records[0] += int(local['replaced'].sum())  # this process's rows
             throughput.add_data_wait(time.perf_counter() - wait_start)
-            batch = parallel.global_batch(batch_spec.select(local, step_keys), mesh)
+            batch = parallel.global_batch(batch_spec.select(local, train_step.batch_keys), mesh)
             state, step_metrics, feedback = train_step(state, batch, frozen)
             # At most one step queued behind the running one: the host cannot run ahead, drain
             # the prefetch buffer and then count its own idle time as 'waiting for data'.
@@ -342,9 +340,11 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
 
 
 def eval_line(step: int, metrics: dict[str, float]) -> str:
-    """The console line of one evaluation: its R@1 and top-1 figures."""
+    """The console line of one evaluation: its R@1, top-1 and task-accuracy figures."""
     shown = '  '.join(
-        f'{key.split("/", 1)[1]} {value:.3f}' for key, value in metrics.items() if key.endswith(('_r1', 'top1'))
+        f'{key.split("/", 1)[1]} {value:.3f}'
+        for key, value in metrics.items()
+        if key.endswith(('_r1', 'top1', 'accuracy'))
     )
     return f'eval at step {step}: {shown}'
 

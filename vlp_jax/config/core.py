@@ -101,7 +101,16 @@ class ModelSettings:
     )
     remat: str = key('none', "activation rematerialisation per block: 'none' | 'dots' | 'full'")
     scan: bool = key(False, "nn.scan over each tower's layers (one block compiled; stacked params)")
-    init_checkpoint: str = key('', "a vlp_jax checkpoint initialising params where path and shape match ('' = none)")
+    init_checkpoint: str = key(
+        '', "a vlp_jax run (workdir or checkpoint) a new run starts from: pretrained -> fine-tuned ('' = none)"
+    )
+    head: str = key(
+        '',
+        "a task head on the fused [CLS]: '' none | 'mlp' (ALBEF's cls_head: dense, ReLU, dense) | 'linear' "
+        "(ALBEF's ta_head)",
+        choices=('', 'mlp', 'linear'),
+    )
+    head_classes: int = key(2, "classes of model.head's output", check=at_least(2))
 
 
 @group('model.vision')
@@ -145,6 +154,11 @@ class TextSettings:
     vocab_size: int = key(BERT_VOCAB_SIZE, 'word-embedding rows used (padded to a multiple of 128)', check=positive_int)
     fusion_layers: int = key(
         0, "ALBEF's fusion layers after the text layers (model.kind='fusion' needs > 0)", check=at_least(0)
+    )
+    fusion_images: int = key(
+        1,
+        'images each fusion layer sees: 2 = NLVR2 (each layer doubled, one per image, cross-attention K/V shared)',
+        choices=(1, 2),
     )
     dropout: float = key(
         0.0, 'dropout on attention, MLP and embeddings (training only)', check=in_range(0, 1, high_open=True)
@@ -246,5 +260,17 @@ class EvalSettings:
         0,
         "fusion models: re-rank each query's top k ITC candidates by ITM (0 = ITC only)",
         check=at_least(0),
+        resume=True,
+    )
+    gradcam_block: int = key(
+        -1,
+        "grounding: the fusion layer whose cross-attention Grad-CAM reads (ALBEF's block_num; negative: from the end)",
+        resume=True,
+    )
+    rerank_score: str = key(
+        'itm',
+        "the re-ranked score of a top-k candidate: 'itm' (ALBEF: the ITM match logit) | 'itm_itc' (BLIP: the "
+        'match logit plus the ITC cosine)',
+        choices=('itm', 'itm_itc'),
         resume=True,
     )

@@ -52,6 +52,13 @@ def spread_indices(total: int, limit: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, limit).round().astype(np.int64))
 
 
+def _concatenate(parts: list) -> np.ndarray | list:
+    """One field's values of several chunks: arrays joined, lists (texts) chained."""
+    if isinstance(parts[0], list):
+        return [value for part in parts for value in part]
+    return np.concatenate(parts)
+
+
 def load_examples(source: Source, indices: np.ndarray, image_size: int) -> tuple[dict, np.ndarray, int]:
     """(examples with 'image' uint8 [N, S, S, 3], kept positions into `indices`, dropped count)."""
     parts = [source.batch(indices[start : start + LOAD_CHUNK]) for start in range(0, len(indices), LOAD_CHUNK)]
@@ -61,7 +68,7 @@ def load_examples(source: Source, indices: np.ndarray, image_size: int) -> tuple
     }
     if not source.encoded:
         examples['image'] = np.concatenate([part['image'] for part in parts])
-        examples['probes'] = {k: np.concatenate([p['probes'][k] for p in parts]) for k in parts[0]['probes']}
+        examples['fields'] = {k: _concatenate([p['fields'][k] for p in parts]) for k in parts[0]['fields']}
         return examples, np.arange(len(indices)), 0
     from vlp_jax.data.tf_augment import eval_images  # TensorFlow stays out of the core
 

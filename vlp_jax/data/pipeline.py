@@ -57,9 +57,9 @@ class TrainPipeline:
         self.process_index = process_index
         self.source = source
         self.sampler = sampler
-        self.probe_keys = tuple(source.probe_keys)
+        self.field_keys = tuple(source.field_keys)
         self.encoded = bool(source.encoded)
-        self.loaded_keys = batch_spec.loaded_keys(self.probe_keys, self.encoded)
+        self.loaded_keys = batch_spec.loaded_keys(self.field_keys, self.encoded)
         self.bad_records: set[int] = set()  # source indices found not to load (grows as they are met)
         self.steps_per_epoch = len(source) // self.global_batch_size
         assert self.steps_per_epoch >= 1
@@ -135,10 +135,10 @@ class TrainPipeline:
                 used[row] = self.stand_in(step, index, tried)
                 single = self.source.batch(used[row : row + 1])
                 for key, value in single.items():
-                    if key != 'probes':
+                    if key != 'fields':
                         examples[key][row] = value[0]
-                for key, value in single['probes'].items():
-                    examples['probes'][key][row] = value[0]
+                for key, value in single['fields'].items():
+                    examples['fields'][key][row] = value[0]
         return examples, used
 
     def raw_batch(self, step: int) -> dict[str, np.ndarray]:
@@ -159,7 +159,6 @@ class TrainPipeline:
             captions.append(examples['captions'][row][slot])
             boxes.append(box)
             flips.append(flip)
-        rows = np.arange(len(indices))
         image_key = 'image_bytes' if self.encoded else 'image'
         images = examples[image_key]
         if self.encoded:
@@ -173,9 +172,11 @@ class TrainPipeline:
             'flip': np.asarray(flips),
             'replaced': used != np.asarray(indices),
         }
-        for key in self.probe_keys:  # a caption probe is the chosen caption's
-            value = np.asarray(examples['probes'][key])
-            raw[key] = value[rows, np.asarray(chosen)] if batch_spec.FIELDS[key].of_caption else value
+        for key in self.field_keys:  # a field of the caption is the chosen caption's
+            field, value = batch_spec.FIELDS[key], examples['fields'][key]
+            if field.of_caption:
+                value = [value[row][slot] for row, slot in enumerate(chosen)]
+            raw[key] = self.tokenizer(list(value))['text_ids'] if field.text else value
         raw = {key: np.asarray(value, batch_spec.FIELDS[key].loader_dtype) for key, value in raw.items()}
         batch_spec.check(raw, self.loaded_keys, loaded=True)
         return raw

@@ -1,6 +1,6 @@
 """Prepared records (data/records.py) as a pipeline source: encoded images, captions, optional labels.
 
-Real data knows no ground truth, so `probe_keys` is empty and no probe runs. Images
+Real data knows no ground truth, so `field_keys` is empty and no probe runs. Images
 stay encoded here; the tf.data graph decodes them (data/tf_augment.py).
 """
 
@@ -54,7 +54,7 @@ class RecordSource(Source):
             'captions': [record.captions for record in records],
             'label': np.asarray([-1 if record.label is None else record.label for record in records], np.int64),
             'ids': [record.id for record in records],
-            'probes': {},
+            'fields': {},
         }
 
 

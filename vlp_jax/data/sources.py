@@ -26,12 +26,14 @@ class Source:
 
     `batch(indices)` returns 'image' uint8 [B, H, W, 3] or, when `encoded`, 'image_bytes' (B encoded
     images of any size); 'captions' (B lists of strings; an empty list marks a record that failed to
-    load); 'probes' {key: array} for each of `probe_keys` (batch-spec probe keys; caption probes carry
-    a caption axis [B, C, ...]); optionally 'label' int [B] (-1: none; `class_names` names them) and
-    'flip_sensitive' bool [B, C] (captions a horizontal flip would make false).
+    load); 'fields' {key: values} for each of `field_keys` (declared batch-spec fields, data/batch.py:
+    probes and task fields; a field of the caption carries a caption axis [B, C, ...]; an image field
+    uint8 [B, H, W, 3]; a text field strings); optionally 'label' int [B] (a classification set's class,
+    -1: none; `class_names` names them) and 'flip_sensitive' bool [B, C] (captions a horizontal flip
+    would make false).
     """
 
-    probe_keys: tuple[str, ...] = ()
+    field_keys: tuple[str, ...] = ()
     encoded: bool = False
     class_names: tuple[str, ...] = ()  # a labelled set's classes
     prompt_templates: tuple[str, ...] = ()  # its own zero-shot prompts ('' = eval.prompt_templates)
@@ -77,6 +79,10 @@ class SourcePlugin:
     def train_size(self) -> int:
         """Examples in the training split (opening it: a missing or unprepared set raises DataError)."""
         return len(self.open('train'))
+
+    def train_fields(self) -> tuple[str, ...]:
+        """The declared batch fields its training split gives (Source.field_keys), for the checks."""
+        return tuple(self.open('train').field_keys)
 
     def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
         """What eval.sets 'default' means for this source: (evaluator, where, set name) triples; name ''

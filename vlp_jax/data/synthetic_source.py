@@ -1,7 +1,7 @@
 """The shapes world as a pipeline source, and the ground-truth probe it makes possible.
 
 The pipeline sees only the `Source` protocol (data/sources.py): images, captions, the
-probe values of the batch spec, and which captions a flip would falsify. Everything the
+probe fields of the batch spec, and which captions a flip would falsify. Everything the
 shapes world knows beyond that stays here, including the in-step probe: which in-batch
 negatives are false negatives, from what each caption claims and each image holds.
 """
@@ -49,7 +49,7 @@ class ShapesSettings:
 class ShapesSource(Source):
     """Random access to one split of the shapes world, in the shape the pipeline reads."""
 
-    probe_keys = batch_spec.PROBE_KEYS  # the world knows every probe the spec defines
+    field_keys = batch_spec.PROBE_KEYS  # the world knows every probe the spec defines
 
     def __init__(self, world: ShapesWorld):
         self.world = world
@@ -66,14 +66,14 @@ class ShapesSource(Source):
         return {
             'image': examples['image'],
             'captions': examples['captions'],
-            'probes': {key: examples[key] for key in self.probe_keys},  # the world uses the spec's names
+            'fields': {key: examples[key] for key in self.field_keys},  # the world uses the spec's names
             'flip_sensitive': examples['lateral'],  # captions with left/right words
         }
 
     def caption_truth(self, examples: Mapping[str, Any]) -> np.ndarray:
         """bool [captions (image-major), images]: caption t is true of image i."""
-        specs = examples['probes']['caption_spec']
-        return np.asarray(captions_true_of_scenes(specs.reshape(-1, *specs.shape[2:]), examples['probes']['scene']))
+        specs = examples['fields']['caption_spec']
+        return np.asarray(captions_true_of_scenes(specs.reshape(-1, *specs.shape[2:]), examples['fields']['scene']))
 
     def ground_truth_probe(self) -> GroundTruthProbe:
         return GroundTruthProbe(batch_keys=batch_spec.GROUND_TRUTH_KEYS, false_negatives=false_negative_mask_i2t)
@@ -98,7 +98,7 @@ class ShapesAttributeSource(Source):
             'image': self.images[indices],
             'captions': [[] for _ in indices],
             'label': self.labels[indices],
-            'probes': {},
+            'fields': {},
         }
 
 

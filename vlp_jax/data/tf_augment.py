@@ -65,12 +65,12 @@ def build_dataset(pipeline, start_step: int, end_step: int) -> tf.data.Dataset:
         return raw
 
     def augment(raw):
-        images = tf.cast(raw.pop('image'), tf.float32) / 255.0
-        boxes = raw.pop('crop_box')
-        images = tf.image.crop_and_resize(images, boxes, tf.range(batch), [size, size], method='bilinear')
-        flip = raw.pop('flip')
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-        raw['image'] = (images - batch_spec.PIXEL_MEAN) / batch_spec.PIXEL_STD
+        boxes, flip = raw.pop('crop_box'), raw.pop('flip')
+        for key in batch_spec.image_keys(keys):  # 'image' and any image field: the example's crop and flip
+            images = tf.cast(raw.pop(key), tf.float32) / 255.0
+            images = tf.image.crop_and_resize(images, boxes, tf.range(batch), [size, size], method='bilinear')
+            images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+            raw[key] = (images - batch_spec.PIXEL_MEAN) / batch_spec.PIXEL_STD
         return raw
 
     dataset = tf.data.Dataset.range(start_step, end_step)

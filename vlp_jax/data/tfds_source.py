@@ -128,7 +128,7 @@ class TfdsSource(Source):
             'label': np.asarray(
                 [int(_nested(example, self.label_key)) if self.label_key else -1 for example in examples], np.int64
             ),
-            'probes': {},
+            'fields': {},
         }
 
 

@@ -41,6 +41,8 @@ class EvalModel:
     rerank: Callable[[Any, Any], Any] | None = None  # (retrieval set, ITC similarity) -> rerank.RerankedScores
     module: Any = None  # the flax model and the params under evaluation (the decoder's evaluators decode with them)
     params: Any = None
+    setup: Any = None  # the run's setup (model, mesh, shardings): what an evaluator that runs the fusion layers or a
+    # task head itself needs (evaluators/tasks.py)
 
 
 class Evaluator(abc.ABC):

@@ -7,8 +7,9 @@ The exact rule, per direction and per query:
 - candidates: the k highest ITC cosines (ITC ties: the lower index, as ITC retrieval ranks);
   k is clipped to the number of candidates, so k >= that number re-scores them all;
 - score of a candidate in the top k: the ITM head's *match logit* (class 1 of the 2-way head,
-  ALBEF's `itm_head(...)[:, 1]`, no ITC term added); every other candidate scores -inf, so
-  it ranks below all top-k candidates;
+  ALBEF's `itm_head(...)[:, 1]`, no ITC term added; `score='itm'`), or BLIP's "score + topk_sim"
+  (`score='itm_itc'`: the match logit plus the candidate's ITC cosine); every other candidate
+  scores -inf, so it ranks below all top-k candidates;
 - ranking: by that score, ties by the ITC cosine, then by the lower index (so candidates
   outside the top k keep their ITC order below the re-ranked ones).
 
@@ -40,6 +41,7 @@ from vlp_jax.evaluators.retrieval import top_k
 from vlp_jax.models.vlp import VLPModel
 
 ITM_MATCH = 1  # the ITM head's 'match' class
+SCORES = ('itm', 'itm_itc')  # eval.rerank_score
 
 
 @dataclasses.dataclass
@@ -107,6 +109,7 @@ def rerank_scores(
     k: int,
     batch_size: int,
     mesh: Mesh,
+    score: str = 'itm',
 ) -> RerankedScores:
     """The re-ranked score matrices (see the module docstring) of a retrieval set (images,
     text_ids, text_mask) given its ITC cosines `similarity` [Nt, Ni]."""
@@ -127,6 +130,9 @@ def rerank_scores(
         logits.append(embed_in_batches(match, chunk, batch_size, mesh))
     pair_logit = np.full((num_texts, num_images), np.nan, np.float32)
     pair_logit[pair_text, pair_image] = np.concatenate(logits).astype(np.float32)
+    assert score in SCORES, score
+    if score == 'itm_itc':  # BLIP (models/blip_retrieval.py evaluation): "score + topk_sim"
+        pair_logit = pair_logit + similarity
     t2i = np.full((num_texts, num_images), -np.inf, np.float32)
     rows = np.arange(num_texts)[:, None]
     t2i[rows, t2i_top] = pair_logit[rows, t2i_top]
@@ -136,7 +142,7 @@ def rerank_scores(
     return RerankedScores(t2i=t2i, i2t=i2t)
 
 
-def make_reranker(setup: Any, k: int) -> Callable[[Any, Any, np.ndarray], RerankedScores]:
+def make_reranker(setup: Any, k: int, score: str = 'itm') -> Callable[[Any, Any, np.ndarray], RerankedScores]:
     """(params, retrieval set, ITC similarity [Nt, Ni]) -> RerankedScores, for a fusion model's setup."""
     if setup.model.config.kind != 'fusion':
         raise ValueError(f"re-ranking needs the ITM head of model.kind='fusion', not {setup.model.config.kind!r}")
@@ -144,6 +150,6 @@ def make_reranker(setup: Any, k: int) -> Callable[[Any, Any, np.ndarray], Rerank
     batch_size = int(setup.config.eval.batch_size)
 
     def rerank(params, retrieval, similarity: np.ndarray) -> RerankedScores:
-        return rerank_scores(functions, params, retrieval, similarity, k, batch_size, setup.mesh)
+        return rerank_scores(functions, params, retrieval, similarity, k, batch_size, setup.mesh, score)
 
     return rerank

@@ -53,7 +53,7 @@ def make_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
     evaluators = build_evaluators(setup)
     encode_images, encode_texts = setup.encoders()
     rerank_k = int(config.eval.rerank_k)
-    reranker = make_reranker(setup, rerank_k) if rerank_k > 0 else None
+    reranker = make_reranker(setup, rerank_k, str(config.eval.rerank_score)) if rerank_k > 0 else None
 
     def evaluate(params) -> dict[str, float]:
         model = EvalModel(
@@ -64,6 +64,7 @@ def make_evaluator(setup: Any) -> Callable[[Any], dict[str, float]]:
             rerank=None if reranker is None else lambda data, similarity: reranker(params, data, similarity),
             module=setup.model,
             params=params,
+            setup=setup,
         )
         metrics: dict[str, float] = {}
         for evaluator in evaluators:

@@ -127,12 +127,18 @@ class MultiHeadAttention(nn.Module):
         dtype: compute dtype of projections (logits/softmax are float32).
         dropout_rate: dropout on the attention probabilities.
         causal: each query attends only to keys at or before its position (CLIP's text tower).
+        kv: key and value projections owned elsewhere (shared by NLVR2's paired fusion blocks,
+            models/bi_fusion.py); None: its own 'key' and 'value'.
+        expose: the attention probabilities are sown ('intermediates', 'probs') and perturbable
+            ('perturbations', 'probs'), so Grad-CAM reads them and their gradient (evaluators/grounding.py).
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     causal: bool = False
+    kv: tuple[nn.Module, nn.Module] | None = None
+    expose: bool = False
 
     @nn.compact
     def __call__(
@@ -153,8 +159,9 @@ class MultiHeadAttention(nn.Module):
             return HeadDense((self.num_heads, head_dim), ('embed', 'heads', 'kv'), self.dtype, name=name)
 
         q = nn.with_logical_constraint(proj('query')(x), ACT_BLHK)
-        k = nn.with_logical_constraint(proj('key')(context), ACT_BLHK)
-        v = nn.with_logical_constraint(proj('value')(context), ACT_BLHK)
+        key_proj, value_proj = self.kv if self.kv is not None else (proj('key'), proj('value'))
+        k = nn.with_logical_constraint(key_proj(context), ACT_BLHK)
+        v = nn.with_logical_constraint(value_proj(context), ACT_BLHK)
 
         q = q / jnp.sqrt(head_dim).astype(q.dtype)
         logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
@@ -166,6 +173,9 @@ class MultiHeadAttention(nn.Module):
         if bool_mask is not None:
             logits = jnp.where(bool_mask, logits, jnp.float32(MASK_VALUE))
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if self.expose:
+            probs = self.perturb('probs', probs)
+            self.sow('intermediates', 'probs', probs)
         if self.dropout_rate > 0.0:
             probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=deterministic)
         out = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(self.dtype), v.astype(self.dtype))
@@ -215,6 +225,7 @@ class TransformerBlock(nn.Module):
     ``pre_norm=True`` (default, ViT/CLIP): x + f(LN(x)).
     ``pre_norm=False`` (BERT/MiniLM layout, for imported weights): LN(x + f(x)).
     ``causal`` masks the self-attention causally (CLIP's text tower); ``activation`` names the MLP's.
+    ``xattn_kv`` and ``expose_cross_attention`` are the cross-attention's ``kv`` and ``expose``.
     """
 
     num_heads: int
@@ -226,6 +237,8 @@ class TransformerBlock(nn.Module):
     ln_eps: float = DEFAULT_LN_EPS
     causal: bool = False
     activation: str = 'gelu'
+    xattn_kv: tuple[nn.Module, nn.Module] | None = None
+    expose_cross_attention: bool = False
 
     def _residual(self, x: Array, fn: Callable[[Array], Array], ln_name: str, deterministic: bool) -> Array:
         """Applies one residual sub-block in the configured norm placement."""
@@ -253,7 +266,14 @@ class TransformerBlock(nn.Module):
         if self.cross_attention:
             if context is None:
                 raise ValueError('cross_attention block needs `context`')
-            xattn = MultiHeadAttention(self.num_heads, self.dtype, self.dropout_rate, name='xattn')
+            xattn = MultiHeadAttention(
+                self.num_heads,
+                self.dtype,
+                self.dropout_rate,
+                kv=self.xattn_kv,
+                expose=self.expose_cross_attention,
+                name='xattn',
+            )
             x = self._residual(
                 x,
                 lambda h: xattn(h, context=context, mask=context_mask, deterministic=deterministic),
@@ -294,6 +314,7 @@ class Encoder(nn.Module):
     one block is compiled instead of ``depth``, so compile time stays flat with depth; the
     params then live under ``layers/block`` instead of ``block_{i}`` (checkpoints of one layout
     do not load into the other). ``remat`` names a REMAT_POLICIES entry applied per block.
+    ``expose_block`` >= 0 exposes that block's cross-attention probabilities (MultiHeadAttention.expose).
     """
 
     depth: int
@@ -308,6 +329,7 @@ class Encoder(nn.Module):
     scan: bool = False
     causal: bool = False
     activation: str = 'gelu'
+    expose_block: int = -1
 
     @nn.compact
     def __call__(
@@ -332,6 +354,7 @@ class Encoder(nn.Module):
             activation=self.activation,
         )
         if self.scan:
+            assert self.expose_block < 0, 'exposing attention needs the per-layer blocks (model.scan=False)'
             stack = nn.scan(
                 ScannedBlock,
                 variable_axes={'params': 0},
@@ -345,7 +368,10 @@ class Encoder(nn.Module):
             )
         else:
             for i in range(self.depth):
-                x = remat_block(self.remat)(**block, name=f'block_{i}')(x, mask, context, context_mask, deterministic)
+                exposed = {'expose_cross_attention': True} if i == self.expose_block else {}
+                x = remat_block(self.remat)(**block, **exposed, name=f'block_{i}')(
+                    x, mask, context, context_mask, deterministic
+                )
         if self.pre_norm:
             x = layer_norm('ln_final', self.ln_eps)(x)
         else:

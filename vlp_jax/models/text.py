@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vlp_jax.data.tokenizer import BERT_VOCAB_SIZE  # numpy-only module: the shipped vocabulary's size
+from vlp_jax.models.bi_fusion import PairedFusion
 from vlp_jax.models.layers import (
     ACT_BLE,
     ACTIVATIONS,
@@ -75,6 +76,8 @@ class TextConfig:
     causal: bool = False  # causal self-attention (CLIP)
     activation: str = 'gelu'  # layers.ACTIVATIONS
     ln_eps: float = BERT_LN_EPS
+    fusion_images: int = 1  # images each fusion layer sees: 2 = NLVR2's paired layers (models/bi_fusion.py)
+    expose_fusion_block: int = -1  # >= 0: that fusion block's cross-attention probabilities are exposed (Grad-CAM)
 
     def __post_init__(self) -> None:
         if self.remat not in REMAT_POLICIES:
@@ -91,6 +94,13 @@ class TextConfig:
             )
         if self.type_vocab_size < 0 or self.ln_eps <= 0:
             raise ValueError('model.text.type_vocab_size must be >= 0 and model.text.ln_eps > 0')
+        if self.fusion_images not in (1, 2):
+            raise ValueError(f'model.text.fusion_images must be 1 or 2, got {self.fusion_images}')
+        if self.fusion_images == 2 and (self.num_fusion_layers < 1 or self.scan or self.remat != 'none'):
+            raise ValueError(
+                'model.text.fusion_images=2 (paired fusion layers) needs model.text.fusion_layers > 0, '
+                "model.scan=False and remat 'none'"
+            )
 
     @property
     def position_rows(self) -> int:
@@ -163,8 +173,16 @@ class TextEncoder(nn.Module):
             activation=cfg.activation,
         )
         self.encoder = Encoder(depth=cfg.depth, causal=cfg.causal, **layers)
-        if cfg.num_fusion_layers > 0:
-            self.fusion = Encoder(depth=cfg.num_fusion_layers, cross_attention=True, **layers)
+        if cfg.num_fusion_layers > 0 and cfg.fusion_images == 2:
+            self.fusion = PairedFusion(
+                depth=cfg.num_fusion_layers,
+                **{key: layers[key] for key in ('num_heads', 'mlp_dim', 'dtype', 'pre_norm', 'ln_eps', 'activation')},
+                dropout_rate=cfg.dropout,
+            )
+        elif cfg.num_fusion_layers > 0:
+            self.fusion = Encoder(
+                depth=cfg.num_fusion_layers, cross_attention=True, expose_block=cfg.expose_fusion_block, **layers
+            )
         if cfg.pooler:
             self.pooler = pooler_dense(cfg.width, self.dtype)
 
@@ -219,9 +237,18 @@ class TextEncoder(nn.Module):
             pooled = jnp.tanh(self.pooler(pooled).astype(jnp.float32))
         return pooled
 
-    def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
-        """[B, L, width] text tokens -> the same after the fusion layers, each attending to all image tokens."""
+    def fuse(
+        self, text_tokens: Array, text_mask: Array, image_tokens: Array | tuple[Array, ...], deterministic: bool = True
+    ) -> Array:
+        """[B, L, width] text tokens -> the same after the fusion layers, each attending to all image tokens;
+        with `fusion_images` 2, `image_tokens` is a pair (image 0's, image 1's) and the layers are paired."""
         assert self.config.num_fusion_layers > 0, 'this text tower has no fusion layers'
+        if self.config.fusion_images == 2:
+            assert isinstance(image_tokens, (tuple, list)) and len(image_tokens) == 2, 'paired layers take two images'
+            return self.fusion(
+                text_tokens.astype(self.dtype), text_mask, tuple(image_tokens), deterministic=deterministic
+            )
+        assert not isinstance(image_tokens, (tuple, list)), 'these fusion layers attend to one image'
         return self.fusion(
             text_tokens.astype(self.dtype),
             mask=text_mask,

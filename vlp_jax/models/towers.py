@@ -83,6 +83,7 @@ def text_config_from(group: Mapping[str, Any], model: Mapping[str, Any]) -> Text
     return TextConfig(
         max_len=int(model['max_text_len']),
         num_fusion_layers=fusion,
+        fusion_images=int(group['fusion_images']),
         **_sizes(group, TEXT_VARIANTS, 'model.text'),
         **options,
     )

@@ -1,10 +1,12 @@
 """The VLP model: image/text towers, projections, temperature, bias; with kind='fusion' also
-ALBEF's fusion layers and its ITM and MLM heads."""
+ALBEF's fusion layers and its ITM and MLM heads, and optionally a task head on the fused [CLS]
+(`head`: ALBEF's 2-layer `cls_head` of NLVR2 and SNLI-VE, or its linear `ta_head`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 
 from vlp_jax.config import default_config
 from vlp_jax.models import towers
+from vlp_jax.models.bi_fusion import single_image_sources
 from vlp_jax.models.decoder import Decoder, DecoderConfig, decoder_config_from
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
 from vlp_jax.models.text import BERT_LN_EPS, TextConfig
@@ -27,6 +30,7 @@ DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NORM_EPS = 1e-12
 
 MASKED_LOGIT = -1.0e9  # the MLM logit of a padding row of the word-embedding table
+HEADS = {'mlp': 'cls_head', 'linear': 'ta_head'}  # model.head -> the head's param name (ALBEF's names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,8 @@ class VLPConfig:
     vision_tower: str = 'vit'  # registered tower names (models/towers.py)
     text_tower: str = 'transformer'
     decoder: DecoderConfig | None = None  # the image-grounded text decoder (models/decoder.py), fusion only
+    head: str = ''  # '' | HEADS: a task head on the fused [CLS]
+    head_classes: int = 2
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -59,6 +65,8 @@ class VLPConfig:
             )
         if self.decoder is not None and self.kind != 'fusion':
             raise ValueError("a decoder (model.decoder.layout) needs model.kind='fusion'")
+        if self.head and (self.head not in HEADS or self.kind != 'fusion' or self.head_classes < 2):
+            raise ValueError(f"model.head {self.head!r} needs model.kind 'fusion' and model.head_classes >= 2")
         if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError('need 0 < temperature_min <= temperature_init <= temperature_max')
 
@@ -145,6 +153,8 @@ class VLPModel(nn.Module):
                 (cfg.text.embedding_rows,),
                 PARAM_DTYPE,
             )
+            if cfg.head:
+                self.task_head = ClassifierHead(cfg.head_classes, hidden=cfg.head == 'mlp', name=HEADS[cfg.head])
         if cfg.decoder is not None:
             text = cfg.text
             self.decoder = Decoder(
@@ -184,9 +194,12 @@ class VLPModel(nn.Module):
         image_embed, image_tokens = self._image(image, deterministic)
         text_embed, text_tokens = self._text(text_ids, text_mask, deterministic)
         if self.config.kind == 'fusion' and self.is_initializing():
-            fused = self.fuse(text_tokens, text_mask, image_tokens, deterministic)
+            images = (image_tokens,) * 2 if self.config.text.fusion_images == 2 else image_tokens
+            fused = self.fuse(text_tokens, text_mask, images, deterministic)
             self.itm_logits(fused)
             self.mlm_logits(fused)
+            if self.config.head:
+                self.head_logits(fused)
             if self.config.decoder is not None:
                 if self.config.decoder.context == 'fused':
                     context, context_mask = fused, text_mask
@@ -210,9 +223,16 @@ class VLPModel(nn.Module):
         """[B, H, W, C] -> [B, N, width_v] tokens of the image tower (what `fuse` attends to)."""
         return self.vision(image, deterministic=deterministic)[1]
 
-    def fuse(self, text_tokens: Array, text_mask: Array, image_tokens: Array, deterministic: bool = True) -> Array:
-        """[B, L, width] text tokens (from the text layers) attending to [B, N, width_v] image tokens."""
+    def fuse(
+        self, text_tokens: Array, text_mask: Array, image_tokens: Array | tuple[Array, ...], deterministic: bool = True
+    ) -> Array:
+        """[B, L, width] text tokens (from the text layers) attending to [B, N, width_v] image tokens (a pair of
+        them with `model.text.fusion_images` 2)."""
         return self.text.fuse(text_tokens, text_mask, image_tokens, deterministic)
+
+    def head_logits(self, fused_tokens: Array) -> Array:
+        """[B, L, width] fused tokens -> [B, head_classes] float32: the task head on the fused [CLS]."""
+        return self.task_head(fused_tokens[:, 0].astype(jnp.float32))
 
     def itm_logits(self, fused_tokens: Array) -> Array:
         """[B, L, width] fused tokens -> [B, 2] float32 (not a match, match) from the fused [CLS]."""
@@ -269,6 +289,39 @@ class VLPModel(nn.Module):
         return self._text(text_ids, text_mask, deterministic)[0]
 
 
+class ClassifierHead(nn.Module):
+    """ALBEF's task heads on the fused [CLS]: `hidden` -> dense, ReLU, dense (cls_head of NLVR2 / SNLI-VE:
+    "nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, classes)"), else one dense (ta_head)."""
+
+    classes: int
+    hidden: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        def dense(features: int, axes: tuple, name: str) -> nn.Dense:
+            return nn.Dense(
+                features,
+                dtype=jnp.float32,
+                param_dtype=PARAM_DTYPE,
+                kernel_init=partitioned(nn.initializers.normal(stddev=EMBED_INIT_STD), axes),
+                bias_init=partitioned(nn.initializers.zeros_init(), axes[1:]),
+                name=name,
+            )
+
+        if self.hidden:
+            x = nn.relu(dense(x.shape[-1], ('embed', 'mlp'), 'hidden')(x))
+            return dense(self.classes, ('mlp', None), 'out')(x)
+        return dense(self.classes, ('embed', None), 'out')(x)
+
+
+def checkpoint_sources(config: VLPConfig) -> Callable[[str], tuple[str, ...]]:
+    """param path -> other paths of a checkpoint it may start from (warm_start.py): a two-image fusion model's
+    paired layers start from the one-image layers they double (models/bi_fusion.py)."""
+    if config.text.fusion_images == 2:
+        return single_image_sources
+    return lambda key: ()
+
+
 def _plain(cfg: Any) -> dict[str, Any]:
     """A ConfigDict or dict (a checkpoint's saved model config) as a plain dict."""
     return cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
@@ -300,5 +353,7 @@ def model_config_from_dict(cfg: Any) -> VLPConfig:
         vision_tower=str(vision_group['tower']),
         text_tower=str(text_group['tower']),
         decoder=decoder,
+        head=str(model['head']),
+        head_classes=int(model['head_classes']),
         **{k: float(model[k]) for k in ('temperature_init', 'temperature_min', 'temperature_max', 'sigmoid_bias_init')},
     )

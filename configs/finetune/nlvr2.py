@@ -1,0 +1,37 @@
+"""NLVR2 fine-tuning (ALBEF NLVR.py, models/model_nlvr.py): a statement about two images, true or false. Each
+fusion layer is doubled (model.text.fusion_images=2: the first of a pair cross-attends to image 0, the second
+to image 1, their key/value projections shared), both initialised from the pretrained layer; ALBEF's 2-layer
+cls_head on [CLS] (objective 'nlvr2'); eval/nlvr2/accuracy.
+
+    python -m vlp_jax.train --config configs/finetune/nlvr2.py:tiny --workdir workdirs/nlvr2_tiny \
+      --config.model.init_checkpoint=workdirs/pre_tiny
+
+Full size: configs/albef.py's model, batch 128 (ALBEF: 8 x 16), lr 2e-5, 10 epochs. ALBEF's text-assignment
+pre-stage (Pretrain_nlvr.py) is not part of this version. Args as configs/finetune/retrieval.py. The tiny task:
+source 'shapes_nlvr2' (data/tasks/shapes_tasks.py).
+"""
+
+from vlp_jax.config import parse_arg
+from vlp_jax.config_files import from_sibling
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, tiny=False, steps=-1, init='')
+    config = from_sibling(__file__, 'retrieval.py', 'tiny' if args.tiny else None)
+    config.objective = 'nlvr2'
+    config.data.name = 'shapes_nlvr2'
+    config.model.head = 'mlp'
+    config.model.head_classes = 2
+    config.model.text.fusion_images = 2
+    config.eval.rerank_k = 0
+    if args.init:
+        config.model.init_checkpoint = args.init
+    if args.steps > 0:
+        config.total_steps = config.eval_every = config.checkpoint_every = args.steps
+    if not args.tiny:
+        config.batch_size = 128
+        config.optim.lr = 2e-5
+        if args.steps <= 0:  # 10 epochs of NLVR2's 86,373 training statements at batch 128
+            config.total_steps = 10 * (86_373 // 128)
+            config.eval_every = config.checkpoint_every = config.total_steps // 10
+    return config

@@ -1,0 +1,266 @@
+"""Fine-tuning tasks (objectives/finetune.py, evaluators/tasks.py, data/tasks/shapes_tasks.py) against
+plain-numpy references written from ALBEF's code, and hand-built metric cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlp_jax.data.synthetic import ShapesWorld, ShapesWorldConfig
+from vlp_jax.data.tasks.shapes_tasks import (
+    CONTRADICTION,
+    ENTAILMENT,
+    NEUTRAL,
+    UNSEEN_CLAIMS,
+    Nlvr2Source,
+    RetrievalPairs,
+    SnliVeSource,
+)
+from vlp_jax.evaluators.rerank import rerank_scores
+from vlp_jax.evaluators.retrieval import retrieval_metrics_from_scores
+from vlp_jax.evaluators.tasks import accuracy, albef_recalls
+from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
+from vlp_jax.objectives.finetune import image_id_targets, negatives_by_image_id
+from vlp_jax.parallel import make_mesh
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def test_retrieval_itc_with_image_id_positives_against_albef():
+    """ALBEF model_retrieval.py: sim_targets = eq(idx, idx_all) / row sum; loss_i2t = -sum(log_softmax(sim_i2t)
+    * targets).mean(); loss_ita = (loss_i2t + loss_t2i) / 2 -- recomputed in numpy."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(6, 8)).astype(np.float32)
+    text = rng.normal(size=(6, 8)).astype(np.float32)
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    ids = np.array([3, 7, 3, 1, 7, 3])
+    temp = 0.07
+    targets = (ids[:, None] == ids[None, :]).astype(np.float64)
+    targets /= targets.sum(1, keepdims=True)
+    sim_i2t = image @ text.T / temp
+    sim_t2i = text @ image.T / temp
+    i2t = -(_log_softmax(sim_i2t) * targets).sum(1).mean()
+    t2i = -(_log_softmax(sim_t2i) * targets).sum(1).mean()
+    y = image_id_targets(jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(y), targets, rtol=1e-6)
+    loss, _ = contrastive_loss(
+        jnp.asarray(image), jnp.asarray(text), jnp.float32(1 / temp), i2t=Regulation(y=y), t2i=Regulation(y=y)
+    )
+    np.testing.assert_allclose(float(loss), (i2t + t2i) / 2, rtol=1e-5)
+
+
+def test_itm_negatives_never_share_the_image_id_and_follow_albefs_weights():
+    """ALBEF: weights_i2t = softmax(sim_i2t); masked_fill_(eq(idx, idx.T), 0); multinomial. Empirical draw
+    frequencies against those weights; 'hardest' is the most similar other-id column."""
+    rng = np.random.default_rng(1)
+    sims = rng.uniform(-1, 1, (5, 5)).astype(np.float32)
+    ids = np.array([0, 1, 0, 2, 2])
+    same = ids[:, None] == ids[None, :]
+    scale = 5.0
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draws = jax.vmap(lambda k: negatives_by_image_id(k, jnp.asarray(sims), jnp.asarray(same), 'sample', scale))(keys)
+    draws = np.asarray(draws)
+    assert not same[np.arange(5)[None, :], draws].any()
+    weights = np.exp(sims * scale) / np.exp(sims * scale).sum(1, keepdims=True)
+    weights[same] = 0
+    weights /= weights.sum(1, keepdims=True)
+    frequencies = np.stack([np.bincount(draws[:, r], minlength=5) / len(draws) for r in range(5)])
+    np.testing.assert_allclose(frequencies, weights, atol=0.03)
+    hardest = negatives_by_image_id(None, jnp.asarray(sims), jnp.asarray(same), 'hardest', scale)
+    np.testing.assert_array_equal(np.asarray(hardest), np.argmax(np.where(same, -np.inf, sims), axis=1))
+
+
+def _fake_functions():
+    """Token functions that pass arrays through, and an ITM 'match logit' that is a fixed function of the pair."""
+    image_tokens = lambda params, x: x[:, :2, :2, 0]  # [B, 2, 2]
+    text_tokens = lambda params, ids, mask: jnp.asarray(ids, jnp.float32)[:, :, None] * jnp.ones((1, 1, 2))
+    match = lambda params, t, m, i: jnp.sin(jnp.sum(t, (1, 2)) * 0.37 + jnp.sum(i, (1, 2)) * 1.3)
+    return image_tokens, text_tokens, match
+
+
+@pytest.mark.parametrize('score', ['itm', 'itm_itc'])
+def test_k_test_at_least_n_equals_exhaustive_itm_ranking(score):
+    """With k >= N every pair is scored: the re-ranked recalls equal ranking all pairs by the ITM logit
+    (ALBEF) or logit + cosine (BLIP), computed pair by pair here."""
+    rng = np.random.default_rng(2)
+    num_images, per_image = 5, 2
+    images = rng.normal(size=(num_images, 4, 4, 3)).astype(np.float32)
+    ids = rng.integers(1000, 1100, (num_images * per_image, 3)).astype(np.int32)
+    data = type('D', (), {'images': images, 'text_ids': ids, 'text_mask': np.ones_like(ids)})
+    similarity = rng.uniform(-1, 1, (num_images * per_image, num_images)).astype(np.float32)
+    mesh = make_mesh({'data': 1, 'fsdp': 1, 'model': 1}, jax.devices()[:1])
+    functions = _fake_functions()
+    scores = rerank_scores(functions, None, data, similarity, num_images * per_image, 4, mesh, score)
+    match = functions[2]
+    exhaustive = np.zeros_like(similarity)
+    for t in range(len(ids)):
+        for i in range(num_images):
+            tokens = functions[1](None, ids[t : t + 1], None)
+            exhaustive[t, i] = float(match(None, tokens, None, functions[0](None, images[i : i + 1]))[0])
+    if score == 'itm_itc':
+        exhaustive = exhaustive + similarity
+    np.testing.assert_allclose(scores.t2i, exhaustive, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores.i2t, exhaustive.T, rtol=1e-5, atol=1e-5)
+    text_image = np.repeat(np.arange(num_images), per_image)
+    ours = retrieval_metrics_from_scores(scores.t2i, scores.i2t, text_image, tie_break=similarity)
+    reference = retrieval_metrics_from_scores(exhaustive, exhaustive.T, text_image)
+    assert ours == reference
+
+
+def test_albef_recall_names_on_a_hand_built_case():
+    """2 images, 2 captions each. Image 0's best text is caption 2 (image 1's) then caption 1 (its own); image
+    1's best is caption 3 (its own). Every caption's best image is its own except caption 0's."""
+    text_image = np.array([0, 0, 1, 1])
+    t2i = np.array([[0.1, 0.9], [0.8, 0.2], [0.1, 0.7], [0.3, 0.6]])
+    i2t = np.array([[0.1, 0.5, 0.9, 0.0], [0.2, 0.1, 0.3, 0.8]])
+    recalls = albef_recalls(retrieval_metrics_from_scores(t2i, i2t, text_image))
+    assert recalls['tr_r1'] == 50.0 and recalls['tr_r5'] == 100.0 and recalls['tr_r10'] == 100.0
+    assert recalls['ir_r1'] == 75.0 and recalls['ir_r5'] == 100.0
+    assert recalls['r_mean'] == pytest.approx((50 + 100 + 100 + 75 + 100 + 100) / 6)
+
+
+def test_accuracy_on_a_hand_built_case():
+    logits = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
+    assert accuracy(logits, np.array([1, 0, 0, 1])) == 0.5  # row 3's tie goes to class 0
+
+
+WORLD = ShapesWorldConfig(image_size=32, captions_per_image=2, detail='fine', train_size=40, val_size=40, test_size=40)
+
+
+def test_retrieval_pairs_give_each_caption_with_its_image_id():
+    world = ShapesWorld(WORLD, seed=0, split='train')
+    pairs = RetrievalPairs(world)
+    assert len(pairs) == 80
+    batch = pairs.batch(np.array([0, 1, 5]))
+    full = world.batch(np.array([0, 2]))
+    np.testing.assert_array_equal(batch['fields']['image_id'], [0, 0, 2])
+    assert batch['captions'] == [[full['captions'][0][0]], [full['captions'][0][1]], [full['captions'][1][1]]]
+    np.testing.assert_array_equal(batch['image'][1], full['image'][0])
+
+
+def test_snli_ve_hypotheses_relate_to_their_premise_as_labelled():
+    """Entailment: one of the image's own captions; neutral: an own caption plus an unseen claim; contradiction:
+    no own caption (with or without the claim) -- checked against the world's captions of the image."""
+    world = ShapesWorld(WORLD, seed=0, split='train')
+    source = SnliVeSource(world, 40)
+    batch = source.batch(np.arange(40))
+    own = world.batch(np.arange(40))['captions']
+    labels = batch['fields']['label'][:, 0]
+    assert set(labels.tolist()) == {ENTAILMENT, NEUTRAL, CONTRADICTION}
+    for n, ([text], label) in enumerate(zip(batch['captions'], labels)):
+        bare = next((text[: -len(c) - 1] for c in UNSEEN_CLAIMS if text.endswith(' ' + c)), text)
+        if label == ENTAILMENT:
+            assert text in own[n]
+        elif label == NEUTRAL:
+            assert bare != text and bare in own[n]
+        else:
+            assert bare not in own[n]
+
+
+def test_nlvr2_statements_about_an_images_own_caption_are_true():
+    """'the left image shows C' with C one of the left image's own captions is true; the right image is
+    the world's next image."""
+    world = ShapesWorld(WORLD, seed=0, split='train')
+    source = Nlvr2Source(world, 20)
+    batch = source.batch(np.arange(20))
+    scenes = world.batch(np.arange(40))
+    np.testing.assert_array_equal(batch['fields']['image1'], scenes['image'][1::2])
+    labels = batch['fields']['label'][:, 0]
+    checked = 0
+    for n, [text] in enumerate(batch['captions']):
+        for side, offset in (('left', 0), ('right', 1)):
+            prefix = f'the {side} image shows '
+            if text.startswith(prefix) and text[len(prefix) :] in scenes['captions'][2 * n + offset]:
+                assert labels[n] == 1
+                checked += 1
+    assert checked >= 3 and 0 < labels.mean() < 1
+
+
+@pytest.fixture(scope='module')
+def fusion_model():
+    from conftest import make_config
+
+    from vlp_jax.data.batch import example_batch
+    from vlp_jax.models.vlp import VLPModel, model_config_from_dict
+
+    config = make_config(
+        '--config.objective=albef', '--config.model.kind=fusion', '--config.model.text.fusion_layers=2'
+    )
+    model = VLPModel(model_config_from_dict(config))
+    batch = example_batch(2, int(config.model.image_size), int(config.model.max_text_len), seed=3)
+    batch['text_mask'][1, 5:] = 0  # a padded caption
+    params = model.init(jax.random.key(0), batch['image'], batch['text_ids'], batch['text_mask'])['params']
+    return model, params, batch
+
+
+def test_gradcam_against_finite_differences_and_albefs_formula_in_numpy(fusion_model):
+    """The gradient of the summed ITM match logit w.r.t. the exposed attention probabilities against central
+    differences along random directions; the map against ALBEF's formula written as numpy loops."""
+    from vlp_jax.evaluators.grounding import _match, _perturbation_tree, attention_and_gradient, exposed_model, gradcam
+
+    model, params, batch = fusion_model
+    exposed = exposed_model(model, 0)
+    args = (batch['image'], batch['text_ids'], batch['text_mask'])
+    probs, grads = attention_and_gradient(exposed, params, *args)
+    plain = model.apply({'params': params}, *args, method=_match)
+    same, state = exposed.apply({'params': params}, *args, method=_match, mutable=['intermediates'])
+    np.testing.assert_allclose(np.asarray(same), np.asarray(plain), rtol=1e-6)  # exposing changes nothing
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+
+    def total(perturbation):
+        tree = _perturbation_tree(state['intermediates'], perturbation)
+        return float(jnp.sum(exposed.apply({'params': params, 'perturbations': tree}, *args, method=_match)))
+
+    rng = np.random.default_rng(0)
+    eps = 1e-3
+    for _ in range(3):
+        direction = rng.normal(size=probs.shape).astype(np.float32)
+        numeric = (total(eps * direction) - total(-eps * direction)) / (2 * eps)
+        np.testing.assert_allclose(numeric, float(np.sum(np.asarray(grads) * direction)), rtol=1e-2, atol=1e-4)
+
+    p, g, m = np.asarray(probs), np.asarray(grads), np.asarray(batch['text_mask'])
+    b_n, heads, length, tokens = p.shape
+    reference = np.zeros((b_n, tokens - 1))
+    for b in range(b_n):
+        for h in range(heads):
+            for t in range(length):
+                cam = p[b, h, t, 1:] * m[b, t]
+                grad = np.clip(g[b, h, t, 1:], 0, None) * m[b, t]
+                reference[b] += cam * grad / (heads * length)
+    np.testing.assert_allclose(np.asarray(gradcam(probs, grads, batch['text_mask'])), reference, rtol=1e-5, atol=1e-12)
+
+
+def test_grounding_accuracy_on_a_hand_built_case():
+    """A 2x2 map, hot in its bottom-right patch, on a 32-px image: the proposal there wins; the referred box
+    decides hit or miss; a padding proposal is never chosen."""
+    from vlp_jax.evaluators.grounding import grounding_accuracy, iou
+
+    heat = np.array([[0.0, 0.1], [0.0, 1.0]])
+    proposals = np.array([[[0, 0, 16, 16], [16, 16, 16, 16], [-1, -1, -1, -1]]] * 2, np.float32)
+    boxes = np.array([[16, 16, 16, 16], [0, 0, 16, 16]], np.float32)
+    assert grounding_accuracy(np.stack([heat, heat]), boxes, proposals, 32) == 0.5
+    assert iou(np.array([0, 0, 10, 10]), np.array([5, 0, 10, 10])) == pytest.approx(50 / 150)
+
+
+def test_grounding_expressions_single_out_their_object():
+    from vlp_jax.data.tasks.shapes_tasks import GroundingSource
+
+    world = ShapesWorld(WORLD, seed=0, split='test')
+    source = GroundingSource(world)
+    assert len(source) > 10
+    batch = source.batch(np.arange(len(source)))
+    scenes = world.batch(np.asarray([index for index, _, _ in source.items]))['scene']
+    from vlp_jax.data.synthetic import COLOURS, SHAPES
+
+    for [text], box, proposals, scene in zip(
+        batch['captions'], batch['fields']['box'], batch['fields']['proposals'], scenes
+    ):
+        objects = scene[scene[:, 0] >= 0]
+        named = [o for o in objects if f'{COLOURS[o[1]]} {SHAPES[o[0]]}' in text]
+        assert len(objects) >= 2 and (proposals[:, 2] > 0).sum() == len(objects)
+        assert any((proposals == box).all(axis=1))
+        assert len(named) >= 1

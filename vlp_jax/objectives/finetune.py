@@ -1,0 +1,202 @@
+"""Fine-tuning objectives of the downstream tasks (ALBEF's Retrieval.py, VE.py, NLVR.py), on a fusion model that
+starts from a pretrained run (`model.init_checkpoint`, warm_start.py).
+
+- 'retrieval_ft' (ALBEF `models/model_retrieval.py`): ITC whose positives are matched by image id -- every
+  caption of the same image in the batch is a positive ("sim_targets = torch.eq(idx, idx_all).float();
+  sim_targets = sim_targets / sim_targets.sum(1, keepdim=True)") -- plus ITM with one hard negative per
+  anchor sampled from the in-batch ITC logits at the learned temperature, never a caption or image of the
+  same image id ("mask = torch.eq(idx, idx.T); weights_i2t.masked_fill_(mask, 0)"). Loss = ITC + ITM, no
+  MLM. The momentum model is not part of this version (loss.momentum.enabled is refused).
+- 'snli_ve' (ALBEF `models/model_ve.py`): the fused [CLS] of (premise image, hypothesis) through the task
+  head (model.head 'mlp', 3 classes), cross-entropy on the batch's 'label'.
+- 'nlvr2' (ALBEF `models/model_nlvr.py`): the same on two images (model.text.fusion_images=2: paired fusion
+  layers, models/bi_fusion.py), 2 classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vlp_jax.config import LossSettings, settings_of
+from vlp_jax.data import batch as batch_spec
+from vlp_jax.models.vlp import clamp_temperature
+from vlp_jax.objectives.albef import ItmSettings, masked_mean
+from vlp_jax.objectives.base import Objective, ObjectiveParts
+from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
+from vlp_jax.objectives.frozen import image_text_cosines
+from vlp_jax.objectives.matching import itm_pairs, negative_sampling_logits
+from vlp_jax.registry import OBJECTIVES
+
+PyTree = Any
+
+
+def image_id_targets(image_id: jax.Array) -> jax.Array:
+    """[B, B] row-stochastic ITC targets: every pair of the same image id is a positive, equally weighted."""
+    same = (image_id[:, None] == image_id[None, :]).astype(jnp.float32)
+    return same / jnp.sum(same, axis=1, keepdims=True)
+
+
+def negatives_by_image_id(
+    rng: jax.Array, similarity: jax.Array, same: jax.Array, choice: str, logit_scale: jax.Array
+) -> jax.Array:
+    """[B] int32: per row of `similarity` [B, B] a column of another image id (`same` [B, B] bool marks the
+    row's own id): drawn from softmax(sim / temp) with the same-id columns weighted 0 ('sample', ALBEF), or
+    the most similar such column ('hardest'). A row whose every column has its id (a batch of one image)
+    falls back to any column but its own."""
+    if choice == 'hardest':
+        logits = jax.lax.stop_gradient(similarity).astype(jnp.float32)
+    else:
+        logits = negative_sampling_logits(similarity, logit_scale)
+    diagonal = jnp.eye(similarity.shape[0], dtype=bool)
+    masked = jnp.where(same, -jnp.inf, logits)
+    masked = jnp.where(jnp.all(same, axis=1, keepdims=True), jnp.where(diagonal, -jnp.inf, logits), masked)
+    if choice == 'hardest':
+        return jnp.argmax(masked, axis=1).astype(jnp.int32)
+    return jax.random.categorical(rng, masked, axis=1).astype(jnp.int32)
+
+
+class _FusionObjective(Objective):
+    model_kinds = ('fusion',)
+    frozen_roles = ()
+
+    def __init__(self, parts: ObjectiveParts):
+        assert parts.model.config.kind == 'fusion', 'a fine-tuning task needs a fusion model'
+        self.model = parts.model
+
+    def _apply(self, params: PyTree, *args, method: str | None = None, rng: jax.Array | None = None) -> Any:
+        rngs = {'dropout': rng} if rng is not None else {}
+        kwargs = {'deterministic': False} if rng is not None else {}
+        return self.model.apply({'params': params}, *args, method=method, rngs=rngs, **kwargs)
+
+    @classmethod
+    def _no_momentum(cls, config: ml_collections.ConfigDict) -> str | None:
+        if config.loss.momentum.enabled or config.loss.regulators:
+            return (
+                f'config keys loss.momentum.enabled and loss.regulators do not apply to objective='
+                f'{cls.registered_name!r} (docs/finetune.md); turn them off.'
+            )
+        return None
+
+    def after_update(self, params, extra, outputs, step):
+        return clamp_temperature(params, self.model.config), extra
+
+
+@OBJECTIVES.register('retrieval_ft')
+class RetrievalFinetune(_FusionObjective):
+    """ALBEF's retrieval fine-tuning: ITC with image-id positives + ITM with same-id-free hard negatives."""
+
+    batch_keys = (*batch_spec.REQUIRED_KEYS, 'image_id')
+
+    def __init__(self, loss: LossSettings, itm: ItmSettings, parts: ObjectiveParts):
+        super().__init__(parts)
+        self.form = loss.form
+        self.negative_choice = itm.negatives
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, parts: ObjectiveParts) -> RetrievalFinetune:
+        return cls(settings_of(config, LossSettings), settings_of(config, ItmSettings), parts)
+
+    @classmethod
+    def check(cls, config: ml_collections.ConfigDict) -> str | None:
+        if config.loss.form != 'softmax':
+            return "config key loss.form must be 'softmax' with objective='retrieval_ft' (ALBEF's ITC)."
+        return cls._no_momentum(config)
+
+    def loss(self, params, extra, frozen, batch, rng, step):
+        towers, negative_images, negative_texts, fusion = jax.random.split(rng, 4)
+        inputs = tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS)
+        out = self._apply(params, *inputs, rng=towers)
+        targets = image_id_targets(batch['image_id'])
+        regulation = Regulation(y=targets)  # symmetric: the same targets in both directions
+        itc, _ = contrastive_loss(
+            out['image_embed'], out['text_embed'], out['logit_scale'], i2t=regulation, t2i=regulation
+        )
+        sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images
+        same = targets > 0
+        scale = out['logit_scale']
+        negative_text = negatives_by_image_id(negative_texts, sims, same, self.negative_choice, scale)
+        negative_image = negatives_by_image_id(negative_images, sims.T, same, self.negative_choice, scale)
+        pairs = itm_pairs(negative_image, negative_text)
+        mask = batch['text_mask']
+        fused = self._apply(
+            params,
+            out['text_tokens'][pairs.text],
+            mask[pairs.text],
+            out['image_tokens'][pairs.image],
+            method='fuse',
+            rng=fusion,
+        )
+        logits = self._apply(params, fused, method='itm_logits')
+        itm = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, pairs.label))
+        metrics = {
+            'train/itc': itc,
+            'train/temperature': 1.0 / out['logit_scale'],
+            'train/itm': itm,
+            'train/itm_accuracy': jnp.mean(jnp.argmax(logits, axis=-1) == pairs.label),
+            'train/positives_per_row': jnp.mean(jnp.sum(same, axis=1).astype(jnp.float32)),
+        }
+        return itc + itm, metrics, {}
+
+
+class TaskClassification(_FusionObjective):
+    """The task head on the fused [CLS] of (image[s], text), cross-entropy on 'label'."""
+
+    classes: ClassVar[int] = 2
+    images: ClassVar[int] = 1
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, parts: ObjectiveParts) -> TaskClassification:
+        return cls(parts)
+
+    @classmethod
+    def check(cls, config: ml_collections.ConfigDict) -> str | None:
+        name, model = cls.registered_name, config.model
+        if model.head == '' or int(model.head_classes) != cls.classes:
+            return (
+                f"objective={name!r} needs a task head of {cls.classes} classes: set model.head='mlp' and "
+                f'model.head_classes={cls.classes}.'
+            )
+        if int(model.text.fusion_images) != cls.images:
+            return f'objective={name!r} needs model.text.fusion_images={cls.images}.'
+        return cls._no_momentum(config)
+
+    def logits(self, params: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array | None = None) -> jax.Array:
+        """[B, classes] float32 task logits of the batch (training mode with `rng`: dropout)."""
+        keys = list(jax.random.split(rng, 3)) if rng is not None else [None] * 3
+        text = self._apply(params, batch['text_ids'], batch['text_mask'], method='text_tokens', rng=keys[0])
+        images = [batch['image']] + ([batch['image1']] if self.images == 2 else [])
+        tokens = self._apply(params, jnp.concatenate(images), method='image_tokens', rng=keys[1])
+        contexts = tuple(jnp.split(tokens, self.images)) if self.images == 2 else tokens
+        fused = self._apply(params, text, batch['text_mask'], contexts, method='fuse', rng=keys[2])
+        return self._apply(params, fused, method='head_logits')
+
+    def loss(self, params, extra, frozen, batch, rng, step):
+        logits = self.logits(params, batch, rng)
+        labels = batch['label']
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        accuracy = masked_mean(jnp.argmax(logits, axis=-1) == labels, jnp.ones_like(labels, bool))
+        return loss, {'train/task_loss': loss, 'train/accuracy': accuracy}, {}
+
+
+@OBJECTIVES.register('snli_ve')
+class SnliVe(TaskClassification):
+    """SNLI-VE: premise image, hypothesis text; entailment / neutral / contradiction."""
+
+    batch_keys = (*batch_spec.REQUIRED_KEYS, 'label')
+    classes = 3
+    images = 1
+
+
+@OBJECTIVES.register('nlvr2')
+class Nlvr2(TaskClassification):
+    """NLVR2: a statement about two images, true or false; paired fusion layers see both."""
+
+    batch_keys = (*batch_spec.REQUIRED_KEYS, 'label', 'image1')
+    classes = 2
+    images = 2
