@@ -109,3 +109,15 @@ def test_the_pipeline_serves_it(idx_dir):
     )
     (batch,) = train_batches(config)
     assert batch['image'].shape == (8, 28, 28, 3) and batch['text_ids'].shape[0] == 8
+
+
+def test_the_probe_counts_same_group_pairs_as_false_negatives(idx_dir):
+    """The in-step probe against the groups written out by hand: classes 0..9 at 'group2' are
+    clothing except Sandal (5), Sneaker (7), Bag (8) and Ankle boot (9)."""
+    source = _plugin(idx_dir, granularity='group2', captions_per_image=2).open('train')
+    batch = source.batch(np.arange(10))
+    assert batch['probes']['sem'].shape == (10, 2)
+    accessory = np.isin(np.arange(10), [5, 7, 8, 9])
+    expected = (accessory[:, None] == accessory[None, :]) & ~np.eye(10, dtype=bool)
+    mask = source.ground_truth_probe().false_negatives({'sem': batch['probes']['sem'][:, 0]})
+    np.testing.assert_array_equal(np.asarray(mask), expected)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from vlp_jax.config import key, positive_int
 from vlp_jax.data import fashion_mnist
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source, SourceContext, SourcePlugin
+from vlp_jax.probes import GroundTruthProbe
 from vlp_jax.registry import SOURCES
 
 # Each granularity: its group of every class, and the words a caption may use for each group.
@@ -128,7 +129,10 @@ def captions_for(
 
 
 class FashionMnistSource(Source):
-    """One split: grey photos as RGB, captions of their (super-)class, labels at the caption granularity."""
+    """One split: grey photos as RGB, captions of their (super-)class, labels at the caption granularity;
+    probe 'sem' (each caption's group) lets the train step count false negatives exactly."""
+
+    probe_keys = ('sem',)
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, settings: FashionMnistSettings, seed: int, split: str):
         self.images = images
@@ -158,7 +162,7 @@ class FashionMnistSource(Source):
             'image': np.repeat(grey[..., None], 3, axis=-1),
             'captions': [self.captions(i) for i in indices],
             'label': self.labels[indices],
-            'probes': {},
+            'probes': {'sem': np.repeat(self.labels[indices, None], self.captions_per_image, axis=1)},
         }
 
     def caption_truth(self, examples: dict[str, Any]) -> np.ndarray:
@@ -167,6 +171,18 @@ class FashionMnistSource(Source):
         per_image = np.asarray([len(c) for c in examples['captions']])
         caption_labels = np.repeat(labels, per_image)
         return caption_labels[:, None] == labels[None, :]
+
+    def ground_truth_probe(self) -> GroundTruthProbe:
+        return GroundTruthProbe(batch_keys=('sem',), false_negatives=same_group_i2t)
+
+
+def same_group_i2t(batch: Mapping[str, Any]):
+    """bool [B, B] in the i2t layout: j != i and caption j names image i's group (every caption is true of its
+    own image, so image i's group is its caption's). Runs inside the jitted step."""
+    import jax.numpy as jnp
+
+    sem = batch['sem']
+    return (sem[:, None] == sem[None, :]) & ~jnp.eye(sem.shape[0], dtype=bool)
 
 
 @SOURCES.register('fashion_mnist')
