@@ -159,6 +159,7 @@ def test_every_term_trains_its_part_of_the_model(fusion_batch):
         assert norm(tree) > 0, path
 
 
+@pytest.mark.slow  # 2 min of CI; the default suite keeps 1-vs-8 and resume for the dual encoder and regulators
 def test_momentum_fusion_run_one_and_eight_devices_agree_and_resumes_bit_exactly_after_sigkill(tmp_path):
     """A warm-started ALBEF run with the momentum model and a 2-batch queue: 8 devices equal 1, and a run
     SIGKILLed after its step-5 checkpoint resumes to the straight run's every metric exactly (queue and EMA

@@ -166,6 +166,7 @@ def _args(config, workdir, arg, extra=()):
     return ['--config', f'{config}:{arg}', '--workdir', str(workdir), *FAST_OVERRIDES, *extra]
 
 
+@pytest.mark.slow  # 1 min of CI: it trains a fusion and a dual model
 def test_a_fusion_checkpoint_judges_a_dual_encoder_and_a_dual_cannot_be_an_itm_judge(tmp_path):
     fusion_ref, dual_ref = tmp_path / 'fusion_ref', tmp_path / 'dual_ref'
     # The judge has another architecture than the dual encoder it judges (fusion layers, embed_dim 16).

@@ -307,6 +307,7 @@ def test_an_untied_decoder_is_named_and_a_dual_model_or_a_partial_head_is_handle
     assert 'name a file with the whole MLM head (cls.predictions.*) or none of it.' in str(error.value)
 
 
+@pytest.mark.slow  # CI time: interpolation and the MLM head import are checked against numpy by default
 def test_albef_tiny_trains_from_a_bert_with_its_mlm_head_and_a_vit_of_another_image_size(tmp_path):
     """configs/albef.py:tiny (momentum, queue, ITM, MLM) at FAST size: a 2-layer BertForMaskedLM (1 text + 1
     fusion layer, MLM head) and a 32-px ViT into the 64-px image tower; 2 of 4 steps (no final evaluation)."""

@@ -145,6 +145,7 @@ def test_scores_tie_break_orders_tied_candidates():
     assert metrics['t2i_r1'] == 1.0
 
 
+@pytest.mark.slow  # CI time: the reranked scores and metrics are checked against a reference by default
 def test_train_and_evaluate_cli_print_itc_and_reranked_metrics(tmp_path):
     common = [*FAST_OVERRIDES, *FUSION, *SMALL, '--config.eval.rerank_k=4']
     train = run_cli('vlp_jax.train', ['--config', f'{TINY_CONFIG}:steps=2', '--workdir', str(tmp_path), *common])

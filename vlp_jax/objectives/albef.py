@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +114,14 @@ class MlmSettings:
         'p < 1e-4; 0: every position)',
         check=at_least(-1),
     )
+
+
+class MomentumForward(NamedTuple):
+    """The momentum model's params, its outputs on the batch and the distillation weight alpha at this step."""
+
+    params: PyTree
+    outputs: dict[str, jax.Array]
+    alpha: jax.Array
 
 
 @OBJECTIVES.register(
@@ -240,6 +248,28 @@ class AlbefObjective(Objective):
         negative_image = choose_negatives(keys['image_negatives'], sims_t2i, self.negative_choice, scale, floor)
         return itm_pairs(negative_image, negative_text), caption_pairs(sims.shape[0])
 
+    def forward_and_itc(
+        self,
+        params: PyTree,
+        extra: PyTree,
+        frozen: Mapping[str, PyTree],
+        batch: Mapping[str, jax.Array],
+        keys: Mapping[str, jax.Array],
+        step: jax.Array,
+    ) -> tuple[dict[str, jax.Array], MomentumForward | None, jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        """The towers' forward, the momentum model's (when configured) and the ITC term: (outputs, momentum
+        forward or None, itc, metrics, objective outputs). ALBEF's and BLIP's losses both start here."""
+        inputs = tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS)
+        out = self._apply(params, *inputs, rng=keys['towers'])
+        momentum = momentum_out = None
+        if self.momentum is not None:
+            momentum_params = jax.lax.stop_gradient(extra[MOMENTUM_PARAMS])
+            out_m = jax.lax.stop_gradient(self._apply(momentum_params, *inputs))
+            momentum_out = MomentumForward(momentum_params, out_m, self.momentum.alpha(step))
+            momentum = (candidates(extra, out_m['image_embed'], out_m['text_embed']), momentum_out.alpha)
+        itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step, momentum)
+        return out, momentum_out, itc, metrics, outputs
+
     def loss(
         self,
         params: PyTree,
@@ -251,15 +281,8 @@ class AlbefObjective(Objective):
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
         keys = split_rng(rng)
         ids, mask = batch['text_ids'], batch['text_mask']
-        inputs = tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS)
-        out = self._apply(params, *inputs, rng=keys['towers'])
-        momentum = out_m = None
-        if self.momentum is not None:
-            momentum_params = jax.lax.stop_gradient(extra[MOMENTUM_PARAMS])
-            out_m = jax.lax.stop_gradient(self._apply(momentum_params, *inputs))
-            alpha = self.momentum.alpha(step)
-            momentum = (candidates(extra, out_m['image_embed'], out_m['text_embed']), alpha)
-        itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step, momentum)
+        out, momentum_out, itc, metrics, outputs = self.forward_and_itc(params, extra, frozen, batch, keys, step)
+        out_m = momentum_out.outputs if momentum_out is not None else None
 
         itm_set, mlm_set = self.choose_pairs(out, outputs, keys, out_m)
         itm, itm_accuracy = self.itm_loss(params, out, mask, itm_set, keys['itm_fusion'])
@@ -285,15 +308,15 @@ class AlbefObjective(Objective):
             targets = scored(targets)
         mlm_logits = self._apply(params, scored(fused_masked), method='mlm_logits')
         mlm = masked_mean(optax.softmax_cross_entropy_with_integer_labels(mlm_logits, targets), predicted)
-        if self.momentum is not None:
-            momentum_fused = self._momentum_fused(momentum_params, masked_ids, mlm_mask, out_m, mlm_set)
+        if momentum_out is not None:
+            momentum_fused = self._momentum_fused(momentum_out.params, masked_ids, mlm_mask, out_m, mlm_set)
             momentum_logits = jax.lax.stop_gradient(
-                self._apply(momentum_params, scored(momentum_fused), method='mlm_logits')
+                self._apply(momentum_out.params, scored(momentum_fused), method='mlm_logits')
             )
             soft = jax.nn.softmax(momentum_logits, -1)
             distill = masked_mean(optax.softmax_cross_entropy(mlm_logits, soft), predicted)
             metrics['train/mlm_distill'] = distill
-            mlm = (1.0 - alpha) * mlm + alpha * distill
+            mlm = (1.0 - momentum_out.alpha) * mlm + momentum_out.alpha * distill
             outputs[ENQUEUE] = (out_m['image_embed'], out_m['text_embed'])
         if self.max_predictions:  # of the rows in use, the share of drawn positions the cap left out
             drawn, _ = selection_draws(keys['mask'], mlm_ids, mlm_mask, self.mask_ratio, self.special)

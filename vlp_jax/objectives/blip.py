@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlp_jax.config import LossSettings, settings_of
-from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.tokenizer import shared_tokenizer
 from vlp_jax.objectives.albef import (
     ENQUEUE,
@@ -39,7 +38,7 @@ from vlp_jax.objectives.albef import (
 )
 from vlp_jax.objectives.base import ObjectiveParts
 from vlp_jax.objectives.lm import LmSettings, decoder_batch, smoothed_cross_entropy
-from vlp_jax.objectives.momentum import MOMENTUM_PARAMS, MomentumSettings, candidates
+from vlp_jax.objectives.momentum import MomentumSettings
 from vlp_jax.registry import OBJECTIVES
 
 PyTree = Any
@@ -139,14 +138,8 @@ class BlipObjective(AlbefObjective):
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
         keys = split_rng(rng)
         ids, mask = batch['text_ids'], batch['text_mask']
-        inputs = tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS)
-        out = self._apply(params, *inputs, rng=keys['towers'])
-        momentum = out_m = None
-        if self.momentum is not None:
-            momentum_params = jax.lax.stop_gradient(extra[MOMENTUM_PARAMS])
-            out_m = jax.lax.stop_gradient(self._apply(momentum_params, *inputs))
-            momentum = (candidates(extra, out_m['image_embed'], out_m['text_embed']), self.momentum.alpha(step))
-        itc, metrics, outputs = self.itc.contrastive(out, frozen, batch, step, momentum)
+        out, momentum_out, itc, metrics, outputs = self.forward_and_itc(params, extra, frozen, batch, keys, step)
+        out_m = momentum_out.outputs if momentum_out is not None else None
         itm_set, lm_set = self.choose_pairs(out, outputs, keys, out_m)
         itm, itm_accuracy = self.itm_loss(params, out, mask, itm_set, keys['itm_fusion'])
         image_tokens = out['image_tokens'][lm_set.image]
