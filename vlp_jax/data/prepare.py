@@ -1,9 +1,11 @@
 """`python -m vlp_jax.data.prepare INPUT OUTPUT_DIR [options]`: image-text data -> array_record shards.
 
 INPUT is a .csv/.tsv/.jsonl table (`image`, `caption`, optional `label`) or a folder of
-webdataset .tar shards (img2dataset's layout). Every image is decoded once here, so a
-corrupt image, an empty, over-long or non-UTF-8 caption is dropped (or truncated) and
-counted now rather than met in the middle of a run; images TF cannot decode as given
+webdataset .tar shards (img2dataset's layout); with `--format TASK`, a fine-tuning task's JSON file
+in the ALBEF family's layout (retrieval, coco_karpathy, snli_ve, nlvr2, grounding, vqa:
+data/prepare_tasks.py), whose records also carry the task's labels, ids, boxes, answers or second image.
+Every image is decoded once here, so a corrupt image, an empty, over-long or non-UTF-8 caption
+is dropped (or truncated) and counted now rather than met in the middle of a run; images TF cannot decode as given
 (TIFF, 16-bit, float, multi-page) are converted (prepare_images.py).
 
 The entries are cut into fixed shards of `--shard_size` images, written by parallel
@@ -33,6 +35,7 @@ from vlp_jax.data.errors import DataError
 from vlp_jax.data.prepare_images import check_image
 from vlp_jax.data.prepare_inputs import Entry, read_entries
 from vlp_jax.data.prepare_report import REPORT_FILE, build_report, summary_lines
+from vlp_jax.data.prepare_tasks import TASK_FORMATS, read_answer_list, read_task_entries
 
 PLAN_FILE = 'plan.json'
 # Part of every fingerprint: bump it when what a shard holds for the same inputs changes, so old shards rebuild.
@@ -62,14 +65,16 @@ def check_caption(caption: Any, max_chars: int, truncate: bool) -> tuple[str | N
     return caption, None
 
 
-def read_image_bytes(entry: Entry) -> bytes | None:
-    kind = entry.image[0]
+def read_image_bytes(entry: Entry, image: tuple | None = None) -> bytes | None:
+    """The bytes of `image` (default: the entry's image), or None when they cannot be read."""
+    image = entry.image if image is None else image
+    kind = image[0]
     try:
         if kind == 'file':
-            with open(entry.image[1], 'rb') as handle:
+            with open(image[1], 'rb') as handle:
                 return handle.read()
         if kind == 'tar':
-            _, path, offset, size = entry.image
+            _, path, offset, size = image
             with open(path, 'rb') as handle:
                 handle.seek(offset)
                 return handle.read(size)
@@ -109,6 +114,10 @@ def fingerprint(entries: list[Entry], options: dict, stats: dict[str, Any] | Non
     report maps skipped rows to today's lines."""
     stats = {} if stats is None else stats
     rows = [[e.key, list(e.image), e.captions, e.label, _image_stamp(e.image, stats)] for e in entries]
+    for row, e in zip(rows, entries):  # a task's entries (prepare_tasks.py): what else the record is made of
+        if e.image1 or e.fields or e.caption_fields or e.problem:
+            row += [list(e.image1), e.fields, e.caption_fields, e.problem]
+            row.append(_image_stamp(e.image1, stats) if e.image1 else None)
     text = json.dumps([SHARD_VERSION, options, rows], ensure_ascii=True, separators=(',', ':'), default=str)
     return hashlib.sha256(text.encode('ascii')).hexdigest()
 
@@ -125,6 +134,8 @@ def write_shard(output_dir: str, number: int, entries: list[dict], options: dict
     skipped: list[dict] = []
     converted: list[dict] = []
     truncated = captions_written = written = 0
+    task = bool(options.get('format'))
+    texts: list[int] = []  # a task shard: each record's caption count (index.json lists them)
     temporary = os.path.join(output_dir, f'{name}{records_lib.SHARD_SUFFIX}.tmp-{os.getpid()}')
     writer = array_record_module.ArrayRecordWriter(temporary, records_lib.WRITER_OPTIONS)
 
@@ -138,8 +149,11 @@ def write_shard(output_dir: str, number: int, entries: list[dict], options: dict
         skipped.append(row)
 
     for position, fields in enumerate(entries):
-        entry = Entry(**{**fields, 'image': tuple(fields['image'])})
-        captions = []
+        entry = Entry(**{**fields, 'image': tuple(fields['image']), 'image1': tuple(fields['image1'])})
+        if entry.problem:  # a task row that could not be read (prepare_tasks.py)
+            skip(entry.problem[0], position, detail=entry.problem[1])
+            continue
+        captions, caption_fields = [], []
         for index, caption in enumerate(entry.captions):
             clean, reason = check_caption(caption, options['max_caption_chars'], options['truncate'])
             if reason == 'truncated':
@@ -149,6 +163,7 @@ def write_shard(output_dir: str, number: int, entries: list[dict], options: dict
                 skip(reason, position, index, detail)
             if clean is not None:
                 captions.append(clean)
+                caption_fields.append(entry.caption_fields[index] if task else None)
         data = read_image_bytes(entry)
         if data is None:
             skip('missing_image', position, detail=f'no file {entry.image[1]}' if entry.image[0] == 'file' else '')
@@ -158,6 +173,16 @@ def write_shard(output_dir: str, number: int, entries: list[dict], options: dict
         if image.reason:
             skip(image.reason, position, detail=image.detail)
             continue
+        image1 = None
+        if entry.image1:  # NLVR2's right image: checked as the left one
+            data1 = read_image_bytes(entry, entry.image1)
+            if data1 is None:
+                skip('missing_image', position, detail=f'no file {entry.image1[1]} (the second image)')
+                continue
+            image1 = check_image(data1)
+            if image1.reason:
+                skip(image1.reason, position, detail=f'the second image: {image1.detail}')
+                continue
         if not label_ok:
             skip('bad_label', position, detail=f'label {entry.label!r}')
             continue
@@ -166,7 +191,14 @@ def write_shard(output_dir: str, number: int, entries: list[dict], options: dict
             continue
         if image.detail:
             converted.append({'entry': position, 'detail': image.detail})
+        if image1 is not None and image1.detail:
+            converted.append({'entry': position, 'detail': f'the second image: {image1.detail}'})
         record = records_lib.Record(id=entry.key, captions=captions, image=image.data, format=image.format, label=label)
+        if task:
+            record.fields, record.caption_fields = entry.fields, caption_fields
+            if image1 is not None:
+                record.image1, record.image1_format = image1.data, image1.format
+            texts.append(len(captions))
         writer.write(records_lib.encode_record(record))
         written += 1
         captions_written += len(captions)
@@ -182,6 +214,8 @@ def write_shard(output_dir: str, number: int, entries: list[dict], options: dict
         'converted_rows': converted,
         'labelled': any(fields.get('label') not in (None, '') for fields in entries),
     }
+    if task:
+        summary['texts'] = texts
     os.replace(temporary, os.path.join(output_dir, summary['file']))
     _write_json(os.path.join(output_dir, name + '.json'), summary)  # last: marks the shard finished
     return summary
@@ -257,20 +291,42 @@ def prepare(
     class_names_file: str | None = None,
     progress: bool = True,
     rebuild: bool = True,
+    task_format: str = 'captions',
+    image_root: str | None = None,
+    boxes: str | None = None,
+    answer_list: str | None = None,
 ) -> dict:
     """Writes, completes or updates OUTPUT_DIR; returns the report. Raises DataError for inputs that cannot be
-    read, and (with rebuild=False) when a finished shard's inputs changed."""
+    read, and (with rebuild=False) when a finished shard's inputs changed. `task_format` other than
+    'captions' reads a fine-tuning task's JSON (prepare_tasks.py); `image_root`, `boxes` (grounding) and
+    `answer_list` (vqa) belong to those."""
     if shard_size < 1 or max_caption_chars < 1:
         raise DataError('--shard_size and --max_caption_chars must be positive integers.')
+    task = task_format != 'captions'
+    if task_format not in ('captions', *TASK_FORMATS):
+        raise DataError(f'--format {task_format!r} is not one of captions, {", ".join(TASK_FORMATS)}.')
+    if not task and (image_root or boxes or answer_list):
+        raise DataError('--image_root, --boxes and --answer_list belong to a task --format, not to captions tables.')
+    if answer_list and task_format != 'vqa':
+        raise DataError(f'--answer_list belongs to --format vqa, not {task_format}.')
     class_names = _read_class_names(class_names_file)
-    entries = read_entries(input_path)
+    answers = read_answer_list(answer_list)
+    if task:
+        entries = read_task_entries(input_path, task_format, image_root, boxes)
+    else:
+        entries = read_entries(input_path)
     os.makedirs(output_dir, exist_ok=True)
     options = {
         'max_caption_chars': max_caption_chars,
         'truncate': truncate,
         'class_count': None if class_names is None else len(class_names),
     }
+    if task:  # only then: a captions folder's plan and fingerprints stay those of earlier versions
+        options['format'] = task_format
     plan = {'input': os.path.abspath(input_path), 'shard_size': shard_size, **options, 'class_names': class_names}
+    if task:
+        plan['image_root'] = None if image_root is None else os.path.abspath(image_root)
+        plan['boxes'] = None if boxes is None else os.path.abspath(boxes)
     numbers = range((len(entries) + shard_size - 1) // shard_size)
     chunks = {n: entries[n * shard_size : (n + 1) * shard_size] for n in numbers}
     stats: dict[str, Any] = {}
@@ -308,8 +364,16 @@ def prepare(
             bar.update(len(chunks[n]))
     bar.close()
     ordered = [summaries[n] for n in numbers]
-    records_lib.write_index(output_dir, [{'file': s['file'], 'records': s['records']} for s in ordered], class_names)
+    shards = [{'file': s['file'], 'records': s['records']} for s in ordered]
+    extra = None
+    if task:
+        shards = [{**shard, 'captions': s['texts']} for shard, s in zip(shards, ordered)]
+        extra = {'task_format': task_format, 'boxes': boxes is not None, 'answer_list': answers}
+    records_lib.write_index(output_dir, shards, class_names, extra)
     report = build_report(ordered, [chunks[n] for n in numbers], len(entries))
+    if task:
+        report['format'] = task_format
+        report['words'] = ['records', TASK_FORMATS[task_format].text_word]
     report['last_run'] = {
         'kept_shards': len(kept),
         'new_shards': len(todo) - len(changed),
@@ -341,6 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         help='refuse (exit 2) instead of rebuilding finished shards whose inputs changed',
     )
     parser.add_argument('--no_progress', action='store_true', help='no progress bar')
+    parser.add_argument(
+        '--format',
+        default='captions',
+        choices=('captions', *TASK_FORMATS),
+        help="INPUT's layout: 'captions' (a table or tar shards, the default) or a fine-tuning task's JSON",
+    )
+    parser.add_argument('--image_root', default=None, help="a task JSON's image folder (default: the JSON's folder)")
+    parser.add_argument('--boxes', default=None, help='grounding: JSON {ref_id: {box: [x,y,w,h], proposals: [...]}}')
+    parser.add_argument('--answer_list', default=None, help="vqa: ALBEF's answer_list.json (the ranked candidates)")
     args = parser.parse_args(argv)
     try:
         report = prepare(
@@ -353,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             class_names_file=args.class_names,
             progress=not args.no_progress,
             rebuild=not args.no_rebuild,
+            task_format=args.format,
+            image_root=args.image_root,
+            boxes=args.boxes,
+            answer_list=args.answer_list,
         )
     except DataError as error:
         print(f'error: {error}', file=sys.stderr, flush=True)

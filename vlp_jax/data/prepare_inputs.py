@@ -35,6 +35,12 @@ class Entry:
     label: Any = None  # as written; checked by the writer
     source: str = ''  # the input file it came from (the table, or the .tar), for the report
     lines: list[int | None] = dataclasses.field(default_factory=list)  # each caption's line in `source` (tar: None)
+    # A fine-tuning task's entries (data/prepare_tasks.py) also have:
+    image1: tuple = ()  # a second image, as `image` (NLVR2's right one)
+    fields: dict = dataclasses.field(default_factory=dict)  # the record's own fields (image_id)
+    caption_fields: list[dict] = dataclasses.field(default_factory=list)  # per caption: its fields or its problem
+    problem: list = dataclasses.field(default_factory=list)  # [reason, detail]: the whole entry is skipped
+    position: str = 'line'  # what `lines` count: 'line' (a table, JSONL) or 'row' (the items of a JSON list)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,19 +18,22 @@ REPORT_FILE = 'report.json'
 # (an image whose every caption was dropped is then counted once more, as `no_caption`).
 IMAGE_REASONS = ('missing_image', 'not_an_image', 'unsupported_image', 'corrupt_image', 'bad_label', 'no_caption')
 CAPTION_REASONS = ('empty_caption', 'invalid_utf8', 'caption_too_long')
+# Why a task row (prepare --format, data/prepare_tasks.py) was dropped: each counts one row ('bad_label' too).
+ROW_REASONS = ('missing_field', 'wrong_type', 'no_box', 'bad_box', 'conflicting_image_id')
 SHOWN_SKIPPED = 5  # skipped rows the end-of-run summary prints
 
 
 def _where(entry: Entry, caption: int | None) -> dict[str, Any]:
-    """file, line (tables) and key of an entry, or of one of its captions."""
+    """file, line (tables; 'row' in a task's JSON list) and key of an entry, or of one of its captions."""
     out: dict[str, Any] = {'file': entry.source}
     lines = [line for line in entry.lines if line is not None]
+    word = entry.position
     if caption is not None and caption < len(entry.lines) and entry.lines[caption] is not None:
-        out['line'] = entry.lines[caption]
+        out[word] = entry.lines[caption]
     elif lines:
-        out['line'] = lines[0]
+        out[word] = lines[0]
         if len(set(lines)) > 1:
-            out['lines'] = sorted(set(lines))
+            out[word + 's'] = sorted(set(lines))
     out['key'] = entry.key
     return out
 
@@ -48,7 +51,9 @@ def build_report(summaries: list[dict], chunks: list[list[Entry]], entries: int)
     return {
         'written': sum(s['records'] for s in summaries),
         'captions': sum(s['captions'] for s in summaries),
-        'skipped': {reason: skipped[reason] for reason in (*IMAGE_REASONS, *CAPTION_REASONS) if skipped[reason]},
+        'skipped': {
+            reason: skipped[reason] for reason in (*IMAGE_REASONS, *CAPTION_REASONS, *ROW_REASONS) if skipped[reason]
+        },
         'truncated': sum(s['truncated'] for s in summaries),
         'converted': len(converted),
         'input_images': entries,
@@ -61,7 +66,8 @@ def build_report(summaries: list[dict], chunks: list[list[Entry]], entries: int)
 
 def describe_row(row: dict) -> str:
     """One skipped or converted row in words: 'pairs.csv line 7 (text.jpg): not_an_image (...)'."""
-    where = f'{row["file"]} line {row["line"]}' if 'line' in row else row['file']
+    position = next((word for word in ('line', 'row') if word in row), None)
+    where = f'{row["file"]} {position} {row[position]}' if position else row['file']
     key = f' ({row["key"]})' if row.get('key') and row['key'] != row['file'] else ''
     if 'how' in row:
         return f'{where}{key}: {row["how"]}'
@@ -72,8 +78,9 @@ def summary_lines(report: dict, output_dir: str) -> list[str]:
     """The end-of-run summary: counts, what this run built, the first skipped rows and where the rest are."""
     skipped = ', '.join(f'{reason} {count}' for reason, count in report['skipped'].items()) or 'none'
     run = report['last_run']
+    things, texts = report.get('words', ('images', 'captions'))  # a task set: records with its texts
     lines = [
-        f'wrote {report["written"]} images with {report["captions"]} captions to {output_dir} '
+        f'wrote {report["written"]} {things} with {report["captions"]} {texts} to {output_dir} '
         f'({report["shards"]} shards); skipped: {skipped}; truncated captions: {report["truncated"]}'
     ]
     if run['rebuilt_shards'] or run['removed_shards']:

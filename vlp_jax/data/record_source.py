@@ -20,6 +20,10 @@ from vlp_jax.data.sources import Source, SourcePlugin
 from vlp_jax.registry import SOURCES
 
 
+# prepare's formats whose texts are captions of their image (None: a table or tar shards), which this source reads.
+CAPTION_FORMATS = (None, 'retrieval', 'coco_karpathy')
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordsSettings:
     """Prepared records (`python -m vlp_jax.data.prepare`): the training folder and what evaluates."""
@@ -36,6 +40,11 @@ class RecordSource(Source):
 
     def __init__(self, directory: str, positions: Sequence[int] | None = None):
         self.records = RecordSet(directory)
+        task = self.records.index.get('task_format')
+        if task not in CAPTION_FORMATS:  # its texts are statements, questions ...: the task's own source reads it
+            raise DataError(
+                f'{directory!r} was prepared with --format {task}; read it with data.name=records_{task}, not records.'
+            )
         self.positions = np.arange(len(self.records)) if positions is None else np.asarray(positions, np.int64)
         self.class_names = tuple(self.records.class_names or ())
         self.name = directory

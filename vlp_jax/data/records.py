@@ -10,6 +10,12 @@ where the header is `{"id": str, "captions": [str, ...], "format": "jpeg"|"png"|
 ("label" only in labelled sets) and the image bytes are the file as it was given (JPEG,
 PNG, WebP, GIF or BMP: the formats tf.io.decode_image reads); `prepare` re-encodes any other
 format as PNG, so one decode op serves all.
+
+Records of a fine-tuning task (`prepare --format`, data/prepare_tasks.py) add to the header
+`"fields"` (the record's own: its `image_id`), `"caption_fields"` (one dict per caption, in caption
+order: a label, a box and proposals, a question id and answers) and, for a second image (NLVR2's
+right one), `"image1": {"format": str, "bytes": int}`: those are the last bytes of the record, after
+the first image's. A header without them is a plain image-caption record, read as before.
 """
 
 from __future__ import annotations
@@ -39,14 +45,27 @@ class Record:
     image: bytes  # encoded, in `format`
     format: str
     label: int | None = None
+    fields: dict[str, Any] | None = None  # a task record's own fields (image_id)
+    caption_fields: list[dict[str, Any]] | None = None  # a task record's fields of each caption, in caption order
+    image1: bytes | None = None  # a second image (NLVR2's right one), encoded, in `image1_format`
+    image1_format: str = ''
 
 
 def encode_record(record: Record) -> bytes:
-    header = {'id': record.id, 'captions': list(record.captions), 'format': record.format}
+    header: dict[str, Any] = {'id': record.id, 'captions': list(record.captions), 'format': record.format}
     if record.label is not None:
         header['label'] = int(record.label)
+    if record.fields is not None:
+        header['fields'] = record.fields
+    if record.caption_fields is not None:
+        assert len(record.caption_fields) == len(record.captions), 'one caption_fields dict per caption'
+        header['caption_fields'] = list(record.caption_fields)
+    second = b''
+    if record.image1 is not None:
+        header['image1'] = {'format': record.image1_format, 'bytes': len(record.image1)}
+        second = record.image1
     text = json.dumps(header, ensure_ascii=False).encode('utf-8')
-    return MAGIC + _HEADER_LEN.pack(len(text)) + text + record.image
+    return MAGIC + _HEADER_LEN.pack(len(text)) + text + record.image + second
 
 
 def decode_record(data: bytes) -> Record:
@@ -59,22 +78,40 @@ def decode_record(data: bytes) -> Record:
         header = json.loads(data[start : start + length].decode('utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f'record header is damaged: {error}') from None
+    images = bytes(data[start + length :])
+    second = header.get('image1')
+    image1, image1_format = None, ''
+    if second is not None:
+        cut = len(images) - int(second['bytes'])
+        images, image1, image1_format = images[:cut], images[cut:], str(second['format'])
     return Record(
         id=str(header['id']),
         captions=list(header['captions']),
-        image=bytes(data[start + length :]),
+        image=images,
         format=str(header['format']),
         label=header.get('label'),
+        fields=header.get('fields'),
+        caption_fields=header.get('caption_fields'),
+        image1=image1,
+        image1_format=image1_format,
     )
 
 
-def write_index(directory: str, shards: Sequence[dict[str, Any]], class_names: Sequence[str] | None) -> None:
-    """index.json: the shards in order with their record counts, and class names (labelled sets); atomic."""
+def write_index(
+    directory: str,
+    shards: Sequence[dict[str, Any]],
+    class_names: Sequence[str] | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """index.json: the shards in order with their record counts, and class names (labelled sets); atomic.
+    `extra`: a task set's own keys (`task_format`, its answer list, ...); a task shard also lists `captions`,
+    each record's caption count, so a source can enumerate (record, caption) examples without reading them."""
     index = {
         'format': INDEX_FORMAT,
         'records': int(sum(shard['records'] for shard in shards)),
         'shards': list(shards),
         'class_names': None if class_names is None else list(class_names),
+        **(extra or {}),
     }
     temporary = os.path.join(directory, INDEX_FILE + '.tmp')
     with open(temporary, 'w', encoding='utf-8') as handle:
