@@ -19,7 +19,6 @@ from vlp_jax.data.records import RecordSet, decode_record, read_index
 from vlp_jax.data.sources import Source, SourcePlugin
 from vlp_jax.registry import SOURCES
 
-
 # prepare's formats whose texts are captions of their image (None: a table or tar shards), which this source reads.
 CAPTION_FORMATS = (None, 'retrieval', 'coco_karpathy')
 
