@@ -175,26 +175,21 @@ def _grounding(row: dict, context: dict) -> Parsed:
     return Parsed((image,), [text], {'image_id': stable_id(image)}, [fields])
 
 
-@task_format('vqa', '{question_id, image, question, answer: [...] (training sets)} (+ --answer_list)', 'questions')
+@task_format(
+    'vqa', '{question_id (an integer), image, question, answer: [...] (training sets)} (+ --answer_list)', 'questions'
+)
 def _vqa(row: dict, context: dict) -> Parsed:
-    """ALBEF's vqa_{train,val,test}.json and vg_qa.json. Each distinct answer gets the weight ALBEF gives it,
-    (times it was given) / (answers given), in first-seen order; a test question has no answers."""
-    question_id = _scalar_id(row, 'question_id')
+    """ALBEF's vqa_{train,val,test}.json and vg_qa.json. Each question keeps its human answers as given,
+    duplicates too: ALBEF's weights (times given / answers given) and the official accuracy (humans agreeing)
+    both count them; a test question has none."""
+    question_id = _required(row, 'question_id', (int,), 'an integer')
     image = _image(row)
     question = _required(row, 'question', (str,), 'a string')
     answers = row.get('answer', [])
     answers = [answers] if isinstance(answers, str) else answers
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise RowProblem('wrong_type', "'answer' must be a list of strings")
-    counts: dict[str, int] = {}
-    for answer in answers:
-        counts[answer] = counts.get(answer, 0) + 1
-    fields = {
-        'question_id': question_id,
-        'answers': list(counts),
-        'weights': [count / len(answers) for count in counts.values()],
-    }
-    return Parsed((image,), [question], {}, [fields])
+    return Parsed((image,), [question], {}, [{'question_id': question_id, 'answers': list(answers)}])
 
 
 def _rows(path: str) -> tuple[list[tuple[int, Any]], str]:
