@@ -5,8 +5,8 @@
 Full size (ALBEF's COCO recipe on configs/albef.py's model; the data is a prepared retrieval set):
 
     python -m vlp_jax.train --config configs/finetune/retrieval.py --workdir workdirs/retrieval_ft \
-      --config.model.init_checkpoint=workdirs/albef --config.data.name=records \
-      --config.data.records.path=DIR
+      --config.model.init_checkpoint=workdirs/albef --config.data.name=records_retrieval \
+      --config.data.records_retrieval.path=DIR   # prepare --format retrieval (docs/data.md)
 
 - image 384 px (the pretrained 256-px position table is interpolated), batch 256 (ALBEF: 8 x 32), AdamW
   lr 1e-5, weight decay 0.02, 5 epochs, k_test 256, ALBEF's score (eval.rerank_score='itm'; BLIP's
