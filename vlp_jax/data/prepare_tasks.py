@@ -250,7 +250,8 @@ def read_task_entries(path: str, name: str, image_root: str | None = None, boxes
     order, plus one entry per row that cannot be read (its `problem` set)."""
     fmt = TASK_FORMATS[name]
     if not os.path.isfile(path):
-        raise DataError(f'input {path!r} does not exist; pass a {name} JSON file (rows {fmt.keys}).')
+        state = 'is a folder' if os.path.isdir(path) else 'does not exist'
+        raise DataError(f'input {path!r} {state}; pass a {name} JSON file (rows {fmt.keys}).')
     if boxes is not None and name != 'grounding':
         raise DataError(f'--boxes belongs to --format grounding, not {name}.')
     context = {'boxes': _json_file(boxes, '--boxes', dict)}
