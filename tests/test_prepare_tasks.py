@@ -126,6 +126,8 @@ def test_snli_ve_labels_in_the_task_order_and_bad_labels_named(tmp_path):
     )
     np.testing.assert_array_equal(batch['fields']['label'], [[0], [2]])
     assert plugin.open('test').batch(np.arange(1))['fields']['label'].tolist() == [[1]]
+    with pytest.raises(DataError, match=r'data\.records_snli_ve\.test_size=2 of the 2 records'):
+        _plugin(record_tasks.SnliVeRecordsPlugin, record_tasks.SnliVeRecordsSettings, out, test_size=2).open('train')
 
 
 def test_nlvr2_records_hold_both_images_and_the_statements_truth(tmp_path):

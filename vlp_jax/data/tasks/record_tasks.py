@@ -254,6 +254,11 @@ class TaskRecordsPlugin(SourcePlugin):
             data = self._data(settings.eval_path if split != 'train' else settings.path)
             return data, np.arange(len(data))
         data = self._data(settings.path)
+        if not 0 < settings.test_size < len(data):
+            raise DataError(
+                f'cannot hold out data.{self.name}.test_size={settings.test_size} of the {len(data)} records in '
+                f'{settings.path!r} for evaluation; lower it or give a test set with data.{self.name}.eval_path.'
+            )
         return data, split_positions(len(data), settings.test_size, split)
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
