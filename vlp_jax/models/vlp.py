@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from vlp_jax.config import default_config
 from vlp_jax.models import towers
 from vlp_jax.models.bi_fusion import single_image_sources
-from vlp_jax.models.decoder import Decoder, DecoderConfig, decoder_config_from
+from vlp_jax.models.decoder import Decoder, DecoderConfig, decoder_config_from, warm_start_aliases
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
 from vlp_jax.models.text import BERT_LN_EPS, TextConfig
 from vlp_jax.models.vit import ViTConfig
@@ -332,11 +332,20 @@ class ClassifierHead(nn.Module):
 
 
 def checkpoint_sources(config: VLPConfig) -> Callable[[str], tuple[str, ...]]:
-    """param path -> other paths of a checkpoint it may start from (warm_start.py): a two-image fusion model's
-    paired layers start from the one-image layers they double (models/bi_fusion.py)."""
-    if config.text.fusion_images == 2:
-        return single_image_sources
-    return lambda key: ()
+    """param path -> other paths of a checkpoint it may start from (warm_start.py), tried when the checkpoint
+    lacks the path itself: a two-image fusion model's paired layers start from the one-image layers they double
+    (models/bi_fusion.py); a decoder's layers from the encoder layers `decoder.warm_start_aliases` names (a
+    'separate' decoder from the fusion layers, as ALBEF's VQA copies them into its text decoder)."""
+    pairs = single_image_sources if config.text.fusion_images == 2 else (lambda key: ())
+    aliases = warm_start_aliases(config.decoder)
+
+    def sources(key: str) -> tuple[str, ...]:
+        for target, source in aliases.items():
+            if key.startswith(target):
+                return (source + key[len(target) :],)
+        return pairs(key)
+
+    return sources
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
