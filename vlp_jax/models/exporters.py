@@ -233,7 +233,10 @@ def export_checkpoint(checkpoint: str, out_dir: str, layout: str) -> str:
     from vlp_jax.config_files import model_config_of
     from vlp_jax.models.vlp import model_config_from_dict
 
-    model_dict = model_config_of(checkpoint)
+    try:
+        model_dict = model_config_of(checkpoint)
+    except CheckpointError as error:  # not a checkpoint at all: one line, as below
+        raise ImportWeightsError(str(error)) from error
     if model_dict is None:
         raise ImportWeightsError(
             f'{checkpoint} is not a vlp_jax checkpoint with a model config; pass a workdir, checkpoints/ or step dir.'
