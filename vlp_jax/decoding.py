@@ -2,10 +2,12 @@
 shapes, with or without the key/value cache.
 
 A decoded sequence is [BOS] + the prompt (given, not scored) + at most `max_len` generated tokens. With the cache
-(`cache=True`) each new token runs one position through the decoder (`VLPModel.decoder_step`) and the context's
-cross-attention keys/values are projected once; without it every step re-runs the whole fixed-length buffer
-(`VLPModel.decode`, causal, so the positions not yet written change nothing) — the reference the cache is tested
-and benchmarked against (benchmarks/decode_cache.py).
+(`cache=True`) each new token runs one position through the decoder (`VLPModel.decoder_step_hidden`: its keys and
+values written into the cache in place) and the context's cross-attention keys/values are projected once, before
+the loop; without it every step re-runs the whole fixed-length buffer, context keys/values included
+(`VLPModel.decode`, causal, so the positions not yet written change nothing) — what a user gets without a cache,
+the reference the cache is tested and benchmarked against (benchmarks/decode_cache.py). Both apply the LM head
+to the one position a step needs (`Stepper.head`); docs/decoder.md has the costs.
 
 The rules, the same in greedy and beam search (so that beam width 1 is greedy, tests/test_decoding.py):
 
