@@ -105,6 +105,33 @@ def bert_cross_layers(t, x, mask, image, heads, first, eps=1e-12, act='gelu', im
     return x
 
 
+def bert_lm_forward(t, ids, encoder_states, heads, eps=1e-12, act='gelu'):
+    """BertLMHeadModel (is_decoder, add_cross_attention) -> logits [B, L, vocab]: BertModel's embeddings under
+    'bert.' (token types 0); every layer x = LN(x + causal SelfAttn(x)); x = LN(x + CrossAttn(x,
+    encoder_states)); x = LN(x + MLP(x)); then cls.predictions: LN(act(dense(x))) @ word_embeddings.T + bias."""
+    t = _f64(t)
+    depth = len({k.split('.')[3] for k in t if k.startswith('bert.encoder.layer.')})
+    length = ids.shape[1]
+    x = t['bert.embeddings.word_embeddings.weight'][ids] + t['bert.embeddings.position_embeddings.weight'][:length]
+    x = layer_norm(x + t['bert.embeddings.token_type_embeddings.weight'][0], t, 'bert.embeddings.LayerNorm', eps)
+    causal = np.where(np.tril(np.ones((length, length), bool)), 0.0, NEG)[None, None]
+    states = np.asarray(encoder_states, np.float64)
+    for i in range(depth):
+        layer = f'bert.encoder.layer.{i}.'
+        names = [f'{layer}attention.self.{n}' for n in ('query', 'key', 'value')] + [f'{layer}attention.output.dense']
+        x = layer_norm(x + attention(x, t, names, heads, causal), t, f'{layer}attention.output.LayerNorm', eps)
+        cross = [f'{layer}crossattention.self.{n}' for n in ('query', 'key', 'value')]
+        cross.append(f'{layer}crossattention.output.dense')
+        h = attention(x, t, cross, heads, 0.0, context=states)
+        x = layer_norm(x + h, t, f'{layer}crossattention.output.LayerNorm', eps)
+        h = ACT[act](linear(x, t, f'{layer}intermediate.dense'))
+        x = layer_norm(x + linear(h, t, f'{layer}output.dense'), t, f'{layer}output.LayerNorm', eps)
+    h = layer_norm(
+        ACT[act](linear(x, t, 'cls.predictions.transform.dense')), t, 'cls.predictions.transform.LayerNorm', eps
+    )
+    return h @ t['bert.embeddings.word_embeddings.weight'].T + t['cls.predictions.bias']
+
+
 def mean_pool(hidden, mask):
     """sentence-transformers' mean pooling."""
     m = np.asarray(mask, np.float64)[..., None]

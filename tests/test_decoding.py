@@ -1,5 +1,6 @@
-"""Greedy and beam search (vlp_jax/decoding.py): beam width 1 is greedy, the key/value cache changes no token, and
-both searches equal plain-python references written from HF's rules over the model's uncached logits."""
+"""Greedy and beam search (vlp_jax/decoding.py): beam width 1 is greedy, the key/value cache changes no token and no
+log-probability (to 1e-5), and both searches equal plain-python references written from HF's rules over the
+model's uncached logits (tokens and scores)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from test_decoder import BATCH, MODELS, SEQ, VOCAB, Models, inputs
 
-from vlp_jax.decoding import DecodeSettings, beam_search, greedy, rank_answers
+from vlp_jax.decoding import DecodeSettings, beam_search, best_token, greedy, rank_answers, top_log_probs
 
 EOS, PAD, BOS = 3, 0, 1
 
@@ -61,15 +62,18 @@ def _np_log_softmax(z):
 
 
 def np_greedy(logits_fn, s):
+    """-> (the greedy tokens, padded, and their summed log-probabilities under the penalised distributions)."""
     seq = [s.bos_id, *s.prompt]
-    out = []
+    out, score = [], 0.0
     for i in range(s.max_len):
-        token = int(np.argmax(_np_penalise(logits_fn(seq), seq, i, s)))
+        z = _np_penalise(logits_fn(seq), seq, i, s)
+        token = int(np.argmax(z))
+        score += _np_log_softmax(z)[token]
         seq.append(token)
         out.append(token)
         if token == s.eos_id:
             break
-    return out + [s.pad_id] * (s.max_len - len(out))
+    return out + [s.pad_id] * (s.max_len - len(out)), score
 
 
 def np_beam(logits_fn, s):
@@ -98,20 +102,37 @@ def np_beam(logits_fn, s):
     return best[1] + [s.pad_id] * (s.max_len - len(best[1])), best[0]
 
 
+def test_the_picks_equal_numpy_argmax_and_sorted_log_softmax_ties_to_the_lower_index():
+    logits = np.random.default_rng(0).normal(size=(4, 40)).astype(np.float32)
+    logits[1, [3, 17, 30]] = logits[1].max() + 1.0  # a three-way tie for the max: the first wins
+    logits[2, [5, 6]] = -1e30  # banned
+    token, logp = best_token(jnp.asarray(logits))
+    log_softmax = np.stack([_np_log_softmax(row.astype(np.float64)) for row in logits])
+    np.testing.assert_array_equal(np.asarray(token), np.argmax(logits, axis=-1))
+    assert int(token[1]) == 3
+    np.testing.assert_allclose(np.asarray(logp), log_softmax.max(axis=-1), rtol=1e-6, atol=1e-6)
+    top, index = top_log_probs(jnp.asarray(logits), 5)
+    order = np.argsort(-logits, axis=-1, kind='stable')[:, :5]
+    np.testing.assert_array_equal(np.asarray(index), order)
+    np.testing.assert_allclose(np.asarray(top), np.take_along_axis(log_softmax, order, -1), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize('repetition', [1.5, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_beam_width_one_is_greedy_and_the_cache_changes_no_token(setup, repetition):
     model, params, context = setup
     s = _settings(repetition_penalty=repetition, length_penalty=0.0)
-    tokens, _ = greedy(model, params, context, None, s)
-    uncached, _ = greedy(model, params, context, None, s, cache=False)
+    tokens, score = greedy(model, params, context, None, s)
+    uncached, uncached_score = greedy(model, params, context, None, s, cache=False)
     beam1, _ = beam_search(model, params, context, None, s)
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(uncached))
+    np.testing.assert_allclose(np.asarray(score), np.asarray(uncached_score), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(beam1), np.asarray(tokens))
     ended = np.asarray(tokens == EOS).any(1)
     assert ended.any(), 'the test should see a sequence end at [SEP]'
     for b in range(BATCH):
-        want = np_greedy(lambda seq: _np_logits(params, context[b : b + 1], seq), s)
+        want, want_score = np_greedy(lambda seq: _np_logits(params, context[b : b + 1], seq), s)
         assert np.asarray(tokens[b]).tolist() == want
+        np.testing.assert_allclose(float(score[b]), want_score, rtol=1e-4)
 
 
 @pytest.mark.parametrize('beam, length_penalty', [(3, 1.0), pytest.param(2, 0.6, marks=pytest.mark.slow)])
@@ -119,8 +140,9 @@ def test_beam_search_equals_a_plain_python_hf_beam_search(setup, beam, length_pe
     model, params, context = setup
     s = _settings(beam=beam, length_penalty=length_penalty, repetition_penalty=1.3, max_len=4)
     tokens, scores = beam_search(model, params, context, None, s)
-    uncached, _ = beam_search(model, params, context, None, s, cache=False)
+    uncached, uncached_scores = beam_search(model, params, context, None, s, cache=False)
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(uncached))
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(uncached_scores), rtol=0, atol=1e-5)
     for b in range(BATCH):
         want, score = np_beam(lambda seq: _np_logits(params, context[b : b + 1], seq), s)
         assert np.asarray(tokens[b]).tolist() == want

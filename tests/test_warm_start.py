@@ -109,6 +109,44 @@ def test_paired_layers_and_a_new_resolution_start_from_the_one_image_checkpoint(
     np.testing.assert_array_equal(np.asarray(merged['vision']['pos_embedding']), np.asarray(fitted))
 
 
+@pytest.mark.parametrize(
+    'layout, source_of',
+    [
+        ('separate', lambda key: key.replace('decoder/', 'text/fusion/')),
+        pytest.param(
+            'shared',
+            lambda key: key.replace('decoder/block_1/', 'text/fusion/block_0/').replace('decoder/', 'text/encoder/'),
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_a_decoder_starts_from_the_encoder_layers_it_continues(pretrained, layout, source_of):
+    """ALBEF's VQA init ('separate'): every decoder param (self- and cross-attention, MLP, norms, final norm)
+    equals the pretrained fusion layer's it continues; a 'shared' decoder's own self-attention equals the text
+    and fusion layers' it runs with. The summary names each layer and its source."""
+    workdir, saved = pretrained
+    run_setup = _setup(*FUSION, f'--config.model.decoder.layout={layout}', f'--config.model.init_checkpoint={workdir}')
+    warm = run_setup.load_warm_start()
+    decoder = [key for key in _flat(run_setup.abstract_state['params']) if key.startswith('decoder/')]
+    assert set(decoder) <= set(warm.restored) and not warm.fresh and not warm.unused
+    if layout == 'separate':
+        parts = {key.split('/')[2] for key in decoder if key.startswith('decoder/block_0/')}
+        assert parts == {'attn', 'ln_attn', 'xattn', 'ln_xattn', 'mlp', 'ln_mlp'}, parts
+    for key in decoder:
+        np.testing.assert_array_equal(np.asarray(warm.arrays[key]), saved[source_of(key)], err_msg=key)
+    summary = warm.summary()
+    if layout == 'separate':
+        assert {key.split('/')[1] for key in decoder} == {'block_0', 'ln_final'}
+        assert f'{len(decoder)} decoder arrays from the layers it continues' in summary, summary
+        per_block = sum(key.startswith('decoder/block_0/') for key in decoder)
+        assert f'decoder/block_0 <- text/fusion/block_0 ({per_block})' in summary, summary
+        assert 'decoder/ln_final <- text/fusion/ln_final (2)' in summary, summary
+    else:
+        assert (
+            'decoder/block_0 <- text/encoder/block_0' in summary and 'decoder/block_1 <- text/fusion/block_0' in summary
+        )
+
+
 def test_a_checkpoint_of_another_architecture_is_one_line_naming_the_param(pretrained):
     workdir, _ = pretrained
     config = make_config(*FUSION, '--config.model.vision.mlp_dim=48')

@@ -2,10 +2,12 @@
 shapes, with or without the key/value cache.
 
 A decoded sequence is [BOS] + the prompt (given, not scored) + at most `max_len` generated tokens. With the cache
-(`cache=True`) each new token runs one position through the decoder (`VLPModel.decoder_step`) and the context's
-cross-attention keys/values are projected once; without it every step re-runs the whole fixed-length buffer
-(`VLPModel.decode`, causal, so the positions not yet written change nothing) — the reference the cache is tested
-and benchmarked against (benchmarks/decode_cache.py).
+(`cache=True`) each new token runs one position through the decoder (`VLPModel.decoder_step_hidden`: its keys and
+values written into the cache in place) and the context's cross-attention keys/values are projected once, before
+the loop; without it every step re-runs the whole fixed-length buffer, context keys/values included
+(`VLPModel.decode`, causal, so the positions not yet written change nothing) — what a user gets without a cache,
+the reference the cache is tested and benchmarked against (benchmarks/decode_cache.py). Both apply the LM head
+to the one position a step needs (`Stepper.head`); docs/decoder.md has the costs.
 
 The rules, the same in greedy and beam search (so that beam width 1 is greedy, tests/test_decoding.py):
 
@@ -79,27 +81,40 @@ def penalised_logits(logits: Array, seq: Array, upto: Array, generated: Array, s
     return jnp.where(banned[None], NEG_INF, logits)
 
 
-class _Stepper:
-    """The logits of the next token of every sequence, by the cache or by re-running the buffer."""
+class Stepper:
+    """The logits of the next token of every sequence, by the cache or by re-running the buffer.
+
+    Both paths end in the same LM head, applied to the one position each step needs: the MLM head's transform
+    (`VLPModel.lm_transform`) and the tied word table, whose `vocab_size` rows and bias are sliced once here,
+    outside the loop (`VLPModel.lm_head_weights`); no [N, T, V] logits are formed."""
 
     def __init__(self, model, params, context, context_mask, length: int, use_cache: bool):
         self.model, self.params, self.use_cache = model, params, use_cache
         self.context, self.context_mask = context, context_mask
-        self.vocab = model.config.text.vocab_size
+        self.table, self.bias = self._apply(method='lm_head_weights')
         self.cache = self._apply(context, length, method='decoder_cache') if use_cache else None
 
     def _apply(self, *args, method):
         return self.model.apply({'params': self.params}, *args, method=method)
 
-    def __call__(self, seq: Array, position: Array, cache: PyTree) -> tuple[Array, PyTree]:
-        """Logits [N, vocab] of the token after `position` (its token read from `seq` [N, T]), the new cache."""
+    def hidden(self, seq: Array, position: Array, cache: PyTree) -> tuple[Array, PyTree]:
+        """The decoder's hidden state [N, D] after `position` (its token read from `seq` [N, T]), the new cache."""
         if self.use_cache:
             token = jax.lax.dynamic_index_in_dim(seq, position, axis=1, keepdims=False)
-            logits, cache = self._apply(token, position, cache, self.context_mask, method='decoder_step')
-            return logits[:, : self.vocab], cache
+            return self._apply(token, position, cache, self.context_mask, method='decoder_step_hidden')
         hidden = self._apply(seq, jnp.ones_like(seq), self.context, self.context_mask, method='decode')
-        hidden = jax.lax.dynamic_slice_in_dim(hidden, position, 1, axis=1)
-        return self._apply(hidden, method='lm_logits')[:, 0, : self.vocab], cache
+        return jax.lax.dynamic_index_in_dim(hidden, position, axis=1, keepdims=False), cache
+
+    def head(self, hidden: Array) -> Array:
+        """Hidden states [N, D] -> float32 logits [N, vocab]: the model's `lm_logits(hidden)[..., :vocab]`."""
+        hidden = self._apply(hidden, method='lm_transform').astype(self.table.dtype)
+        logits = jax.lax.dot_general(hidden, self.table, (((1,), (1,)), ((), ())))  # hidden @ table.T
+        return logits.astype(jnp.float32) + self.bias
+
+    def __call__(self, seq: Array, position: Array, cache: PyTree) -> tuple[Array, PyTree]:
+        """Float32 logits [N, vocab] of the token after `position`, the new cache."""
+        hidden, cache = self.hidden(seq, position, cache)
+        return self.head(hidden), cache
 
     def prefill(self, seq: Array, prefix_len: int) -> PyTree:
         """The cache after the prefix's first `prefix_len - 1` tokens (the last one is the first step's input)."""
@@ -107,9 +122,27 @@ class _Stepper:
             return None
 
         def body(p, cache):
-            return self(seq, p, cache)[1]
+            return self.hidden(seq, p, cache)[1]
 
         return jax.lax.fori_loop(0, prefix_len - 1, body, self.cache)
+
+
+def best_token(logits: Array) -> tuple[Array, Array]:
+    """[N, V] -> (argmax [N] (the first of equal maxima, as jnp.argmax), its log-softmax [N]). max + min-index
+    instead of argmax's (value, index) reduction, which XLA's CPU backend runs several times slower."""
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    vocab = jnp.arange(logits.shape[-1])
+    token = jnp.min(jnp.where(logits == best, vocab, logits.shape[-1] - 1), axis=-1)
+    return token, -jnp.log(jnp.sum(jnp.exp(logits - best), axis=-1))
+
+
+def top_log_probs(logits: Array, k: int) -> tuple[Array, Array]:
+    """[N, V] -> the k largest log-softmax values [N, k] (sorted, the lower index first among equals, as
+    jax.lax.top_k) and their tokens, without writing the [N, V] log-probabilities."""
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    shifted = logits - best
+    top, token = jax.lax.top_k(shifted, k)
+    return top - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)), token
 
 
 def _start(batch: int, s: DecodeSettings, dtype=jnp.int32) -> Array:
@@ -126,7 +159,7 @@ def greedy(
     penalised distributions). `context` [B, N, Dc] is what the decoder's cross-attention reads."""
     s = settings
     batch, start = context.shape[0], len(s.prefix)
-    stepper = _Stepper(model, params, context, context_mask, start + s.max_len, cache)
+    stepper = Stepper(model, params, context, context_mask, start + s.max_len, cache)
     seq = _start(batch, s)
     state = (seq, stepper.prefill(seq, start), jnp.zeros(batch, bool), jnp.zeros(batch, jnp.float32))
 
@@ -134,9 +167,8 @@ def greedy(
         seq, kv, done, score = state
         position = start - 1 + i
         logits, kv = stepper(seq, position, kv)
-        logits = penalised_logits(logits, seq, position, i, s)
-        token = jnp.argmax(logits, axis=-1).astype(seq.dtype)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], -1)[:, 0]
+        token, logp = best_token(penalised_logits(logits, seq, position, i, s))
+        token = token.astype(seq.dtype)
         score = score + jnp.where(done, 0.0, logp)
         token = jnp.where(done, s.pad_id, token)
         seq = jax.lax.dynamic_update_slice_in_dim(seq, token[:, None], position + 1, axis=1)
@@ -162,7 +194,7 @@ def beam_search(
     flat = lambda x: x.reshape((batch * k,) + x.shape[2:])
     context = jnp.repeat(context, k, axis=0)
     context_mask = None if context_mask is None else jnp.repeat(context_mask, k, axis=0)
-    stepper = _Stepper(model, params, context, context_mask, length, cache)
+    stepper = Stepper(model, params, context, context_mask, length, cache)
     seq = _start(batch * k, s)
     kv = stepper.prefill(seq, start)
     alive_seq = seq.reshape(batch, k, length)
@@ -175,11 +207,12 @@ def beam_search(
         alive_seq, alive_logp, done_seq, done_score, kv = state
         position = start - 1 + i
         logits, kv = stepper(flat(alive_seq), position, kv)
-        logits = penalised_logits(logits, flat(alive_seq), position, i, s)
-        vocab = logits.shape[-1]
-        logp = jax.nn.log_softmax(logits).reshape(batch, k, vocab) + alive_logp[..., None]
-        top, index = jax.lax.top_k(logp.reshape(batch, k * vocab), 2 * k)  # sorted, best first
-        beam, token = index // vocab, (index % vocab).astype(alive_seq.dtype)
+        # The best 2k of the k * V continuations are among each beam's best 2k: rank those alone.
+        logp, token = top_log_probs(penalised_logits(logits, flat(alive_seq), position, i, s), 2 * k)
+        logp = logp.reshape(batch, k * 2 * k) + jnp.repeat(alive_logp, 2 * k, axis=1)
+        top, index = jax.lax.top_k(logp, 2 * k)  # sorted, best first; ties: lower beam, then lower token
+        beam = index // (2 * k)
+        token = jnp.take_along_axis(token.reshape(batch, k * 2 * k), index, axis=1).astype(alive_seq.dtype)
         cand_seq = _gather(alive_seq, beam)
         cand_seq = jax.lax.dynamic_update_slice_in_dim(cand_seq, token[..., None], position + 1, axis=2)
         ends = token == s.eos_id

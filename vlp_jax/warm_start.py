@@ -7,8 +7,12 @@ dir). Each param of the new model is restored from it when the checkpoint holds 
 - the image tower's position table ('vision/pos_embedding') of another square patch grid (a fine-tuning
   resolution change, 256 -> 384 px in ALBEF): interpolated as ALBEF's `interpolate_pos_embed` does
   (models/pos_embed.py); the text position table of another length: its common rows copied, the rest fresh;
-- under another path the model names (`sources`, a model's own mapping: a bi-image fusion layer of NLVR2
-  is initialised from the single-image layer it doubles, models/bi_fusion.py) with the same shape.
+- under another path the model names (`sources`, a model's own mapping, models/vlp.py `checkpoint_sources`)
+  with the same shape, when the checkpoint lacks the param's own path: a bi-image fusion layer of NLVR2 is
+  initialised from the single-image layer it doubles (models/bi_fusion.py); a decoder's layers from the
+  encoder layers it continues (models/decoder.py `warm_start_aliases`: a 'separate' decoder from the fusion
+  layers, ALBEF's VQA init; a 'shared' decoder's own self-attention from the layer it runs). The summary
+  names each decoder layer and where it came from.
 
 Everything else keeps its fresh initialisation: new task heads, fusion layers a dual encoder lacks. A task
 head whose shape differs (another number of classes) is new as well; any other param whose shape differs
@@ -37,6 +41,7 @@ VISION_POSITIONS = 'vision/pos_embedding'
 TEXT_POSITIONS = 'text/pos_embedding'
 # Task heads (models/vlp.py): re-initialised, not refused, when the checkpoint's has another shape.
 HEADS = ('cls_head/', 'ta_head/')
+DECODER = 'decoder/'  # the image-grounded decoder (models/decoder.py), re-mapped from encoder layers
 GROUPS_SHOWN = 8  # module groups named in a summary before '... and N more'
 
 
@@ -135,7 +140,7 @@ def load_warm_start(
     fitted: set[str] = set()  # targets whose stored table is resized
     notes: list[str] = []
     mismatched: list[str] = []  # params of another shape there (not a position table, not a task head)
-    remapped = 0
+    remapped: dict[str, str] = {}  # target key -> the other checkpoint key it takes
     for key, leaf in wanted.items():
         shape = tuple(leaf.shape)
         if key in stored:
@@ -150,8 +155,7 @@ def load_warm_start(
             continue
         for source in sources(key):
             if stored.get(source) == shape:
-                plan[key] = source
-                remapped += 1
+                plan[key] = remapped[key] = source
                 break
     if not any(len(wanted[key].shape) > 0 for key in plan):  # a shared temperature alone is no warm start
         raise _error(
@@ -164,8 +168,7 @@ def load_warm_start(
             f"param '{key}' has shape {stored[key]} there but {tuple(wanted[key].shape)} in this model: the "
             'checkpoint is another architecture; name a checkpoint of these towers or change the model.* keys.',
         )
-    if remapped:
-        notes.append(f'{remapped} arrays of the two-image fusion layers from the single-image layers they double')
+    notes.extend(_remap_notes(remapped))
 
     subtree: dict = {}
     for key, source in plan.items():
@@ -203,6 +206,32 @@ def load_warm_start(
         unused=tuple(key for key in stored if key not in used),
         notes=tuple(dict.fromkeys(notes)),
     )
+
+
+def _module_pair(key: str, source: str) -> tuple[str, str]:
+    """('decoder/block_0', 'text/fusion/block_0') of 'decoder/block_0/mlp/fc1/bias' <- 'text/fusion/block_0/mlp/
+    fc1/bias': the decoder's module (its first two path parts) and the checkpoint's path it was taken from."""
+    target = '/'.join(key.split('/')[:2])
+    rest = key[len(target) :]
+    return target, source[: len(source) - len(rest)] if rest and source.endswith(rest) else source
+
+
+def _remap_notes(remapped: dict[str, str]) -> list[str]:
+    """The summary's words for params taken from other checkpoint paths: NLVR2's pairs counted, the decoder's
+    layers each named with the layer it came from."""
+    notes = []
+    pairs = [key for key in remapped if not key.startswith(DECODER)]
+    if pairs:
+        notes.append(f'{len(pairs)} arrays of the two-image fusion layers from the single-image layers they double')
+    counts: dict[tuple[str, str], int] = {}
+    for key, source in remapped.items():
+        if key.startswith(DECODER):
+            pair = _module_pair(key, source)
+            counts[pair] = counts.get(pair, 0) + 1
+    if counts:
+        named = ', '.join(f'{target} <- {source} ({n})' for (target, source), n in counts.items())
+        notes.append(f'{sum(counts.values())} decoder arrays from the layers it continues: {named}')
+    return notes
 
 
 def _fitted(key: str, table: np.ndarray, fresh: jax.Array) -> jax.Array:

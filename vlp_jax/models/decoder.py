@@ -141,6 +141,25 @@ class CachedAttention(nn.Module):
         out = self.out(nn.with_logical_constraint(out, ACT_BLHK))
         return nn.with_logical_constraint(out, ACT_BLE)
 
+    def attend_cached(self, x: Array, keys: Array, values: Array, mask: Array | None) -> Array:
+        """`attend` (deterministic) against keys [B, H, Dh, Lk] and values [B, H, Lk, Dh] in the cache's layout
+        (`cache_layout`), the one XLA's batched matmuls read without transposing: a decoding step attends to
+        the cache and the context as they are, copying neither."""
+        head_dim = self.width // self.num_heads
+        q = self.query(x)
+        q = q / jnp.sqrt(head_dim).astype(q.dtype)
+        logits = jnp.einsum('bqhd,bhdk->bhqk', q, keys, preferred_element_type=jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.float32(MASK_VALUE))
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        out = jnp.einsum('bhqk,bhkd->bqhd', probs.astype(self.dtype), values.astype(self.dtype))
+        return self.out(out)
+
+
+def cache_layout(keys: Array, values: Array) -> tuple[Array, Array]:
+    """Keys and values [B, L, H, Dh] (CachedAttention.kv) -> keys [B, H, Dh, L], values [B, H, L, Dh]."""
+    return keys.transpose(0, 2, 3, 1), values.transpose(0, 2, 1, 3)
+
 
 def key_mask(mask: Array | None) -> Array | None:
     """[B, Lk] valid keys -> bool [B, 1, 1, Lk]."""
@@ -195,8 +214,9 @@ class DecoderBlock(nn.Module):
         self, x: Array, mask: Array | None, deterministic: bool = True, cache: tuple | None = None, position=None
     ) -> tuple[Array, tuple[Array, Array]]:
         """Causal self-attention. Without `cache`: x [B, L, D] with key mask [B, L] -> (y, (keys, values)).
-        With `cache` (keys, values [B, T, H, Dh]) and `position` p: x [B, 1, D] is position p; its keys and
-        values are written at p and it attends to positions <= p -> (y, the updated cache)."""
+        With `cache` (keys [B, H, Dh, T], values [B, H, T, Dh]: `cache_layout`) and `position` p: x [B, 1, D]
+        is position p; its keys and values are written at p in place and it attends to positions <= p -> (y,
+        the updated cache)."""
 
         def attend(h):
             keys, values = self.attn.kv(h)
@@ -206,12 +226,14 @@ class DecoderBlock(nn.Module):
                     mask_ = mask_ & key_mask(mask)
                 out[0] = (keys, values)
                 return self.attn.attend(h, keys, values, mask_, deterministic)
-            start = (0, position, 0, 0)
-            new = (keys, values)
-            cached = tuple(jax.lax.dynamic_update_slice(c, n.astype(c.dtype), start) for c, n in zip(cache, new))
+            new_keys, new_values = cache_layout(keys, values)
+            cached = (
+                jax.lax.dynamic_update_slice(cache[0], new_keys.astype(cache[0].dtype), (0, 0, 0, position)),
+                jax.lax.dynamic_update_slice(cache[1], new_values.astype(cache[1].dtype), (0, 0, position, 0)),
+            )
             out[0] = cached
-            visible = (jnp.arange(cached[0].shape[1]) <= position)[None, None, None, :]
-            return self.attn.attend(h, *cached, visible, deterministic)
+            visible = (jnp.arange(cached[0].shape[-1]) <= position)[None, None, None, :]
+            return self.attn.attend_cached(h, *cached, visible)
 
         out: list = [None]
         y = self._residual(x, attend, self.ln_attn, deterministic)
@@ -227,15 +249,16 @@ class DecoderBlock(nn.Module):
         context_kv: tuple[Array, Array] | None,
         context_mask: Array | None,
         deterministic: bool = True,
+        cached: bool = False,
     ) -> Array:
-        """Cross-attention to the context's keys/values (when this layer has it), then the MLP."""
+        """Cross-attention to the context's keys/values (when this layer has it; `cached`: in `cache_layout`),
+        then the MLP."""
         if self.cross_attention:
-            x = self._residual(
-                x,
-                lambda h: self.xattn.attend(h, *context_kv, key_mask(context_mask), deterministic),
-                self.ln_xattn,
-                deterministic,
-            )
+            if cached:
+                attend = lambda h: self.xattn.attend_cached(h, *context_kv, key_mask(context_mask))
+            else:
+                attend = lambda h: self.xattn.attend(h, *context_kv, key_mask(context_mask), deterministic)
+            x = self._residual(x, attend, self.ln_xattn, deterministic)
         return self._residual(x, lambda h: self.mlp(h, deterministic=deterministic), self.ln_mlp, deterministic)
 
     def __call__(self, x, mask=None, context=None, context_mask=None, deterministic=True):
@@ -306,11 +329,11 @@ class Decoder(nn.Module):
             return self.block(layer).context_kv(context)
         return self._shared_call(layer, shared, DecoderBlock.context_kv, context)
 
-    def _rest(self, layer, shared, x, kv, context_mask, deterministic):
+    def _rest(self, layer, shared, x, kv, context_mask, deterministic, cached=False):
         if self.config.layout == 'separate':
-            return self.block(layer).rest(x, kv, context_mask, deterministic)
+            return self.block(layer).rest(x, kv, context_mask, deterministic, cached)
         return self._shared_call(
-            layer, shared, DecoderBlock.rest, x, kv, context_mask, deterministic, deterministic=deterministic
+            layer, shared, DecoderBlock.rest, x, kv, context_mask, deterministic, cached, deterministic=deterministic
         )
 
     def _segment_end(self, layer: int, shared: PyTree, x: Array) -> Array:
@@ -351,13 +374,15 @@ class Decoder(nn.Module):
         return nn.with_logical_constraint(x, ACT_BLE)
 
     def init_cache(self, context: Array, max_len: int, shared: PyTree = None) -> PyTree:
-        """{'self': per layer (keys, values) zeros [B, max_len, H, Dh], 'cross': per layer the context's (keys,
-        values) or None}: the state `step` carries."""
+        """{'self': per layer (keys, values) zeros, 'cross': per layer the context's (keys, values), projected
+        here once, or None}, keys [B, H, Dh, L] and values [B, H, L, Dh] (`cache_layout`): the state `step`
+        carries."""
         batch, head_dim = context.shape[0], self.width // self.num_heads
         zeros = jnp.zeros((batch, max_len, self.num_heads, head_dim), self.dtype)
+        cross = [self._context_kv(layer, shared, context) for layer in range(self.config.depth)]
         return {
-            'self': [(zeros, zeros) for _ in range(self.config.depth)],
-            'cross': [self._context_kv(layer, shared, context) for layer in range(self.config.depth)],
+            'self': [cache_layout(zeros, zeros) for _ in range(self.config.depth)],
+            'cross': [None if kv is None else cache_layout(*kv) for kv in cross],
         }
 
     def step(
@@ -368,7 +393,7 @@ class Decoder(nn.Module):
         for layer in range(self.config.depth):
             x, kv = self.block(layer).self_attention(x, None, True, cache['self'][layer], position)
             updated.append(kv)
-            x = self._rest(layer, shared, x, cache['cross'][layer], context_mask, True)
+            x = self._rest(layer, shared, x, cache['cross'][layer], context_mask, True, cached=True)
             x = self._segment_end(layer, shared, x)
         return x, {'self': updated, 'cross': cache['cross']}
 

@@ -1,6 +1,6 @@
 """vlp_jax towers out to Hugging Face safetensors files (BERT, ViT, CLIP, dual layouts), and the CLI.
 
-    python -m vlp_jax.models.importers export CHECKPOINT OUT_DIR --layout bert|vit|clip|dual
+    python -m vlp_jax.models.importers export CHECKPOINT OUT_DIR --layout bert|vit|clip|dual|bert_lm
 
 CHECKPOINT is a workdir, its checkpoints/ directory or one step directory. OUT_DIR receives
 model.safetensors (float32, metadata format 'pt', which transformers expects) and a config.json for
@@ -23,6 +23,14 @@ puts cross-attention in every layer and needs is_decoder, a causal mask); import
 fusion tower restores every param, the cross-attention included. A fusion model's MLM head is written as
 BertForMaskedLM's `cls.predictions.*` (transform.dense, transform.LayerNorm, bias; the decoder is tied to the
 word embeddings, so it has no tensor of its own). A ViT is written at the model's own patch grid.
+
+`--layout bert_lm` writes a 'separate' decoder (models/decoder.py) as transformers' BertLMHeadModel with
+is_decoder and add_cross_attention: the text tower's embeddings under 'bert.embeddings', decoder block i
+under 'bert.encoder.layer.{i}' (self-attention, cross-attention, MLP), the fusion model's MLM head as
+'cls.predictions' (tied to the word embeddings); config.json carries bos_token_id = vlp_jax's [BOS] (1) and
+eos_token_id = [SEP]. Given the same encoder_hidden_states (the image tokens, or the fused question), it
+computes vlp_jax's decoder logits. It is written, not read back. A 'shared' (BLIP) decoder has no such
+layout (decoder_problem says why).
 """
 
 from __future__ import annotations
@@ -46,7 +54,13 @@ WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
 SAFETENSORS_METADATA = {'format': 'pt'}  # transformers refuses safetensors files without it
 PREPROCESSOR_FILE = 'preprocessor_config.json'
-ARCHITECTURES = {'bert': 'BertModel', 'vit': 'ViTModel', 'clip': 'CLIPModel', 'dual': 'VisionTextDualEncoderModel'}
+ARCHITECTURES = {
+    'bert': 'BertModel',
+    'vit': 'ViTModel',
+    'clip': 'CLIPModel',
+    'dual': 'VisionTextDualEncoderModel',
+    'bert_lm': 'BertLMHeadModel',
+}
 TOKENIZER_INPUTS = ['input_ids', 'attention_mask']  # no token_type_ids: vlp_jax has none, CLIPModel takes none
 # keys transformers' save_pretrained records about how the tokenizer was loaded, not how it tokenizes
 LOADING_KEYS = ('is_local', 'local_files_only', 'name_or_path')
@@ -69,11 +83,15 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
     names the option when the model cannot be written in that layout."""
     params = unscan({path: np.asarray(value) for path, value in params.items()})
     towers = hf_layouts.TOWER_OF[layout]
+    if layout == hf_layouts.BERT_LM:
+        problem = decoder_problem(model)
+        if problem:
+            raise ImportWeightsError(problem)
     out, covered = {}, set()
     for tower in towers:
-        cfg = model.text if tower == 'text' else model.vision
+        cfg = model.vision if tower == 'vision' else model.text  # the decoder follows the text tower's options
         needed = [
-            f'model.{tower}.{option}={value!r}'
+            f'model.{"vision" if tower == "vision" else "text"}.{option}={value!r}'
             for option, value in hf_layouts.REQUIRED[(layout, tower)].items()
             if getattr(cfg, option) != value
         ]
@@ -82,7 +100,8 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
                 f'the {tower} tower cannot be written in the {layout} layout; it needs {" and ".join(needed)}.'
             )
         fusion = model.text.num_fusion_layers if (layout, tower) == ('bert', 'text') else 0
-        for entry in hf_layouts.entries(layout, tower, cfg.depth, fusion):
+        depth = model.decoder.depth if tower == 'decoder' else cfg.depth
+        for entry in hf_layouts.entries(layout, tower, depth, fusion):
             if entry.vlp not in params:
                 if entry.vlp.endswith('type_embedding'):  # no token types: a zero row adds nothing, as in vlp_jax
                     out[entry.hf] = np.zeros((1, model.text.width), np.float32)
@@ -108,7 +127,7 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
                 array = array[: model.text.vocab_size]
             out[entry.hf] = np.array(array, dtype=np.float32, order='C')  # 0-d stays 0-d (logit_scale)
             covered.add(entry.vlp)
-    groups = set(towers) | {path.split('/')[0] for path in covered}
+    groups = set(towers) | ({path.split('/')[0] for path in covered} if 'decoder' not in towers else set())
     for path in sorted(params):
         if path.split('/')[0] in groups and not path.startswith('text/fusion/') and path not in covered:
             raise ImportWeightsError(
@@ -116,6 +135,25 @@ def export_tensors(params: dict[str, np.ndarray], model: VLPConfig, layout: str)
                 'or export another layout.'
             )
     return out
+
+
+def decoder_problem(model: VLPConfig) -> str | None:
+    """Why this model's decoder cannot be written as transformers' BertLMHeadModel, or None."""
+    decoder = model.decoder
+    if decoder is None:
+        return "the model has no decoder (model.decoder.layout='none'); export a run with a 'separate' decoder."
+    if decoder.layout == 'shared':
+        return (
+            "a 'shared' (BLIP) decoder has no BertLMHeadModel layout: its first model.text.depth layers have no "
+            'cross-attention, and add_cross_attention gives every BertLayer one whose post-LN LayerNorm changes '
+            "the hidden state even with zero weights; export a run with model.decoder.layout='separate'."
+        )
+    if decoder.context == 'image' and model.vision.width != model.text.width:
+        return (
+            f'BertLMHeadModel cross-attends to states of its hidden_size (model.text.width={model.text.width}) but '
+            f'this decoder reads image tokens of model.vision.width={model.vision.width}; set them equal.'
+        )
+    return None
 
 
 def write_tokenizer(out_dir: str, max_len: int) -> None:
@@ -170,7 +208,7 @@ def write_export(out_dir: str, tensors: dict[str, np.ndarray], model: VLPConfig,
         json.dump(hf_configs.hf_config(model, layout), handle, indent=1)
     written = [CONFIG_FILE]
     towers = hf_layouts.TOWER_OF[layout]
-    if 'text' in towers:
+    if 'text' in towers or 'decoder' in towers:
         if model.text.vocab_size >= BERT_VOCAB_SIZE:
             write_tokenizer(out_dir, model.text.max_len)
             written.append(f'the tokenizer (max_length {model.text.max_len})')
@@ -195,7 +233,10 @@ def export_checkpoint(checkpoint: str, out_dir: str, layout: str) -> str:
     from vlp_jax.config_files import model_config_of
     from vlp_jax.models.vlp import model_config_from_dict
 
-    model_dict = model_config_of(checkpoint)
+    try:
+        model_dict = model_config_of(checkpoint)
+    except CheckpointError as error:  # not a checkpoint at all: one line, as below
+        raise ImportWeightsError(str(error)) from error
     if model_dict is None:
         raise ImportWeightsError(
             f'{checkpoint} is not a vlp_jax checkpoint with a model config; pass a workdir, checkpoints/ or step dir.'

@@ -13,6 +13,8 @@ import math
 import os
 from typing import Any
 
+from vlp_jax.data.tokenizer import BERT_SEP_ID
+from vlp_jax.models.decoder import DECODER_BOS_ID
 from vlp_jax.models.vlp import VLPConfig
 
 HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}
@@ -119,7 +121,7 @@ def pooling_problem(directory: str, pool: str) -> str | None:
 
 def hf_config(model: VLPConfig, layout: str) -> dict:
     """The config.json of an exported model (transformers' BertModel / ViTModel / CLIPModel /
-    VisionTextDualEncoderModel)."""
+    VisionTextDualEncoderModel / BertLMHeadModel)."""
 
     def section(tower: str) -> dict:
         return {field: value for field, (value, _) in tower_fields(model, layout, tower).items()}
@@ -154,6 +156,20 @@ def hf_config(model: VLPConfig, layout: str) -> dict:
             config['fusion_layer'] = model.text.depth
             config['encoder_width'] = model.vision.width
         return config
+    if layout == 'bert_lm':  # BertLMHeadModel: the decoder's layers, each with cross-attention
+        config = hf_config(model, 'bert')
+        for key in ('fusion_layer', 'encoder_width'):
+            config.pop(key, None)
+        ends = {'eos_token_id': BERT_SEP_ID, 'sep_token_id': BERT_SEP_ID} if model.text.vocab_size > BERT_SEP_ID else {}
+        return {
+            **config,
+            'architectures': ['BertLMHeadModel'],
+            'num_hidden_layers': model.decoder.depth,
+            'is_decoder': True,
+            'add_cross_attention': True,
+            'bos_token_id': DECODER_BOS_ID,
+            **ends,  # [SEP] ends a decoded sequence (a small synthetic vocabulary has no such id)
+        }
     if layout == 'vit':
         return {
             'architectures': ['ViTModel'],

@@ -20,8 +20,15 @@ import numpy as np
 
 LAYOUTS = ('bert', 'vit', 'clip')  # what a file can be (import and export)
 DUAL = 'dual'  # transformers' VisionTextDualEncoderModel (see dual()): what vlp_jax exports, read back too
-EXPORT_LAYOUTS = (*LAYOUTS, DUAL)
-TOWER_OF = {'bert': ('text',), 'vit': ('vision',), 'clip': ('text', 'vision'), DUAL: ('text', 'vision')}
+BERT_LM = 'bert_lm'  # transformers' BertLMHeadModel (see bert_lm()): a 'separate' decoder, export only
+EXPORT_LAYOUTS = (*LAYOUTS, DUAL, BERT_LM)
+TOWER_OF = {
+    'bert': ('text',),
+    'vit': ('vision',),
+    'clip': ('text', 'vision'),
+    DUAL: ('text', 'vision'),
+    BERT_LM: ('decoder',),
+}
 FUSION_BLOCK = '{tower}/fusion/block_{j}'  # fusion block j of a text tower (unscanned path)
 # The cross-attention params of a fusion block (unscanned paths): what a plain BERT file leaves fresh.
 CROSS_PARAM = re.compile(r'/fusion/block_\d+/(xattn|ln_xattn)/')
@@ -239,13 +246,26 @@ def dual(tower: str) -> tuple[list[Entry], list[Entry]]:
     return top, [moved(entry) for entry in layer]
 
 
+def bert_lm(tower: str = 'decoder') -> tuple[list[Entry], list[Entry]]:
+    """(embeddings and MLM head, one block) of BertLMHeadModel built with is_decoder and add_cross_attention: a
+    BertModel under 'bert.' without its pooler, every layer with cross-attention, and BertForMaskedLM's head.
+    The embeddings and the head are the text tower's and the fusion model's, which the decoder reads
+    (models/decoder.py); the blocks are the decoder's own ('separate' layout)."""
+    top, _ = bert('text')
+    top = [Entry('bert.' + e.hf, e.vlp, e.kind) for e in top if not e.hf.startswith(('pooler.', MLM_HEAD))]
+    top += [Entry(e.hf, e.vlp, e.kind) for e in mlm_head()]  # the LM head: required here
+    block_hf, block = 'bert.encoder.layer.{i}', f'{tower}/block_{{i}}'
+    cross = [Entry(e.hf, e.vlp, e.kind) for e in _bert_cross(block_hf, block)]  # required here
+    return top, _bert_layer(block_hf, block) + cross
+
+
 def entries(layout: str, tower: str, depth: int, fusion: int = 0) -> list[Entry]:
     """Every entry of `tower` in `layout`, the block entries expanded over `depth` layers.
 
     `fusion` > 0 (BERT only) continues the file's layers into the fusion blocks, as ALBEF initialises its
     fusion layers from BERT's upper layers: file layer depth + j is fusion block j (self-attention, MLP, their
     LayerNorms and, when the file has it, the cross-attention)."""
-    top, layer = {'bert': bert, 'vit': vit, 'clip': clip, DUAL: dual}[layout](tower)
+    top, layer = {'bert': bert, 'vit': vit, 'clip': clip, DUAL: dual, BERT_LM: bert_lm}[layout](tower)
     blocks = [Entry(e.hf.format(i=i), e.vlp.format(i=i), e.kind, e.optional) for i in range(depth) for e in layer]
     if fusion:
         assert layout == 'bert', f'fusion layers have no {layout} layout'
@@ -315,6 +335,8 @@ REQUIRED = {
     # ViT's pooler becomes the identity (pooler_act 'linear') for a tower without one (exporters.py)
     (DUAL, 'text'): {'pre_norm': False, 'causal': False, 'pool': 'cls', 'pooler': True},
     (DUAL, 'vision'): {'pool': 'cls'},
+    # the decoder's layers follow the text tower's options (models/vlp.py); BERT's are post-LN
+    (BERT_LM, 'decoder'): {'pre_norm': False},
 }
 
 

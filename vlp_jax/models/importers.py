@@ -340,7 +340,7 @@ def imported_params(config: Any, model: VLPConfig, params: PyTree) -> tuple[dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m vlp_jax.models.importers export CHECKPOINT OUT_DIR --layout bert|vit|clip`."""
+    """`python -m vlp_jax.models.importers export CHECKPOINT OUT_DIR --layout bert|vit|clip|dual|bert_lm`."""
     from vlp_jax.models import exporters
 
     return exporters.main(argv if argv is not None else sys.argv[1:])

@@ -259,3 +259,8 @@ class TextEncoder(nn.Module):
     def attend(self, hidden: Array) -> Array:
         """[..., width] -> [..., vocab] logits against the word embeddings (the tied MLM decoder)."""
         return self.token_embed.attend(hidden.astype(self.dtype))
+
+    def word_table(self) -> Array:
+        """The word embeddings [embedding_rows, width] in the compute dtype, `attend`'s `hidden @ table.T` (the
+        decoder's searches take the table out of their loops)."""
+        return jnp.asarray(self.token_embed.embedding, self.dtype)

@@ -5,7 +5,8 @@ A tower is a flax module class built as `module(config, dtype=...)` and called a
 `config_from(group, model)` that reads its keys from the config group `model.vision` or
 `model.text` (a dict: the saved model config of a checkpoint works too) and the `model` group
 (image_size, max_text_len, remat, scan), raising ValueError naming the key when one is wrong.
-A text tower of a fusion model also provides `fuse` and `attend` (models/text.py).
+A text tower of a fusion model also provides `fuse`, `attend` and `word_table`, and with a decoder `embed`
+(models/text.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from vlp_jax.config import default_config
 from vlp_jax.models import towers
 from vlp_jax.models.bi_fusion import single_image_sources
-from vlp_jax.models.decoder import Decoder, DecoderConfig, decoder_config_from
+from vlp_jax.models.decoder import Decoder, DecoderConfig, decoder_config_from, warm_start_aliases
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
 from vlp_jax.models.text import BERT_LN_EPS, TextConfig
 from vlp_jax.models.vit import ViTConfig
@@ -241,11 +241,21 @@ class VLPModel(nn.Module):
     def mlm_logits(self, fused_tokens: Array) -> Array:
         """[B, L, width] fused tokens -> [B, L, embedding_rows] float32 word logits (decoder tied to the word
         embeddings); the padding rows beyond vocab_size get MASKED_LOGIT, so they never win or take mass."""
-        hidden = self.mlm_norm(nn.gelu(self.mlm_dense(fused_tokens), approximate=False))
-        logits = self.text.attend(hidden).astype(jnp.float32) + self.mlm_bias
+        logits = self.text.attend(self.lm_transform(fused_tokens)).astype(jnp.float32) + self.mlm_bias
         real = jnp.arange(self.config.text.embedding_rows) < self.config.text.vocab_size
         logits = jnp.where(real, logits, MASKED_LOGIT)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+    def lm_transform(self, hidden: Array) -> Array:
+        """The MLM head before its tied word table: dense -> GELU -> LayerNorm (BERT's `transform`)."""
+        return self.mlm_norm(nn.gelu(self.mlm_dense(hidden), approximate=False))
+
+    def lm_head_weights(self) -> tuple[Array, Array]:
+        """(word table [vocab_size, width] in the compute dtype, bias [vocab_size] float32): the MLM head's last
+        layer without the table's padding rows, so that decoding slices them once, outside its loop;
+        `lm_logits(h)[..., :vocab_size]` = `lm_transform(h) @ table.T + bias`."""
+        vocab = self.config.text.vocab_size
+        return self.text.word_table()[:vocab], self.mlm_bias[:vocab].astype(jnp.float32)
 
     def _shared(self) -> Any:
         """The text tower's params, which a 'shared' decoder runs its layers with (None for 'separate')."""
@@ -276,9 +286,16 @@ class VLPModel(nn.Module):
         self, token: Array, position: Array, cache: Any, context_mask: Array | None = None
     ) -> tuple[Array, Any]:
         """One decoding step: tokens [B] at `position` -> (word logits [B, embedding_rows] of the next token, cache)."""
+        hidden, cache = self.decoder_step_hidden(token, position, cache, context_mask)
+        return self.lm_logits(hidden[:, None])[:, 0], cache
+
+    def decoder_step_hidden(
+        self, token: Array, position: Array, cache: Any, context_mask: Array | None = None
+    ) -> tuple[Array, Any]:
+        """`decoder_step` without the LM head: (the decoder's hidden state [B, width] after `token`, cache)."""
         x = self.text.embed(token[:, None], jnp.reshape(position, (1,)))
         hidden, cache = self.decoder.step(x, position, cache, context_mask, self._shared())
-        return self.lm_logits(hidden)[:, 0], cache
+        return hidden[:, 0], cache
 
     def encode_images(self, image: Array, deterministic: bool = True) -> Array:
         """[B, H, W, C] -> [B, embed_dim] unit-norm float32."""
@@ -315,11 +332,20 @@ class ClassifierHead(nn.Module):
 
 
 def checkpoint_sources(config: VLPConfig) -> Callable[[str], tuple[str, ...]]:
-    """param path -> other paths of a checkpoint it may start from (warm_start.py): a two-image fusion model's
-    paired layers start from the one-image layers they double (models/bi_fusion.py)."""
-    if config.text.fusion_images == 2:
-        return single_image_sources
-    return lambda key: ()
+    """param path -> other paths of a checkpoint it may start from (warm_start.py), tried when the checkpoint
+    lacks the path itself: a two-image fusion model's paired layers start from the one-image layers they double
+    (models/bi_fusion.py); a decoder's layers from the encoder layers `decoder.warm_start_aliases` names (a
+    'separate' decoder from the fusion layers, as ALBEF's VQA copies them into its text decoder)."""
+    pairs = single_image_sources if config.text.fusion_images == 2 else (lambda key: ())
+    aliases = warm_start_aliases(config.decoder)
+
+    def sources(key: str) -> tuple[str, ...]:
+        for target, source in aliases.items():
+            if key.startswith(target):
+                return (source + key[len(target) :],)
+        return pairs(key)
+
+    return sources
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
