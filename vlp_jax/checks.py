@@ -100,6 +100,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> Derive
     if sampler.Settings is not None:
         problem = sampler.check(settings_of(config, sampler.Settings), batch)
         _require(problem is None, problem or '')
+    check_input_backend(config)  # before the source's own checks: without TF its set cannot be read at all
     source = source_plugin(config, str(config.data.name))
     problem = source.check()
     _require(problem is None, problem or '')
@@ -120,7 +121,6 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> Derive
         if spec.evaluator != DEFAULT:
             EVALUATORS.get(spec.evaluator)
             SOURCES.get(spec.source)
-    check_input_backend(config)
 
     derived = derive(config, device_count)
     shards = derived.batch_shards
