@@ -62,18 +62,26 @@ def test_crop_and_resize_by_hand():
     [(28, 28, 28), (64, 64, 64), (30, 50, 17), (8, 8, 20), (5, 7, 1), (28, 28, 2)],
 )
 def test_crop_and_resize_matches_tensorflow(height, width, size):
-    """tf.image.crop_and_resize (bilinear) and the numpy version on the same pixels and boxes: boxes of the
-    pipeline's kind, the full image, and boxes that reach outside the image (TF's extrapolation)."""
+    """The tf.data graph's ops (uint8 pixels cast and divided by 255, tf.image.crop_and_resize bilinear,
+    tf.reverse of the flipped examples) and the numpy version on the same pixels, boxes and flips: boxes of
+    the pipeline's kind, the full image, and boxes that reach outside the image (TF's extrapolation)."""
     tf = pytest.importorskip('tensorflow')
     rng = np.random.default_rng(height * 1000 + width * 10 + size)
     count = 12
-    pixels = rng.integers(0, 256, (count, height, width, 3)).astype(np.float32) / np.float32(255)
+    pixels = rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
     top, left = rng.uniform(-0.1, 0.6, count), rng.uniform(-0.1, 0.6, count)
     boxes = np.stack([top, left, top + rng.uniform(0.1, 0.6, count), left + rng.uniform(0.1, 0.6, count)], 1)
     boxes = boxes.astype(np.float32)
     boxes[0] = [0.0, 0.0, 1.0, 1.0]
-    expected = tf.image.crop_and_resize(pixels, boxes, tf.range(count), [size, size], method='bilinear').numpy()
-    np.testing.assert_allclose(crop_and_resize(pixels, boxes, size), expected, rtol=0, atol=ATOL)
+    flips = rng.random(count) < 0.5
+    flips[:2] = [False, True]
+    scaled = tf.cast(pixels, tf.float32) / 255.0
+    crops = tf.image.crop_and_resize(scaled, boxes, tf.range(count), [size, size], method='bilinear')
+    expected = tf.where(flips[:, None, None, None], tf.reverse(crops, axis=[2]), crops).numpy()
+    ours = crop_and_resize(pixels, boxes, size, divisor=255.0, flips=flips)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(crop_and_resize(pixels, boxes, size, divisor=255.0), crops.numpy(), rtol=0, atol=ATOL)
 
 
 def _pipelines(config, source=None):

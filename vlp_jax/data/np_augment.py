@@ -22,27 +22,46 @@ from vlp_jax.data import batch as batch_spec
 EXTRAPOLATION_VALUE = 0.0  # tf.image.crop_and_resize's value for samples outside the image
 
 
-def crop_and_resize(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """float [B, H, W, C], normalised boxes [B, 4] (y0, x0, y1, x1) -> float32 [B, size, size, C].
+def crop_and_resize(
+    images: np.ndarray, boxes: np.ndarray, size: int, divisor: float = 1.0, flips: np.ndarray | None = None
+) -> np.ndarray:
+    """[B, H, W, C] pixels, normalised boxes [B, 4] (y0, x0, y1, x1) -> float32 [B, size, size, C].
 
-    tf.image.crop_and_resize(images, boxes, range(B), [size, size], 'bilinear'): output row y
-    samples input row y0 (H - 1) + y (y1 - y0) (H - 1) / (size - 1) (the box's centre when size is
-    1), bilinear between its floor and ceiling; samples outside [0, H - 1] are 0.
+    tf.image.crop_and_resize(tf.cast(images, tf.float32) / divisor, boxes, range(B), [size, size],
+    'bilinear'), then tf.reverse along the width for the examples `flips` marks: output row y samples
+    input row y0 (H - 1) + y (y1 - y0) (H - 1) / (size - 1) (the box's centre when size is 1),
+    bilinear between its floor and ceiling; samples outside [0, H - 1] are 0. As in TF's kernel, the
+    two columns are mixed first, then the two rows, in float32. Separable: the columns each output
+    column needs are gathered once (from the pixels as given, converted after the gather: the same
+    values, a quarter of the memory traffic for uint8), then the rows; a flip reverses the order in
+    which the output columns are gathered, so it costs no pass of its own.
     """
-    images = np.asarray(images, np.float32)
     boxes = np.asarray(boxes, np.float32)
-    height, width = images.shape[1:3]
-    rows, rows_ok, row_lerp = _sample_positions(boxes[:, 0], boxes[:, 2], height, size)  # [B, S]
-    cols, cols_ok, col_lerp = _sample_positions(boxes[:, 1], boxes[:, 3], width, size)
-    b = np.arange(len(images))[:, None, None]
-    top, bottom = rows[0][:, :, None], rows[1][:, :, None]
-    left, right = cols[0][:, None, :], cols[1][:, None, :]
-    col_lerp = col_lerp[:, None, :, None]
-    upper = images[b, top, left] + (images[b, top, right] - images[b, top, left]) * col_lerp
-    lower = images[b, bottom, left] + (images[b, bottom, right] - images[b, bottom, left]) * col_lerp
-    crops = upper + (lower - upper) * row_lerp[:, :, None, None]
-    inside = (rows_ok[:, :, None] & cols_ok[:, None, :])[..., None]
-    return np.where(inside, crops, np.float32(EXTRAPOLATION_VALUE)).astype(np.float32)
+    count, height, width = images.shape[:3]
+    (top, bottom), rows_inside, row_lerp = _sample_positions(boxes[:, 0], boxes[:, 2], height, size)  # [B, S]
+    (left, right), cols_inside, col_lerp = _sample_positions(boxes[:, 1], boxes[:, 3], width, size)
+    if flips is not None:  # output column x of a flipped example is the unflipped crop's column S - 1 - x
+        mirrored = np.asarray(flips, bool)[:, None]
+        left, right, cols_inside, col_lerp = (
+            np.where(mirrored, a[:, ::-1], a) for a in (left, right, cols_inside, col_lerp)
+        )
+    example = np.arange(count)[:, None]
+    by_column = np.asarray(images).transpose(0, 2, 1, 3)  # [B, W, H, C]: index columns like rows
+    divisor = np.float32(divisor)
+    across = by_column[example, left].astype(np.float32) / divisor  # [B, S, H, C]: the left columns
+    rights = by_column[example, right].astype(np.float32) / divisor
+    rights -= across
+    rights *= col_lerp[:, :, None, None]
+    across += rights  # left + (right - left) * lerp
+    across = np.ascontiguousarray(across.transpose(0, 2, 1, 3))  # [B, H, S, C]
+    crops, bottoms = across[example, top], across[example, bottom]  # [B, S, S, C]
+    bottoms -= crops
+    bottoms *= row_lerp[:, :, None, None]
+    crops += bottoms  # top + (bottom - top) * lerp
+    if not (rows_inside.all() and cols_inside.all()):  # a box reaching outside the image (never the pipeline's)
+        inside = rows_inside[:, :, None, None] & cols_inside[:, None, :, None]
+        crops = np.where(inside, crops, np.float32(EXTRAPOLATION_VALUE))
+    return crops
 
 
 def _sample_positions(
@@ -63,14 +82,11 @@ def _sample_positions(
     return (low_index, high_index), inside, lerp
 
 
-def flip(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
-    """Images [B, H, W, C] with the rows whose `flips` is set mirrored left to right."""
-    return np.where(np.asarray(flips, bool)[:, None, None, None], images[:, :, ::-1], images)
-
-
 def normalise(images: np.ndarray) -> np.ndarray:
-    """Pixels in [0, 1] -> the model's input range, as the tf.data graph computes it."""
-    return ((images - np.float32(batch_spec.PIXEL_MEAN)) / np.float32(batch_spec.PIXEL_STD)).astype(np.float32)
+    """float32 pixels in [0, 1] -> the model's input range, as the tf.data graph computes it (in place)."""
+    images -= np.float32(batch_spec.PIXEL_MEAN)
+    images /= np.float32(batch_spec.PIXEL_STD)
+    return images
 
 
 def augment(raw: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -81,8 +97,8 @@ def augment(raw: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     boxes, flips = batch.pop('crop_box'), batch.pop('flip')
     assert 'image_bytes' not in batch, 'encoded images need the tf.data path (data/backend.py refuses them)'
     for key in batch_spec.image_keys(tuple(batch)):
-        pixels = batch.pop(key).astype(np.float32) / np.float32(255.0)
-        batch[key] = normalise(flip(crop_and_resize(pixels, boxes, size), flips))
+        crops = crop_and_resize(batch.pop(key), boxes, size, divisor=255.0, flips=flips)  # uint8 -> [0, 1]
+        batch[key] = normalise(crops)
     return batch
 
 

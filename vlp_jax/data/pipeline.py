@@ -78,6 +78,9 @@ class TrainPipeline:
             what = f'data source {source.name!r}' if source.name else 'the training source'
             raise DataError(input_backend.source_problem(data.backend, what))
         self.tokenizer = shared_tokenizer(int(max_text_len))
+        # The fast tokenizer sets its padding and truncation on its first call (a write to the Rust object):
+        # done here, once, so the parallel loading calls of either path only ever read it.
+        self.tokenizer([''])
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     # -- order ---------------------------------------------------------------------------
