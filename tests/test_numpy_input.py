@@ -186,6 +186,26 @@ def test_prefetch_keeps_order_with_more_workers_than_steps():
         np.testing.assert_array_equal(index, pipeline.local_indices(step))
 
 
+def test_an_order_known_only_at_its_epoch_is_asked_for_then():
+    """A sampler like GRIT's (order_known_ahead False): the numpy path stops at the epoch's end and takes
+    the next epoch's order when its first batch is loaded."""
+    from test_pipeline import GivenOrders
+
+    from vlp_jax import setup
+
+    config = _config()
+    source = setup.train_inputs(config).source
+    random = setup.make_sampler(config, source)
+    sampler = GivenOrders(random.settings, random.context)
+    pipeline = setup.pipeline(config, source, sampler)
+    end_of_epoch = pipeline.steps_per_epoch
+    batches = pipeline.iterate(end_of_epoch - 1, end_of_epoch + 1)
+    first = next(batches)
+    sampler.given[1] = np.arange(100)[::-1].copy()  # decided after the epoch's last batch was loaded
+    np.testing.assert_array_equal(first['index'], pipeline.global_indices(end_of_epoch - 1))
+    np.testing.assert_array_equal(next(batches)['index'], np.arange(100)[::-1][:16])
+
+
 class EncodedToy(Source):
     encoded = True
 
