@@ -15,6 +15,7 @@ import ml_collections
 
 from vlp_jax import optim
 from vlp_jax.config import ConfigError, OptimSettings, check_values, settings_of
+from vlp_jax.data import backend as input_backend
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.errors import DataError
 from vlp_jax.derived import Derived, derive, source_plugin
@@ -99,6 +100,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> Derive
     if sampler.Settings is not None:
         problem = sampler.check(settings_of(config, sampler.Settings), batch)
         _require(problem is None, problem or '')
+    check_input_backend(config)  # before the source's own checks: without TF its set cannot be read at all
     source = source_plugin(config, str(config.data.name))
     problem = source.check()
     _require(problem is None, problem or '')
@@ -149,6 +151,22 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> Derive
     )
     RegulatorChain.from_config(config, regulator_context(config, derived)).check(batch)
     return derived
+
+
+def check_input_backend(config: ml_collections.ConfigDict) -> None:
+    """data.backend against this machine, and every source the run reads against the chosen input path."""
+    backend = str(config.data.backend)
+    problem = input_backend.problem(backend)
+    _require(problem is None, problem or '')
+    if input_backend.resolve(backend) != input_backend.NUMPY:
+        return
+    name = str(config.data.name)
+    _require(not SOURCES.get(name).needs_tensorflow, input_backend.source_problem(backend, f'data.name={name!r}'))
+    for spec in parse_all(config.eval.sets):
+        if spec.evaluator != DEFAULT:
+            where = f':{spec.where}' if spec.where else ''
+            what = f'eval.sets entry {spec.evaluator}:{spec.source}{where}'
+            _require(not SOURCES.get(spec.source).needs_tensorflow, input_backend.source_problem(backend, what))
 
 
 def check_shapes(config: ml_collections.ConfigDict, model: VLPModel, boxed: Any, derived: Derived) -> None:

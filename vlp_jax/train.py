@@ -222,6 +222,8 @@ def run(config, workdir: str, stop_at_step: int | None = None, derived=None, cha
         metrics_lib.truncate_after(workdir, start_step)
     for line in start_lines(config, run_setup.derived, getattr(evaluate, 'evaluators', ())):
         say(line)
+    if pipeline.backend == 'numpy':  # the tf.data path, the default where TF is installed, goes unsaid
+        say(f'input pipeline: numpy, without TensorFlow ({pipeline.backend_reason})')
 
     train_step = run_setup.train_step(probe=probe, keep_feedback=sampler.needs_feedback)
     # Saved beside every state: the pipeline's position, and the architecture, so this run can serve

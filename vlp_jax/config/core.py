@@ -176,6 +176,9 @@ class TextSettings:
     init: str = key('', 'a Hugging Face safetensors file (BERT/MiniLM or CLIP layout) imported on a new run')
 
 
+INPUT_BACKENDS = ('auto', 'tf', 'numpy')  # data/backend.py resolves 'auto'
+
+
 def _crop_scale(value) -> str | None:
     ok = isinstance(value, (tuple, list)) and len(value) == 2 and 0.0 < value[0] <= value[1] <= 1.0
     return None if ok else 'must be (low, high) with 0 < low <= high <= 1'
@@ -197,6 +200,12 @@ class DataSettings:
     )
     workers: int = key(2, 'parallel host loading calls', check=positive_int, resume=True)
     prefetch: int = key(4, 'batches buffered ahead of the step', check=positive_int, resume=True)
+    backend: str = key(
+        'auto',
+        "input path: 'tf' (tf.data) | 'numpy' (in-memory sources, no TensorFlow) | 'auto' (numpy when TF is absent)",
+        choices=INPUT_BACKENDS,
+        resume=True,
+    )
 
 
 @group('loss')

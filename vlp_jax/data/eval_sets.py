@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vlp_jax.data.backend import tensorflow_installed
 from vlp_jax.data.batch import normalise_images
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source
@@ -70,6 +71,11 @@ def load_examples(source: Source, indices: np.ndarray, image_size: int) -> tuple
         examples['image'] = np.concatenate([part['image'] for part in parts])
         examples['fields'] = {k: _concatenate([p['fields'][k] for p in parts]) for k in parts[0]['fields']}
         return examples, np.arange(len(indices)), 0
+    if not tensorflow_installed():
+        raise DataError(
+            f'evaluation set {source.name or "?"!r} holds encoded images, which only TensorFlow decodes here; '
+            'install tensorflow-cpu or leave the set out of eval.sets.'
+        )
     from vlp_jax.data.tf_augment import eval_images  # TensorFlow stays out of the core
 
     encoded = [data for part in parts for data in part['image_bytes']]

@@ -5,7 +5,9 @@ pure function of (seed, k), so a restart at step k reproduces batch k exactly an
 pipeline's whole position is the step number. Each process loads only its slice of
 every global batch. Loading runs as parallel host calls in a tf.data graph (why
 tf.data: see docs/data.md); decoding (sources that hand encoded images)
-and augmentation run as TF image ops.
+and augmentation run as TF image ops. Where TensorFlow is absent (or `data.backend='numpy'`),
+in-memory sources take the numpy path instead (data/np_augment.py): the same loader, the same
+crop boxes and flips, numpy crops and a thread pool.
 
 A record that fails to load (an empty or damaged record, an image TF cannot decode) never
 stops the run: another record stands in for it, drawn from (seed, step, index) alone, so
@@ -22,8 +24,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from vlp_jax.config import DataSettings
+from vlp_jax.data import backend as input_backend
 from vlp_jax.data import batch as batch_spec
 from vlp_jax.data.errors import DataError
+from vlp_jax.data.np_augment import numpy_batches
 from vlp_jax.data.sources import Source
 from vlp_jax.data.tokenizer import shared_tokenizer
 from vlp_jax.sampling.base import Sampler
@@ -68,7 +72,15 @@ class TrainPipeline:
         self.flip_mode = data.flip
         self.workers = int(data.workers)
         self.prefetch = int(data.prefetch)
+        self.backend = input_backend.resolve(data.backend)  # 'tf' | 'numpy'
+        self.backend_reason = input_backend.why(data.backend)
+        if self.backend == input_backend.NUMPY and self.encoded:
+            what = f'data source {source.name!r}' if source.name else 'the training source'
+            raise DataError(input_backend.source_problem(data.backend, what))
         self.tokenizer = shared_tokenizer(int(max_text_len))
+        # The fast tokenizer sets its padding and truncation on its first call (a write to the Rust object):
+        # done here, once, so the parallel loading calls of either path only ever read it.
+        self.tokenizer([''])
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     # -- order ---------------------------------------------------------------------------
@@ -202,11 +214,20 @@ class TrainPipeline:
 
         return build_dataset(self, start_step, end_step)
 
-    def iterate(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
-        """numpy batches for steps [start_step, end_step), loaded ahead by parallel workers.
+    def batches(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """The chosen backend's batches for steps [start_step, end_step), loaded ahead.
 
-        A host thread drains the tf.data iterator into a small queue, so the tensor->numpy
+        tf.data: a host thread drains its iterator into a small queue, so the tensor->numpy
         hand-over happens while the train loop is blocked on the device, not on its critical path.
+        numpy: a thread pool builds whole batches ahead (data/np_augment.py).
+        """
+        if self.backend == input_backend.NUMPY:
+            return numpy_batches(self, start_step, end_step)
+        return _threaded(self.dataset(start_step, end_step).as_numpy_iterator(), self.prefetch)
+
+    def iterate(self, start_step: int, end_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """numpy batches for steps [start_step, end_step), loaded ahead by parallel workers (`batches`).
+
         When a step fails because an image does not decode, its bad records are marked and
         loading restarts at that step, where stand-ins now replace them. A sampler whose next
         order is not known ahead (it waits for this epoch's feedback) is asked for it only when
@@ -218,11 +239,11 @@ class TrainPipeline:
             if not self.sampler.order_known_ahead:
                 stop = min(end_step, (step // self.steps_per_epoch + 1) * self.steps_per_epoch)
             try:
-                for batch in _threaded(self.dataset(step, stop).as_numpy_iterator(), self.prefetch):
+                for batch in self.batches(step, stop):
                     yield batch
                     step += 1
             except Exception:
-                if self.find_undecodable(step) == 0:  # not a bad image: a real error
+                if self.backend == input_backend.NUMPY or self.find_undecodable(step) == 0:  # a real error
                     raise
 
 

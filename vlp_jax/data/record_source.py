@@ -83,6 +83,7 @@ class RecordsPlugin(SourcePlugin):
     `where` in an eval spec names any other prepared folder, read whole."""
 
     Settings = RecordsSettings
+    needs_tensorflow = True  # encoded images: the tf.data graph decodes them
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         settings = self.settings

@@ -66,6 +66,9 @@ class SourcePlugin:
     """Base class of a registered data source; `Settings` is its config group `data.<name>`."""
 
     Settings: Any = None
+    # Its sets need TensorFlow (encoded images the tf.data graph decodes, or TFDS): the numpy input
+    # path (data/backend.py) refuses it in data.name and eval.sets.
+    needs_tensorflow: bool = False
 
     def __init__(self, settings: Any, context: SourceContext):
         self.settings = settings

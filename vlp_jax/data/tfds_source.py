@@ -137,6 +137,7 @@ class TfdsPlugin(SourcePlugin):
     """TFDS sets; `where` in an eval spec is NAME[:SPLIT] of another TFDS set (same feature keys)."""
 
     Settings = TfdsSettings
+    needs_tensorflow = True  # tfds.data_source, and encoded images
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         settings = self.settings
