@@ -288,7 +288,7 @@ def main() -> None:
         os.path.join(args.out, f'{args.name}.png'),
         'Fusion recipes, noisy shapes: semantic R@1, ITC and ITM re-ranked (mean ± std over seeds)',
     )
-    save_json(results, os.path.join(args.workdir, f'{args.name}.json'))  # raw per-run numbers
+    save_json(results, os.path.join(args.out, f'{args.name}.json'))  # raw per-run numbers, beside the table
 
 
 if __name__ == '__main__':
