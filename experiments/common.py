@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -107,3 +108,17 @@ def write_plot(results: dict[str, list[dict]], path: str, title: str, labels: Se
 def save_json(results: dict, path: str) -> None:
     with open(path, 'w') as handle:
         json.dump(results, handle, indent=1)
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """parse_args, plus every `--config.KEY=VALUE` on the command line appended to `args.extra`.
+
+    argparse reads a value that starts with '--' as an option, so `--extra --config.batch_size=16` would be
+    refused; the overrides are collected here instead, wherever they stand.
+    """
+    args, unknown = parser.parse_known_args()
+    stray = [arg for arg in unknown if not arg.startswith('--config.')]
+    if stray:
+        parser.error(f'unrecognized arguments: {" ".join(stray)} (config overrides are --config.KEY=VALUE)')
+    args.extra = [*args.extra, *unknown]
+    return args

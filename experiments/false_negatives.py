@@ -21,7 +21,16 @@ import os
 import sys
 import time
 
-from common import final_eval, mean_of, save_json, step_milliseconds, train, write_plot, write_table
+from common import (
+    final_eval,
+    mean_of,
+    parse_with_overrides,
+    save_json,
+    step_milliseconds,
+    train,
+    write_plot,
+    write_table,
+)
 
 MAFA_SETTING = (
     '--config.sampling.name=grit',
@@ -74,7 +83,7 @@ def main() -> None:
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--extra', nargs='*', default=[], help='more --config.KEY=VALUE overrides for every method')
     parser.add_argument('--name', default='false_negatives', help='stem of the output files and run folders')
-    args = parser.parse_args()
+    args = parse_with_overrides(parser)
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()
 

@@ -20,7 +20,7 @@ import sys
 import time
 
 import numpy as np
-from common import mean_of, save_json, train
+from common import mean_of, parse_with_overrides, save_json, train
 
 CONFIG = 'configs/fashion_mnist.py'
 GRANULARITIES = ('class', 'group5', 'group2')
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument('--out', default='docs/results')
     parser.add_argument('--name', default='fn_density', help='stem of the output files')
     parser.add_argument('--extra', nargs='*', default=[], help='more --config.KEY=VALUE overrides for every run')
-    args = parser.parse_args()
+    args = parse_with_overrides(parser)
     methods = [BASELINE, *(m for m in args.methods if m != BASELINE)]
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()

@@ -45,7 +45,7 @@ import sys
 import time
 
 import numpy as np
-from common import REPO, mean_of, save_json, step_milliseconds, train, write_table
+from common import REPO, mean_of, parse_with_overrides, save_json, step_milliseconds, train, write_table
 
 COSINE_HIGH, COSINE_LOW = 0.8, 0.5  # configs/shapes_cosmo.py's thresholds, in cosine units
 METHODS = {  # name -> (config spec with {steps} and {reference}, method-specific overrides)
@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--extra', nargs='*', default=[], help='more --config.KEY=VALUE overrides for every method')
     parser.add_argument('--name', default='fusion_methods', help='stem of the output files')
-    args = parser.parse_args()
+    args = parse_with_overrides(parser)
     if args.steps % EPOCHS:
         parser.error(f'--steps must be a multiple of {EPOCHS} (one third of the run is an epoch)')
     os.makedirs(args.out, exist_ok=True)
@@ -288,7 +288,7 @@ def main() -> None:
         os.path.join(args.out, f'{args.name}.png'),
         'Fusion recipes, noisy shapes: semantic R@1, ITC and ITM re-ranked (mean ± std over seeds)',
     )
-    save_json(results, os.path.join(args.workdir, f'{args.name}.json'))  # raw per-run numbers
+    save_json(results, os.path.join(args.out, f'{args.name}.json'))  # raw per-run numbers, beside the table
 
 
 if __name__ == '__main__':

@@ -47,6 +47,11 @@ def main() -> None:
     step_dir = resolve_step_dir(pathlib.Path(args.run).absolute())
     sampler = ocp.StandardCheckpointer().restore(step_dir / 'state')['sampler']
     grit_order = np.asarray(sampler['order'])
+    if grit_order.size == 0 or grit_order[0] < 0:  # the sampler's NO_ORDER: epoch 0 runs in a random order
+        sys.exit(
+            f'{args.run} is still in its first epoch (epoch 0 is random; GRIT groups from epoch 1): '
+            'train it past one epoch, or pass a later checkpoint.'
+        )
     source = source_plugin(config, str(config.data.name)).open('train')
     tokenizer = shared_tokenizer(config.model.max_text_len)
     encode_images, encode_texts = judge_setup.encoders()

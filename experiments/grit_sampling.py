@@ -17,7 +17,16 @@ import argparse
 import os
 import time
 
-from common import final_eval, mean_of, save_json, step_milliseconds, train, write_plot, write_table
+from common import (
+    final_eval,
+    mean_of,
+    parse_with_overrides,
+    save_json,
+    step_milliseconds,
+    train,
+    write_plot,
+    write_table,
+)
 
 CONFIG = 'configs/shapes_grit.py'
 STEPS_PER_EPOCH = 100
@@ -48,7 +57,8 @@ def main() -> None:
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--workdir', default='workdirs/experiments/grit_sampling')
     parser.add_argument('--out', default='docs/results')
-    args = parser.parse_args()
+    parser.add_argument('--extra', nargs='*', default=[], help='more --config.KEY=VALUE overrides for every run')
+    args = parse_with_overrides(parser)
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()
     results: dict[str, list[dict]] = {name: [] for name in methods(args.reference)}
@@ -56,7 +66,7 @@ def main() -> None:
         for name, extra in methods(args.reference).items():
             print(f'{name}, seed {seed}', flush=True)
             workdir = os.path.join(args.workdir, f'{name.replace("+", "_")}_seed{seed}')
-            results[name].append(summarise(train(CONFIG, workdir, args.steps, seed, extra)))
+            results[name].append(summarise(train(CONFIG, workdir, args.steps, seed, [*extra, *args.extra])))
     minutes = (time.monotonic() - started) / 60
     header = (
         f'# GRIT grouped mini-batches on the noisy shapes regime\n\n'
