@@ -50,12 +50,14 @@ def vqa(config, pretrained: str, layout: str):
 def get_config(arg=None):
     args = parse_arg(arg, tiny=False, steps=0, pretrained='-', layout='shared')
     if args.tiny:
-        config = from_sibling(__file__, '../blip.py', f'tiny,steps={args.steps or 600}')
+        config = from_sibling(__file__, '../blip.py', f'tiny,steps={args.steps or 300}')
         config = vqa(config, DEFAULT_TINY_PRETRAINED if args.pretrained == '-' else args.pretrained, args.layout)
+        config.batch_size = 32  # x 3 answer slots decoded per question; the word logits dominate a CPU step
         config.optim.lr = 3e-4
         config.optim.warmup_steps = 20
         config.data.crop_scale = (1.0, 1.0)  # a crop could cut a counted object off
-        config.eval_every = 200
+        config.eval_every = 150
+        config.checkpoint_every = 150
         config.eval.vqa.k = 16  # of 55 candidates (ALBEF: 128 of 3,128); k = 55 is the exact argmax
         return config
     config = from_sibling(__file__, '../blip.py', f'steps={args.steps or 1}')

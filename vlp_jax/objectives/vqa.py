@@ -115,6 +115,12 @@ class VqaObjective(Objective):
             problem = "objective 'vqa' has no contrastive loss to regulate: set loss.regulators=()."
         if problem is None and str(config.loss.lm.prompt):
             problem = "objective 'vqa' writes answers without a prompt: set loss.lm.prompt=''."
+        model = config.model
+        if problem is None and model.decoder.layout == 'shared' and int(model.vision.width) != int(model.text.width):
+            problem = (
+                "a 'shared' decoder reads the fused question with the fusion layers' cross-attention, which reads "
+                "image tokens: model.vision.width must equal model.text.width, or set model.decoder.layout='separate'."
+            )
         if problem is None and int(config.loss.vqa.answer_len) > int(config.model.max_text_len):
             problem = 'config key loss.vqa.answer_len must be at most model.max_text_len.'
         return problem
