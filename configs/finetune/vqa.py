@@ -7,11 +7,12 @@ the official VQA accuracy. Answers are written as JSON lines {"question_id", "an
 
 The decoder layout (arg `layout`): 'shared' (default, BLIP's VQA shape: the decoder starts from the pretrained
 BLIP run's decoder and reads the fused question with its cross-attention) or 'separate' (ALBEF's: a decoder of
-its own layers, filled from the pretrained run's fusion layers; models/decoder.py warm_start_aliases).
+its own layers; ALBEF fills them from the fusion layers, but models/decoder.py warm_start_aliases is not wired
+into the warm start yet, so only what the checkpoint holds under the same path is restored).
 
 Tiny (`:tiny`): configs/blip.py:tiny's model on the synthetic world's questions (source 'shapes_vqa': 6,000
 training questions, 600 test ones), warm-started from a tiny BLIP run (`pretrained=PATH`, default
-workdirs/blip_tiny; '' starts from scratch), minutes on 2 CPU cores:
+workdirs/blip_tiny; '' starts from scratch), batch 32, 300 steps: 10-20 minutes on 2 shared CPU cores:
 
     python -m vlp_jax.train --config configs/blip.py:tiny --workdir workdirs/blip_tiny
     python -m vlp_jax.train --config configs/finetune/vqa.py:tiny --workdir workdirs/vqa_tiny
