@@ -12,7 +12,7 @@ into the warm start yet, so only what the checkpoint holds under the same path i
 
 Tiny (`:tiny`): configs/blip.py:tiny's model on the synthetic world's questions (source 'shapes_vqa': 6,000
 training questions, 600 test ones), warm-started from a tiny BLIP run (`pretrained=PATH`, default
-workdirs/blip_tiny; '' starts from scratch), batch 32, 300 steps: 10-20 minutes on 2 shared CPU cores:
+workdirs/blip_tiny; '' starts from scratch), batch 32, 600 steps: 15-30 minutes on 2 shared CPU cores:
 
     python -m vlp_jax.train --config configs/blip.py:tiny --workdir workdirs/blip_tiny
     python -m vlp_jax.train --config configs/finetune/vqa.py:tiny --workdir workdirs/vqa_tiny
@@ -51,14 +51,14 @@ def vqa(config, pretrained: str, layout: str):
 def get_config(arg=None):
     args = parse_arg(arg, tiny=False, steps=0, pretrained='-', layout='shared')
     if args.tiny:
-        config = from_sibling(__file__, '../blip.py', f'tiny,steps={args.steps or 300}')
+        config = from_sibling(__file__, '../blip.py', f'tiny,steps={args.steps or 600}')
         config = vqa(config, DEFAULT_TINY_PRETRAINED if args.pretrained == '-' else args.pretrained, args.layout)
         config.batch_size = 32  # x 3 answer slots decoded per question; the word logits dominate a CPU step
         config.optim.lr = 3e-4
         config.optim.warmup_steps = 20
         config.data.crop_scale = (1.0, 1.0)  # a crop could cut a counted object off
-        config.eval_every = 150
-        config.checkpoint_every = 150
+        config.eval_every = 300
+        config.checkpoint_every = 300
         config.eval.vqa.k = 16  # of 55 candidates (ALBEF: 128 of 3,128); k = 55 is the exact argmax
         return config
     config = from_sibling(__file__, '../blip.py', f'steps={args.steps or 1}')
