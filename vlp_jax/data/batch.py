@@ -168,8 +168,8 @@ def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
 def example_batch(
     batch_size: int, image_size: int, text_len: int, seed: int = 0, keys: Iterable[str] = REQUIRED_KEYS
 ) -> dict[str, np.ndarray]:
-    """A random host batch of `keys` (the required ones by default; image, text and [B] fields too): for
-    benchmarks, FLOP counts and tests that need no data set."""
+    """A random host batch of `keys` (the required ones by default; image, text and other fields too, their extra
+    axes of size 1): for benchmarks, FLOP counts and tests that need no data set."""
     rng = np.random.default_rng(seed)
     fields = FIELDS
     batch = {
@@ -184,9 +184,9 @@ def example_batch(
         field = fields[key]
         if field.image:
             batch[key] = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(field.dtype)
-        elif field.text:
-            batch[key] = rng.integers(1000, 2000, (batch_size, text_len)).astype(field.dtype)
-        else:
-            assert field.rank == 1, f'example_batch makes [B] fields, images and texts, not {key!r}'
-            batch[key] = np.arange(batch_size).astype(field.dtype)
+        elif field.text:  # [B, L], or [B, 1, L] for a field of several texts per example
+            shape = (batch_size,) + (1,) * (field.rank - 2) + (text_len,)
+            batch[key] = rng.integers(1000, 2000, shape).astype(field.dtype)
+        else:  # [B], or [B, 1, ...] for a field of more axes
+            batch[key] = np.arange(batch_size).reshape((batch_size,) + (1,) * (field.rank - 1)).astype(field.dtype)
     return {key: batch[key] for key in keys}

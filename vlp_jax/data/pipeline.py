@@ -188,10 +188,19 @@ class TrainPipeline:
             field, value = batch_spec.FIELDS[key], examples['fields'][key]
             if field.of_caption:
                 value = [value[row][slot] for row, slot in enumerate(chosen)]
-            raw[key] = self.tokenizer(list(value))['text_ids'] if field.text else value
+            raw[key] = self.tokenize_field(field, value) if field.text else value
         raw = {key: np.asarray(value, batch_spec.FIELDS[key].loader_dtype) for key, value in raw.items()}
         batch_spec.check(raw, self.loaded_keys, loaded=True)
         return raw
+
+    def tokenize_field(self, field: batch_spec.Field, values) -> np.ndarray:
+        """A text field's strings -> ids: [B] strings -> [B, L]; a rank-3 field (VQA's answers) holds a list of
+        strings per example, the same number in every row -> [B, A, L]."""
+        if field.rank == 2:
+            return self.tokenizer(list(values))['text_ids']
+        rows = [list(row) for row in values]
+        ids = self.tokenizer([text for row in rows for text in row])['text_ids']
+        return ids.reshape(len(rows), -1, ids.shape[-1])
 
     def find_undecodable(self, step: int) -> int:
         """Marks the records of `step` whose images TF cannot decode as bad; returns how many were found."""
