@@ -218,6 +218,21 @@ def test_vqa_questions_keep_every_human_answer_and_the_answer_list(tmp_path):
     ]
     assert records[A].caption_fields == [{'question_id': 13, 'answers': []}]
     assert RecordSet(str(out)).index['answer_list'] == ['yes', 'no', 'two']
+    plugin = _plugin(record_tasks.VqaRecordsPlugin, record_tasks.VqaRecordsSettings, out, eval_path=out, answer_slots=3)
+    test = plugin.open('test')
+    assert len(test) == 3 and test.answer_list == ('yes', 'no', 'two')
+    batch = test.batch(np.arange(3))
+    by_question = {int(q): row for row, q in enumerate(batch['fields']['question_id'])}
+    assert sorted(by_question) == [11, 12, 13]
+    coins, round_, eye = (by_question[q] for q in (11, 12, 13))
+    assert batch['captions'][coins] == ['how many coins?'] and batch['captions'][eye] == ['is it an eye?']
+    # ALBEF's weights by hand: 'two' given by 2 of 3 humans, 'three' by 1; a pad slot weighs 0
+    assert batch['fields']['answers'][coins] == ['two', 'three', '']
+    np.testing.assert_allclose(batch['fields']['answer_weight'][coins], [2 / 3, 1 / 3, 0.0], rtol=1e-6)
+    assert batch['fields']['answers'][round_] == ['yes', '', ''] and batch['fields']['answer_weight'][round_][0] == 1
+    assert batch['fields']['human_answers'][coins] == ['two', 'two', 'three']
+    assert batch['fields']['human_answers'][eye] == [] and not batch['fields']['answer_weight'][eye].any()
+    assert batch['image'].shape == (3, SIZE, SIZE, 3) and test.field_keys == ('answers', 'answer_weight', 'question_id')
 
 
 def test_cli_prints_the_counts_and_names_the_bad_rows_and_refuses_another_format(tmp_path, capsys):

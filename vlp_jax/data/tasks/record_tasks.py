@@ -9,7 +9,10 @@ run on real data: swap `data.name` and point `data.<name>.path` at the prepared 
   2 contradiction), both splits;
 - 'records_nlvr2' (`--format nlvr2`): (left = `image`, right = `image1`, statement) with `label` (1: true);
 - 'records_grounding' (`--format grounding`): train = (image, expression) pairs with `image_id`; test =
-  expressions with the referred `box` and the `proposals` (a folder prepared with `--boxes`).
+  expressions with the referred `box` and the `proposals` (a folder prepared with `--boxes`);
+- 'records_vqa' (`--format vqa`): (image, question) with the VQA fields of data/tasks/vqa_fields.py (the
+  distinct answers weighted by the human answers, question_id, human_answers) and the folder's answer list
+  (`--answer_list`) as the ranking evaluator's candidates.
 
 A record holds one image (NLVR2: one pair) and every text asked of it; an example is one (record, text) pair,
 enumerated from the per-record text counts in index.json without reading the records. Evaluation reads
@@ -35,6 +38,14 @@ from vlp_jax.data.prepare_tasks import SNLI_LABELS
 from vlp_jax.data.record_source import split_positions
 from vlp_jax.data.records import Record, RecordSet, decode_record
 from vlp_jax.data.sources import Source, SourcePlugin
+from vlp_jax.data.tasks.vqa_fields import (
+    ANSWER_WEIGHT,
+    ANSWERS,
+    HUMAN_ANSWERS,
+    QUESTION_ID,
+    VQA_FIELDS,
+    weighted_answers,
+)
 from vlp_jax.registry import SOURCES
 
 LATERAL = re.compile(r'\b(left|right)\b', re.IGNORECASE)  # texts a horizontal flip may make false
@@ -64,6 +75,13 @@ class SnliVeRecordsSettings(TaskRecordsSettings):
 @dataclasses.dataclass(frozen=True)
 class Nlvr2RecordsSettings(TaskRecordsSettings):
     """NLVR2 on prepared records (`prepare --format nlvr2`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VqaRecordsSettings(TaskRecordsSettings):
+    """VQA on prepared records (`prepare --format vqa`, with `--answer_list` for the ranking evaluator)."""
+
+    answer_slots: int = key(10, 'distinct answers kept per question (VQA v2 asks 10 humans)', check=positive_int)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +248,35 @@ class GroundingExpressions(TaskRecordSource):
         return {'box': np.asarray(boxes, np.float32).reshape(-1, 4), 'proposals': proposals}
 
 
+class VqaQuestions(TaskRecordSource):
+    """(image, question) pairs with each question's answers (vqa_fields.py), and the folder's answer list."""
+
+    field_keys = VQA_FIELDS
+
+    def __init__(self, data: TaskRecords, positions: np.ndarray, image_size: int, answer_slots: int):
+        super().__init__(data, positions, image_size)
+        self.answer_slots = int(answer_slots)
+        self.answer_list = tuple(data.records.index.get('answer_list') or ())
+
+    def batch(self, indices: np.ndarray) -> dict[str, Any]:
+        out = super().batch(indices)
+        answers = out['fields'][HUMAN_ANSWERS]
+        out['flip_sensitive'] = [  # an answer that says left or right is made false by a flip, as a question is
+            flags | any(LATERAL.search(a) for a in said) for flags, said in zip(out['flip_sensitive'], answers)
+        ]
+        return out
+
+    def fields(self, records, slots, originals, image1):
+        humans = [list(answers) for answers in _caption_field(records, slots, 'answers')]
+        weighted = [weighted_answers(said, self.answer_slots) for said in humans]
+        return {
+            ANSWERS: [answers for answers, _ in weighted],
+            ANSWER_WEIGHT: np.asarray([weights for _, weights in weighted], np.float32).reshape(-1, self.answer_slots),
+            QUESTION_ID: np.asarray(_caption_field(records, slots, 'question_id'), np.int64),
+            HUMAN_ANSWERS: humans,
+        }
+
+
 class TaskRecordsPlugin(SourcePlugin):
     """A prepared task folder: `path` trains; `eval_path` (or the last `test_size` records of `path`) evaluates;
     `where` in an eval spec names another prepared folder, read whole."""
@@ -333,3 +380,22 @@ class GroundingRecordsPlugin(TaskRecordsPlugin):
                 '--boxes FILE and name it in data.records_grounding.eval_path.'
             )
         return GroundingExpressions(data, positions, self.context.image_size)
+
+
+@SOURCES.register('records_vqa')
+class VqaRecordsPlugin(TaskRecordsPlugin):
+    """VQA (objective 'vqa', evaluator 'vqa': eval/vqa/accuracy by ranking the folder's answer list and
+    eval/vqa/accuracy_generate)."""
+
+    Settings = VqaRecordsSettings
+    formats = ('vqa',)
+    name = 'records_vqa'
+    eval_sets = (('vqa', '', ''),)
+
+    def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
+        if where:
+            data = self._data(where)
+            positions = np.arange(len(data))
+        else:
+            data, positions = self._positions(split)
+        return VqaQuestions(data, positions, self.context.image_size, self.settings.answer_slots)
