@@ -327,3 +327,81 @@ def test_grounding_expressions_single_out_their_object():
         assert len(objects) >= 2 and (proposals[:, 2] > 0).sum() == len(objects)
         assert any((proposals == box).all(axis=1))
         assert len(named) >= 1
+
+
+def test_text_assignment_label_swaps_with_the_two_images():
+    """ALBEF Pretrain_nlvr.py's labels: 0 when image 0 is the text's own image, 1 when image 1 is, 2 when
+    neither; swapping the two images swaps 0 and 1 and keeps 2 (numpy reference on every case)."""
+    from vlp_jax.objectives.finetune import assignment_label
+
+    rng = np.random.default_rng(0)
+    anchor = rng.integers(0, 4, 200)
+    first, second = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    second = np.where(second == first, (second + 1) % 4, second)  # two distinct images, as sampled
+    expected = np.where(first == anchor, 0, np.where(second == anchor, 1, 2))
+    label = np.asarray(assignment_label(jnp.asarray(anchor), jnp.asarray(first), jnp.asarray(second)))
+    swapped = np.asarray(assignment_label(jnp.asarray(anchor), jnp.asarray(second), jnp.asarray(first)))
+    np.testing.assert_array_equal(label, expected)
+    np.testing.assert_array_equal(swapped, np.array([1, 0, 2])[expected])
+    assert set(expected.tolist()) == {0, 1, 2}
+
+
+def test_text_assignment_pairs_follow_albefs_sampling():
+    """Over 3000 draws for a 4-image batch: a third of the texts go with two other images (label 2), a third each
+    with their own image first / second; the other image's frequencies follow ALBEF's weights
+    softmax(feat @ feat.T / 0.07) with the diagonal zeroed (recomputed in numpy); the two images always differ."""
+    from vlp_jax.objectives.finetune import text_assignment_pairs
+
+    feat = np.random.default_rng(2).normal(size=(4, 3)).astype(np.float32)
+    feat /= np.linalg.norm(feat, axis=1, keepdims=True) * 3.0  # milder weights: every column drawn
+    keys = jax.random.split(jax.random.key(1), 3000)
+    first, second, label = (
+        np.asarray(a) for a in jax.vmap(lambda k: text_assignment_pairs(k, jnp.asarray(feat)))(keys)
+    )
+    anchor = np.arange(4)[None, :]
+    assert (first != second).all()
+    np.testing.assert_array_equal(first == anchor, label == 0)
+    np.testing.assert_array_equal(second == anchor, label == 1)
+    np.testing.assert_allclose(np.bincount(label.ravel(), minlength=3) / label.size, [1 / 3] * 3, atol=0.02)
+    logits = feat @ feat.T / 0.07
+    weights = np.exp(logits - logits.max(1, keepdims=True))
+    np.fill_diagonal(weights, 0)
+    weights /= weights.sum(1, keepdims=True)
+    other = np.where(label == 0, second, first)  # the drawn image of labels 0 / 1, the first draw of label 2
+    for row in range(4):
+        frequencies = np.bincount(other[:, row], minlength=4) / len(other)
+        np.testing.assert_allclose(frequencies, weights[row], atol=0.03)
+
+
+def test_text_assignment_eval_triples():
+    from vlp_jax.evaluators.tasks import assignment_triples
+
+    first, second, label = assignment_triples(5)
+    np.testing.assert_array_equal(label, [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(first, [0, 2, 3, 3, 0])
+    np.testing.assert_array_equal(second, [1, 1, 4, 4, 4])
+
+
+def test_grounding_pipeline_finds_the_object_from_a_map_hot_on_it():
+    """The known answer: a patch-grid map (8 x 8 patches of a 64-px image) that is 1 on the patches overlapping
+    the referred object's cell and 0 elsewhere, upsampled and scored as the evaluator does, picks the referred
+    box on every synthetic expression; the map hot on another object's cell picks that one (accuracy 0)."""
+    from vlp_jax.data.tasks.shapes_tasks import GroundingSource
+    from vlp_jax.evaluators.grounding import grounding_accuracy
+
+    world = ShapesWorld(
+        ShapesWorldConfig(image_size=64, captions_per_image=2, train_size=1, val_size=1, test_size=60), 0, 'test'
+    )
+    source = GroundingSource(world)
+    batch = source.batch(np.arange(len(source)))
+    boxes, proposals = batch['fields']['box'], batch['fields']['proposals']
+
+    def hot_on(cells):
+        maps = np.zeros((len(cells), 8, 8))
+        for n, (x, y, w, h) in enumerate(cells):
+            maps[n, int(y) // 8 : int(np.ceil((y + h) / 8)), int(x) // 8 : int(np.ceil((x + w) / 8))] = 1.0
+        return maps
+
+    assert grounding_accuracy(hot_on(boxes), boxes, proposals, 64) == 1.0
+    others = np.stack([next(p for p in props if p[2] > 0 and not (p == b).all()) for b, props in zip(boxes, proposals)])
+    assert grounding_accuracy(hot_on(others), boxes, proposals, 64) == 0.0
