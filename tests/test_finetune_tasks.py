@@ -405,3 +405,22 @@ def test_grounding_pipeline_finds_the_object_from_a_map_hot_on_it():
     assert grounding_accuracy(hot_on(boxes), boxes, proposals, 64) == 1.0
     others = np.stack([next(p for p in props if p[2] > 0 and not (p == b).all()) for b, props in zip(boxes, proposals)])
     assert grounding_accuracy(hot_on(others), boxes, proposals, 64) == 0.0
+
+
+def test_nlvr2_config_text_assignment_stage():
+    """`stage=ta`: objective nlvr2_ta on the paired fusion layers with a linear 3-way head, trained on captioned
+    images and scored by the text_assignment evaluator; another stage name is refused."""
+    import os
+
+    from conftest import REPO
+
+    from vlp_jax.config_files import load_config_file
+
+    path = os.path.join(REPO, 'configs', 'finetune', 'nlvr2.py')
+    config = load_config_file(f'{path}:tiny,stage=ta')
+    assert (config.objective, config.model.head, config.model.head_classes) == ('nlvr2_ta', 'linear', 3)
+    assert config.model.text.fusion_images == 2 and config.data.name == 'shapes_retrieval'
+    assert tuple(config.eval.sets) == ('nlvr2_ta=text_assignment:shapes_retrieval',)
+    assert load_config_file(f'{path}:tiny').objective == 'nlvr2'
+    with pytest.raises(Exception, match='stage'):
+        load_config_file(f'{path}:tiny,stage=pretrain')
