@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from math import comb
 
 import numpy as np
@@ -87,8 +86,8 @@ def _fmt(mean: float, half: float, signed: bool = False) -> str:
 
 def table(results: dict) -> list[str]:
     lines = [
-        '| task (metric) | chance | from scratch | from the pretrained run | pretrained - scratch (paired) |',
-        '|---|---|---|---|---|',
+        '| task (metric) | seeds | chance | from scratch | from the pretrained run | pretrained - scratch (paired) |',
+        '|---|---|---|---|---|---|',
     ]
     for task, (_, key) in TASKS.items():
         runs = results['tasks'].get(task)
@@ -96,6 +95,7 @@ def table(results: dict) -> list[str]:
             continue
         scratch, pretrained = runs['scratch'], runs['pretrained']
         cells = [
+            str(runs['seeds']),
             f'{np.mean(runs["chance"]):.3f}',
             _fmt(*interval(scratch)),
             _fmt(*interval(pretrained)),
@@ -124,12 +124,14 @@ def plot(results: dict, path: str) -> None:
         ax.set_xticks(range(len(STARTS)), STARTS)
         ax.set_title(f'{task}\n{TASKS[task][1].split("/", 1)[1]}', fontsize=9)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f'tiny synthetic tasks: from scratch vs from a pretrained run ({len(results["seeds"])} seeds)')
+    seeds = sorted({seed for task in tasks for seed in results['tasks'][task]['seeds']})
+    fig.suptitle(f'tiny synthetic tasks: from scratch vs from a pretrained run (seeds {seeds})')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def write(results: dict, args: argparse.Namespace, minutes: float) -> str:
+def write(results: dict, args: argparse.Namespace) -> str:
+    minutes = sum(results['minutes'].values())
     lines = [
         '# Pretraining transfer on the synthetic fine-tuning tasks',
         '',
@@ -153,16 +155,32 @@ def write(results: dict, args: argparse.Namespace, minutes: float) -> str:
     return text
 
 
-def run(config: str, workdir: str, steps: int, seed: int, extra: list[str], key: str) -> dict:
-    """One training run's final figures (a finished run in `workdir` is read, not rerun)."""
+def finished(workdir: str, steps: int, key: str) -> dict | None:
+    """The final eval figures of a run finished in `workdir` at `steps` (None if it is not)."""
     path = os.path.join(workdir, 'metrics.jsonl')
-    records = []
-    if os.path.exists(path):
-        with open(path) as handle:
-            records = [json.loads(line) for line in handle]
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        records = [json.loads(line) for line in handle]
     if not records or key not in records[-1] or records[-1].get('step') != steps:
-        records = train(config, workdir, steps, seed, extra)
+        return None
     return {k: v for k, v in records[-1].items() if k.startswith('eval/')}
+
+
+def run_minutes(workdir: str) -> float:
+    """Wall minutes of a run: its config.json written at the start, metrics.jsonl last at its final eval."""
+    paths = [os.path.join(workdir, name) for name in ('config.json', 'metrics.jsonl')]
+    return (os.path.getmtime(paths[1]) - os.path.getmtime(paths[0])) / 60
+
+
+def run(config: str, workdir: str, steps: int, seed: int, extra: list[str], key: str, collect: bool) -> dict | None:
+    """One training run's final figures: a finished run in `workdir` is read, not rerun; with `collect` an
+    unfinished one is None."""
+    figures = finished(workdir, steps, key)
+    if figures is None and not collect:
+        train(config, workdir, steps, seed, extra)
+        figures = finished(workdir, steps, key)
+    return figures
 
 
 def main() -> None:
@@ -170,10 +188,11 @@ def main() -> None:
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--pretrain-steps', type=int, default=300)
     parser.add_argument('--task-steps', type=int, default=100)
-    parser.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS))
+    parser.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS), help='run in this order')
     parser.add_argument('--workdir', default='workdirs/experiments/transfer')
     parser.add_argument('--out', default='docs/results')
     parser.add_argument('--name', default='transfer', help='stem of the output files')
+    parser.add_argument('--collect', action='store_true', help='train nothing: tabulate the runs finished so far')
     args, extra = parser.parse_known_args()  # every --config.KEY=VALUE given: an override for every run
     if any(not item.startswith('--config.') for item in extra):
         parser.error(f'unrecognized arguments (only --config.KEY=VALUE overrides pass through): {extra}')
@@ -182,40 +201,41 @@ def main() -> None:
     # Seeds and starts share every shape: compile each program once.
     os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.abspath(os.path.join(args.workdir, 'jax_cache')))
     os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-    started = time.monotonic()
-    results = {'seeds': [], 'pretrain': [], 'tasks': {}, 'minutes': {}}
+    results = {'seeds': [], 'pretrain': {}, 'tasks': {}, 'minutes': {}}
     for seed in args.seeds:
         print(f'seed {seed}: pretraining', flush=True)
         pre_dir = os.path.abspath(os.path.join(args.workdir, f'pretrain_seed{seed}'))
-        begun = time.monotonic()
-        key = 'eval/retrieval/t2i_r1'
-        results['pretrain'].append(
-            run(
-                f'{PRETRAIN}:steps={args.pretrain_steps}',
-                pre_dir,
-                args.pretrain_steps,
-                seed,
-                [*RECIPE, *args.extra],
-                key,
-            )
-        )
-        results['minutes'][f'pretrain_seed{seed}'] = (time.monotonic() - begun) / 60
+        config = f'{PRETRAIN}:steps={args.pretrain_steps}'
+        extra = [*RECIPE, *args.extra]
+        pretrain = run(config, pre_dir, args.pretrain_steps, seed, extra, 'eval/retrieval/t2i_r1', args.collect)
+        if pretrain is None:
+            continue
+        results['seeds'].append(seed)
+        results['pretrain'][seed] = pretrain
+        results['minutes'][f'pretrain_seed{seed}'] = run_minutes(pre_dir)
         for task in args.tasks:
             config, key = TASKS[task]
-            runs = results['tasks'].setdefault(task, {'chance': [], **{start: [] for start in STARTS}})
+            figures = {}
             for start in STARTS:
                 print(f'seed {seed}: {task} from {start}', flush=True)
                 extra = [f'--config.model.init_checkpoint={pre_dir}'] if start == 'pretrained' else []
                 workdir = os.path.join(args.workdir, f'{task}_{start}_seed{seed}')
-                begun = time.monotonic()
-                figures = run(
-                    f'{config}:tiny,steps={args.task_steps}', workdir, args.task_steps, seed, [*extra, *args.extra], key
+                config_arg = f'{config}:tiny,steps={args.task_steps}'
+                figures[start] = run(
+                    config_arg, workdir, args.task_steps, seed, [*extra, *args.extra], key, args.collect
                 )
-                results['minutes'][f'{task}_{start}_seed{seed}'] = (time.monotonic() - begun) / 60
-                runs[start].append(float(figures[key]))
-            runs['chance'].append(chance(task, seed, workdir))
-        results['seeds'].append(seed)
-        print(write(results, args, (time.monotonic() - started) / 60), flush=True)
+                if figures[start] is not None:
+                    results['minutes'][f'{task}_{start}_seed{seed}'] = run_minutes(workdir)
+            if all(figures[start] is not None for start in STARTS):  # only paired seeds enter the table
+                runs = results['tasks'].setdefault(task, {'seeds': [], 'chance': [], **{s: [] for s in STARTS}})
+                runs['seeds'].append(seed)
+                runs['chance'].append(chance(task, seed, workdir))
+                for start in STARTS:
+                    runs[start].append(float(figures[start][key]))
+        if not args.collect:
+            print(write(results, args), flush=True)
+    if args.collect:
+        print(write(results, args), flush=True)
 
 
 if __name__ == '__main__':
