@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument('--workdir', default='workdirs/experiments/transfer')
     parser.add_argument('--out', default='docs/results')
     parser.add_argument('--name', default='transfer', help='stem of the output files')
+    parser.add_argument('--starts', nargs='+', default=list(STARTS), choices=STARTS, help='train only these starts')
     parser.add_argument('--collect', action='store_true', help='train nothing: tabulate the runs finished so far')
     args, extra = parser.parse_known_args()  # every --config.KEY=VALUE given: an override for every run
     if any(not item.startswith('--config.') for item in extra):
@@ -207,12 +208,14 @@ def main() -> None:
         pre_dir = os.path.abspath(os.path.join(args.workdir, f'pretrain_seed{seed}'))
         config = f'{PRETRAIN}:steps={args.pretrain_steps}'
         extra = [*RECIPE, *args.extra]
-        pretrain = run(config, pre_dir, args.pretrain_steps, seed, extra, 'eval/retrieval/t2i_r1', args.collect)
-        if pretrain is None:
+        only_read = args.collect or 'pretrained' not in args.starts  # from-scratch runs need no pretraining
+        pretrain = run(config, pre_dir, args.pretrain_steps, seed, extra, 'eval/retrieval/t2i_r1', only_read)
+        if pretrain is None and not only_read:
             continue
-        results['seeds'].append(seed)
-        results['pretrain'][seed] = pretrain
-        results['minutes'][f'pretrain_seed{seed}'] = run_minutes(pre_dir)
+        if pretrain is not None:
+            results['seeds'].append(seed)
+            results['pretrain'][seed] = pretrain
+            results['minutes'][f'pretrain_seed{seed}'] = run_minutes(pre_dir)
         for task in args.tasks:
             config, key = TASKS[task]
             figures = {}
