@@ -224,9 +224,8 @@ def main() -> None:
                 extra = [f'--config.model.init_checkpoint={pre_dir}'] if start == 'pretrained' else []
                 workdir = os.path.join(args.workdir, f'{task}_{start}_seed{seed}')
                 config_arg = f'{config}:tiny,steps={args.task_steps}'
-                figures[start] = run(
-                    config_arg, workdir, args.task_steps, seed, [*extra, *args.extra], key, args.collect
-                )
+                read = args.collect or start not in args.starts or (start == 'pretrained' and pretrain is None)
+                figures[start] = run(config_arg, workdir, args.task_steps, seed, [*extra, *args.extra], key, read)
                 if figures[start] is not None:
                     results['minutes'][f'{task}_{start}_seed{seed}'] = run_minutes(workdir)
             if all(figures[start] is not None for start in STARTS):  # only paired seeds enter the table
