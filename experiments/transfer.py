@@ -136,13 +136,13 @@ def write(results: dict, args: argparse.Namespace) -> str:
         '# Pretraining transfer on the synthetic fine-tuning tasks',
         '',
         f'`experiments/transfer.py {" ".join(sys.argv[1:])}`: seeds {results["seeds"]}; each seed pretrains '
-        f"`{PRETRAIN}:steps={args.pretrain_steps} {' '.join(RECIPE)}` and fine-tunes every task's `:tiny` config "
-        f'for {args.task_steps} steps (batch 64, lr 3e-4) from that run and from scratch; {minutes:.0f} min in all '
-        'on 2 shared CPU cores. Means over seeds ± the half-width of the 95% t-interval; the difference is paired by '
-        'seed (same data order and head initialisation). Retrieval: r_mean in percent over the test images x 5 '
-        'captions (`data.shapes_retrieval.test_size`, 300 unless --extra says); chance is a random ranking. '
-        'SNLI-VE / NLVR2: accuracy on 300 test examples whose text alone is '
-        'at chance; grounding: accuracy of the best Grad-CAM proposal at IoU >= 0.5, chance = mean 1 / objects.',
+        f"`{PRETRAIN}:steps={args.pretrain_steps} {' '.join(RECIPE)}` and fine-tunes every task's `:tiny` "
+        f'config for {args.task_steps} steps (batch 64, lr 3e-4) from that run and from scratch; the runs took '
+        f'{minutes:.0f} min on 2 shared CPU cores. Means over seeds ± the half-width of the 95% t-interval; '
+        'the difference is paired by seed (same data order and head initialisation). Retrieval: r_mean in '
+        'percent over the test images x 5 captions (`data.shapes_retrieval.test_size`, 300 unless overridden); '
+        'chance is a random ranking. SNLI-VE / NLVR2: accuracy on 300 test examples whose text alone is at '
+        'chance; grounding: accuracy of the best Grad-CAM proposal at IoU >= 0.5, chance = mean 1 / objects.',
         '',
         *table(results),
         '',
