@@ -7,6 +7,8 @@
   eval.rerank_k 0 (or a dual encoder) the ITC ranking is reported.
 - 'accuracy': a classification task's accuracy (SNLI-VE, NLVR2): the run's task head on each test example,
   argmax against its 'label'; eval/<set name>/accuracy.
+- 'text_assignment': NLVR2's text-assignment pre-stage (objective 'nlvr2_ta'): captioned images in fixed
+  pairs, 3 classes (the caption's image is image 0 / image 1 / neither); eval/<set name>/accuracy.
 """
 
 from __future__ import annotations
@@ -107,3 +109,37 @@ class TaskAccuracyEvaluator(Evaluator):
         assert model.setup is not None and hasattr(model.setup.objective, 'logits'), 'needs a task objective'
         logits = embed_in_batches(self._function(model), tuple(self.arrays.values()), model.batch_size, model.mesh)
         return {f'eval/{self.name}/accuracy': accuracy(logits, self.labels)}
+
+
+def assignment_triples(count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed text-assignment test triples over `count` captioned images: text i with j = i + 1 and k = i + 2
+    (mod count) as (i, j) label 0, (j, i) label 1 or (j, k) label 2, by i mod 3: ([N] image 0, [N] image 1,
+    [N] labels)."""
+    i = np.arange(count)
+    j, k, label = (i + 1) % count, (i + 2) % count, i % 3
+    first = np.where(label == 0, i, j)
+    second = np.where(label == 0, j, np.where(label == 1, i, k))
+    return first, second, label.astype(np.int32)
+
+
+@EVALUATORS.register('text_assignment')
+class TextAssignmentEvaluator(TaskAccuracyEvaluator):
+    """NLVR2's text-assignment accuracy on a captioned set (objective 'nlvr2_ta'): each image's first caption
+    with the fixed pairs of assignment_triples; eval/<set name>/accuracy. Coarse captions can be true of the
+    other image too, so 1.0 is not reachable on every set."""
+
+    def __init__(self, spec: EvalSpec, source: Source, context: EvalContext):
+        indices = spread_indices(len(source), context.settings.classification_size)
+        examples, _, _ = load_examples(source, indices, context.image_size)
+        tokens = shared_tokenizer(context.max_text_len)([captions[0] for captions in examples['captions']])
+        images = normalise_images(examples['image'])
+        first, second, self.labels = assignment_triples(len(indices))
+        Evaluator.__init__(self, spec, source, context)
+        self.arrays = {
+            'image': images[first],
+            'text_ids': tokens['text_ids'],
+            'text_mask': tokens['text_mask'],
+            'image1': images[second],
+        }
+        self.name = spec.name or 'text_assignment'
+        self._jitted = None

@@ -11,6 +11,9 @@ starts from a pretrained run (`model.init_checkpoint`, warm_start.py).
   head (model.head 'mlp', 3 classes), cross-entropy on the batch's 'label'.
 - 'nlvr2' (ALBEF `models/model_nlvr.py`): the same on two images (model.text.fusion_images=2: paired fusion
   layers, models/bi_fusion.py), 2 classes.
+- 'nlvr2_ta' (ALBEF `models/model_pretrain_nlvr.py`, the text-assignment pre-stage before 'nlvr2'): captioned
+  images; each caption with two images of the batch through the paired fusion layers, 3 classes (its image is
+  image 0 / image 1 / neither), the other images drawn by image-image similarity.
 """
 
 from __future__ import annotations
@@ -200,3 +203,54 @@ class Nlvr2(TaskClassification):
     batch_keys = (*batch_spec.REQUIRED_KEYS, 'label', 'image1')
     classes = 2
     images = 2
+
+
+NEITHER = 2  # text-assignment class: the text belongs to neither image (0: image 0, 1: image 1)
+
+
+def assignment_label(anchor: jax.Array, first: jax.Array, second: jax.Array) -> jax.Array:
+    """[B] int32 text-assignment class of text `anchor` (its own image's row) shown images (`first`,
+    `second`): 0 when image 0 is its image, 1 when image 1 is, else NEITHER."""
+    return jnp.where(first == anchor, 0, jnp.where(second == anchor, 1, NEITHER)).astype(jnp.int32)
+
+
+def text_assignment_pairs(rng: jax.Array, image_embed: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """ALBEF Pretrain_nlvr.py's pairs for the batch's texts (text b is image b's caption): ([B] image 0 rows,
+    [B] image 1 rows, [B] labels). Weights softmax(image_feat @ image_feat.T / 0.07) with the diagonal 0; with
+    probability 2/3 one image drawn from them goes with image b, b first or second at even odds (label 0 / 1);
+    else two distinct images drawn from them (label 2). Sampling without replacement is the Gumbel top-2."""
+    batch = image_embed.shape[0]
+    feat = jax.lax.stop_gradient(image_embed).astype(jnp.float32)
+    logits = jnp.where(jnp.eye(batch, dtype=bool), -jnp.inf, feat @ feat.T / 0.07)
+    kind, side, gumbel = jax.random.split(rng, 3)
+    top2 = jax.lax.top_k(logits + jax.random.gumbel(gumbel, logits.shape), 2)[1]
+    anchor = jnp.arange(batch)
+    neither = jax.random.uniform(kind, (batch,)) < 1 / 3
+    anchor_first = jax.random.uniform(side, (batch,)) < 0.5
+    first = jnp.where(neither, top2[:, 0], jnp.where(anchor_first, anchor, top2[:, 0]))
+    second = jnp.where(neither, top2[:, 1], jnp.where(anchor_first, top2[:, 0], anchor))
+    return first, second, assignment_label(anchor, first, second)
+
+
+@OBJECTIVES.register('nlvr2_ta')
+class Nlvr2TextAssignment(TaskClassification):
+    """NLVR2's text-assignment pre-stage (ALBEF models/model_pretrain_nlvr.py): captioned images; each text
+    goes to the paired fusion layers with two images of the batch (text_assignment_pairs), the linear ta_head
+    on [CLS] says which image is its own (0 / 1) or neither (2); cross-entropy."""
+
+    batch_keys = batch_spec.REQUIRED_KEYS
+    classes = 3
+    images = 2
+
+    def loss(self, params, extra, frozen, batch, rng, step):
+        towers, pairing, fusion = jax.random.split(rng, 3)
+        inputs = tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS)
+        out = self._apply(params, *inputs, rng=towers)
+        first, second, labels = text_assignment_pairs(pairing, out['image_embed'])
+        tokens = out['image_tokens']
+        contexts = (tokens[first], tokens[second])
+        fused = self._apply(params, out['text_tokens'], batch['text_mask'], contexts, method='fuse', rng=fusion)
+        logits = self._apply(params, fused, method='head_logits')
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        return loss, {'train/task_loss': loss, 'train/accuracy': accuracy}, {}

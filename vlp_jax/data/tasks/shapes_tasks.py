@@ -6,13 +6,17 @@ Every example is a pure function of (seed, split, index). Truth comes from the s
 - 'shapes_retrieval' (retrieval fine-tuning): one example per (image, caption) pair, as ALBEF's retrieval
   json lists them, with the pair's `image_id` (the image's index): the captions of one image are each
   other's positives. Its 'val'/'test' splits are the world's own retrieval sets (every image with 5 captions).
-- 'shapes_snli_ve' (SNLI-VE): premise = a scene image; hypothesis = one of its own captions (entailment), a
-  caption of another scene that is false of this one (contradiction), or one of its own captions followed by
-  a claim no image can show ("made of wood": neutral). A contradiction carries such a claim half of the time,
-  so the claim alone does not decide. Labels 0 entailment, 1 neutral, 2 contradiction (SNLI-VE's order).
-- 'shapes_nlvr2' (NLVR2): two scene images (left = 'image', right = 'image1') and a statement "the left image
-  shows C" / "the right image shows C" / "both images show C" for a caption C of either scene or another one;
-  label 1 when it is true of the scene(s) it names, else 0 (drawn first: balanced classes).
+- 'shapes_snli_ve' (SNLI-VE): hypothesis "a <colour> <shape>" (the world's synonyms and prefixes); premise = a
+  pool scene of three objects with one of them painted grey, so its colour cannot be seen. Entailment: another object is
+  a <colour> <shape>; neutral: none is, but the grey object is a <shape> (it may or may not be <colour>);
+  contradiction: neither. Labels 0 entailment, 1 neutral, 2 contradiction (SNLI-VE's order).
+- 'shapes_nlvr2' (NLVR2): two pool scene images (left = 'image', right = 'image1') and a statement "the left
+  image shows C" / "the right image shows C" / "both images show C" for a caption C of a random scene; label 1
+  when it is true of the scene(s) it names, else 0.
+
+In both, the text (template and caption / hypothesis) and the label are drawn independently of each other and
+the images are then drawn from a pool of the split's scenes to give the statement that label, so the text
+alone is at chance (tests/test_finetune_tasks.py checks a text-only classifier).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from vlp_jax.config import key, positive_int
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source, SourceContext, SourcePlugin
 from vlp_jax.data.synthetic import (
+    COLOUR_RGB,
     COLOURS,
     DETAILS,
     MAX_OBJECTS,
@@ -34,20 +39,18 @@ from vlp_jax.data.synthetic import (
     SPLIT_IDS,
     ShapesWorld,
     ShapesWorldConfig,
+    _scene,
     _scene_array,
     captions_true_of_scenes,
 )
-from vlp_jax.data.synthetic_captions import COLOUR, GRID, POSITION, SHAPE, SIZE
+from vlp_jax.data.synthetic_captions import COLOUR, COLOUR_WORDS, GRID, POSITION, PREFIXES, SHAPE, SHAPE_WORDS, SIZE
 from vlp_jax.data.synthetic_source import ShapesSource
 from vlp_jax.registry import SOURCES
 
 TASK_STREAM = 104_729  # keeps a task's own draws apart from the world's
 SNLI_LABELS = ('entailment', 'neutral', 'contradiction')
 ENTAILMENT, NEUTRAL, CONTRADICTION = range(3)
-UNSEEN_CLAIMS = ('made of wood', 'made of paper', 'drawn yesterday', 'that is heavy')
 NLVR2_TEMPLATES = ('the left image shows {}', 'the right image shows {}', 'both images show {}')
-CONTRADICTION_TRIES = 64
-NLVR2_TRIES = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,82 +166,135 @@ class ShapesRetrievalPlugin(SourcePlugin):
         return (('retrieval_ft', '', ''),)
 
 
+HIDDEN_GREY = np.asarray((170, 170, 170), np.uint8)  # no COLOUR_RGB entry, no background value (<= 137)
+POOL_MIN = 1000  # premise / pair images are drawn from a split pool of at least this many scenes
+
+
+def _pool_scenes(world: ShapesWorld) -> np.ndarray:
+    """int32 [N, MAX_OBJECTS, 4] scene rows of every image of `world` (no captions, no rendering)."""
+    return np.stack(
+        [_scene_array(_scene(world._uniforms(i).tolist(), world.config.max_objects)[0]) for i in range(len(world))]
+    )
+
+
+def hypothesis_text(shape: int, colour: int, rng: np.random.Generator) -> str:
+    """'there is a crimson disc': a prefix, an article, a colour and a shape synonym (the world's words)."""
+    colour_word = COLOUR_WORDS[colour][int(rng.integers(len(COLOUR_WORDS[colour])))]
+    shape_word = SHAPE_WORDS[shape][int(rng.integers(len(SHAPE_WORDS[shape])))]
+    prefix = PREFIXES[int(rng.integers(len(PREFIXES)))]
+    article = 'an' if colour_word[0] in 'aeiou' else 'a'
+    return f'{prefix}{article} {colour_word} {shape_word}'
+
+
+def snli_relations(scenes: np.ndarray, shape: int, colour: int) -> np.ndarray:
+    """int32 [N, MAX_OBJECTS]: the SNLI-VE label of "a <colour> <shape>" for premise (scene n, object k greyed);
+    -1 where object k does not exist or the scene has fewer than MAX_OBJECTS objects (then the object count tells
+    nothing of the label: an entailment needs two objects). Entailment: another object is a <colour> <shape>
+    (its colour is seen); neutral: none is, but the greyed object is a <shape> (its colour cannot be seen);
+    contradiction: neither."""
+    exists = scenes[:, :, SHAPE] >= 0
+    match = exists & (scenes[:, :, SHAPE] == shape) & (scenes[:, :, COLOUR] == colour)
+    others = match.sum(axis=1, keepdims=True) - match  # matching objects other than k
+    grey_shape = exists & (scenes[:, :, SHAPE] == shape)
+    label = np.where(others > 0, ENTAILMENT, np.where(grey_shape, NEUTRAL, CONTRADICTION))
+    full = np.all(exists, axis=1, keepdims=True)
+    return np.where(exists & full, label, -1).astype(np.int32)
+
+
+def grey_object(image: np.ndarray, obj: np.ndarray) -> np.ndarray:
+    """A copy of `image` with object `obj`'s pixels (its exact colour, inside its grid cell) painted grey."""
+    out = image.copy()
+    x, y, w, h = cell_box(int(obj[POSITION]), image.shape[0])
+    cell = out[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))]
+    cell[np.all(cell == COLOUR_RGB[int(obj[COLOUR])], axis=-1)] = HIDDEN_GREY
+    return out
+
+
 class SnliVeSource(Source):
-    """SNLI-VE examples of a world split: premise image, hypothesis (the one caption), its label."""
+    """SNLI-VE examples of a world split: the hypothesis "a <colour> <shape>" and the label are drawn
+    independently, then a premise (pool image, greyed object) with that label is drawn from the pool: the text
+    alone tells nothing of the label."""
 
     field_keys = ('label',)
     class_names = SNLI_LABELS
 
     def __init__(self, world: ShapesWorld, size: int):
-        self.world, self.size, self.scenes = world, size, _SceneText(world)
+        self.world, self.size = world, size
+        self.scenes = _pool_scenes(world)
+        self._relations: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.size
 
-    def example(self, index: int) -> tuple[str, int]:
-        """(hypothesis, label) of example `index` (its premise is the world's image `index`)."""
+    def example(self, index: int) -> tuple[str, int, int, int]:
+        """(hypothesis, label, pool image, greyed object) of example `index`, without rendering."""
         rng = _rng(self.world.seed, self.world.split, index)
+        shape, colour = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS)))
+        text = hypothesis_text(shape, colour, rng)
         label = int(rng.integers(3))
-        scene, captions = self.scenes.scene(index)
-        claim = UNSEEN_CLAIMS[int(rng.integers(len(UNSEEN_CLAIMS)))]
-        if label != CONTRADICTION:
-            text = captions[int(rng.integers(len(captions)))][0]
-            return (text if label == ENTAILMENT else f'{text} {claim}'), label
-        for _ in range(CONTRADICTION_TRIES):  # a caption of another scene that is false of this one
-            other = int(rng.integers(len(self.world)))
-            text, spec = self.scenes.scene(other)[1][int(rng.integers(self.world.captions_per_image))]
-            if not true_of(spec, scene):
-                return (f'{text} {claim}' if rng.random() < 0.5 else text), CONTRADICTION
-        raise DataError(f'no contradicting caption found for SNLI-VE example {index}')
+        if (shape, colour) not in self._relations:
+            self._relations[shape, colour] = snli_relations(self.scenes, shape, colour)
+        images, objects = np.nonzero(self._relations[shape, colour] == label)
+        if not len(images):
+            raise DataError(
+                f'no premise of label {SNLI_LABELS[label]} for {text!r} among {len(self.scenes)} scenes; '
+                'raise the task size.'
+            )
+        pick = int(rng.integers(len(images)))
+        return text, label, int(images[pick]), int(objects[pick])
 
     def batch(self, indices: np.ndarray) -> dict[str, Any]:
-        indices = np.asarray(indices, np.int64)
-        made = [self.example(int(i)) for i in indices]
+        made = [self.example(int(i)) for i in np.asarray(indices, np.int64)]
+        rendered = self.world.batch(np.asarray([image for _, _, image, _ in made], np.int64))['image']
+        images = np.stack([grey_object(rendered[n], self.scenes[m[2], m[3]]) for n, m in enumerate(made)])
         return {
-            'image': self.world.batch(indices)['image'],
-            'captions': [[text] for text, _ in made],
-            'fields': {'label': np.asarray([[label] for _, label in made], np.int32)},
+            'image': images,
+            'captions': [[text] for text, *_ in made],
+            'fields': {'label': np.asarray([[m[1]] for m in made], np.int32)},
         }
 
 
 class Nlvr2Source(Source):
-    """NLVR2 examples of a world split: images 2i and 2i + 1, a statement, its truth."""
+    """NLVR2 examples of a world split: the template, a caption C of a random pool scene and the label are drawn
+    independently, then the two images are drawn from the pool so that the statement has that truth."""
 
     field_keys = ('label', 'image1')
 
     def __init__(self, world: ShapesWorld, size: int):
-        self.world, self.size, self.scenes = world, size, _SceneText(world)
+        self.world, self.size, self.text = world, size, _SceneText(world)
+        self.scenes = _pool_scenes(world)
 
     def __len__(self) -> int:
         return self.size
 
-    def example(self, index: int) -> tuple[str, int]:
-        """(statement, label) of example `index`: the label is drawn first (balanced classes), then captions of
-        the pair or of other scenes are tried until the statement has that truth (a 'both' statement falls back
-        to a one-image template now and then, as few captions are true of two scenes)."""
+    def example(self, index: int) -> tuple[str, int, int, int]:
+        """(statement, label, left pool image, right pool image) of example `index`, without rendering. A
+        false 'both' statement is false of the left image, the right one or both (a third each)."""
         rng = _rng(self.world.seed, self.world.split, index)
-        left, right = self.scenes.scene(2 * index), self.scenes.scene(2 * index + 1)
-        label = int(rng.integers(2))
         which = int(rng.integers(len(NLVR2_TEMPLATES)))
-        for attempt in range(NLVR2_TRIES):
-            if attempt % 32 == 31:
-                which = int(rng.integers(2))
-            other = int(rng.integers(len(self.world)))
-            donor = (left, right, self.scenes.scene(other))[int(rng.integers(3))]
-            text, spec = donor[1][int(rng.integers(len(donor[1])))]
-            truths = (true_of(spec, left[0]), true_of(spec, right[0]))
-            if int(truths[which] if which < 2 else truths[0] and truths[1]) == label:
-                return NLVR2_TEMPLATES[which].format(text), label
-        raise DataError(f'no NLVR2 statement of label {label} found for example {index}')
+        captions = self.text.scene(int(rng.integers(len(self.scenes))))[1]
+        text, spec = captions[int(rng.integers(len(captions)))]
+        label = int(rng.integers(2))
+        truth = captions_true_of_scenes(spec[None], self.scenes)[0]
+        pools = (np.flatnonzero(~truth), np.flatnonzero(truth))
+        if not len(pools[0]):
+            raise DataError(f'no scene of the pool makes {text!r} false (example {index}); raise the task size.')
+        if which == 2:
+            sides = (1, 1) if label else ((1, 0), (0, 1), (0, 0))[int(rng.integers(3))]
+        else:
+            other = int(rng.integers(2))
+            sides = (label, other) if which == 0 else (other, label)
+        left, right = (int(pools[s][int(rng.integers(len(pools[s])))]) for s in sides)
+        return NLVR2_TEMPLATES[which].format(text), label, left, right
 
     def batch(self, indices: np.ndarray) -> dict[str, Any]:
-        indices = np.asarray(indices, np.int64)
-        made = [self.example(int(i)) for i in indices]
-        images = self.world.batch(np.stack([2 * indices, 2 * indices + 1], axis=1).ravel())['image']
+        made = [self.example(int(i)) for i in np.asarray(indices, np.int64)]
+        pairs = np.asarray([[left, right] for _, _, left, right in made], np.int64).ravel()
+        images = self.world.batch(pairs)['image']
         return {
             'image': images[0::2],
-            'captions': [[text] for text, _ in made],
-            'fields': {'label': np.asarray([[label] for _, label in made], np.int32), 'image1': images[1::2]},
+            'captions': [[text] for text, *_ in made],
+            'fields': {'label': np.asarray([[m[1]] for m in made], np.int32), 'image1': images[1::2]},
         }
 
 
@@ -250,7 +306,8 @@ class ShapesSnliVePlugin(SourcePlugin):
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         size = self.settings.train_size if split == 'train' else self.settings.test_size
-        world = ShapesWorld(_world(self.settings, self.context, max(size, 1), max(size, 1)), self.context.seed, split)
+        pool = max(size, POOL_MIN)
+        world = ShapesWorld(_world(self.settings, self.context, pool, pool), self.context.seed, split)
         return SnliVeSource(world, size)
 
     def train_size(self) -> int:
@@ -268,7 +325,8 @@ class ShapesNlvr2Plugin(SourcePlugin):
 
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         size = self.settings.train_size if split == 'train' else self.settings.test_size
-        world = ShapesWorld(_world(self.settings, self.context, 2 * size, 2 * size), self.context.seed, split)
+        pool = max(size, POOL_MIN)
+        world = ShapesWorld(_world(self.settings, self.context, pool, pool), self.context.seed, split)
         return Nlvr2Source(world, size)
 
     def train_size(self) -> int:
