@@ -119,6 +119,7 @@ def _negative_cosines(run_dir, order_of_epoch):
     return np.array(out)
 
 
+@pytest.mark.slow  # CI budget: ~30-60 s of 2-core CPU; run with -m slow
 def test_grouped_batches_are_harder_than_random_for_a_fixed_model(trained_grit_run):
     """GRIT's order against a random permutation of the same examples, both judged by one model on the
     same inputs: grouped batches hold more similar negatives.
@@ -134,6 +135,7 @@ def test_grouped_batches_are_harder_than_random_for_a_fixed_model(trained_grit_r
     assert grit.mean() - random.mean() > 3 * random.std(), (grit, random)
 
 
+@pytest.mark.slow  # CI budget: ~30-60 s of 2-core CPU; run with -m slow
 def test_grit_resume_mid_epoch_after_a_queue_fill(grit_run, tmp_path):
     workdir = tmp_path / 'resumed'
     run_cli('vlp_jax.train', _args(workdir, ('--stop_at_step=17',)))  # epoch 1, after its first queue fill (step 16)

@@ -51,6 +51,7 @@ def _one_line_error(result):
     return lines[0]
 
 
+@pytest.mark.slow  # CI budget: ~30-60 s of 2-core CPU; run with -m slow
 def test_srcl_cosmo_one_and_eight_devices_agree_and_resume(reference, tmp_path):
     eight, one = tmp_path / 'eight', tmp_path / 'one'
     run_cli('vlp_jax.train', _args('shapes_srcl_cosmo.py', f'reference={reference}', eight, CONVERT_ALL), devices=8)

@@ -150,7 +150,7 @@ def test_the_pipeline_tokenises_each_answer_like_a_caption():
 
     source = plugin().open('train')
     order = SimpleNamespace(epoch_order=lambda epoch: np.arange(len(source)), order_known_ahead=True)
-    data = SimpleNamespace(crop_scale=(1.0, 1.0), flip='auto', workers=1, prefetch=1)
+    data = SimpleNamespace(crop_scale=(1.0, 1.0), flip='auto', workers=1, prefetch=1, backend='auto')
     pipeline = TrainPipeline(source, order, data, seed=0, batch_size=4, image_size=32, max_text_len=12)
     raw = pipeline.raw_batch(0)
     assert raw['answers'].shape == (4, ANSWER_SLOTS, 12) and raw['answer_weight'].shape == (4, ANSWER_SLOTS)

@@ -78,6 +78,22 @@ class FakeModel:
         c = self.summary(cache['context'], context_mask)
         return self.logits(c, token[:, None])[:, 0], cache
 
+    # Decoding's LM head is linear in lm_transform's output: logits = lm_transform(h) @ table.T + bias. `logits`
+    # is that too, by cos(a + b) = cos a cos b - sin a sin b, over 14 features: (cos 5c, sin 5c) in the slot of
+    # the read token's residue t % 7 and zeros elsewhere; the table's row v holds 3 (cos a, -sin a) per residue.
+    def decoder_step_hidden(self, token, position, cache, context_mask):
+        c = self.summary(cache['context'], context_mask)
+        return jnp.stack([token.astype(jnp.float32), c], axis=-1), cache
+
+    def lm_transform(self, hidden):
+        residue = jax.nn.one_hot(hidden[..., 0].astype(jnp.int32) % 7, 7)
+        angle = 5.0 * hidden[..., 1:2]
+        return jnp.concatenate([residue * jnp.cos(angle), residue * jnp.sin(angle)], axis=-1)
+
+    def lm_head_weights(self):
+        a = 1e-3 * jnp.arange(VOCAB, dtype=jnp.float32)[:, None] * (1 + jnp.arange(7, dtype=jnp.float32))[None]
+        return jnp.concatenate([3.0 * jnp.cos(a), -3.0 * jnp.sin(a)], axis=-1), jnp.zeros(VOCAB, jnp.float32)
+
 
 def np_logits(c: float, tokens) -> np.ndarray:
     v = np.arange(VOCAB, dtype=np.float64)
