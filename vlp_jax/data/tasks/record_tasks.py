@@ -311,12 +311,14 @@ class TaskRecordsPlugin(SourcePlugin):
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         if where:
             data = self._data(where)
-            positions = np.arange(len(data))
-        else:
-            data, positions = self._positions(split)
-        if split == 'train' and not where:
-            return self.train_class(data, positions, self.context.image_size)
+            return self.test_source(data, np.arange(len(data)))
+        data, positions = self._positions(split)
+        if split == 'train':
+            return self.train_source(data, positions)
         return self.test_source(data, positions)
+
+    def train_source(self, data: TaskRecords, positions: np.ndarray) -> Source:
+        return self.train_class(data, positions, self.context.image_size)
 
     def test_source(self, data: TaskRecords, positions: np.ndarray) -> Source:
         return self.test_class(data, positions, self.context.image_size)
@@ -392,10 +394,7 @@ class VqaRecordsPlugin(TaskRecordsPlugin):
     name = 'records_vqa'
     eval_sets = (('vqa', '', ''),)
 
-    def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
-        if where:
-            data = self._data(where)
-            positions = np.arange(len(data))
-        else:
-            data, positions = self._positions(split)
+    def train_source(self, data: TaskRecords, positions: np.ndarray) -> Source:
         return VqaQuestions(data, positions, self.context.image_size, self.settings.answer_slots)
+
+    test_source = train_source
