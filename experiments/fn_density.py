@@ -6,7 +6,8 @@ Every method trains configs/fashion_mnist.py at each caption granularity ('class
 'group2': 10%, 22%, 52% of a batch's pairs are false negatives by construction; the probe logs the
 measured share), with the same seeds, so run s of every method sees the same data order and the same
 initial weights: the comparison is paired by seed. SRCL and COSMO read a reference model trained first
-with InfoNCE on the same captions (seed 1000, never one of the compared seeds). It writes, per
+with InfoNCE on the same captions (seed 1000, never one of the compared seeds); COSMO's threshold is that
+reference's median cosine of matched training pairs (experiments/cosmo_threshold.py: no labels). It writes, per
 granularity, each method's metrics and its paired difference from InfoNCE with a 95% t-interval
 (docs/results/NAME.md), the gain-vs-density plot (NAME.png) and every run's figures (NAME.json).
 Finished runs in --workdir are reused, so an interrupted sweep resumes; `--steps 2` is the smoke test.
@@ -15,12 +16,14 @@ Finished runs in --workdir are reused, so an interrupted sweep resumes; `--steps
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
 import numpy as np
 from common import mean_of, parse_with_overrides, save_json, train
+from cosmo_threshold import calibrate
 
 CONFIG = 'configs/fashion_mnist.py'
 GRANULARITIES = ('class', 'group5', 'group2')
@@ -36,7 +39,12 @@ METHODS = {  # name -> overrides ({reference} is the granularity's reference run
     'InfoNCE': (),
     'smoothing': ('--config.loss.regulators=smoothing',),
     'SRCL': ('--config.loss.regulators=srcl', '--config.loss.srcl.reference_checkpoint={reference}'),
-    'COSMO': ('--config.loss.regulators=cosmo', '--config.loss.cosmo.reference_checkpoint={reference}'),
+    'COSMO': (
+        '--config.loss.regulators=cosmo',
+        '--config.loss.cosmo.reference_checkpoint={reference}',
+        '--config.loss.cosmo.high={high}',
+        '--config.loss.cosmo.low={low}',
+    ),
     'GRIT': GRIT,
 }
 BASELINE = 'InfoNCE'
@@ -150,17 +158,24 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()
     results: dict[str, dict[str, list[dict]]] = {}
+    calibrations: dict[str, dict[str, float]] = {}
     for granularity in args.granularities:
         config = f'{CONFIG}:granularity={granularity}'
         reference = os.path.join(args.workdir, f'reference_{granularity}')
         if any('reference' in ' '.join(METHODS[m]) for m in methods):
             print(f'{granularity}: reference (InfoNCE, seed {REFERENCE_SEED})', flush=True)
             train(config, reference, args.steps, REFERENCE_SEED, args.extra)
+        threshold = {'high': 0.0, 'low': 0.0}
+        if 'COSMO' in methods:
+            calibration = calibrate(reference)
+            calibrations[granularity] = calibration
+            threshold = {'high': calibration['high'], 'low': min(0.5, calibration['high'])}
+            print(f'  COSMO threshold: {json.dumps(calibration)}', flush=True)
         results[granularity] = {method: [] for method in methods}
         for seed in args.seeds:
             for method in methods:
                 print(f'{granularity}: {method}, seed {seed}', flush=True)
-                overrides = [o.format(reference=reference) for o in METHODS[method]]
+                overrides = [o.format(reference=reference, **threshold) for o in METHODS[method]]
                 workdir = os.path.join(args.workdir, f'{granularity}_{method}_seed{seed}')
                 records = train(config, workdir, args.steps, seed, [*overrides, *args.extra])
                 results[granularity][method].append(summarise(records, granularity))
@@ -177,12 +192,21 @@ def main() -> None:
     ]
     for granularity in args.granularities:
         header += [*table(results, granularity), '']
+        if granularity in calibrations:
+            c = calibrations[granularity]
+            header += [
+                f"COSMO's threshold (the reference's median matched-pair cosine): high = {c['high']:.3f}; on the "
+                f"reference's own hardest negatives it would convert {c['converted_share']:.2f} of them with "
+                f"precision {c['precision']:.2f} and recall {c['recall']:.2f} (false-negative share of the "
+                f"hardest: {c['hardest_false_negative_share']:.2f}).",
+                '',
+            ]
     text = '\n'.join(header)
     with open(os.path.join(args.out, f'{args.name}.md'), 'w') as handle:
         handle.write(text)
     print(text)
     plot(results, os.path.join(args.out, f'{args.name}.png'), 'zero-shot top-1')
-    save_json(results, os.path.join(args.out, f'{args.name}.json'))
+    save_json({'runs': results, 'cosmo_thresholds': calibrations}, os.path.join(args.out, f'{args.name}.json'))
 
 
 if __name__ == '__main__':

@@ -67,6 +67,7 @@ def test_fn_density_writes_paired_table_plot_and_json(tmp_path):
         '--methods',
         'InfoNCE',
         'SRCL',
+        'COSMO',
         f'--workdir={tmp_path / "runs"}',
         f'--out={out}',
         '--extra',
@@ -76,10 +77,13 @@ def test_fn_density_writes_paired_table_plot_and_json(tmp_path):
         '--config.batch_size=16',
         '--config.eval.retrieval_size=40',
     )
-    results = _outputs(out, 'fn_density')
+    written = _outputs(out, 'fn_density')
+    results = written['runs']
     assert set(results) == {'class', 'group2'}
+    assert set(written['cosmo_thresholds']) == {'class', 'group2'}  # calibrated on each granularity's reference
+    assert all(-1.0 <= c['high'] <= 1.0 for c in written['cosmo_thresholds'].values())
     for granularity, runs in results.items():
-        assert set(runs) == {'InfoNCE', 'SRCL'}
+        assert set(runs) == {'InfoNCE', 'SRCL', 'COSMO'}
         assert all(len(seeds) == 2 for seeds in runs.values()), granularity
         assert 0.0 <= runs['SRCL'][0]['zero-shot top-1'] <= 1.0
     assert 'Δ vs InfoNCE' in stdout
