@@ -22,6 +22,7 @@ import sys
 import numpy as np
 from common import REPO
 
+
 def calibrate(reference: str, quantile: float = 50.0, size: int = 2048) -> dict[str, float]:
     """The label-free threshold and, from the ground truth, what it would convert in the run's batches (the
     reference's own config.json gives the data folder, granularity, training-set size and batch size)."""

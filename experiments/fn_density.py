@@ -197,8 +197,8 @@ def main() -> None:
             header += [
                 f"COSMO's threshold (the reference's median matched-pair cosine): high = {c['high']:.3f}; on the "
                 f"reference's own hardest negatives it would convert {c['converted_share']:.2f} of them with "
-                f"precision {c['precision']:.2f} and recall {c['recall']:.2f} (false-negative share of the "
-                f"hardest: {c['hardest_false_negative_share']:.2f}).",
+                f'precision {c["precision"]:.2f} and recall {c["recall"]:.2f} (false-negative share of the '
+                f'hardest: {c["hardest_false_negative_share"]:.2f}).',
                 '',
             ]
     text = '\n'.join(header)
