@@ -27,6 +27,7 @@ from vlp_jax.evaluators.specs import EvalSpec
 from vlp_jax.evaluators.vqa_metrics import vqa_accuracy
 from vlp_jax.models.decoder import DECODER_BOS_ID
 from vlp_jax.objectives.lm import LmSettings
+from vlp_jax.objectives.momentum import MOMENTUM_PARAMS, MomentumSettings
 from vlp_jax.objectives.vqa import VqaObjective, VqaSettings
 
 CONFIG = os.path.join(REPO, 'configs', 'finetune', 'vqa.py')
@@ -134,7 +135,8 @@ def test_weighted_answer_loss_matches_numpy():
     batch = {'image': image, 'text_ids': ids, 'text_mask': mask, 'answers': answer_ids, 'answer_weight': weights}
     summary = np_fused_summary(image, ids, mask)
     for smoothing in (0.0, 0.1):
-        objective = VqaObjective(LmSettings(smoothing, ''), VqaSettings(ANSWER_LEN), SimpleNamespace(model=FakeModel()))
+        parts = SimpleNamespace(model=FakeModel(), steps_per_epoch=10)
+        objective = VqaObjective(LmSettings(smoothing, ''), VqaSettings(ANSWER_LEN), MomentumSettings(), parts)
         loss, metrics, _ = jax.jit(objective.loss)({}, {}, {}, batch, jax.random.key(0), jnp.asarray(0))
         want = sum(
             weights[b, a] * np_answer_loss(summary[b], answer_ids[b, a, :ANSWER_LEN], smoothing)
@@ -143,6 +145,66 @@ def test_weighted_answer_loss_matches_numpy():
         )
         np.testing.assert_allclose(float(loss), want / 3, rtol=1e-5)  # ALBEF: summed, then / questions
         assert 0.0 <= float(metrics['train/answer_accuracy']) <= 1.0
+
+
+class ShiftedFakeModel(FakeModel):
+    """FakeModel whose params matter: params['shift'] is added to every fused question state, so the online and
+    the momentum params give different contexts and word logits."""
+
+    def apply(self, variables, *args, method, **unused):
+        out = getattr(self, method)(*args)
+        return out + variables['params']['shift'] if method == 'fuse' else out
+
+
+def np_distilled_answer_loss(c: float, c_momentum: float, ids, alpha: float) -> float:
+    """xbert.py with soft_labels: per token (1 - alpha) * NLL + alpha * -sum(softmax(momentum) * log_softmax),
+    summed over the answer's tokens (the momentum decoder reads the same tokens under its own context)."""
+    ids = [int(i) for i in ids if i != BERT_PAD_ID]
+    seq = [DECODER_BOS_ID, *ids[1:]]
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    log_p = log_softmax(np_logits(c, seq[:-1]))
+    soft = np.exp(log_softmax(np_logits(c_momentum, seq[:-1])))
+    nll = -log_p[np.arange(len(seq) - 1), seq[1:]]
+    distill = -(soft * log_p).sum(-1)
+    return float(np.sum((1 - alpha) * nll + alpha * distill))
+
+
+def test_answer_distillation_from_the_momentum_model_matches_numpy_and_the_ema_follows():
+    """ALBEF's VQA with distill: the momentum model's softmax is the soft target at weight alpha, alpha ramped
+    over the first epoch (10 steps here: 0.4 * 3/10 at step 3); after an update the momentum params move to
+    decay * m + (1 - decay) * params."""
+    image, ids, mask = _questions(2)
+    tokenizer = shared_tokenizer(LEN)
+    answer_ids = np.stack([tokenizer(row)['text_ids'] for row in (['red', 'crimson'], ['top left', ''])])
+    weights = np.asarray([[0.7, 0.3], [1.0, 0.0]], np.float32)
+    batch = {'image': image, 'text_ids': ids, 'text_mask': mask, 'answers': answer_ids, 'answer_weight': weights}
+    momentum = MomentumSettings(enabled=True, decay=0.9, distill_alpha=0.4, alpha_ramp_steps=-1)
+    parts = SimpleNamespace(model=ShiftedFakeModel(), steps_per_epoch=10)
+    objective = VqaObjective(LmSettings(0.0, ''), VqaSettings(ANSWER_LEN), momentum, parts)
+    params = {'shift': jnp.float32(0.0)}
+    extra = objective.init_extra(params, jax.random.key(0))
+    np.testing.assert_array_equal(extra[MOMENTUM_PARAMS]['shift'], 0.0)  # starts as a copy
+    extra = {MOMENTUM_PARAMS: {'shift': jnp.float32(0.3)}}
+    loss, metrics, _ = jax.jit(objective.loss)(params, extra, {}, batch, jax.random.key(0), jnp.asarray(3))
+    alpha = 0.4 * 3 / 10
+    np.testing.assert_allclose(float(metrics['train/momentum/alpha']), alpha, rtol=1e-6)
+    summary = np_fused_summary(image, ids, mask)
+    want = sum(
+        weights[b, a] * np_distilled_answer_loss(summary[b], summary[b] + 0.3, answer_ids[b, a, :ANSWER_LEN], alpha)
+        for b in range(2)
+        for a in range(2)
+    )
+    np.testing.assert_allclose(float(loss), want / 2, rtol=1e-5)
+    plain = sum(
+        weights[b, a] * np_answer_loss(summary[b], answer_ids[b, a, :ANSWER_LEN]) for b in range(2) for a in range(2)
+    )
+    assert abs(want - plain) > 1e-3 * abs(plain)  # the distillation term is not vacuous here
+    _, moved = objective.after_update({'shift': jnp.float32(1.0)}, extra, {}, jnp.asarray(3))
+    np.testing.assert_allclose(float(moved[MOMENTUM_PARAMS]['shift']), 0.9 * 0.3 + 0.1 * 1.0, rtol=1e-6)
 
 
 def test_ranking_every_answer_in_chunks_is_the_brute_force_argmax(monkeypatch):
@@ -203,6 +265,7 @@ def test_the_tiny_config_validates_and_refuses_what_vqa_cannot_train():
         (lambda c: c.loss.vqa.update(answer_len=40), 'answer_len'),
         (lambda c: c.model.vision.update(width=48), 'vision.width'),
         (lambda c: c.data.update(name='shapes'), 'answers'),
+        (lambda c: c.loss.momentum.update(enabled=True, queue_size=64), 'queue_size=0'),
     ]:
         bad = load_config_file(CONFIG + ':tiny,pretrained=')
         edit(bad)

@@ -7,8 +7,8 @@ the official VQA accuracy. Answers are written as JSON lines {"question_id", "an
 
 The decoder layout (arg `layout`): 'shared' (default, BLIP's VQA shape: the decoder starts from the pretrained
 BLIP run's decoder and reads the fused question with its cross-attention) or 'separate' (ALBEF's: a decoder of
-its own layers; ALBEF fills them from the fusion layers, but models/decoder.py warm_start_aliases is not wired
-into the warm start yet, so only what the checkpoint holds under the same path is restored).
+its own layers, which the warm start fills from the fusion layers they continue, as ALBEF does:
+models/decoder.py `warm_start_aliases`; the import summary names them).
 
 Tiny (`:tiny`): configs/blip.py:tiny's model on the synthetic world's questions (source 'shapes_vqa': 6,000
 training questions, 600 test ones), warm-started from a tiny BLIP run (`pretrained=PATH`, default
@@ -21,13 +21,28 @@ workdirs/blip_tiny; '' starts from scratch), batch 32, 600 steps: 15-30 minutes 
 Full size (no `tiny`): configs/blip.py's model, ALBEF's VQA recipe (configs/VQA.yaml: lr 2e-5, batch 32 x 8
 GPUs, 8 epochs, k_test 128); point the data keys at a VQA set and `pretrained` at a pretrained run.
 
-Arg: `tiny`, `steps=N`, `pretrained=PATH`, `layout=shared|separate`.
+Answer distillation (arg `distill=1|0`): ALBEF's momentum model teaches the decoder its softmax over each answer's
+tokens at weight 0.4, ramped over the first epoch (objectives/vqa.py). On by default at full size (ALBEF's
+VQA.yaml), off for `:tiny` (whose figures in docs/decoder.md are without it unless said).
+
+Arg: `tiny`, `steps=N`, `pretrained=PATH`, `layout=shared|separate`, `distill=1|0`.
 """
 
 from vlp_jax.config import parse_arg
 from vlp_jax.config_files import from_sibling
 
 DEFAULT_TINY_PRETRAINED = 'workdirs/blip_tiny'
+
+
+def distil(config, enabled: bool):
+    """ALBEF's answer distillation (VQA.yaml: distill True, alpha 0.4 ramped over the first epoch): the momentum
+    model, without ITC's feature queue."""
+    config.loss.momentum.enabled = enabled
+    config.loss.momentum.decay = 0.995
+    config.loss.momentum.distill_alpha = 0.4
+    config.loss.momentum.alpha_ramp_steps = -1
+    config.loss.momentum.queue_size = 0
+    return config
 
 
 def vqa(config, pretrained: str, layout: str):
@@ -49,10 +64,11 @@ def vqa(config, pretrained: str, layout: str):
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, tiny=False, steps=0, pretrained='-', layout='shared')
+    args = parse_arg(arg, tiny=False, steps=0, pretrained='-', layout='shared', distill=-1)
     if args.tiny:
         config = from_sibling(__file__, '../blip.py', f'tiny,steps={args.steps or 600}')
         config = vqa(config, DEFAULT_TINY_PRETRAINED if args.pretrained == '-' else args.pretrained, args.layout)
+        config = distil(config, args.distill == 1)
         config.batch_size = 32  # x 3 answer slots decoded per question; the word logits dominate a CPU step
         config.optim.lr = 3e-4
         config.optim.warmup_steps = 20
@@ -63,6 +79,7 @@ def get_config(arg=None):
         return config
     config = from_sibling(__file__, '../blip.py', f'steps={args.steps or 1}')
     config = vqa(config, '' if args.pretrained == '-' else args.pretrained, args.layout)
+    config = distil(config, args.distill != 0)
     config.batch_size = 256
     config.optim.lr = 2e-5
     config.optim.warmup_steps = 0

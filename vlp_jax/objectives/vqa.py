@@ -7,8 +7,14 @@ answer's loss is its summed token NLL ("loss = loss.view(prediction_scores.size(
 'none' in ALBEF's xbert.py), weighted by the answer's share of the human answers (vqa_dataset's
 answer_weight), summed over the batch's answers and divided by the number of questions ("loss = weights *
 answer_output.loss; loss = loss.sum()/image.size(0)"). ALBEF's decoder has no label smoothing (its VQA config:
-`loss.lm.label_smoothing=0`); BLIP's med.py smooths by 0.1. ALBEF's optional momentum distillation of the
-answers is not part of this version.
+`loss.lm.label_smoothing=0`); BLIP's med.py smooths by 0.1.
+
+Momentum distillation (ALBEF's `distill: True`, `loss.momentum.enabled`): an EMA copy of every param reads the
+same question and image and teacher-forces the same answers; each answer's loss becomes (1 - alpha) * its NLL +
+alpha * its summed token cross-entropy against the momentum decoder's softmax (xbert.py's `soft_labels`:
+"loss_distill = -torch.sum(F.log_softmax(shifted_prediction_scores, dim=-1)*soft_labels,dim=-1)"), alpha
+ramped from 0 over the first epoch (VQA.py's warm_up). The EMA runs after every update, as for ALBEF
+pretraining (objectives/momentum.py); evaluation uses the online model, as ALBEF's.
 
 Batch fields (data/tasks/vqa_fields.py): 'answers' [B, A, L] and 'answer_weight' [B, A]; the answers are cut to
 `loss.vqa.answer_len` tokens (static shapes; ALBEF pads them to the batch's longest). Its evaluator is 'vqa'
@@ -31,6 +37,7 @@ from vlp_jax.data.tokenizer import BERT_PAD_ID
 from vlp_jax.objectives.base import Objective, ObjectiveParts
 from vlp_jax.objectives.blip import decoder_problem
 from vlp_jax.objectives.lm import LmSettings, decoder_batch, smoothed_cross_entropy
+from vlp_jax.objectives.momentum import MOMENTUM_PARAMS, Momentum, MomentumSettings, ema
 from vlp_jax.registry import OBJECTIVES
 
 PyTree = Any
@@ -59,6 +66,26 @@ def fused_questions(
     return apply(params, text_tokens, mask, image_tokens, method='fuse', rng=keys[2])
 
 
+def answer_logits(
+    apply: Apply,
+    params: PyTree,
+    context: jax.Array,
+    context_mask: jax.Array,
+    answer_ids: jax.Array,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, Any]:
+    """(teacher-forced word logits [B * A, L, V'], the decoder batch): answers [B, A, L] (tokenised as captions,
+    [PAD] after [SEP]) decoded against context [B, N, D] repeated per answer (ALBEF: "question_states +=
+    [question_output.last_hidden_state[b]]*n")."""
+    b, a, length = answer_ids.shape
+    ids = answer_ids.reshape(b * a, length)
+    lm = decoder_batch(ids, (ids != BERT_PAD_ID).astype(jnp.int32))
+    context = jnp.repeat(context, a, axis=0)
+    context_mask = jnp.repeat(context_mask, a, axis=0)
+    hidden = apply(params, lm.inputs, lm.mask, context, context_mask, method='decode', rng=rng)
+    return apply(params, hidden, method='lm_logits'), lm
+
+
 def answer_losses(
     apply: Apply,
     params: PyTree,
@@ -68,21 +95,23 @@ def answer_losses(
     smoothing: float,
     vocab_size: int,
     rng: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """(summed token loss [B, A] of each answer, whether teacher-forced argmax gets every token right [B, A]):
-    answers [B, A, L] (tokenised as captions, [PAD] after [SEP]) decoded against context [B, N, D] repeated per
-    answer (ALBEF: "question_states += [question_output.last_hidden_state[b]]*n")."""
-    b, a, length = answer_ids.shape
-    ids = answer_ids.reshape(b * a, length)
-    lm = decoder_batch(ids, (ids != BERT_PAD_ID).astype(jnp.int32))
-    context = jnp.repeat(context, a, axis=0)
-    context_mask = jnp.repeat(context_mask, a, axis=0)
-    hidden = apply(params, lm.inputs, lm.mask, context, context_mask, method='decode', rng=rng)
-    logits = apply(params, hidden, method='lm_logits')
+    soft: tuple[jax.Array, jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(summed token loss [B, A] of each answer, whether teacher-forced argmax gets every token right [B, A],
+    the word logits). `soft` = (momentum logits, alpha): the loss is (1 - alpha) * NLL + alpha * the summed
+    cross-entropy against softmax(momentum logits) over the real vocabulary (ALBEF's distillation)."""
+    b, a = answer_ids.shape[:2]
+    logits, lm = answer_logits(apply, params, context, context_mask, answer_ids, rng)
     per_token = smoothed_cross_entropy(logits, lm.targets, smoothing, vocab_size)
+    if soft is not None:
+        momentum_logits, alpha = soft
+        targets = jax.nn.softmax(momentum_logits[..., :vocab_size].astype(jnp.float32), axis=-1)
+        log_p = jax.nn.log_softmax(logits[..., :vocab_size].astype(jnp.float32), axis=-1)
+        distill = -jnp.sum(jax.lax.stop_gradient(targets) * log_p, axis=-1)
+        per_token = (1.0 - alpha) * per_token + alpha * distill
     right = (jnp.argmax(logits[..., :vocab_size], axis=-1) == lm.targets) | (lm.weights == 0)
     losses = jnp.sum(per_token * lm.weights, axis=-1).reshape(b, a)
-    return losses, jnp.all(right, axis=-1).reshape(b, a)
+    return losses, jnp.all(right, axis=-1).reshape(b, a), logits
 
 
 def weighted_answer_loss(losses: jax.Array, weights: jax.Array) -> jax.Array:
@@ -98,15 +127,17 @@ class VqaObjective(Objective):
     batch_keys = ('image', 'text_ids', 'text_mask', ANSWERS, ANSWER_WEIGHT)
     frozen_roles = ()
 
-    def __init__(self, lm: LmSettings, vqa: VqaSettings, parts: ObjectiveParts):
+    def __init__(self, lm: LmSettings, vqa: VqaSettings, momentum: MomentumSettings, parts: ObjectiveParts):
         self.model = parts.model
         self.smoothing = float(lm.label_smoothing)
         self.answer_len = int(vqa.answer_len)
         self.vocab_size = parts.model.config.text.vocab_size
+        self.momentum = Momentum.of(momentum, parts.steps_per_epoch)
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, parts: ObjectiveParts) -> VqaObjective:
-        return cls(settings_of(config, LmSettings), settings_of(config, VqaSettings), parts)
+        settings = (settings_of(config, s) for s in (LmSettings, VqaSettings, MomentumSettings))
+        return cls(*settings, parts)
 
     @classmethod
     def check(cls, config: ml_collections.ConfigDict) -> str | None:
@@ -123,7 +154,15 @@ class VqaObjective(Objective):
             )
         if problem is None and int(config.loss.vqa.answer_len) > int(config.model.max_text_len):
             problem = 'config key loss.vqa.answer_len must be at most model.max_text_len.'
+        if problem is None and config.loss.momentum.enabled and int(config.loss.momentum.queue_size):
+            problem = (
+                "objective 'vqa' distils the answers from the momentum model but keeps no feature queue: set "
+                'loss.momentum.queue_size=0.'
+            )
         return problem
+
+    def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
+        return {} if self.momentum is None else {MOMENTUM_PARAMS: jax.tree.map(lambda x: x, params)}
 
     def _apply(self, params: PyTree, *args, method: str | None = None, rng: jax.Array | None = None) -> Any:
         rngs = {'dropout': rng} if rng is not None else {}
@@ -144,9 +183,25 @@ class VqaObjective(Objective):
         fused = fused_questions(self._apply, params, batch['image'], batch['text_ids'], mask, encoder)
         answers = batch[ANSWERS][..., : self.answer_len]
         weights = batch[ANSWER_WEIGHT]
-        losses, right = answer_losses(
-            self._apply, params, fused, mask, answers, self.smoothing, self.vocab_size, decoder
+        soft, metrics = None, {}
+        if self.momentum is not None:
+            momentum_params = jax.lax.stop_gradient(extra[MOMENTUM_PARAMS])
+            fused_m = fused_questions(self._apply, momentum_params, batch['image'], batch['text_ids'], mask)
+            logits_m, _ = answer_logits(self._apply, momentum_params, fused_m, mask, answers)
+            alpha = self.momentum.alpha(step)
+            soft = (jax.lax.stop_gradient(logits_m), alpha)
+            metrics['train/momentum/alpha'] = jnp.asarray(alpha, jnp.float32)
+        losses, right, _ = answer_losses(
+            self._apply, params, fused, mask, answers, self.smoothing, self.vocab_size, decoder, soft
         )
         loss = weighted_answer_loss(losses, weights)
         accuracy = jnp.sum(weights * right) / jnp.maximum(jnp.sum(weights), 1e-9)
-        return loss, {'train/loss': loss, 'train/vqa': loss, 'train/answer_accuracy': accuracy}, {}
+        metrics.update({'train/loss': loss, 'train/vqa': loss, 'train/answer_accuracy': accuracy})
+        return loss, metrics, {}
+
+    def after_update(
+        self, params: PyTree, extra: PyTree, outputs: Mapping[str, Any], step: jax.Array
+    ) -> tuple[PyTree, PyTree]:
+        if self.momentum is None:
+            return params, extra
+        return params, {**extra, MOMENTUM_PARAMS: ema(extra[MOMENTUM_PARAMS], params, self.momentum.decay)}
