@@ -67,6 +67,7 @@ def test_tiny_captioning_fine_tune_evaluates_writes_captions_and_generates(tmp_p
     from vlp_jax.data.example_photos import photo_captions, skimage_data_dir
 
     photos = [os.path.join(skimage_data_dir(), p['image']) for p in photo_captions()[:2]]
-    printed = run_cli('vlp_jax.generate', ['--workdir', str(tmp_path / 'run'), '--images', ','.join(photos)])
+    # space-separated, as a shell glob gives them (absl alone would keep the first and drop the rest)
+    printed = run_cli('vlp_jax.generate', ['--workdir', str(tmp_path / 'run'), '--images', *photos])
     rows = [json.loads(line) for line in printed.stdout.splitlines() if line.startswith('{')]
     assert [r['image'] for r in rows] == photos and all(isinstance(r['caption'], str) for r in rows)

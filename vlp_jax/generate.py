@@ -24,7 +24,7 @@ from vlp_jax import config_files
 from vlp_jax.config import ConfigError
 from vlp_jax.train import FLAGS, fail, initialize_and_check, parse_flags
 
-flags.DEFINE_list('images', None, 'Image files to caption or ask about (comma-separated, or repeat the flag).')
+flags.DEFINE_list('images', None, 'Image files to caption or ask about (space- or comma-separated).')
 flags.DEFINE_integer('beam', None, 'Beam width (default: the run config eval.captioning.beam / eval.vqa.beam).')
 flags.DEFINE_string('question', None, 'VQA runs: the question asked of every --images file.')
 flags.DEFINE_enum('answers', 'rank', ['rank', 'generate'], 'VQA runs: rank the answer list, or generate freely.')
@@ -136,7 +136,7 @@ def _answer(config, run_setup, params) -> None:
 
 
 def main() -> None:
-    overrides = parse_flags(sys.argv, __doc__, hidden=('stop_at_step',))
+    overrides = parse_flags(sys.argv, __doc__, hidden=('stop_at_step',), list_flag='images')
     if not FLAGS.workdir:
         fail('pass --workdir DIR: a trained captioning or VQA run.')
     from vlp_jax.paths import as_path

@@ -72,17 +72,31 @@ def print_usage(doc: str, hidden: tuple[str, ...] = ()) -> None:
     print('\n'.join(lines), flush=True)
 
 
-def parse_flags(argv: list[str], doc: str, hidden: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """absl flags (exits 0 after --help / --config_help) -> the config overrides; exits 2 on a bad flag."""
+def parse_flags(
+    argv: list[str], doc: str, hidden: tuple[str, ...] = (), list_flag: str | None = None
+) -> list[tuple[str, str]]:
+    """absl flags (exits 0 after --help / --config_help) -> the config overrides; exits 2 on a bad flag.
+
+    absl leaves words that follow a flag's value (`--images a.png b.png`: b.png) as positional arguments, which
+    no command takes; they extend `list_flag` when it was given (so a shell glob works), else they are refused
+    rather than silently dropped."""
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print_usage(doc, hidden)
         sys.exit(0)
     argv = [f'{arg}=' if arg == '--config_help' else arg for arg in argv]
     try:
         rest, overrides = split_overrides(argv)
-        FLAGS(rest)
+        positional = FLAGS(rest)[1:]
     except (ConfigError, flags.Error) as error:
         fail(str(error).splitlines()[0])
+    if positional and list_flag is not None and FLAGS[list_flag].value:
+        FLAGS[list_flag].value = [*FLAGS[list_flag].value, *(v for word in positional for v in word.split(',') if v)]
+    elif positional:
+        fail(
+            f'unexpected argument {positional[0]!r}: every value follows its flag (--flag=VALUE)'
+            + (f', and --{list_flag} takes one or more files' if list_flag else '')
+            + '.'
+        )
     if FLAGS.config_help is not None:
         from vlp_jax import builtin_plugins  # noqa: F401  (their groups are part of the schema)
 
