@@ -64,3 +64,41 @@ def test_nlvr2_from_a_pretrained_run_one_and_eight_devices_agree_and_resume_bit_
     assert f'{final["eval/nlvr2/accuracy"]}' in evaluated.stdout or f'{final["eval/nlvr2/accuracy"]:.4f}' in (
         evaluated.stdout
     )
+
+
+@pytest.mark.slow
+def test_retrieval_with_the_momentum_queue_resumes_bit_exactly_after_sigkill(tmp_path):
+    """Retrieval fine-tuning with ALBEF's momentum model (EMA params, a queue of embeddings and image ids in the
+    objective's extra state): a run SIGKILLed after its step-4 checkpoint resumes to the straight run's every
+    metric exactly, so the queue, its ids and the momentum params are all checkpointed."""
+    args = lambda workdir: [
+        '--config',
+        f'{TINY_CONFIG}:steps=8',
+        '--workdir',
+        str(workdir),
+        *FAST_OVERRIDES,
+        '--config.objective=retrieval_ft',
+        '--config.model.kind=fusion',
+        '--config.model.text.fusion_layers=1',
+        '--config.data.name=shapes_retrieval',
+        '--config.data.shapes_retrieval.train_size=128',
+        '--config.data.shapes_retrieval.test_size=16',
+        '--config.eval.batch_size=16',
+        '--config.loss.momentum.enabled=True',
+        '--config.loss.momentum.queue_size=64',
+        '--config.loss.momentum.alpha_ramp_steps=4',
+        '--config.log_every=1',
+        '--config.checkpoint_every=4',
+        '--config.eval_every=8',
+    ]
+    straight = run_cli('vlp_jax.train', args(tmp_path / 'one'))
+    assert 'eval/retrieval_ft/r_mean' in (tmp_path / 'one' / 'metrics.jsonl').read_text(), straight.stdout
+    kill_after_checkpoint(args(tmp_path / 'killed'), tmp_path / 'killed', 4)
+    resumed = run_cli('vlp_jax.train', args(tmp_path / 'killed'))
+    assert 'resumed from checkpoint at step 4' in resumed.stdout
+    one, killed = (read_metrics(tmp_path / name) for name in ('one', 'killed'))
+    assert [r['train/momentum/alpha'] for r in one if 'train/momentum/alpha' in r][-1] == pytest.approx(0.4)
+    from vlp_jax.metrics import SPEED_KEYS as timing
+
+    for a, b in zip(one, killed):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}

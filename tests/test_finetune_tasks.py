@@ -53,6 +53,58 @@ def test_retrieval_itc_with_image_id_positives_against_albef():
     np.testing.assert_allclose(float(loss), (i2t + t2i) / 2, rtol=1e-5)
 
 
+def test_retrieval_momentum_itc_with_an_id_queue_against_albef():
+    """ALBEF model_retrieval.py with distill: idx_all = cat(idx, idx_queue); sim_targets = eq(idx, idx_all) / row
+    sum; targets = alpha * softmax(feat_m @ feat_m_all / temp) + (1 - alpha) * sim_targets; loss = -sum(
+    log_softmax(feat @ feat_m_all / temp) * targets).mean(), i2t and t2i averaged -- in numpy, with a queue of
+    8 rows of which 6 are filled (the empty ones out of the softmax), one queued pair of an anchor's own image
+    id; then the enqueue writes embeddings and ids at the same pointer."""
+    from vlp_jax.objectives.momentum import IMAGE_QUEUE, QUEUE_COUNT, QUEUE_POINTER, TEXT_QUEUE
+    from vlp_jax.objectives.retrieval_momentum import ID_QUEUE, enqueue_with_ids, momentum_itc
+
+    rng = np.random.default_rng(4)
+
+    def unit(n):
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    image, text, image_m, text_m = unit(4), unit(4), unit(4), unit(4)
+    ids = np.array([5, 9, 5, 2])
+    queue_image, queue_text = unit(8), unit(8)
+    queue_ids = np.array([9, 11, 12, 13, 14, 15, -1, -1])
+    extra = {
+        IMAGE_QUEUE: jnp.asarray(queue_image),
+        TEXT_QUEUE: jnp.asarray(queue_text),
+        ID_QUEUE: jnp.asarray(queue_ids, jnp.int32),
+        QUEUE_POINTER: jnp.int32(6),
+        QUEUE_COUNT: jnp.int32(6),
+    }
+    temp, alpha = 0.07, 0.3
+    loss = momentum_itc(
+        *map(jnp.asarray, (image, text, image_m, text_m, ids)), extra, jnp.float32(1 / temp), jnp.float32(alpha)
+    )
+    filled = 6
+    ids_all = np.concatenate([ids, queue_ids[:filled]])
+    targets = (ids[:, None] == ids_all[None, :]).astype(np.float64)
+    targets /= targets.sum(1, keepdims=True)
+    assert targets[1, 4] > 0  # id 9's queued pair is a positive of row 1
+    want = []
+    for anchor, anchor_m, keys in (
+        (image, image_m, np.concatenate([text_m, queue_text[:filled]])),
+        (text, text_m, np.concatenate([image_m, queue_image[:filled]])),
+    ):
+        soft = np.exp(_log_softmax(anchor_m @ keys.T / temp))
+        y = alpha * soft + (1 - alpha) * targets
+        want.append(-(_log_softmax(anchor @ keys.T / temp) * y).sum(1).mean())
+    np.testing.assert_allclose(float(loss), (want[0] + want[1]) / 2, rtol=1e-5)
+
+    extra = {**extra, QUEUE_POINTER: jnp.int32(4), QUEUE_COUNT: jnp.int32(8)}
+    moved = enqueue_with_ids(extra, jnp.asarray(image_m), jnp.asarray(text_m), jnp.asarray(ids))
+    np.testing.assert_array_equal(np.asarray(moved[ID_QUEUE]), [9, 11, 12, 13, 5, 9, 5, 2])
+    np.testing.assert_allclose(np.asarray(moved[TEXT_QUEUE])[4:], text_m)
+    assert int(moved[QUEUE_POINTER]) == 0
+
+
 def test_itm_negatives_never_share_the_image_id_and_follow_albefs_weights():
     """ALBEF: weights_i2t = softmax(sim_i2t); masked_fill_(eq(idx, idx.T), 0); multinomial. Empirical draw
     frequencies against those weights; 'hardest' is the most similar other-id column."""

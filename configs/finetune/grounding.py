@@ -19,7 +19,7 @@ from vlp_jax.config_files import from_sibling
 
 def get_config(arg=None):
     args = parse_arg(arg, tiny=False, steps=-1, init='')
-    config = from_sibling(__file__, 'retrieval.py', 'tiny' if args.tiny else None)
+    config = from_sibling(__file__, 'retrieval.py', 'tiny,distill=0' if args.tiny else 'distill=0')
     config.data.name = 'shapes_grounding'
     config.eval.rerank_k = 0
     if args.init:

@@ -28,7 +28,7 @@ def get_config(arg=None):
     args = parse_arg(arg, tiny=False, steps=-1, init='', stage='nlvr2')
     if args.stage not in ('nlvr2', 'ta'):
         raise ValueError(f"configs/finetune/nlvr2.py arg stage must be 'nlvr2' or 'ta', got {args.stage!r}.")
-    config = from_sibling(__file__, 'retrieval.py', 'tiny' if args.tiny else None)
+    config = from_sibling(__file__, 'retrieval.py', 'tiny,distill=0' if args.tiny else 'distill=0')
     pretraining_data = config.data.name
     config.objective = 'nlvr2'
     config.data.name = 'shapes_nlvr2'

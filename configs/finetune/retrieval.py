@@ -10,7 +10,9 @@ Full size (ALBEF's COCO recipe on configs/albef.py's model; the data is a prepar
 
 - image 384 px (the pretrained 256-px position table is interpolated), batch 256 (ALBEF: 8 x 32), AdamW
   lr 1e-5, weight decay 0.02, 5 epochs, k_test 256, ALBEF's score (eval.rerank_score='itm'; BLIP's
-  'itm_itc' adds the ITC cosine). ALBEF also distils from a momentum model here; this version does not.
+  'itm_itc' adds the ITC cosine), and ALBEF's momentum model: ITC against its keys and a 65,536-pair queue
+  tagged with image ids, targets distilled at alpha 0.4 ramped over the first epoch (arg `distill=0` turns it
+  off; objectives/retrieval_momentum.py).
 
 Tiny (`:tiny`): the synthetic retrieval task (source 'shapes_retrieval', several captions per image, each
 pair an example with its image id) on configs/shapes_albef.py's tiny fusion model, started from a run of
@@ -20,13 +22,15 @@ that config:
     python -m vlp_jax.train --config configs/finetune/retrieval.py:tiny --workdir workdirs/retrieval_tiny \
       --config.model.init_checkpoint=workdirs/pre_tiny
 
-Args: `tiny`; `steps=N` (total_steps); `init=PATH` (= model.init_checkpoint).
+Args: `tiny`; `steps=N` (total_steps); `init=PATH` (= model.init_checkpoint); `distill=1|0` (the momentum
+model: on by default at full size, off for `:tiny`, where `distill=1` keeps a 640-pair queue).
 """
 
 from vlp_jax.config import parse_arg
 from vlp_jax.config_files import from_sibling
 
 TINY_STEPS = 100
+TINY_QUEUE = 640  # 10 batches of 64
 
 
 def finetune(config, args, objective: str, source: str):
@@ -66,7 +70,13 @@ def base(args):
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, tiny=False, steps=-1, init='')
+    args = parse_arg(arg, tiny=False, steps=-1, init='', distill=-1)
     config = finetune(base(args), args, 'retrieval_ft', 'shapes_retrieval')
     config.eval.rerank_k = 16 if args.tiny else 256
+    if args.distill == 1 or (args.distill == -1 and not args.tiny):  # ALBEF's Retrieval_coco.yaml
+        config.loss.momentum.enabled = True
+        config.loss.momentum.decay = 0.995
+        config.loss.momentum.distill_alpha = 0.4
+        config.loss.momentum.alpha_ramp_steps = -1
+        config.loss.momentum.queue_size = TINY_QUEUE if args.tiny else 65_536
     return config

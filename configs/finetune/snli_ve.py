@@ -15,7 +15,7 @@ from vlp_jax.config_files import from_sibling
 
 def get_config(arg=None):
     args = parse_arg(arg, tiny=False, steps=-1, init='')
-    retrieval = from_sibling(__file__, 'retrieval.py', 'tiny' if args.tiny else None)
+    retrieval = from_sibling(__file__, 'retrieval.py', 'tiny,distill=0' if args.tiny else 'distill=0')
     config = retrieval  # the same base model and fine-tuning settings
     config.objective = 'snli_ve'
     config.data.name = 'shapes_snli_ve'

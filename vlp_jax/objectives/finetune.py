@@ -6,7 +6,9 @@ starts from a pretrained run (`model.init_checkpoint`, warm_start.py).
   sim_targets = sim_targets / sim_targets.sum(1, keepdim=True)") -- plus ITM with one hard negative per
   anchor sampled from the in-batch ITC logits at the learned temperature, never a caption or image of the
   same image id ("mask = torch.eq(idx, idx.T); weights_i2t.masked_fill_(mask, 0)"). Loss = ITC + ITM, no
-  MLM. The momentum model is not part of this version (loss.momentum.enabled is refused).
+  MLM. With `loss.momentum.enabled` (ALBEF's `distill: True`), ITC is objectives/retrieval_momentum.py's:
+  against the momentum keys and an image-id-tagged queue, with distilled targets, and the ITM negatives are
+  drawn from the online anchors' similarities to the batch's momentum keys (ALBEF's sim_i2t[:, :bs]).
 - 'snli_ve' (ALBEF `models/model_ve.py`): the fused [CLS] of (premise image, hypothesis) through the task
   head (model.head 'mlp', 3 classes), cross-entropy on the batch's 'label'.
 - 'nlvr2' (ALBEF `models/model_nlvr.py`): the same on two images (model.text.fusion_images=2: paired fusion
@@ -34,9 +36,12 @@ from vlp_jax.objectives.base import Objective, ObjectiveParts
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.frozen import image_text_cosines
 from vlp_jax.objectives.matching import itm_pairs, negative_sampling_logits
+from vlp_jax.objectives.momentum import MOMENTUM_PARAMS, Momentum, MomentumSettings, ema, init_momentum_extra
+from vlp_jax.objectives.retrieval_momentum import ID_QUEUE, enqueue_with_ids, init_id_queue, momentum_itc
 from vlp_jax.registry import OBJECTIVES
 
 PyTree = Any
+ENQUEUE_WITH_IDS = 'enqueue_with_ids'  # outputs: the batch's momentum embeddings and image ids, for the queue
 
 
 def image_id_targets(image_id: jax.Array) -> jax.Array:
@@ -96,35 +101,73 @@ class RetrievalFinetune(_FusionObjective):
 
     batch_keys = (*batch_spec.REQUIRED_KEYS, 'image_id')
 
-    def __init__(self, loss: LossSettings, itm: ItmSettings, parts: ObjectiveParts):
+    def __init__(self, loss: LossSettings, itm: ItmSettings, momentum: MomentumSettings, parts: ObjectiveParts):
         super().__init__(parts)
         self.form = loss.form
         self.negative_choice = itm.negatives
+        self.momentum = Momentum.of(momentum, parts.steps_per_epoch)
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, parts: ObjectiveParts) -> RetrievalFinetune:
-        return cls(settings_of(config, LossSettings), settings_of(config, ItmSettings), parts)
+        settings = (settings_of(config, s) for s in (LossSettings, ItmSettings, MomentumSettings))
+        return cls(*settings, parts)
 
     @classmethod
     def check(cls, config: ml_collections.ConfigDict) -> str | None:
         if config.loss.form != 'softmax':
             return "config key loss.form must be 'softmax' with objective='retrieval_ft' (ALBEF's ITC)."
-        return cls._no_momentum(config)
+        if config.loss.regulators:
+            return "config key loss.regulators does not apply to objective='retrieval_ft'; set it to ()."
+        queue = int(config.loss.momentum.queue_size)
+        if queue and not config.loss.momentum.enabled:
+            return f'config key loss.momentum.queue_size ({queue}) needs loss.momentum.enabled=True.'
+        if queue % int(config.batch_size):
+            return (
+                f'config key loss.momentum.queue_size ({queue}) must be a multiple of batch_size ({config.batch_size}).'
+            )
+        return None
+
+    def init_extra(self, params: PyTree, rng: jax.Array) -> PyTree:
+        if self.momentum is None:
+            return {}
+        extra = init_momentum_extra(params, self.momentum.queue_size, self.model.config.embed_dim)
+        return {**extra, ID_QUEUE: init_id_queue(self.momentum.queue_size)}
 
     def loss(self, params, extra, frozen, batch, rng, step):
         towers, negative_images, negative_texts, fusion = jax.random.split(rng, 4)
         inputs = tuple(batch[key] for key in batch_spec.MODEL_INPUT_KEYS)
         out = self._apply(params, *inputs, rng=towers)
         targets = image_id_targets(batch['image_id'])
-        regulation = Regulation(y=targets)  # symmetric: the same targets in both directions
-        itc, _ = contrastive_loss(
-            out['image_embed'], out['text_embed'], out['logit_scale'], i2t=regulation, t2i=regulation
-        )
-        sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images
+        outputs, metrics = {}, {}
+        if self.momentum is None:
+            regulation = Regulation(y=targets)  # symmetric: the same targets in both directions
+            itc, _ = contrastive_loss(
+                out['image_embed'], out['text_embed'], out['logit_scale'], i2t=regulation, t2i=regulation
+            )
+            sims = image_text_cosines(out['image_embed'], out['text_embed'])  # rows images
+        else:
+            out_m = jax.lax.stop_gradient(self._apply(jax.lax.stop_gradient(extra[MOMENTUM_PARAMS]), *inputs))
+            alpha = self.momentum.alpha(step)
+            image_m, text_m = out_m['image_embed'], out_m['text_embed']
+            itc = momentum_itc(
+                out['image_embed'],
+                out['text_embed'],
+                image_m,
+                text_m,
+                batch['image_id'],
+                extra,
+                out['logit_scale'],
+                alpha,
+            )
+            sims = image_text_cosines(out['image_embed'], text_m)  # ALBEF: image_feat @ text_feat_m_all[:, :bs]
+            sims_t2i = image_text_cosines(out['text_embed'], image_m)
+            outputs[ENQUEUE_WITH_IDS] = (image_m, text_m, batch['image_id'])
+            metrics['train/momentum/alpha'] = jnp.asarray(alpha, jnp.float32)
         same = targets > 0
         scale = out['logit_scale']
         negative_text = negatives_by_image_id(negative_texts, sims, same, self.negative_choice, scale)
-        negative_image = negatives_by_image_id(negative_images, sims.T, same, self.negative_choice, scale)
+        t2i_sims = sims.T if self.momentum is None else sims_t2i
+        negative_image = negatives_by_image_id(negative_images, t2i_sims, same, self.negative_choice, scale)
         pairs = itm_pairs(negative_image, negative_text)
         mask = batch['text_mask']
         fused = self._apply(
@@ -137,14 +180,21 @@ class RetrievalFinetune(_FusionObjective):
         )
         logits = self._apply(params, fused, method='itm_logits')
         itm = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, pairs.label))
-        metrics = {
+        metrics |= {
             'train/itc': itc,
             'train/temperature': 1.0 / out['logit_scale'],
             'train/itm': itm,
             'train/itm_accuracy': jnp.mean(jnp.argmax(logits, axis=-1) == pairs.label),
             'train/positives_per_row': jnp.mean(jnp.sum(same, axis=1).astype(jnp.float32)),
         }
-        return itc + itm, metrics, {}
+        return itc + itm, metrics, outputs
+
+    def after_update(self, params, extra, outputs, step):
+        params = clamp_temperature(params, self.model.config)
+        if self.momentum is None:
+            return params, extra
+        extra = enqueue_with_ids(extra, *outputs[ENQUEUE_WITH_IDS])
+        return params, {**extra, MOMENTUM_PARAMS: ema(extra[MOMENTUM_PARAMS], params, self.momentum.decay)}
 
 
 class TaskClassification(_FusionObjective):
