@@ -47,6 +47,24 @@ def train(config: str, workdir: str, steps: int, seed: int, extra: Sequence[str]
         return [json.loads(line) for line in handle]
 
 
+def finished_records(workdir: str, steps: int) -> list[dict] | None:
+    """The metrics.jsonl records of a run that reached `steps` and evaluated there (None if it did not)."""
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        records = [json.loads(line) for line in handle]
+    if not records or records[-1].get('step') != steps or not any(k.startswith('eval/') for k in records[-1]):
+        return None
+    return records
+
+
+def run_minutes(workdir: str) -> float:
+    """Wall minutes of a run: its config.json written at the start, metrics.jsonl last at its final eval."""
+    paths = [os.path.join(workdir, name) for name in ('config.json', 'metrics.jsonl')]
+    return (os.path.getmtime(paths[1]) - os.path.getmtime(paths[0])) / 60
+
+
 def mean_of(records: list[dict], key: str, keep: Callable[[dict], bool] = lambda r: True) -> float:
     """Mean of a logged value over the records that have a finite one (NaN if none)."""
     values = [r[key] for r in records if keep(r) and r.get(key) is not None and np.isfinite(r[key])]

@@ -22,7 +22,7 @@ import sys
 import time
 
 import numpy as np
-from common import mean_of, parse_with_overrides, save_json, train
+from common import finished_records, mean_of, parse_with_overrides, run_minutes, save_json, train
 from cosmo_threshold import calibrate
 
 CONFIG = 'configs/fashion_mnist.py'
@@ -153,16 +153,23 @@ def main() -> None:
     parser.add_argument('--out', default='docs/results')
     parser.add_argument('--name', default='fn_density', help='stem of the output files')
     parser.add_argument('--extra', nargs='*', default=[], help='more --config.KEY=VALUE overrides for every run')
+    parser.add_argument(
+        '--collect',
+        action='store_true',
+        help='train nothing: tabulate the runs finished so far (a seed enters a granularity when all its methods did)',
+    )
     args = parse_with_overrides(parser)
     methods = [BASELINE, *(m for m in args.methods if m != BASELINE)]
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()
     results: dict[str, dict[str, list[dict]]] = {}
     calibrations: dict[str, dict[str, float]] = {}
+    seeds_used: dict[str, list[int]] = {}
+    run_time = 0.0  # wall minutes of the tabulated runs, each from its own files
     for granularity in args.granularities:
         config = f'{CONFIG}:granularity={granularity}'
         reference = os.path.join(args.workdir, f'reference_{granularity}')
-        if any('reference' in ' '.join(METHODS[m]) for m in methods):
+        if any('reference' in ' '.join(METHODS[m]) for m in methods) and not args.collect:
             print(f'{granularity}: reference (InfoNCE, seed {REFERENCE_SEED})', flush=True)
             train(config, reference, args.steps, REFERENCE_SEED, args.extra)
         threshold = {'high': 0.0, 'low': 0.0}
@@ -172,19 +179,32 @@ def main() -> None:
             threshold = {'high': calibration['high'], 'low': min(0.5, calibration['high'])}
             print(f'  COSMO threshold: {json.dumps(calibration)}', flush=True)
         results[granularity] = {method: [] for method in methods}
+        seeds_used[granularity] = []
         for seed in args.seeds:
+            runs = {}
             for method in methods:
+                workdir = os.path.join(args.workdir, f'{granularity}_{method}_seed{seed}')
+                if args.collect:
+                    runs[method] = finished_records(workdir, args.steps)
+                    continue
                 print(f'{granularity}: {method}, seed {seed}', flush=True)
                 overrides = [o.format(reference=reference, **threshold) for o in METHODS[method]]
-                workdir = os.path.join(args.workdir, f'{granularity}_{method}_seed{seed}')
-                records = train(config, workdir, args.steps, seed, [*overrides, *args.extra])
-                results[granularity][method].append(summarise(records, granularity))
-    minutes = (time.monotonic() - started) / 60
+                runs[method] = train(config, workdir, args.steps, seed, [*overrides, *args.extra])
+            if all(records is not None for records in runs.values()):
+                seeds_used[granularity].append(seed)
+                run_time += sum(run_minutes(os.path.join(args.workdir, f'{granularity}_{m}_seed{seed}')) for m in runs)
+                for method, records in runs.items():
+                    results[granularity][method].append(summarise(records, granularity))
+        if not seeds_used[granularity]:
+            sys.exit(f'no seed of {args.seeds} has every method finished at granularity {granularity!r}.')
+    minutes = run_time if args.collect else (time.monotonic() - started) / 60
     header = [
         '# False-negative handling against false-negative density: Fashion-MNIST',
         '',
-        f'`experiments/fn_density.py {" ".join(sys.argv[1:])}`: {len(args.seeds)} seeds paired across methods, '
-        f'{args.steps} steps at batch 128 on 12,800 training images, {minutes:.0f} min in all on this machine. '
+        f'`experiments/fn_density.py {" ".join(sys.argv[1:])}`: seeds paired across methods '
+        f'({"; ".join(f"{g}: {s}" for g, s in seeds_used.items())}), '
+        f'{args.steps} steps at batch 128 on 12,800 training images, {minutes:.0f} min of training runs in all '
+        'on this machine. '
         'Metrics on 1,000 test images with held-out templates; Δ = mean over seeds of (method - InfoNCE) on '
         "the same seed, ± the half-width of its 95% t-interval. w(FN) / w(TN): SRCL's mean weight on true "
         "and on false negatives; conv. P / R: COSMO's conversion precision and recall (ground truth).",
@@ -206,7 +226,10 @@ def main() -> None:
         handle.write(text)
     print(text)
     plot(results, os.path.join(args.out, f'{args.name}.png'), 'zero-shot top-1')
-    save_json({'runs': results, 'cosmo_thresholds': calibrations}, os.path.join(args.out, f'{args.name}.json'))
+    save_json(
+        {'runs': results, 'seeds': seeds_used, 'cosmo_thresholds': calibrations},
+        os.path.join(args.out, f'{args.name}.json'),
+    )
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ import sys
 from math import comb
 
 import numpy as np
-from common import REPO, save_json, train
+from common import REPO, finished_records, run_minutes, save_json, train
 
 PRETRAIN = 'configs/shapes_albef.py'
 RECIPE = (  # the tiny pretraining run: clean coarse captions ("a red circle", "something blue", "a square")
@@ -157,20 +157,10 @@ def write(results: dict, args: argparse.Namespace) -> str:
 
 def finished(workdir: str, steps: int, key: str) -> dict | None:
     """The final eval figures of a run finished in `workdir` at `steps` (None if it is not)."""
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        records = [json.loads(line) for line in handle]
-    if not records or key not in records[-1] or records[-1].get('step') != steps:
+    records = finished_records(workdir, steps)
+    if records is None or key not in records[-1]:
         return None
     return {k: v for k, v in records[-1].items() if k.startswith('eval/')}
-
-
-def run_minutes(workdir: str) -> float:
-    """Wall minutes of a run: its config.json written at the start, metrics.jsonl last at its final eval."""
-    paths = [os.path.join(workdir, name) for name in ('config.json', 'metrics.jsonl')]
-    return (os.path.getmtime(paths[1]) - os.path.getmtime(paths[0])) / 60
 
 
 def run(config: str, workdir: str, steps: int, seed: int, extra: list[str], key: str, collect: bool) -> dict | None:

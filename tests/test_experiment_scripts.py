@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -87,6 +88,31 @@ def test_fn_density_writes_paired_table_plot_and_json(tmp_path):
         assert all(len(seeds) == 2 for seeds in runs.values()), granularity
         assert 0.0 <= runs['SRCL'][0]['zero-shot top-1'] <= 1.0
     assert 'Δ vs InfoNCE' in stdout
+    # --collect trains nothing and tabulates the same runs; a seed some method lacks is left out
+    shutil.rmtree(tmp_path / 'runs' / 'group2_SRCL_seed1')
+    collected = tmp_path / 'collected'
+    _run_script(
+        'fn_density.py',
+        '--steps=2',
+        '--seeds',
+        '0',
+        '1',
+        '--granularities',
+        'class',
+        'group2',
+        '--methods',
+        'InfoNCE',
+        'SRCL',
+        'COSMO',
+        '--collect',
+        f'--workdir={tmp_path / "runs"}',
+        f'--out={collected}',
+    )
+    again = _outputs(collected, 'fn_density')
+    assert again['seeds'] == {'class': [0, 1], 'group2': [0]}
+    assert again['runs']['class'] == results['class']
+    assert again['runs']['group2']['SRCL'] == results['group2']['SRCL'][:1]
+    assert not (tmp_path / 'runs' / 'group2_SRCL_seed1').exists()
 
 
 def test_false_negatives_and_grit_scripts_share_a_reference(tmp_path):
