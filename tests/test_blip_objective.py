@@ -11,7 +11,7 @@ from conftest import FAST_OVERRIDES, REPO, kill_after_checkpoint, make_config, r
 
 from vlp_jax import setup as setup_lib
 from vlp_jax.config import ConfigError
-from vlp_jax.models.decoder import DECODER_BOS_ID
+from vlp_jax.models.decoder_config import DECODER_BOS_ID
 from vlp_jax.models.vlp import VLPModel
 from vlp_jax.objectives.blip import BLIP_NEGATIVE_FLOOR, BlipObjective
 from vlp_jax.objectives.regulators import DISCRIMINATOR

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlp_jax.models.decoder import DECODER_BOS_ID, decoder_config_from, warm_start_aliases
+from vlp_jax.models.decoder_config import DECODER_BOS_ID, decoder_config_from, warm_start_aliases
 from vlp_jax.models.text import TextConfig
 from vlp_jax.models.vit import ViTConfig
 from vlp_jax.models.vlp import VLPConfig, VLPModel

@@ -15,7 +15,7 @@ import pytest
 from hf_numpy import bert_lm_forward
 from safetensors.numpy import load_file
 
-from vlp_jax.models.decoder import DECODER_BOS_ID, decoder_config_from
+from vlp_jax.models.decoder_config import DECODER_BOS_ID, decoder_config_from
 from vlp_jax.models.exporters import export_tensors, write_export
 from vlp_jax.models.import_checks import ImportWeightsError
 from vlp_jax.models.param_paths import flat

@@ -25,7 +25,7 @@ from vlp_jax.evaluators import vqa as vqa_eval
 from vlp_jax.evaluators.base import EvalContext, EvalModel
 from vlp_jax.evaluators.specs import EvalSpec
 from vlp_jax.evaluators.vqa_metrics import vqa_accuracy
-from vlp_jax.models.decoder import DECODER_BOS_ID
+from vlp_jax.models.decoder_config import DECODER_BOS_ID
 from vlp_jax.objectives.lm import LmSettings
 from vlp_jax.objectives.momentum import MOMENTUM_PARAMS, MomentumSettings
 from vlp_jax.objectives.vqa import VqaObjective, VqaSettings

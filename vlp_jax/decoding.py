@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from vlp_jax.data.tokenizer import BERT_PAD_ID, BERT_SEP_ID
-from vlp_jax.models.decoder import DECODER_BOS_ID
+from vlp_jax.models.decoder_config import DECODER_BOS_ID
 
 Array = jax.Array
 PyTree = Any

@@ -10,7 +10,7 @@ dir). Each param of the new model is restored from it when the checkpoint holds 
 - under another path the model names (`sources`, a model's own mapping, models/vlp.py `checkpoint_sources`)
   with the same shape, when the checkpoint lacks the param's own path: a bi-image fusion layer of NLVR2 is
   initialised from the single-image layer it doubles (models/bi_fusion.py); a decoder's layers from the
-  encoder layers it continues (models/decoder.py `warm_start_aliases`: a 'separate' decoder from the fusion
+  encoder layers it continues (models/decoder_config.py `warm_start_aliases`: a 'separate' decoder from the fusion
   layers, ALBEF's VQA init; a 'shared' decoder's own self-attention from the layer it runs). The summary
   names each decoder layer and where it came from.
 

@@ -8,7 +8,7 @@ the official VQA accuracy. Answers are written as JSON lines {"question_id", "an
 The decoder layout (arg `layout`): 'shared' (default, BLIP's VQA shape: the decoder starts from the pretrained
 BLIP run's decoder and reads the fused question with its cross-attention) or 'separate' (ALBEF's: a decoder of
 its own layers, which the warm start fills from the fusion layers they continue, as ALBEF does:
-models/decoder.py `warm_start_aliases`; the import summary names them).
+models/decoder_config.py `warm_start_aliases`; the import summary names them).
 
 Tiny (`:tiny`): configs/blip.py:tiny's model on the synthetic world's questions (source 'shapes_vqa': 6,000
 training questions, 600 test ones), warm-started from a tiny BLIP run (`pretrained=PATH`, default

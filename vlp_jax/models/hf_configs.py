@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from vlp_jax.data.tokenizer import BERT_SEP_ID
-from vlp_jax.models.decoder import DECODER_BOS_ID
+from vlp_jax.models.decoder_config import DECODER_BOS_ID
 from vlp_jax.models.vlp import VLPConfig
 
 HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from vlp_jax.config import default_config
 from vlp_jax.models import towers
 from vlp_jax.models.bi_fusion import single_image_sources
-from vlp_jax.models.decoder import Decoder, DecoderConfig, decoder_config_from, warm_start_aliases
+from vlp_jax.models.decoder import Decoder
+from vlp_jax.models.decoder_config import DecoderConfig, decoder_config_from, warm_start_aliases
 from vlp_jax.models.layers import EMBED_INIT_STD, PARAM_DTYPE, layer_norm, partitioned
 from vlp_jax.models.text import BERT_LN_EPS, TextConfig
 from vlp_jax.models.vit import ViTConfig

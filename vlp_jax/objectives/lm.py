@@ -1,7 +1,7 @@
 """Language modelling with the image-grounded decoder: its inputs and targets, and BLIP's smoothed loss.
 
 Config group `loss.lm` (objectives 'blip', 'captioning', 'vqa'). The decoder reads the caption with its
-first token ([CLS]) replaced by the start token (models/decoder.py DECODER_BOS_ID, BLIP's [DEC]) and
+first token ([CLS]) replaced by the start token (models/decoder_config.py DECODER_BOS_ID, BLIP's [DEC]) and
 predicts each next token, [SEP] included; padding is never a target. A prompt (BLIP's captioning: 'a
 picture of ') is written after the start token and masked out of the loss ("decoder_targets[:,
 :self.prompt_length] = -100"). The loss is BLIP med.py's BertLMHeadModel: "CrossEntropyLoss(reduction=
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from vlp_jax.config import in_range, key
 from vlp_jax.data.tokenizer import BERT_PAD_ID
-from vlp_jax.models.decoder import DECODER_BOS_ID
+from vlp_jax.models.decoder_config import DECODER_BOS_ID
 
 
 @dataclasses.dataclass(frozen=True)
