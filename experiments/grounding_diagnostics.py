@@ -21,7 +21,7 @@ from vlp_jax import setup as setup_lib
 from vlp_jax.checkpointing import restore_params_from
 from vlp_jax.data.batch import normalise_images
 from vlp_jax.data.synthetic import ShapesWorld, ShapesWorldConfig
-from vlp_jax.data.tasks.shapes_tasks import GroundingSource
+from vlp_jax.data.tasks.shapes_grounding import GroundingSource
 from vlp_jax.data.tokenizer import shared_tokenizer
 from vlp_jax.evaluators.grounding import _match, attention_and_gradient, exposed_model, gradcam, grounding_accuracy
 from vlp_jax.paths import as_path

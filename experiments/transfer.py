@@ -51,7 +51,7 @@ def grounding_chance(seed: int, test_size: int = 300) -> float:
     """Mean of 1 / objects over the test expressions of the seed's world (a random proposal's hit rate)."""
     sys.path.insert(0, REPO)
     from vlp_jax.data.synthetic import ShapesWorld, ShapesWorldConfig
-    from vlp_jax.data.tasks.shapes_tasks import GroundingSource
+    from vlp_jax.data.tasks.shapes_grounding import GroundingSource
 
     config = ShapesWorldConfig(image_size=32, captions_per_image=2, train_size=1, val_size=1, test_size=test_size)
     source = GroundingSource(ShapesWorld(config, seed, 'test'))

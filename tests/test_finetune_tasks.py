@@ -362,7 +362,7 @@ def test_grounding_accuracy_on_a_hand_built_case():
 
 
 def test_grounding_expressions_single_out_their_object():
-    from vlp_jax.data.tasks.shapes_tasks import GroundingSource
+    from vlp_jax.data.tasks.shapes_grounding import GroundingSource
 
     world = ShapesWorld(WORLD, seed=0, split='test')
     source = GroundingSource(world)
@@ -438,7 +438,7 @@ def test_grounding_pipeline_finds_the_object_from_a_map_hot_on_it():
     """The known answer: a patch-grid map (8 x 8 patches of a 64-px image) that is 1 on the patches overlapping
     the referred object's cell and 0 elsewhere, upsampled and scored as the evaluator does, picks the referred
     box on every synthetic expression; the map hot on another object's cell picks that one (accuracy 0)."""
-    from vlp_jax.data.tasks.shapes_tasks import GroundingSource
+    from vlp_jax.data.tasks.shapes_grounding import GroundingSource
     from vlp_jax.evaluators.grounding import grounding_accuracy
 
     world = ShapesWorld(

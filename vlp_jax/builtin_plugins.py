@@ -7,7 +7,7 @@ known before a config is read. A user's plug-ins come in through the `plugins` c
 
 import vlp_jax.data.tasks.record_tasks  # noqa: F401  fine-tuning task sources on prepared records
 from vlp_jax.data import fashion_mnist_source, record_source, synthetic_source, tfds_source  # noqa: F401  sources
-from vlp_jax.data.tasks import shapes_tasks  # noqa: F401  fine-tuning task sources
+from vlp_jax.data.tasks import shapes_grounding, shapes_tasks  # noqa: F401  fine-tuning task sources
 from vlp_jax.data.tasks import shapes_vqa as shapes_vqa_source  # noqa: F401  VQA: source, objective, evaluator
 from vlp_jax.evaluators import captioning, classification, grounding, retrieval, tasks  # noqa: F401  evaluators
 from vlp_jax.evaluators import vqa as vqa_evaluator  # noqa: F401

@@ -33,9 +33,7 @@ from vlp_jax.data.synthetic import (
     COLOUR_RGB,
     COLOURS,
     DETAILS,
-    MAX_OBJECTS,
     SHAPES,
-    SIZES,
     SPLIT_IDS,
     ShapesWorld,
     ShapesWorldConfig,
@@ -43,7 +41,7 @@ from vlp_jax.data.synthetic import (
     _scene_array,
     captions_true_of_scenes,
 )
-from vlp_jax.data.synthetic_captions import COLOUR, COLOUR_WORDS, GRID, POSITION, PREFIXES, SHAPE, SHAPE_WORDS, SIZE
+from vlp_jax.data.synthetic_captions import COLOUR, COLOUR_WORDS, GRID, POSITION, PREFIXES, SHAPE, SHAPE_WORDS
 from vlp_jax.data.synthetic_source import ShapesSource
 from vlp_jax.registry import SOURCES
 
@@ -83,13 +81,7 @@ class Nlvr2TaskSettings(TaskSettings):
     """Synthetic NLVR2: examples (two images each)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class GroundingTaskSettings(TaskSettings):
-    """Synthetic grounding: training images (box-free pairs), test images (scenes without a nameable object
-    of 2+ objects are left out)."""
-
-
-def _world(settings: TaskSettings, context: SourceContext, images: int, test_images: int) -> ShapesWorldConfig:
+def task_world(settings: TaskSettings, context: SourceContext, images: int, test_images: int) -> ShapesWorldConfig:
     return ShapesWorldConfig(
         image_size=int(context.image_size),
         captions_per_image=settings.captions_per_image,
@@ -100,7 +92,7 @@ def _world(settings: TaskSettings, context: SourceContext, images: int, test_ima
     )
 
 
-class _SceneText:
+class SceneText:
     """A world split's scenes and captions without rendering (for choosing and judging task texts)."""
 
     def __init__(self, world: ShapesWorld):
@@ -116,7 +108,7 @@ def true_of(spec: np.ndarray, scene: np.ndarray) -> bool:
     return bool(captions_true_of_scenes(spec[None], scene[None])[0, 0])
 
 
-def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+def task_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], int(index), TASK_STREAM])
 
 
@@ -155,7 +147,7 @@ class ShapesRetrievalPlugin(SourcePlugin):
             raise DataError(f"source 'shapes_retrieval' has no set {where!r}")
         settings = self.settings
         world = ShapesWorld(
-            _world(settings, self.context, settings.train_size, settings.test_size), self.context.seed, split
+            task_world(settings, self.context, settings.train_size, settings.test_size), self.context.seed, split
         )
         return RetrievalPairs(world) if split == 'train' else ShapesSource(world)
 
@@ -228,7 +220,7 @@ class SnliVeSource(Source):
 
     def example(self, index: int) -> tuple[str, int, int, int]:
         """(hypothesis, label, pool image, greyed object) of example `index`, without rendering."""
-        rng = _rng(self.world.seed, self.world.split, index)
+        rng = task_rng(self.world.seed, self.world.split, index)
         shape, colour = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS)))
         text = hypothesis_text(shape, colour, rng)
         label = int(rng.integers(3))
@@ -261,7 +253,7 @@ class Nlvr2Source(Source):
     field_keys = ('label', 'image1')
 
     def __init__(self, world: ShapesWorld, size: int):
-        self.world, self.size, self.text = world, size, _SceneText(world)
+        self.world, self.size, self.text = world, size, SceneText(world)
         self.scenes = _pool_scenes(world)
 
     def __len__(self) -> int:
@@ -270,7 +262,7 @@ class Nlvr2Source(Source):
     def example(self, index: int) -> tuple[str, int, int, int]:
         """(statement, label, left pool image, right pool image) of example `index`, without rendering. A
         false 'both' statement is false of the left image, the right one or both (a third each)."""
-        rng = _rng(self.world.seed, self.world.split, index)
+        rng = task_rng(self.world.seed, self.world.split, index)
         which = int(rng.integers(len(NLVR2_TEMPLATES)))
         captions = self.text.scene(int(rng.integers(len(self.scenes))))[1]
         text, spec = captions[int(rng.integers(len(captions)))]
@@ -307,7 +299,7 @@ class ShapesSnliVePlugin(SourcePlugin):
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         size = self.settings.train_size if split == 'train' else self.settings.test_size
         pool = max(size, POOL_MIN)
-        world = ShapesWorld(_world(self.settings, self.context, pool, pool), self.context.seed, split)
+        world = ShapesWorld(task_world(self.settings, self.context, pool, pool), self.context.seed, split)
         return SnliVeSource(world, size)
 
     def train_size(self) -> int:
@@ -326,7 +318,7 @@ class ShapesNlvr2Plugin(SourcePlugin):
     def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
         size = self.settings.train_size if split == 'train' else self.settings.test_size
         pool = max(size, POOL_MIN)
-        world = ShapesWorld(_world(self.settings, self.context, pool, pool), self.context.seed, split)
+        world = ShapesWorld(task_world(self.settings, self.context, pool, pool), self.context.seed, split)
         return Nlvr2Source(world, size)
 
     def train_size(self) -> int:
@@ -341,75 +333,3 @@ def cell_box(cell: int, image_size: int) -> np.ndarray:
     side = image_size / GRID
     row, col = divmod(int(cell), GRID)
     return np.asarray([col * side, row * side, side, side], np.float32)
-
-
-def referring_expression(scene: np.ndarray, target: int) -> str | None:
-    """'the red circle' (or 'the small red circle') naming object `target` of `scene` alone, or None when its
-    shape, colour and size together do not single it out."""
-    objects = scene[scene[:, SHAPE] >= 0]
-    me = objects[target]
-    for columns in ((SHAPE, COLOUR), (SIZE, SHAPE, COLOUR)):
-        same = np.all(objects[:, columns] == me[list(columns)], axis=1)
-        if same.sum() == 1:
-            words = {SHAPE: SHAPES[me[SHAPE]], COLOUR: COLOURS[me[COLOUR]], SIZE: SIZES[me[SIZE]]}
-            order = [SIZE, COLOUR, SHAPE] if SIZE in columns else [COLOUR, SHAPE]
-            return 'the ' + ' '.join(words[c] for c in order)
-    return None
-
-
-class GroundingSource(Source):
-    """Referring expressions of a world split: scenes of at least two objects, one object named by shape and
-    colour (and size where needed), its box and every object's box as the proposals (-1 rows pad)."""
-
-    def __init__(self, world: ShapesWorld):
-        self.world, self.scenes = world, _SceneText(world)
-        self.items = []  # (world image, target object, expression)
-        for index in range(len(world)):
-            scene = self.scenes.scene(index)[0]
-            count = int((scene[:, SHAPE] >= 0).sum())
-            if count < 2:
-                continue
-            target = int(_rng(world.seed, world.split, index).integers(count))
-            expression = referring_expression(scene, target)
-            if expression is not None:
-                self.items.append((index, target, expression))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def batch(self, indices: np.ndarray) -> dict[str, Any]:
-        items = [self.items[int(i)] for i in np.asarray(indices)]
-        size = self.world.config.image_size
-        boxes = np.zeros((len(items), 4), np.float32)
-        proposals = np.full((len(items), MAX_OBJECTS, 4), -1.0, np.float32)
-        for row, (index, target, _) in enumerate(items):
-            scene = self.scenes.scene(index)[0]
-            cells = scene[scene[:, SHAPE] >= 0, POSITION]
-            boxes[row] = cell_box(cells[target], size)
-            proposals[row, : len(cells)] = [cell_box(cell, size) for cell in cells]
-        return {
-            'image': self.world.batch(np.asarray([index for index, _, _ in items]))['image'],
-            'captions': [[expression] for _, _, expression in items],
-            'fields': {'box': boxes, 'proposals': proposals},
-        }
-
-
-@SOURCES.register('shapes_grounding')
-class ShapesGroundingPlugin(SourcePlugin):
-    """Weakly-supervised grounding on the shapes world: trained on box-free (image, caption) pairs with image ids
-    (as 'shapes_retrieval'), evaluated on referring expressions with boxes (evaluator 'grounding')."""
-
-    Settings = GroundingTaskSettings
-
-    def open(self, split: str, where: str = '', captions: bool = True, labels: bool = False) -> Source:
-        settings = self.settings
-        world = ShapesWorld(
-            _world(settings, self.context, settings.train_size, settings.test_size), self.context.seed, split
-        )
-        return RetrievalPairs(world) if split == 'train' else GroundingSource(world)
-
-    def train_size(self) -> int:
-        return self.settings.train_size * self.settings.captions_per_image
-
-    def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
-        return (('grounding', '', ''),)
