@@ -167,3 +167,35 @@ def test_task_fields_pass_through_the_pipeline(config):
     assert batch['image1'].shape == batch['image'].shape and raw['flip'].any()
     np.testing.assert_allclose(batch['image1'], -batch['image'], atol=1e-5)
     assert set(batch) == {'image', 'text_ids', 'text_mask', 'index', 'replaced', *TaskToy.field_keys}
+
+
+def test_random_order_keeps_blocks_whole():
+    order = random_order(10, 3, 0, block=2)
+    assert sorted(order.tolist()) == list(range(10))
+    assert np.all(order[0::2] % 2 == 0) and np.all(order[1::2] == order[0::2] + 1)
+    assert sorted(random_order(11, 3, 0, block=2).tolist()) == list(range(10))  # the unpaired last one is left out
+    assert not np.array_equal(order, random_order(10, 3, 1, block=2))
+
+
+def test_twins_share_their_batch(config):
+    config.data.shapes.twins = True
+    pipe = _pipeline(config)
+    assert pipe.sampler.context.block == 2
+    for step in (0, 3, 9):
+        indices = pipe.global_indices(step)
+        assert np.all(indices[1::2] == indices[0::2] + 1) and np.all(indices[0::2] % 2 == 0)
+    scene = pipe.raw_batch(3)['scene']  # the pair's scenes differ in one object
+    assert np.all(np.any(scene[0::2] != scene[1::2], axis=-1).sum(-1) == 1)
+
+
+@pytest.mark.parametrize(
+    'override, message', [(('batch_size', '15'), 'divisible by 2'), (('sampling.name', 'grit'), "use 'random'")]
+)
+def test_twins_refuse_a_batch_or_sampler_that_splits_them(config, override, message):
+    from vlp_jax.checks import validate
+    from vlp_jax.config import ConfigError, apply_overrides
+
+    config.data.shapes.twins = True
+    apply_overrides(config, [override])
+    with pytest.raises(ConfigError, match=message):
+        validate(config, 1)

@@ -231,3 +231,40 @@ def test_batch_speed_sanity():
     start = time.perf_counter()
     world.batch(np.arange(256))
     assert (time.perf_counter() - start) / 256 < 2e-3  # loose: 2 ms/example even on a slow CI core
+
+
+def test_twins_differ_from_their_sibling_in_one_objects_shape_only():
+    """A twin is a negative only shape separates: same background, colours, sizes and places; one shape
+    changed; the pixels outside that object's grid cell identical; its captions true of its own scene."""
+    from vlp_jax.data.tasks.shapes_tasks import cell_box
+
+    twins = ShapesWorld(dataclasses.replace(SMALL, twins=True), 0, 'train')
+    plain = ShapesWorld(SMALL, 0, 'train').batch(np.arange(0, 40, 2))
+    batch = twins.batch(np.arange(40))
+    np.testing.assert_array_equal(batch['image'][0::2], plain['image'])  # siblings are the plain world's
+    assert batch['captions'][0::2] == plain['captions']
+    for k in range(20):
+        a, b = batch['scene'][2 * k], batch['scene'][2 * k + 1]
+        differs = np.any(a != b, axis=1)
+        assert differs.sum() == 1, (a, b)
+        row = int(np.flatnonzero(differs)[0])
+        assert a[row, sw.SHAPE] != b[row, sw.SHAPE] and a[row, sw.SHAPE] >= 0
+        np.testing.assert_array_equal(np.delete(a[row], sw.SHAPE), np.delete(b[row], sw.SHAPE))
+        x, y, w, h = cell_box(int(a[row, sw.POSITION]), SMALL.image_size)
+        outside = np.ones(batch['image'].shape[1:3], bool)
+        outside[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = False
+        changed = np.any(batch['image'][2 * k] != batch['image'][2 * k + 1], axis=-1)
+        assert changed.any() and not changed[outside].any()
+    specs = batch['caption_spec'].reshape(-1, MAX_MENTIONS, 4)
+    owner = np.repeat(np.arange(40), twins.captions_per_image)
+    assert captions_true_of_scenes(specs, batch['scene'])[np.arange(len(owner)), owner].all()
+    assert twins.block == 2 and ShapesWorld(SMALL, 0, 'train').block == 1
+
+
+@pytest.mark.parametrize('split', ['val', 'test'])
+def test_twins_leave_evaluation_splits_alone(split):
+    twins = ShapesWorld(dataclasses.replace(SMALL, twins=True), 0, split)
+    np.testing.assert_array_equal(
+        twins.batch(np.arange(8))['scene'], ShapesWorld(SMALL, 0, split).batch(np.arange(8))['scene']
+    )
+    assert twins.block == 1

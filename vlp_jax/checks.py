@@ -104,6 +104,13 @@ def check_config(config: ml_collections.ConfigDict, device_count: int) -> Derive
     source = source_plugin(config, str(config.data.name))
     problem = source.check()
     _require(problem is None, problem or '')
+    block = source.train_block()
+    _require(
+        block == 1 or (sampler.keeps_blocks and batch % block == 0),
+        f'data source data.name={config.data.name!r} keeps {block} consecutive examples in one batch (its twins), '
+        f'which needs a batch_size divisible by {block} (got {batch}) and a sampler that keeps them together '
+        f"(sampling.name={config.sampling.name!r} does not: use 'random'); or turn its twins off.",
+    )
     wanted = [key for key in objective.batch_keys if key not in batch_spec.REQUIRED_KEYS]
     if wanted:  # a task's fields (labels, image ids, a second image): the training source must give them
         try:

@@ -152,7 +152,9 @@ def make_sampler(config: ml_collections.ConfigDict, source: Source, local_shards
         steps_per_epoch=len(source) // int(config.batch_size),
         embed_dim=int(config.model.embed_dim),
         local_shards=int(local_shards),
+        block=int(source.block),
     )
+    assert context.block == 1 or cls.keeps_blocks, 'the checks refuse a sampler that would split blocks'
     return cls(settings, context)
 
 

@@ -38,6 +38,7 @@ class Source:
     class_names: tuple[str, ...] = ()  # a labelled set's classes
     prompt_templates: tuple[str, ...] = ()  # its own zero-shot prompts ('' = eval.prompt_templates)
     name: str = ''
+    block: int = 1  # consecutive indices k*block .. (k+1)*block - 1 that belong in one batch (twins: 2)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -86,6 +87,10 @@ class SourcePlugin:
     def train_fields(self) -> tuple[str, ...]:
         """The declared batch fields its training split gives (Source.field_keys), for the checks."""
         return tuple(self.open('train').field_keys)
+
+    def train_block(self) -> int:
+        """The training split's Source.block, from the settings alone (for the checks)."""
+        return 1
 
     def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
         """What eval.sets 'default' means for this source: (evaluator, where, set name) triples; name ''

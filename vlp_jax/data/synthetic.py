@@ -99,6 +99,7 @@ class ShapesWorldConfig:
     max_objects: int = 3  # 1..MAX_OBJECTS
     textured_background: float = 0.5  # probability of a textured background
     detail: str = 'mixed'  # 'coarse' | 'mixed' | 'fine'
+    twins: bool = False  # train split: odd image = its predecessor with one object's shape changed
     train_size: int = 50_000
     val_size: int = 1_000
     test_size: int = 1_000
@@ -250,6 +251,7 @@ class ShapesWorld:
         self._size = {'train': config.train_size, 'val': config.val_size, 'test': config.test_size}[split]
         self._captions = TEST_CAPTIONS_PER_IMAGE if split == 'test' else config.captions_per_image
         self._noise = config.caption_noise if split == 'train' else 0.0
+        self._twins = config.twins and split == 'train'
         self._draws = _SCENE_DRAWS + _BG_DRAWS + self._captions * (CAPTION_DRAWS + _NOISE_DRAWS)
 
     def __len__(self) -> int:
@@ -263,15 +265,41 @@ class ShapesWorld:
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index])
         return rng.random(self._draws)
 
-    def _clean(self, index: int, u: list[float]):
-        """Scene, jitter and noise-free captions of one example from its uniform draws."""
-        objects, jitter = _scene(u, self.config.max_objects)
+    @property
+    def block(self) -> int:
+        """Consecutive indices that belong in one batch: 2 for twins (a twin is only a hard negative beside
+        its sibling), else 1."""
+        return 2 if self._twins else 1
+
+    def _layout(self, index: int, draws: np.ndarray) -> tuple[list[list[int]], list, np.ndarray]:
+        """Objects, jitter and background draws of one image. A twin (odd index, `twins` on) copies its even
+        predecessor's scene and background and changes one object's shape, chosen by its own scene draws, so
+        the pair differs in that object's shape alone: a negative only shape separates."""
+        if not (self._twins and index % 2):
+            return (*_scene(draws.tolist(), self.config.max_objects), draws[_SCENE_DRAWS : _SCENE_DRAWS + _BG_DRAWS])
+        sibling = self._uniforms(index - 1)
+        objects, jitter = _scene(sibling.tolist(), self.config.max_objects)
+        k = min(int(draws[0] * len(objects)), len(objects) - 1)
+        shift = 1 + min(int(draws[1] * (len(SHAPES) - 1)), len(SHAPES) - 2)
+        objects[k][SHAPE] = (objects[k][SHAPE] + shift) % len(SHAPES)
+        return objects, jitter, sibling[_SCENE_DRAWS : _SCENE_DRAWS + _BG_DRAWS]
+
+    def _clean(self, index: int, draws: np.ndarray):
+        """Scene, jitter, background draws and noise-free captions of one example from its uniform draws."""
+        objects, jitter, background = self._layout(index, draws)
         start = _SCENE_DRAWS + _BG_DRAWS
+        u = draws.tolist()
         captions = [
             make_caption(objects, u[start + c * CAPTION_DRAWS : start + (c + 1) * CAPTION_DRAWS], self.config.detail)
             for c in range(self._captions)
         ]
-        return objects, jitter, captions
+        return objects, jitter, background, captions
+
+    def content(self, index: int) -> tuple[list[list[int]], list]:
+        """(objects, noise-free captions) of example `index` without rendering: what task generators judge."""
+        i = self._check(index)
+        objects, _, _, captions = self._clean(i, self._uniforms(i))
+        return objects, captions
 
     def _check(self, index: Any) -> int:
         i = int(index)
@@ -294,17 +322,17 @@ class ShapesWorld:
         for b, index in enumerate(indices):
             draws = self._uniforms(index)
             u = draws.tolist()
-            objects, jitter, captions = self._clean(index, u)
+            objects, jitter, background, captions = self._clean(index, draws)
             for c in range(c_n):
                 replace, other, slot = u[noise_start + c * _NOISE_DRAWS : noise_start + (c + 1) * _NOISE_DRAWS]
                 if replace < self._noise and self._size > 1:
                     j = (index + 1 + min(int(other * (self._size - 1)), self._size - 2)) % self._size
-                    captions[c] = self._clean(j, self._uniforms(j).tolist())[2][min(int(slot * c_n), c_n - 1)]
+                    captions[c] = self._clean(j, self._uniforms(j))[3][min(int(slot * c_n), c_n - 1)]
             out['captions'].append([text for text, _, _ in captions])
             out['caption_spec'][b] = [spec for _, spec, _ in captions]
             out['lateral'][b] = [lateral for _, _, lateral in captions]
             out['scene'][b] = _scene_array(objects)
-            plans.add(b, objects, jitter, s, draws[_SCENE_DRAWS : _SCENE_DRAWS + _BG_DRAWS])
+            plans.add(b, objects, jitter, s, background)
         out['image'] = plans.render(s)
         out['sem'] = semantic_ids(out['caption_spec'])
         return out

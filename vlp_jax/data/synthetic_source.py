@@ -43,6 +43,11 @@ class ShapesSettings:
     captions_per_image: int = key(2, 'captions per training image (one drawn per epoch)', check=positive_int)
     caption_noise: float = key(0.0, "fraction of training captions swapped for another image's", check=in_range(0, 1))
     detail: str = key('mixed', "caption detail: 'coarse' | 'mixed' | 'fine'", choices=DETAILS)
+    twins: bool = key(
+        False,
+        'odd training images are their predecessor with one shape changed, kept in its batch: negatives that only '
+        'shape separates (colour and place no longer suffice)',
+    )
     classification_size: int = key(500, 'single-object images of each zero-shot set (shape, colour)', check=at_least(1))
 
 
@@ -53,6 +58,7 @@ class ShapesSource(Source):
 
     def __init__(self, world: ShapesWorld):
         self.world = world
+        self.block = world.block
 
     def __len__(self) -> int:
         return len(self.world)
@@ -115,6 +121,7 @@ class ShapesPlugin(SourcePlugin):
             captions_per_image=settings.captions_per_image,
             caption_noise=settings.caption_noise,
             detail=settings.detail,
+            twins=settings.twins,
             train_size=settings.train_size,
             val_size=settings.val_size,
             test_size=settings.test_size,
@@ -131,6 +138,9 @@ class ShapesPlugin(SourcePlugin):
 
     def train_size(self) -> int:
         return self.settings.train_size
+
+    def train_block(self) -> int:
+        return 2 if self.settings.twins else 1
 
     def default_eval_sets(self) -> tuple[tuple[str, str, str], ...]:
         return (('retrieval', '', ''), *(('classification', name, name) for name in CLASSIFICATION_ATTRIBUTES))

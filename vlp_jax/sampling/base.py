@@ -30,6 +30,7 @@ class SamplerContext:
     steps_per_epoch: int
     embed_dim: int
     local_shards: int  # what 'local' grouping means: the mesh's batch shards, or mesh.local_shards
+    block: int = 1  # the source's Source.block: consecutive indices an order must keep in one batch
 
 
 class Sampler(abc.ABC):
@@ -38,6 +39,7 @@ class Sampler(abc.ABC):
     Settings: ClassVar[Any] = None  # its config group `sampling.<name>`, if it has keys
     needs_feedback: ClassVar[bool] = False  # hand it every step's outputs['feedback'] (a device->host copy)
     order_known_ahead: ClassVar[bool] = True  # epoch e + 1's order exists before epoch e ends
+    keeps_blocks: ClassVar[bool] = False  # its orders keep a source's blocks (SamplerContext.block) together
 
     def __init__(self, settings: Any, context: SamplerContext):
         self.settings = settings

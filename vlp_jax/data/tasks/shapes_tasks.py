@@ -100,7 +100,7 @@ class SceneText:
 
     def scene(self, index: int) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
         """(scene [objects, attributes], [(caption, spec)]) of one image."""
-        objects, _, captions = self.world._clean(index, self.world._uniforms(index).tolist())
+        objects, captions = self.world.content(index)
         return _scene_array(objects), [(text, np.asarray(spec, np.int32)) for text, spec, _ in captions]
 
 

@@ -185,7 +185,7 @@ class VqaSource(Source):
 
     def question(self, index: int) -> Question:
         image = int(index) // self.per_image
-        objects, _, _ = self.world._clean(image, self.world._uniforms(image).tolist())
+        objects, _ = self.world.content(image)
         rng = np.random.default_rng([self.world.seed, SPLIT_IDS[self.world.split], int(index), VQA_STREAM])
         text, kind, words, lateral = ask(_scene_array(objects), rng)
         return Question(int(index), image, text, kind, tuple(human_answers(words, rng)), lateral)
