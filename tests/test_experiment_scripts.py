@@ -56,20 +56,13 @@ def test_fn_density_writes_paired_table_plot_and_json(tmp_path):
     idx_dir.mkdir()
     _fashion_mnist_idx(str(idx_dir))
     out = tmp_path / 'out'
+    sweep = (
+        *('--steps=2', '--seeds', '0', '1', '--granularities', 'class', 'group2'),
+        *('--methods', 'InfoNCE', 'SRCL', 'COSMO', f'--workdir={tmp_path / "runs"}'),
+    )
     stdout = _run_script(
         'fn_density.py',
-        '--steps=2',
-        '--seeds',
-        '0',
-        '1',
-        '--granularities',
-        'class',
-        'group2',
-        '--methods',
-        'InfoNCE',
-        'SRCL',
-        'COSMO',
-        f'--workdir={tmp_path / "runs"}',
+        *sweep,
         f'--out={out}',
         '--extra',
         f'--config.data.fashion_mnist.directory={idx_dir}',
@@ -91,23 +84,7 @@ def test_fn_density_writes_paired_table_plot_and_json(tmp_path):
     # --collect trains nothing and tabulates the same runs; a seed some method lacks is left out
     shutil.rmtree(tmp_path / 'runs' / 'group2_SRCL_seed1')
     collected = tmp_path / 'collected'
-    _run_script(
-        'fn_density.py',
-        '--steps=2',
-        '--seeds',
-        '0',
-        '1',
-        '--granularities',
-        'class',
-        'group2',
-        '--methods',
-        'InfoNCE',
-        'SRCL',
-        'COSMO',
-        '--collect',
-        f'--workdir={tmp_path / "runs"}',
-        f'--out={collected}',
-    )
+    _run_script('fn_density.py', *sweep, '--collect', f'--out={collected}')
     again = _outputs(collected, 'fn_density')
     assert again['seeds'] == {'class': [0, 1], 'group2': [0]}
     assert again['runs']['class'] == results['class']
@@ -178,3 +155,17 @@ def test_fusion_methods_script(tmp_path):
     )
     results = _outputs(out, 'fusion_methods')
     assert 'ALBEF (no momentum)' in results and 'chance' in results
+
+
+def test_shape_probe_script(tmp_path):
+    from conftest import FAST_OVERRIDES, TINY_CONFIG, run_cli
+
+    lines = _run_script('shape_probe.py', '--supervised', '--steps=2').strip().splitlines()
+    row = json.loads(lines[-1])
+    assert row['step'] == 2 and 0.0 <= row['shape accuracy'] <= 1.0
+    workdir = tmp_path / 'run'
+    run_cli(
+        'vlp_jax.train', ['--config', TINY_CONFIG, '--workdir', str(workdir), *FAST_OVERRIDES, '--config.total_steps=4']
+    )
+    probe = json.loads(_run_script('shape_probe.py', f'--checkpoint={workdir}').strip().splitlines()[-1])
+    assert 0.0 <= probe['shape linear probe'] <= 1.0 and 0.0 <= probe['colour linear probe'] <= 1.0

@@ -199,3 +199,9 @@ def test_twins_refuse_a_batch_or_sampler_that_splits_them(config, override, mess
     apply_overrides(config, [override])
     with pytest.raises(ConfigError, match=message):
         validate(config, 1)
+
+
+def test_max_objects_reaches_the_world(config):
+    config.data.shapes.max_objects = 1
+    scene = _pipeline(config).raw_batch(0)['scene']
+    assert np.all((scene[..., 0] >= 0).sum(-1) == 1)

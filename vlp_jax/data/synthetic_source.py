@@ -21,6 +21,7 @@ from vlp_jax.data.sources import Source, SourceContext, SourcePlugin
 from vlp_jax.data.synthetic import (
     CLASSIFICATION_TEMPLATES,
     DETAILS,
+    MAX_OBJECTS,
     ShapesWorld,
     ShapesWorldConfig,
     captions_true_of_scenes,
@@ -43,6 +44,9 @@ class ShapesSettings:
     captions_per_image: int = key(2, 'captions per training image (one drawn per epoch)', check=positive_int)
     caption_noise: float = key(0.0, "fraction of training captions swapped for another image's", check=in_range(0, 1))
     detail: str = key('mixed', "caption detail: 'coarse' | 'mixed' | 'fine'", choices=DETAILS)
+    max_objects: int = key(
+        MAX_OBJECTS, f'objects per image, 1..{MAX_OBJECTS} (drawn uniformly)', check=in_range(1, MAX_OBJECTS)
+    )
     twins: bool = key(
         False,
         'odd training images are their predecessor with one shape changed, kept in its batch: negatives that only '
@@ -121,6 +125,7 @@ class ShapesPlugin(SourcePlugin):
             captions_per_image=settings.captions_per_image,
             caption_noise=settings.caption_noise,
             detail=settings.detail,
+            max_objects=settings.max_objects,
             twins=settings.twins,
             train_size=settings.train_size,
             val_size=settings.val_size,
