@@ -201,7 +201,7 @@ def test_snli_ve_premises_relate_to_their_hypothesis_as_labelled():
     """Checked on the rendered premise pixels: entailment shows a <colour> object (the named colour) among the
     objects; neutral and contradiction show none in the named colour where a <shape> is; the grey object's
     cell holds grey pixels and none of its own colour."""
-    from vlp_jax.data.synthetic import COLOUR_RGB
+    from vlp_jax.data.synthetic_render import COLOUR_RGB
     from vlp_jax.data.tasks.shapes_tasks import HIDDEN_GREY, cell_box
 
     world = ShapesWorld(TEXT_ONLY_WORLD, seed=0, split='train')

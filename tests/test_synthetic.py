@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vlp_jax.data import synthetic as sw
+from vlp_jax.data import synthetic_render
 from vlp_jax.data.synthetic import (
     COLOURS,
     MAX_MENTIONS,
@@ -189,11 +190,13 @@ def test_lateral_flag_matches_left_right_words():
 def test_objects_are_visible():
     config = ShapesWorldConfig(textured_background=1.0, train_size=20)
     world = ShapesWorld(config, 0, 'train')
-    plans = sw._Plans(1, config.textured_background)
+    plans = synthetic_render.RenderPlans(1, config.textured_background)
     for index in range(20):
         u = world._uniforms(index)
         objects, jitter = sw._scene(u.tolist(), config.max_objects)
-        plans.add(0, objects, jitter, config.image_size, u[sw._SCENE_DRAWS : sw._SCENE_DRAWS + sw._BG_DRAWS])
+        plans.add(
+            0, objects, jitter, config.image_size, u[sw._SCENE_DRAWS : sw._SCENE_DRAWS + synthetic_render.BG_DRAWS]
+        )
         with_objects = plans.render(config.image_size)[0]
         np.testing.assert_array_equal(with_objects, world.example(index)['image'])
         plans.shape[:] = -1
@@ -213,7 +216,7 @@ def test_classification_set():
         assert data['label'].dtype == np.int32 and set(data['label'].tolist()) == set(range(len(names)))
         # exactly one object: the object's colour appears, and only one colour from the palette does.
         for image, label in zip(data['image'][:10], data['label'][:10]):
-            present = [(image == rgb).all(-1).any() for rgb in sw.COLOUR_RGB]
+            present = [(image == rgb).all(-1).any() for rgb in synthetic_render.COLOUR_RGB]
             assert sum(present) == 1
             if attribute == 'colour':
                 assert present[label]
@@ -250,7 +253,7 @@ def test_twins_differ_from_their_sibling_in_one_objects_shape_only():
         row = int(np.flatnonzero(differs)[0])
         assert a[row, sw.SHAPE] != b[row, sw.SHAPE] and a[row, sw.SHAPE] >= 0
         np.testing.assert_array_equal(np.delete(a[row], sw.SHAPE), np.delete(b[row], sw.SHAPE))
-        x, y, w, h = cell_box(int(a[row, sw.POSITION]), SMALL.image_size)
+        x, y, w, h = cell_box(int(a[row, synthetic_render.POSITION]), SMALL.image_size)
         outside = np.ones(batch['image'].shape[1:3], bool)
         outside[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = False
         changed = np.any(batch['image'][2 * k] != batch['image'][2 * k + 1], axis=-1)

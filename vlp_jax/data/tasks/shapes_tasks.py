@@ -30,7 +30,6 @@ from vlp_jax.config import key, positive_int
 from vlp_jax.data.errors import DataError
 from vlp_jax.data.sources import Source, SourceContext, SourcePlugin
 from vlp_jax.data.synthetic import (
-    COLOUR_RGB,
     COLOURS,
     DETAILS,
     SHAPES,
@@ -42,6 +41,7 @@ from vlp_jax.data.synthetic import (
     captions_true_of_scenes,
 )
 from vlp_jax.data.synthetic_captions import COLOUR, COLOUR_WORDS, GRID, POSITION, PREFIXES, SHAPE, SHAPE_WORDS
+from vlp_jax.data.synthetic_render import COLOUR_RGB
 from vlp_jax.data.synthetic_source import ShapesSource
 from vlp_jax.registry import SOURCES
 
