@@ -183,6 +183,26 @@ def test_sampled_negatives_follow_albefs_weights_at_the_learned_temperature():
         assert statistic(temperature_one) > 20 * bound, (row, counts, draws * temperature_one[row])
 
 
+def test_uniform_negatives_ignore_the_similarities():
+    """'uniform' (the easy-negative ablation): 20,000 draws per row of the clustered batch, whose positives and
+    own cluster dominate ALBEF's weights, are chi-square uniform over the other rows and never the positive."""
+    from scipy.stats import chi2
+
+    n, draws = 8, 20_000
+    sims = _clustered_sims(n)
+    keys = jax.random.split(jax.random.key(1), draws)
+    chosen = np.asarray(
+        jax.jit(jax.vmap(lambda k: choose_negatives(k, jnp.asarray(sims), 'uniform', 1.0 / 0.07)))(keys)
+    )
+    bound = chi2.isf(1e-4, n - 2)
+    for row in range(n):
+        counts = np.bincount(chosen[:, row], minlength=n)
+        assert counts[row] == 0
+        others = np.delete(counts, row)
+        expected = draws / (n - 1)
+        assert np.sum((others - expected) ** 2 / expected) < bound, (row, counts)
+
+
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -94,7 +94,8 @@ class ItmSettings:
 
     negatives: str = key(
         'sample',
-        "'sample': drawn from softmax(sim / temp) (ALBEF) | 'hardest': the argmax (GRIT-VLP)",
+        "'sample': drawn from softmax(sim / temp) (ALBEF) | 'hardest': the argmax (GRIT-VLP) | 'uniform': any "
+        'other pair with equal probability (an ablation: easy negatives)',
         choices=NEGATIVE_CHOICES,
     )
 

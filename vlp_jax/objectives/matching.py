@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 MASK_PROBABILITY, RANDOM_PROBABILITY = 0.8, 0.1  # of selected tokens; the remaining 0.1 keep their id
-NEGATIVE_CHOICES = ('sample', 'hardest')
+NEGATIVE_CHOICES = ('sample', 'hardest', 'uniform')
 MAX_PREDICTIONS_AUTO, MAX_PREDICTIONS_ALL = -1, 0  # loss.mlm.max_predictions: derived bound / every position
 MAX_PREDICTIONS_OVERFLOW = 1e-4  # auto: P(a caption draws more than K tokens) stays below this
 
@@ -148,7 +148,8 @@ def choose_negatives(
     """[B] int32: for each row (anchor) of `similarity` [B, B] a column that is not its own (the diagonal).
 
     'sample' draws it as ALBEF, with weights `negative_sampling_logits(similarity, logit_scale, floor)`
-    (needs `rng`); 'hardest' takes the row's largest negative (GRIT-VLP's top-1; the scale is irrelevant).
+    (needs `rng`); 'hardest' takes the row's largest negative (GRIT-VLP's top-1; the scale is irrelevant);
+    'uniform' draws any other column with equal probability (needs `rng`; the similarities are ignored).
     """
     assert choice in NEGATIVE_CHOICES, choice
     n = similarity.shape[0]
@@ -156,7 +157,10 @@ def choose_negatives(
     if choice == 'hardest':
         negatives = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, jax.lax.stop_gradient(similarity).astype(jnp.float32))
         return jnp.argmax(negatives, axis=1).astype(jnp.int32)
-    assert rng is not None, "choice 'sample' needs an rng"
+    assert rng is not None, f'choice {choice!r} needs an rng'
+    if choice == 'uniform':
+        logits = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, jnp.zeros((n, n), jnp.float32))
+        return jax.random.categorical(rng, logits, axis=1).astype(jnp.int32)
     logits = negative_sampling_logits(similarity, logit_scale, floor)
     return jax.random.categorical(rng, logits, axis=1).astype(jnp.int32)
 
