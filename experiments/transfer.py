@@ -1,10 +1,10 @@
 """Does pretraining transfer? The four synthetic fine-tuning tasks from a tiny pretrained run and from scratch.
 
-    .venv/bin/python experiments/transfer.py [--seeds 0 1 2] [--pretrain-steps 300] [--task-steps 100]
+    .venv/bin/python experiments/transfer.py [--seeds 0 1 2] [--pretrain-steps 400] [--task-steps 300]
 
 For each seed s: pretrain configs/shapes_albef.py (the recipe below, seed s), then fine-tune each task's `:tiny`
 config (configs/finetune/{retrieval,snli_ve,nlvr2,grounding}.py) twice with seed s: from that run
-(model.init_checkpoint) and from scratch. The two starts of a task see the same data order and the same new-head
+(model.init_checkpoint) and from scratch. Every run draws ITM negatives uniformly (EVERY_RUN). The two starts of a task see the same data order and the same new-head
 initialisation, so the comparison is paired by seed. It writes docs/results/transfer.md (chance, scratch and
 pretrained means with 95% t-intervals over seeds, their paired difference with its interval), transfer.json (every
 run's figures) and transfer.png, after every finished seed, so a cut run still leaves its table. Finished runs in
@@ -29,6 +29,9 @@ RECIPE = (  # the tiny pretraining run: clean coarse captions ("a red circle", "
     '--config.data.shapes.test_size=100',
     '--config.data.shapes.caption_noise=0.0',
 )
+# Every run (pretraining and each fine-tune, both starts) draws ITM negatives uniformly: with ALBEF's hard ones the
+# tiny ITM head stays at its all-negative prior, and grounding's Grad-CAM follows that head (docs/results.md).
+EVERY_RUN = ('--config.loss.itm.negatives=uniform',)
 TASKS = {  # name -> (config, metric key)
     'retrieval': ('configs/finetune/retrieval.py', 'eval/retrieval_ft/r_mean'),
     'SNLI-VE': ('configs/finetune/snli_ve.py', 'eval/snli_ve/accuracy'),
@@ -137,7 +140,9 @@ def write(results: dict, args: argparse.Namespace) -> str:
         '',
         f'`experiments/transfer.py {" ".join(sys.argv[1:])}`: seeds {results["seeds"]}; each seed pretrains '
         f"`{PRETRAIN}:steps={args.pretrain_steps} {' '.join(RECIPE)}` and fine-tunes every task's `:tiny` "
-        f'config for {args.task_steps} steps (batch 64, lr 3e-4) from that run and from scratch; the runs took '
+        f'config for {args.task_steps} steps (batch 64, lr 3e-4) from that run and from scratch, every run with '
+        f"`{' '.join(EVERY_RUN)}` (ALBEF's hard negatives keep the tiny ITM head at its prior, "
+        '[../results.md](../results.md#why-itm-stays-at-its-prior)); the runs took '
         f'{minutes:.0f} min on 2 shared CPU cores. Means over seeds ± the half-width of the 95% t-interval; '
         'the difference is paired by seed (same data order and head initialisation). Retrieval: r_mean in '
         'percent over the test images x 5 captions (`data.shapes_retrieval.test_size`, 300 unless overridden); '
@@ -176,8 +181,8 @@ def run(config: str, workdir: str, steps: int, seed: int, extra: list[str], key:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--pretrain-steps', type=int, default=300)
-    parser.add_argument('--task-steps', type=int, default=100)
+    parser.add_argument('--pretrain-steps', type=int, default=400)
+    parser.add_argument('--task-steps', type=int, default=300)
     parser.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS), help='run in this order')
     parser.add_argument('--workdir', default='workdirs/experiments/transfer')
     parser.add_argument('--out', default='docs/results')
@@ -187,7 +192,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()  # every --config.KEY=VALUE given: an override for every run
     if any(not item.startswith('--config.') for item in extra):
         parser.error(f'unrecognized arguments (only --config.KEY=VALUE overrides pass through): {extra}')
-    args.extra = extra
+    args.extra = [*EVERY_RUN, *extra]
     os.makedirs(args.out, exist_ok=True)
     # Seeds and starts share every shape: compile each program once.
     os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.abspath(os.path.join(args.workdir, 'jax_cache')))
