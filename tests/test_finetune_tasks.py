@@ -107,7 +107,8 @@ def test_retrieval_momentum_itc_with_an_id_queue_against_albef():
 
 def test_itm_negatives_never_share_the_image_id_and_follow_albefs_weights():
     """ALBEF: weights_i2t = softmax(sim_i2t); masked_fill_(eq(idx, idx.T), 0); multinomial. Empirical draw
-    frequencies against those weights; 'hardest' is the most similar other-id column."""
+    frequencies against those weights; 'hardest' is the most similar other-id column; 'uniform' draws the
+    other-id columns alike (it was once silently 'sample')."""
     rng = np.random.default_rng(1)
     sims = rng.uniform(-1, 1, (5, 5)).astype(np.float32)
     ids = np.array([0, 1, 0, 2, 2])
@@ -124,6 +125,11 @@ def test_itm_negatives_never_share_the_image_id_and_follow_albefs_weights():
     np.testing.assert_allclose(frequencies, weights, atol=0.03)
     hardest = negatives_by_image_id(None, jnp.asarray(sims), jnp.asarray(same), 'hardest', scale)
     np.testing.assert_array_equal(np.asarray(hardest), np.argmax(np.where(same, -np.inf, sims), axis=1))
+    uniform = jax.vmap(lambda k: negatives_by_image_id(k, jnp.asarray(sims), jnp.asarray(same), 'uniform', scale))
+    draws = np.asarray(uniform(keys))
+    frequencies = np.stack([np.bincount(draws[:, r], minlength=5) / len(draws) for r in range(5)])
+    flat = (~same) / (~same).sum(1, keepdims=True)  # every other-id column alike, the similarities ignored
+    np.testing.assert_allclose(frequencies, flat, atol=0.03)
 
 
 def _fake_functions():

@@ -35,7 +35,7 @@ from vlp_jax.objectives.albef import ItmSettings, masked_mean
 from vlp_jax.objectives.base import Objective, ObjectiveParts
 from vlp_jax.objectives.contrastive import Regulation, contrastive_loss
 from vlp_jax.objectives.frozen import image_text_cosines
-from vlp_jax.objectives.matching import itm_pairs, negative_sampling_logits
+from vlp_jax.objectives.matching import NEGATIVE_CHOICES, itm_pairs, negative_sampling_logits
 from vlp_jax.objectives.momentum import MOMENTUM_PARAMS, Momentum, MomentumSettings, ema, init_momentum_extra
 from vlp_jax.objectives.retrieval_momentum import ID_QUEUE, enqueue_with_ids, init_id_queue, momentum_itc
 from vlp_jax.registry import OBJECTIVES
@@ -55,10 +55,14 @@ def negatives_by_image_id(
 ) -> jax.Array:
     """[B] int32: per row of `similarity` [B, B] a column of another image id (`same` [B, B] bool marks the
     row's own id): drawn from softmax(sim / temp) with the same-id columns weighted 0 ('sample', ALBEF), or
-    the most similar such column ('hardest'). A row whose every column has its id (a batch of one image)
-    falls back to any column but its own."""
+    the most similar such column ('hardest'), or any such column with equal probability ('uniform', the
+    easy-negative ablation). A row whose every column has its id (a batch of one image) falls back to any
+    column but its own."""
+    assert choice in NEGATIVE_CHOICES, choice
     if choice == 'hardest':
         logits = jax.lax.stop_gradient(similarity).astype(jnp.float32)
+    elif choice == 'uniform':
+        logits = jnp.zeros(similarity.shape, jnp.float32)
     else:
         logits = negative_sampling_logits(similarity, logit_scale)
     diagonal = jnp.eye(similarity.shape[0], dtype=bool)
