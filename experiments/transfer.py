@@ -4,12 +4,13 @@
 
 For each seed s: pretrain configs/shapes_albef.py (the recipe below, seed s), then fine-tune each task's `:tiny`
 config (configs/finetune/{retrieval,snli_ve,nlvr2,grounding}.py) twice with seed s: from that run
-(model.init_checkpoint) and from scratch. Every run draws ITM negatives uniformly (EVERY_RUN). The two starts of a task see the same data order and the same new-head
-initialisation, so the comparison is paired by seed. It writes docs/results/transfer.md (chance, scratch and
-pretrained means with 95% t-intervals over seeds, their paired difference with its interval), transfer.json (every
-run's figures) and transfer.png, after every finished seed, so a cut run still leaves its table. Finished runs in
---workdir are reused (a rerun over finished runs only rewrites the outputs). Any `--config.KEY=VALUE` is passed
-to every run. `--task-steps 2 --pretrain-steps 2 --seeds 0` is the smoke test.
+(model.init_checkpoint) and from scratch. Every run draws ITM negatives uniformly (EVERY_RUN). The two starts of a
+task see the same data order and the same new-head initialisation, so the comparison is paired by seed. It writes
+docs/results/transfer.md (chance, scratch and pretrained means with 95% t-intervals over seeds, their paired
+difference with its interval), transfer.json (every run's figures) and transfer.png, after every finished seed, so a
+cut run still leaves its table. Finished runs in --workdir are reused (a rerun over finished runs only rewrites the
+outputs). Any `--config.KEY=VALUE` is passed to every run. `--task-steps 2 --pretrain-steps 2 --seeds 0` is the
+smoke test.
 """
 
 from __future__ import annotations
